@@ -1,0 +1,287 @@
+"""Merge the files of a multiprocess directory into metric families.
+
+Unlike prometheus_client's ``MultiProcessCollector``, which decodes every key of every file
+on every scrape, this collector keeps a reader per file (keys parsed once, values unpacked in
+one C call) and a registry of series, so a scrape costs one add per stored value. It also
+adds what only the directory knows: ``worker_id`` from a worker file's slot, the per-worker
+families derived from the request families, live/dead filtering through the identities'
+locks, and busy/idle workers."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import threading
+import time
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+
+from prometheus_client.metrics_core import Metric
+
+from . import metrics as catalogue
+from .storage import directory as storage_dir
+from .storage.reader import FileReader
+from .version import __version__
+
+Labels = Tuple[Tuple[str, str], ...]
+SeriesKey = Tuple[str, str, Labels]
+
+_OPS = {"": "sum", "sum": "sum", "livesum": "sum", "all": "sum", "liveall": "sum",
+        "max": "max", "livemax": "max", "min": "min", "livemin": "min",
+        "mostrecent": "recent", "livemostrecent": "recent"}
+
+
+class SeriesRegistry:
+    """Every series ever seen, numbered, with what exposition needs to know of it."""
+
+    def __init__(self) -> None:
+        self.ids: Dict[SeriesKey, int] = {}
+        self.keys: List[SeriesKey] = []
+        self.family_of: Dict[str, Tuple[str, str]] = {}  # family -> (type, help)
+        self.histograms: Dict[Tuple[str, Labels], Dict] = {}
+
+    def add(self, family: str, typ: str, help_text: str, sample: str, labels: Labels) -> int:
+        key = (family, sample, labels)
+        found = self.ids.get(key)
+        if found is not None:
+            return found
+        sid = len(self.keys)
+        self.ids[key] = sid
+        self.keys.append(key)
+        self.family_of.setdefault(family, (typ, help_text))
+        if typ == "histogram":
+            self._index_histogram(family, sample, labels, sid)
+        return sid
+
+    def _index_histogram(self, family: str, sample: str, labels: Labels, sid: int) -> None:
+        base = tuple(kv for kv in labels if kv[0] != "le")
+        group = self.histograms.setdefault((family, base), {"buckets": [], "sum": None})
+        if sample.endswith("_bucket"):
+            le = dict(labels).get("le", "+Inf")
+            group["buckets"].append((_bound(le), le, sid))
+            group["buckets"].sort()
+        elif sample.endswith("_sum"):
+            group["sum"] = sid
+
+
+def _bound(le: str) -> float:
+    try:
+        return float(le)
+    except ValueError:
+        return math.inf
+
+
+class _Source:
+    """One file, its reader, and where each of its values goes."""
+
+    def __init__(self, db: storage_dir.DbFile) -> None:
+        self.db = db
+        self.op = _OPS.get(db.mode, "sum") if db.typ == "gauge" else "sum"
+        self.live_only = db.typ == "gauge" and db.mode.startswith("live")
+        self.reader = FileReader(db.path, with_timestamps=self.op == "recent")
+        self.targets: List[int] = []
+        self.derived: List[Tuple[int, int]] = []  # (series, value position)
+        self.torn_reported = False
+
+
+class DirectoryCollector:
+    """A prometheus_client collector over one multiprocess directory."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.registry = SeriesRegistry()
+        self._sources: Dict[str, _Source] = {}
+        self._parsed_keys: Dict[str, tuple] = {}
+        self._lock = threading.Lock()
+        self.last_duration = 0.0
+        self.last_files = 0
+        self.last_values = 0
+        self.read_errors = 0
+        self.last_success: Optional[float] = None
+        self.source_up = 0
+
+    # -- reading ------------------------------------------------------------------------
+    def read(self) -> List[Metric]:
+        """Collect the directory into families (thread-safe; one read at a time)."""
+        with self._lock:
+            started = time.perf_counter()
+            try:
+                families = self._read()
+                self.source_up = 1
+                self.last_success = time.time()
+            except OSError:
+                families = []
+                self.source_up = 0
+            self.last_duration = time.perf_counter() - started
+            return families
+
+    def _read(self) -> List[Metric]:
+        if not os.path.isdir(self.directory):
+            raise FileNotFoundError(self.directory)
+        live = storage_dir.live_identities(self.directory)
+        batches = []
+        seen_paths = set()
+        values_read = 0
+        for db, inode in storage_dir.db_files(self.directory):
+            seen_paths.add(db.path)
+            source = self._sources.get(db.path)
+            if source is None:
+                source = self._sources[db.path] = _Source(db)
+            if source.live_only and not live.get(db.identity, False):
+                continue
+            values = source.reader.read(inode)
+            if values is None:
+                continue
+            self._index(source)
+            batches.append((source, values))
+            values_read += len(values)
+        for gone in set(self._sources) - seen_paths:
+            self._sources.pop(gone).reader.close()
+        self.last_files = len(batches)
+        self.last_values = values_read
+        return self._merge(batches)
+
+    def _index(self, source: _Source) -> None:
+        """Give series numbers to entries the file gained since the last read."""
+        reader = source.reader
+        if reader.torn and not source.torn_reported:
+            source.torn_reported = True
+            self.read_errors += 1
+        keys = reader.keys
+        db = source.db
+        worker_id = db.worker_id
+        for position in range(len(source.targets), len(keys)):
+            family, sample, labels, help_text = self._parse_key(keys[position])
+            known = catalogue.BY_NAME.get(family)
+            extra = ()
+            if known is not None and known.per_worker and worker_id is not None:
+                extra = (("worker_id", worker_id),)
+            elif db.typ == "gauge" and db.mode in ("all", "liveall"):
+                extra = (("pid", db.identity),)
+            merged = tuple(sorted(labels + extra)) if extra else labels
+            source.targets.append(self.registry.add(family, db.typ, help_text, sample, merged))
+            derived = catalogue.DERIVED.get(family)
+            if derived is not None and worker_id is not None:
+                suffix = sample[len(family):]
+                if derived.typ == "counter":
+                    suffix = "_total"
+                kept = tuple(kv for kv in labels if kv[0] == "le") + (("worker_id", worker_id),)
+                sid = self.registry.add(derived.name, derived.typ, derived.help,
+                                        derived.name + suffix, tuple(sorted(kept)))
+                source.derived.append((sid, position))
+
+    def _parse_key(self, key: str) -> tuple:
+        found = self._parsed_keys.get(key)
+        if found is None:
+            try:
+                family, sample, labels, help_text = json.loads(key)
+                found = (family, sample, tuple(sorted((str(k), str(v))
+                                                      for k, v in labels.items())), help_text)
+            except (ValueError, TypeError, AttributeError):
+                found = ("gunicorn_exporter_unreadable", "gunicorn_exporter_unreadable", (), "")
+            self._parsed_keys[key] = found
+        return found
+
+    # -- merging --------------------------------------------------------------------------------
+    def _merge(self, batches) -> List[Metric]:
+        sums = [0.0] * len(self.registry.keys)
+        present = bytearray(len(self.registry.keys))
+        extremes: Dict[int, float] = {}
+        recent: Dict[int, Tuple[float, float]] = {}
+        for source, values in batches:
+            targets = source.targets
+            if source.op == "sum":
+                for sid, value in zip(targets, values):
+                    sums[sid] += value
+                    present[sid] = 1
+                for sid, position in source.derived:
+                    sums[sid] += values[position]
+                    present[sid] = 1
+            elif source.op == "recent":
+                for i, sid in enumerate(targets):
+                    value, stamp = values[2 * i], values[2 * i + 1]
+                    if sid not in recent or stamp > recent[sid][1]:
+                        recent[sid] = (value, stamp)
+            else:
+                better = max if source.op == "max" else min
+                for sid, value in zip(targets, values):
+                    extremes[sid] = better(extremes[sid], value) if sid in extremes else value
+        for sid, value in extremes.items():
+            sums[sid], present[sid] = value, 1
+        for sid, (value, _) in recent.items():
+            sums[sid], present[sid] = value, 1
+        return self._families(sums, present)
+
+    def _families(self, sums: List[float], present: bytearray) -> List[Metric]:
+        reg = self.registry
+        out: Dict[str, Metric] = {}
+
+        def family(name: str) -> Metric:
+            metric = out.get(name)
+            if metric is None:
+                typ, help_text = reg.family_of[name]
+                metric = out[name] = Metric(name, help_text, typ)
+            return metric
+
+        for sid, (name, sample, labels) in enumerate(reg.keys):
+            if not present[sid] or reg.family_of[name][0] == "histogram":
+                continue
+            family(name).add_sample(sample, dict(labels), sums[sid])
+        for (name, base), group in reg.histograms.items():
+            buckets = [(le, sid) for _, le, sid in group["buckets"] if present[sid]]
+            if not buckets:
+                continue
+            metric = family(name)
+            running = 0.0
+            for le, sid in buckets:
+                running += sums[sid]
+                metric.add_sample(name + "_bucket", dict(base + (("le", le),)), running)
+            metric.add_sample(name + "_count", dict(base), running)
+            if group["sum"] is not None:
+                metric.add_sample(name + "_sum", dict(base), sums[group["sum"]])
+        self._add_worker_states(out)
+        return [out[name] for name in sorted(out)]
+
+    @staticmethod
+    def _add_worker_states(out: Dict[str, Metric]) -> None:
+        in_flight = out.get(catalogue.IN_FLIGHT.name)
+        if in_flight is None:
+            return
+        busy = sum(1 for s in in_flight.samples if s.value > 0)
+        idle = len(in_flight.samples) - busy
+        spec = catalogue.WORKERS
+        metric = Metric(spec.name, spec.help, "gauge")
+        metric.add_sample(spec.name, {"state": "busy"}, busy)
+        metric.add_sample(spec.name, {"state": "idle"}, idle)
+        out[spec.name] = metric
+
+
+def _distribution_version(name: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def health_families(collector: "DirectoryCollector", source: str) -> Iterable[Metric]:
+    """The exporter's own metrics, from the state of a collector (directory or Redis)."""
+    import gunicorn
+
+    def gauge(spec: catalogue.Family, value: float, labels: Optional[dict] = None) -> Metric:
+        metric = Metric(spec.name, spec.help, spec.typ)
+        metric.add_sample(spec.sample, labels or {}, value)
+        return metric
+
+    yield gauge(catalogue.BUILD_INFO, 1, {
+        "version": __version__, "gunicorn": gunicorn.__version__,
+        "prometheus_client": _distribution_version("prometheus_client"),
+        "python": platform.python_version()})
+    yield gauge(catalogue.SCRAPE_DURATION, collector.last_duration)
+    yield gauge(catalogue.FILES_READ, collector.last_files)
+    yield gauge(catalogue.SAMPLES_READ, collector.last_values)
+    yield gauge(catalogue.READ_ERRORS, collector.read_errors)
+    yield gauge(catalogue.SOURCE_UP, collector.source_up, {"source": source})
+    if collector.last_success is not None:
+        yield gauge(catalogue.LAST_READ, collector.last_success)

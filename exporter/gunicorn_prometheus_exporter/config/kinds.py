@@ -1,0 +1,164 @@
+"""Value kinds: how one setting's raw value (a YAML scalar or an environment string) is
+parsed and checked. Each kind raises ``ValueError`` with the expectation in plain words, which
+the loader prefixes with where the value came from (file and line, or variable name)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+class Kind:
+    """Base of all kinds; ``expected`` is the phrase used in error messages."""
+
+    expected = "a value"
+
+    def parse(self, raw: Any) -> Any:
+        raise NotImplementedError
+
+    def fail(self, raw: Any) -> ValueError:
+        return ValueError(f"expected {self.expected}, got {raw!r}")
+
+
+@dataclass(frozen=True)
+class Bool(Kind):
+    @property
+    def expected(self) -> str:  # type: ignore[override]
+        return "true or false"
+
+    def parse(self, raw: Any) -> bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
+            return raw.strip().lower() in _TRUE
+        raise self.fail(raw)
+
+
+@dataclass(frozen=True)
+class Int(Kind):
+    low: int
+    high: int
+
+    @property
+    def expected(self) -> str:  # type: ignore[override]
+        return f"an integer from {self.low} to {self.high}"
+
+    def parse(self, raw: Any) -> int:
+        if isinstance(raw, bool):
+            raise self.fail(raw)
+        if isinstance(raw, int):
+            value = raw
+        elif isinstance(raw, str) and raw.strip().lstrip("+-").isdigit():
+            value = int(raw.strip())
+        else:
+            raise self.fail(raw)
+        if not self.low <= value <= self.high:
+            raise self.fail(raw)
+        return value
+
+
+@dataclass(frozen=True)
+class Float(Kind):
+    low: float
+    high: float
+
+    @property
+    def expected(self) -> str:  # type: ignore[override]
+        return f"a number from {self.low:g} to {self.high:g}"
+
+    def parse(self, raw: Any) -> float:
+        if isinstance(raw, bool):
+            raise self.fail(raw)
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise self.fail(raw) from None
+        if math.isnan(value) or not self.low <= value <= self.high:
+            raise self.fail(raw)
+        return value
+
+
+@dataclass(frozen=True)
+class Str(Kind):
+    allow_empty: bool = False
+
+    @property
+    def expected(self) -> str:  # type: ignore[override]
+        return "a string" if self.allow_empty else "a non-empty string"
+
+    def parse(self, raw: Any) -> Optional[str]:
+        if raw is None:
+            return None
+        if isinstance(raw, (dict, list, bool)):
+            raise self.fail(raw)
+        value = str(raw)
+        if not value and not self.allow_empty:
+            return None
+        return value
+
+
+@dataclass(frozen=True)
+class Choice(Kind):
+    choices: Sequence[str]
+
+    @property
+    def expected(self) -> str:  # type: ignore[override]
+        return "one of " + ", ".join(self.choices)
+
+    def parse(self, raw: Any) -> str:
+        if isinstance(raw, str) and raw.strip().lower() in self.choices:
+            return raw.strip().lower()
+        raise self.fail(raw)
+
+
+@dataclass(frozen=True)
+class Buckets(Kind):
+    """Histogram bounds: strictly increasing positive finite numbers (YAML list or a
+    comma-separated environment string); +Inf is always added by the store."""
+
+    @property
+    def expected(self) -> str:  # type: ignore[override]
+        return "a list of increasing positive numbers"
+
+    def parse(self, raw: Any) -> tuple:
+        items = raw.split(",") if isinstance(raw, str) else raw
+        if not isinstance(items, (list, tuple)) or not items:
+            raise self.fail(raw)
+        try:
+            bounds = tuple(float(x) for x in items)
+        except (TypeError, ValueError):
+            raise self.fail(raw) from None
+        if any(not math.isfinite(b) or b <= 0 for b in bounds) or any(
+            a >= b for a, b in zip(bounds, bounds[1:])
+        ):
+            raise self.fail(raw)
+        return bounds
+
+
+@dataclass(frozen=True)
+class RouteRules(Kind):
+    """A list of ``{pattern: REGEX, replacement: TEXT}`` applied to the path in order."""
+
+    @property
+    def expected(self) -> str:  # type: ignore[override]
+        return "a list of {pattern, replacement} mappings with valid regular expressions"
+
+    def parse(self, raw: Any) -> tuple:
+        import re
+
+        if raw is None:
+            return ()
+        if not isinstance(raw, list):
+            raise self.fail(raw)
+        rules = []
+        for item in raw:
+            if not isinstance(item, dict) or set(item) != {"pattern", "replacement"}:
+                raise self.fail(item)
+            try:
+                rules.append((re.compile(str(item["pattern"])), str(item["replacement"])))
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {item['pattern']!r}: {exc}") from None
+        return tuple(rules)

@@ -1,0 +1,265 @@
+"""Build the effective settings: defaults, then a YAML file, then the environment.
+
+YAML is read through PyYAML's node graph rather than ``safe_load`` so that every error can
+name the file and line of the offending key; nothing read here is copied into
+``os.environ`` except the ``exporter.gunicorn`` values that user config files read back."""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import yaml
+
+from .schema import BY_PATH, CONFIG_FILE_ENV, SETTINGS, Setting, children
+
+
+class ConfigError(SystemExit):
+    """A bad setting. A ``SystemExit`` so that, raised while gunicorn reads its config file,
+    it stops start-up with exactly its one-line message and exit status 1."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"gunicorn-prometheus-exporter: config error: {message}")
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+Origin = str  # "default", "FILE:LINE" or "env NAME"
+
+
+class Section:
+    """Read-only attribute view of one level of the settings tree."""
+
+    def __init__(self, values: Mapping[str, Any], prefix: str = "") -> None:
+        self._values = values
+        self._prefix = prefix
+
+    def __getattr__(self, name: str) -> Any:
+        path = f"{self._prefix}.{name}" if self._prefix else name
+        if path in self._values:
+            return self._values[path]
+        if children(path):
+            return Section(self._values, path)
+        raise AttributeError(f"no setting exporter.{path}")
+
+
+class Settings(Section):
+    """The effective configuration with the origin of every value."""
+
+    def __init__(self, values: Dict[str, Any], origins: Dict[str, Origin]) -> None:
+        super().__init__(values)
+        self.values = values
+        self.origins = origins
+
+    def get(self, path: str) -> Any:
+        return self.values[path]
+
+    @property
+    def multiproc_dir(self) -> str:
+        configured = self.values["prometheus.multiproc_dir"]
+        if configured:
+            return configured
+        port = self.values["prometheus.metrics_port"]
+        return os.path.join(tempfile.gettempdir(), f"gunicorn-prometheus-exporter-{port}")
+
+    @property
+    def tls_enabled(self) -> bool:
+        enabled = self.values["prometheus.ssl.enabled"]
+        return bool(self.values["prometheus.ssl.certfile"]) if enabled is None else enabled
+
+    def describe(self) -> str:
+        """Every setting with its value and origin, secrets masked (for ``check-config``)."""
+        lines = []
+        for s in SETTINGS:
+            value = self.values[s.path]
+            shown = mask(value) if s.secret and value else _show(value)
+            lines.append(f"{s.yaml_key} = {shown}  ({self.origins[s.path]})")
+        lines.append(f"(effective multiprocess directory: {self.multiproc_dir})")
+        return "\n".join(lines)
+
+
+def mask(value: Any) -> str:
+    return "********" if value else "''"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple) and value and isinstance(value[0], tuple):
+        return "[" + ", ".join(f"{p.pattern!r} -> {r!r}" for p, r in value) + "]"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(f"{v:g}" for v in value) + "]"
+    return repr(value)
+
+
+# -- YAML ---------------------------------------------------------------------------------
+
+def read_yaml(path: str) -> Dict[str, Tuple[Any, int]]:
+    """Parse and check a YAML file; returns {setting path: (value, line)}."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return {}
+        if not isinstance(root, yaml.MappingNode):
+            raise ConfigError(f"{path}:{_line(root)}: expected a mapping with an 'exporter' key")
+        found: Dict[str, Tuple[Any, int]] = {}
+        for key_node, value_node in _pairs(path, root, ""):
+            if key_node.value != "exporter":
+                raise ConfigError(
+                    f"{path}:{_line(key_node)}: {key_node.value}: unknown key; "
+                    "expected 'exporter' at the top level")
+            _walk(path, loader, value_node, "", found)
+        return found
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else path
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    finally:
+        loader.dispose()
+
+
+def _line(node: yaml.Node) -> int:
+    return node.start_mark.line + 1
+
+
+def _pairs(path: str, node: yaml.MappingNode, prefix: str):
+    seen = set()
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            raise ConfigError(f"{path}:{_line(key_node)}: keys must be plain strings")
+        if key_node.value in seen:
+            full = f"exporter.{prefix}.{key_node.value}" if prefix else key_node.value
+            raise ConfigError(f"{path}:{_line(key_node)}: {full}: duplicate key")
+        seen.add(key_node.value)
+        yield key_node, value_node
+
+
+def _walk(path: str, loader: yaml.SafeLoader, node: yaml.Node, prefix: str,
+          found: Dict[str, Tuple[Any, int]]) -> None:
+    where = f"exporter.{prefix}" if prefix else "exporter"
+    if isinstance(node, yaml.ScalarNode) and loader.construct_object(node) is None:
+        return  # an empty section
+    if not isinstance(node, yaml.MappingNode):
+        raise ConfigError(f"{path}:{_line(node)}: {where}: expected a mapping of settings")
+    for key_node, value_node in _pairs(path, node, prefix):
+        sub = f"{prefix}.{key_node.value}" if prefix else key_node.value
+        setting = BY_PATH.get(sub)
+        if setting is not None:
+            raw = loader.construct_object(value_node, deep=True)
+            found[sub] = (_parse(setting, raw, f"{path}:{_line(value_node)}: exporter.{sub}"),
+                          _line(value_node))
+        elif children(sub):
+            _walk(path, loader, value_node, sub, found)
+        else:
+            expected = ", ".join(children(prefix))
+            raise ConfigError(f"{path}:{_line(key_node)}: exporter.{sub}: unknown key; "
+                              f"expected one of: {expected}")
+
+
+def _parse(setting: Setting, raw: Any, where: str) -> Any:
+    if raw is None:
+        return setting.default
+    try:
+        return setting.kind.parse(raw)
+    except ValueError as exc:
+        message = str(exc)
+        if setting.secret:
+            message = f"expected {setting.kind.expected}"
+        raise ConfigError(f"{where}: {message}") from None
+
+
+# -- the environment ----------------------------------------------------------------------
+
+def read_environment(environ: Mapping[str, str]) -> Dict[str, Tuple[Any, str]]:
+    found: Dict[str, Tuple[Any, str]] = {}
+    for setting in SETTINGS:
+        for name in setting.env:
+            raw = environ.get(name)
+            if raw is None or raw == "":
+                continue
+            shown = mask(raw) if setting.secret else repr(raw)
+            value = _parse(setting, raw, f"environment variable {name}={shown}")
+            found[setting.path] = (value, name)
+    return found
+
+
+# -- assembly -------------------------------------------------------------------------------
+
+def build(yaml_path: Optional[str], environ: Mapping[str, str]) -> Settings:
+    values = {s.path: s.default for s in SETTINGS}
+    origins: Dict[str, Origin] = {s.path: "default" for s in SETTINGS}
+    if yaml_path:
+        for path, (value, line) in read_yaml(yaml_path).items():
+            values[path], origins[path] = value, f"{yaml_path}:{line}"
+    for path, (value, name) in read_environment(environ).items():
+        values[path], origins[path] = value, f"env {name}"
+    settings = Settings(values, origins)
+    _check_consistency(settings)
+    return settings
+
+
+def _check_consistency(settings: Settings) -> None:
+    """Checks that involve several settings or the file system."""
+    def where(path: str) -> str:
+        return f"exporter.{path} ({settings.origins[path]})"
+
+    for path in ("prometheus.ssl.certfile", "prometheus.ssl.keyfile",
+                 "prometheus.ssl.client_cafile", "prometheus.web_config_file",
+                 "redis.ssl_ca_certs", "redis.ssl_certfile", "redis.ssl_keyfile"):
+        value = settings.values[path]
+        if value and not os.path.isfile(value):
+            raise ConfigError(f"{where(path)}: file not found: {value}")
+    capath = settings.values["prometheus.ssl.client_capath"]
+    if capath and not os.path.isdir(capath):
+        raise ConfigError(f"{where('prometheus.ssl.client_capath')}: directory not found: {capath}")
+    if settings.values["prometheus.ssl.enabled"] and not settings.values["prometheus.ssl.certfile"]:
+        raise ConfigError(f"{where('prometheus.ssl.enabled')}: TLS is enabled but "
+                          "exporter.prometheus.ssl.certfile is not set")
+    if settings.values["prometheus.ssl.client_auth_required"] and not (
+            settings.values["prometheus.ssl.client_cafile"]
+            or settings.values["prometheus.ssl.client_capath"]):
+        raise ConfigError(f"{where('prometheus.ssl.client_auth_required')}: client "
+                          "certificates are required but no client CA file or path is set")
+    if settings.values["redis.scope"] == "node" and not settings.values["redis.node_name"]:
+        raise ConfigError(f"{where('redis.scope')}: scope 'node' needs NODE_NAME "
+                          "(exporter.redis.node_name)")
+
+
+_state: Dict[str, Any] = {"yaml": None, "settings": None}
+
+
+def load_yaml_config(path: str) -> Settings:
+    """Load and validate a YAML file (the original's entry point; call it from
+    gunicorn.conf.py). Environment variables still override the file. A bad file stops
+    start-up with one line naming the file, line and key."""
+    _state["yaml"] = os.fspath(path)
+    _state["settings"] = None
+    current = settings()
+    for name, path_ in (("GUNICORN_WORKERS", "gunicorn.workers"),
+                        ("GUNICORN_TIMEOUT", "gunicorn.timeout"),
+                        ("GUNICORN_KEEPALIVE", "gunicorn.keepalive")):
+        value = current.values[path_]
+        if value is not None:
+            os.environ.setdefault(name, str(value))
+    return current
+
+
+def settings() -> Settings:
+    """The effective settings, built once per process (after ``reset``, again)."""
+    if _state["settings"] is None:
+        yaml_path = _state["yaml"] or os.environ.get(CONFIG_FILE_ENV) or None
+        _state["settings"] = build(yaml_path, os.environ)
+    return _state["settings"]
+
+
+def reset() -> None:
+    """Forget the loaded file and the cached settings (tests, and ``serve --config``)."""
+    _state["yaml"] = None
+    _state["settings"] = None

@@ -1,0 +1,31 @@
+"""Which identity this process writes under, for our files and for prometheus_client's.
+
+Users' own prometheus_client metrics follow the worker's slot instead of its pid (as
+django-prometheus does with uWSGI worker ids), so their files do not pile up with worker
+restarts either."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+_identity: Optional[str] = None
+
+
+def current() -> str:
+    return _identity or str(os.getpid())
+
+
+def adopt(identity: str) -> None:
+    global _identity
+    _identity = identity
+
+
+def route_prometheus_client(directory: str) -> None:
+    """Point prometheus_client's multiprocess values at ``directory`` under our identity.
+    Called before the application is imported (gunicorn loads the worker class first),
+    so the order of imports in the user's code never matters."""
+    os.makedirs(directory, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    from prometheus_client import values
+
+    values.ValueClass = values.MultiProcessValue(process_identifier=current)

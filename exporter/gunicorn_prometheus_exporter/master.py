@@ -1,0 +1,157 @@
+"""The master (arbiter) side of the plugin.
+
+Gunicorn calls a worker class's ``check_config(cfg, log)`` in the master once before the
+first fork; from there the plugin sets up storage and adds its own server hooks in front of
+the user's (``when_ready``, ``pre_fork``, ``child_exit``, ``worker_exit``, ``on_exit``), so
+``worker_class`` alone is a complete set-up. Nothing of gunicorn is replaced: the hooks are
+gunicorn's documented ones, chained, and they are added again to the fresh config object a
+HUP reload creates (from the worker class's ``__init__``, which runs in the master)."""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Dict, Optional
+
+from . import config
+from .storage import directory as storage_dir
+from .storage.directory import Claim
+
+_MARK = "_gunicorn_prometheus_hooks"
+
+
+class MasterRuntime:
+    """Process-wide state of one master; workers inherit a copy through fork."""
+
+    def __init__(self, log: Any) -> None:
+        self.log = log
+        self.pid = os.getpid()
+        try:
+            self.settings = config.settings()
+        except config.ConfigError as exc:
+            log.error("%s", exc)
+            raise SystemExit(1) from None
+        self.directory = self.settings.multiproc_dir
+        if storage_dir.prepare(self.directory, self.settings.cleanup.db_files):
+            log.info("prometheus: emptied the multiprocess directory %s", self.directory)
+        from . import identity
+
+        identity.route_prometheus_client(self.directory)
+        self.claim = storage_dir.claim(self.directory, "m")
+        self.worker_claims: Dict[str, Claim] = {}
+        self.monitor: Optional[Any] = None
+        self.arbiter: Optional[Any] = None
+
+    # -- hooks ---------------------------------------------------------------------------------
+    def when_ready(self, server: Any) -> None:
+        self.arbiter = server
+        self.start_monitor()
+
+    def pre_fork(self, server: Any, worker: Any) -> None:
+        claim = storage_dir.claim(self.directory, "w")
+        worker._gunicorn_prometheus_claim = claim
+        self.worker_claims[claim.identity] = claim
+        self.ensure_monitor()
+
+    def worker_gone(self, server: Any, worker: Any) -> None:
+        """``child_exit`` (and ``worker_exit`` when the master finds a worker vanished)."""
+        if os.getpid() != self.pid:
+            return  # worker_exit also runs inside the worker itself
+        claim = getattr(worker, "_gunicorn_prometheus_claim", None)
+        if claim is None or claim.identity not in self.worker_claims:
+            return
+        storage_dir.remove_live_gauges(self.directory, claim.identity)
+        self.worker_claims.pop(claim.identity).release()
+
+    def on_exit(self, server: Any) -> None:
+        if self.monitor is not None:
+            self.monitor.stop()
+            self.monitor = None
+
+    # -- the metrics server ----------------------------------------------------------------------
+    def start_monitor(self) -> None:
+        if self.monitor is not None or not self.settings.prometheus.server:
+            return
+        from .server.monitor import Monitor
+
+        self.monitor = Monitor(self.settings, self.directory, self.log)
+        self.monitor.start()
+
+    def ensure_monitor(self) -> None:
+        """Start the metrics server again if it died (checked at each worker spawn)."""
+        if self.monitor is not None:
+            self.monitor.ensure_running()
+
+    # -- in a freshly forked worker --------------------------------------------------------------
+    def enter_worker(self, own: Claim) -> None:
+        """Drop what the worker inherited but must not hold: other slots' locks (they
+        would keep dead slots 'live'), the master's identity and the metrics socket."""
+        for identity, claim in list(self.worker_claims.items()):
+            if identity != own.identity:
+                claim.release()
+        self.worker_claims = {own.identity: own}
+        self.claim.release()
+        if self.monitor is not None:
+            self.monitor.forget()
+            self.monitor = None
+
+
+_runtime: Optional[MasterRuntime] = None
+
+
+def current() -> Optional[MasterRuntime]:
+    return _runtime
+
+
+def ensure(cfg: Any, log: Any) -> MasterRuntime:
+    """The master's runtime, created on first use, with our hooks on ``cfg``."""
+    global _runtime
+    if _runtime is None:
+        _runtime = MasterRuntime(log)
+    install_hooks(cfg, _runtime)
+    return _runtime
+
+
+def install_hooks(cfg: Any, runtime: MasterRuntime) -> None:
+    if getattr(cfg, _MARK, False):
+        return
+    _chain(cfg, "when_ready", lambda server: runtime.when_ready(server))
+    _chain(cfg, "pre_fork", lambda server, worker: runtime.pre_fork(server, worker))
+    _chain(cfg, "child_exit", lambda server, worker: runtime.worker_gone(server, worker))
+    _chain(cfg, "worker_exit", lambda server, worker: runtime.worker_gone(server, worker))
+    _chain(cfg, "on_exit", lambda server: runtime.on_exit(server))
+    setattr(cfg, _MARK, True)
+
+
+def _chain(cfg: Any, name: str, ours: Callable[..., None]) -> None:
+    """Set hook ``name`` to ours followed by whatever the user configured. The wrapper has
+    the hook's exact arity, which gunicorn checks."""
+    setting = cfg.settings[name]
+    theirs = setting.get()
+    if theirs is setting.default or getattr(theirs, _MARK, False):
+        theirs = None
+    cfg.set(name, chained(ours, theirs))
+
+
+def chained(ours: Callable[..., None], theirs: Optional[Callable[..., None]]) -> Callable:
+    import inspect
+
+    arity = len(inspect.signature(ours).parameters)
+    if arity == 1:
+        def hook1(a):
+            ours(a)
+            if theirs is not None:
+                theirs(a)
+        hook = hook1
+    elif arity == 2:
+        def hook2(a, b):
+            ours(a, b)
+            if theirs is not None:
+                theirs(a, b)
+        hook = hook2
+    else:
+        def hook4(a, b, c, d):
+            ours(a, b, c, d)
+            if theirs is not None:
+                theirs(a, b, c, d)
+        hook = hook4
+    setattr(hook, _MARK, True)
+    return hook

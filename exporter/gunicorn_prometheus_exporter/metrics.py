@@ -1,0 +1,127 @@
+"""The catalogue of every family this exporter writes or derives: names, types, help,
+labels and how files are merged. The recorder, the collector and the metric reference in
+docs/metrics.md all follow this one list."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str  # for counters, without the ``_total`` of the sample
+    typ: str  # counter | gauge | histogram
+    help: str
+    labels: Tuple[str, ...] = ()
+    #: gauge multiprocess mode (how values of several processes merge)
+    mode: str = ""
+    #: the collector adds ``worker_id`` from the writing file's slot
+    per_worker: bool = False
+    #: histogram bucket bounds come from this setting
+    buckets: Optional[str] = None
+    #: computed by the collector from another family, never written
+    derived_from: Optional[str] = None
+    #: where the values come from: request | worker | master | exporter
+    origin: str = "request"
+
+    @property
+    def sample(self) -> str:
+        return self.name + "_total" if self.typ == "counter" else self.name
+
+    @property
+    def file_mode(self) -> str:
+        return self.mode if self.typ == "gauge" else ""
+
+
+def _f(*args, **kwargs) -> Family:
+    return Family(*args, **kwargs)
+
+
+ML = ("method", "route")
+ERR = ("method", "endpoint", "error_type")
+
+# -- per request (written on the request path) ---------------------------------------------
+HTTP_REQUESTS = _f("gunicorn_http_requests", "counter",
+                   "HTTP requests completed, by method, route template and status code.",
+                   ("method", "route", "status"))
+HTTP_DURATION = _f("gunicorn_http_request_duration_seconds", "histogram",
+                   "Time from the parsed request to the last byte of the response body.",
+                   ML, buckets="duration")
+HTTP_REQUEST_SIZE = _f("gunicorn_http_request_size_bytes", "histogram",
+                       "Request body bytes received.", ML, buckets="size")
+HTTP_RESPONSE_SIZE = _f("gunicorn_http_response_size_bytes", "histogram",
+                        "Response body bytes sent.", ML, buckets="size")
+FAILED_REQUESTS = _f("gunicorn_worker_failed_requests", "counter",
+                     "Requests whose application raised an exception, by exception class.",
+                     ERR, per_worker=True)
+ERROR_HANDLING = _f("gunicorn_worker_error_handling", "counter",
+                    "Errors gunicorn handled itself (malformed HTTP, limits, TLS), by type.",
+                    ERR, per_worker=True)
+IN_FLIGHT = _f("gunicorn_worker_in_flight_requests", "gauge",
+               "Requests the worker is handling now.", mode="livesum", per_worker=True,
+               origin="worker")
+
+# -- per worker (derived from the request families of the worker's slot) -------------------
+WORKER_REQUESTS = _f("gunicorn_worker_requests", "counter",
+                     "Requests handled by the worker slot.", derived_from=HTTP_REQUESTS.name,
+                     per_worker=True, origin="worker")
+WORKER_DURATION = _f("gunicorn_worker_request_duration_seconds", "histogram",
+                     "Request duration per worker slot.", derived_from=HTTP_DURATION.name,
+                     per_worker=True, buckets="duration", origin="worker")
+WORKER_REQUEST_SIZE = _f("gunicorn_worker_request_size_bytes", "histogram",
+                         "Request body bytes per worker slot.",
+                         derived_from=HTTP_REQUEST_SIZE.name, per_worker=True,
+                         buckets="size", origin="worker")
+WORKER_RESPONSE_SIZE = _f("gunicorn_worker_response_size_bytes", "histogram",
+                          "Response body bytes per worker slot.",
+                          derived_from=HTTP_RESPONSE_SIZE.name, per_worker=True,
+                          buckets="size", origin="worker")
+
+# -- per worker (sampled on a timer) -----------------------------------------------------------
+WORKER_MEMORY = _f("gunicorn_worker_memory_bytes", "gauge",
+                   "Resident memory of the worker process.", mode="livesum",
+                   per_worker=True, origin="worker")
+WORKER_CPU_SECONDS = _f("gunicorn_worker_cpu_seconds", "counter",
+                        "CPU time (user and system) used by the workers of the slot.",
+                        per_worker=True, origin="worker")
+WORKER_CPU_PERCENT = _f("gunicorn_worker_cpu_percent", "gauge",
+                        "CPU use of the worker over the last sampling interval, percent of "
+                        "one core.", mode="livesum", per_worker=True, origin="worker")
+WORKER_UPTIME = _f("gunicorn_worker_uptime_seconds", "gauge",
+                   "Seconds since the worker process started.", mode="livesum",
+                   per_worker=True, origin="worker")
+WORKER_STATE = _f("gunicorn_worker_state", "gauge",
+                  "1 for the worker's current state (running or stopping), else 0.",
+                  ("state",), mode="livesum", per_worker=True, origin="worker")
+WORKER_CAPACITY = _f("gunicorn_worker_capacity", "gauge",
+                     "Requests the worker can handle at once (1 sync, threads gthread, "
+                     "worker_connections async).", mode="livesum", per_worker=True,
+                     origin="worker")
+
+# -- master view (derived from live workers) ---------------------------------------------------
+WORKERS = _f("gunicorn_workers", "gauge",
+             "Live workers, busy (handling a request) or idle.", ("state",),
+             derived_from=IN_FLIGHT.name, origin="master")
+
+# -- the exporter itself -----------------------------------------------------------------------
+BUILD_INFO = _f("gunicorn_exporter_build_info", "gauge",
+                "Always 1; the exporter and library versions as labels.",
+                ("version", "gunicorn", "prometheus_client", "python"), origin="exporter")
+SCRAPE_DURATION = _f("gunicorn_exporter_scrape_duration_seconds", "gauge",
+                     "Seconds the previous collection took.", origin="exporter")
+FILES_READ = _f("gunicorn_exporter_storage_files", "gauge",
+                "Storage files read by the last collection.", origin="exporter")
+SAMPLES_READ = _f("gunicorn_exporter_storage_values", "gauge",
+                  "Stored values read by the last collection.", origin="exporter")
+READ_ERRORS = _f("gunicorn_exporter_read_errors", "counter",
+                 "Storage files that could not be read completely.", origin="exporter")
+SOURCE_UP = _f("gunicorn_exporter_source_up", "gauge",
+               "1 when the last read of the storage (directory or Redis) succeeded.",
+               ("source",), origin="exporter")
+LAST_READ = _f("gunicorn_exporter_last_read_timestamp_seconds", "gauge",
+               "Unix time of the last successful storage read.", origin="exporter")
+
+ALL: Tuple[Family, ...] = tuple(v for v in globals().values() if isinstance(v, Family))
+BY_NAME: Dict[str, Family] = {f.name: f for f in ALL}
+DERIVED: Dict[str, Family] = {f.derived_from: f for f in ALL
+                              if f.derived_from and f.typ != "gauge"}

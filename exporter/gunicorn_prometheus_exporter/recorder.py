@@ -1,0 +1,128 @@
+"""The request path: turn one finished request into a handful of stores into the worker's
+mapped files. Everything that can be computed once (entry positions for a label set, bucket
+bounds) is cached, so a request costs a dict lookup, three bisects and nine float stores."""
+from __future__ import annotations
+
+import threading
+from bisect import bisect_left
+from typing import Dict, Optional, Sequence, Tuple
+
+from prometheus_client.utils import floatToGoString
+
+from . import metrics as catalogue
+from .metrics import Family
+from .storage.mmap_file import MmapFile, sample_key
+from .storage.store import ProcessStore
+
+#: positions of one histogram series: (bucket positions incl. +Inf, sum position)
+HistPositions = Tuple[Tuple[int, ...], int]
+
+
+def histogram_positions(file: MmapFile, family: Family, labels: Dict[str, str],
+                        bounds: Sequence[float]) -> HistPositions:
+    buckets = []
+    for bound in list(bounds) + [float("inf")]:
+        bucket_labels = dict(labels, le=floatToGoString(bound))
+        buckets.append(file.index(sample_key(family.name, family.name + "_bucket",
+                                             bucket_labels, family.help)))
+    total = file.index(sample_key(family.name, family.name + "_sum", labels, family.help))
+    return tuple(buckets), total
+
+
+def scalar_position(file: MmapFile, family: Family, labels: Dict[str, str]) -> int:
+    return file.index(sample_key(family.name, family.sample, labels, family.help))
+
+
+class Recorder:
+    """Writes the request families and the worker's own gauges of one process."""
+
+    def __init__(self, store: ProcessStore, duration_bounds: Sequence[float],
+                 size_bounds: Sequence[float], threaded: bool) -> None:
+        self.store = store
+        self._counters = store.file("counter")
+        self._histograms = store.file("histogram")
+        self._gauges = store.file("gauge", "livesum")
+        self._duration_bounds = list(duration_bounds)
+        self._size_bounds = list(size_bounds)
+        self._series: Dict[Tuple[str, str, str], tuple] = {}
+        self._by_route: Dict[Tuple[str, str], tuple] = {}
+        self._counts: Dict[Tuple[str, Tuple[str, ...]], int] = {}
+        self._in_flight = scalar_position(self._gauges, catalogue.IN_FLIGHT, {})
+        self._gauges.values[self._in_flight] = 0.0
+        self.lock: Optional[threading.Lock] = threading.Lock() if threaded else None
+        if threaded:
+            self.observe = self._observe_locked  # type: ignore[method-assign]
+
+    # -- per request --------------------------------------------------------------------
+    def observe(self, method: str, route: str, status: str, duration: float,
+                request_bytes: int, response_bytes: int) -> None:
+        series = self._series.get((method, route, status))
+        if series is None:
+            series = self._register(method, route, status)
+        count, dur_b, dur_s, req_b, req_s, resp_b, resp_s = series
+        self._counters.values[count] += 1.0
+        h = self._histograms.values
+        h[dur_b[bisect_left(self._duration_bounds, duration)]] += 1.0
+        h[dur_s] += duration
+        h[req_b[bisect_left(self._size_bounds, request_bytes)]] += 1.0
+        h[req_s] += request_bytes
+        h[resp_b[bisect_left(self._size_bounds, response_bytes)]] += 1.0
+        h[resp_s] += response_bytes
+
+    def _observe_locked(self, method: str, route: str, status: str, duration: float,
+                        request_bytes: int, response_bytes: int) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            Recorder.observe(self, method, route, status, duration, request_bytes,
+                             response_bytes)
+
+    def _register(self, method: str, route: str, status: str) -> tuple:
+        by_route = self._by_route.get((method, route))
+        if by_route is None:
+            labels = {"method": method, "route": route}
+            h = self._histograms
+            by_route = (
+                histogram_positions(h, catalogue.HTTP_DURATION, labels, self._duration_bounds)
+                + histogram_positions(h, catalogue.HTTP_REQUEST_SIZE, labels, self._size_bounds)
+                + histogram_positions(h, catalogue.HTTP_RESPONSE_SIZE, labels, self._size_bounds))
+            self._by_route[(method, route)] = by_route
+        count = scalar_position(self._counters, catalogue.HTTP_REQUESTS,
+                                {"method": method, "route": route, "status": status})
+        series = (count,) + by_route
+        self._series[(method, route, status)] = series
+        return series
+
+    def in_flight(self, delta: float) -> None:
+        """Requests started (+1) or finished (-1)."""
+        if self.lock is None:
+            self._gauges.values[self._in_flight] += delta
+        else:
+            with self.lock:
+                self._gauges.values[self._in_flight] += delta
+
+    # -- rarer events ---------------------------------------------------------------------
+    def count(self, family: Family, values: Tuple[str, ...], amount: float = 1.0) -> None:
+        """Add to a counter of ``family`` (labels in the family's order)."""
+        key = (family.name, values)
+        position = self._counts.get(key)
+        if position is None:
+            position = scalar_position(self._counters, family, dict(zip(family.labels, values)))
+            self._counts[key] = position
+        if self.lock is None:
+            self._counters.values[position] += amount
+        else:
+            with self.lock:
+                self._counters.values[position] += amount
+
+    def counter_value(self, family: Family, values: Tuple[str, ...] = ()) -> float:
+        position = scalar_position(self._counters, family, dict(zip(family.labels, values)))
+        return self._counters.values[position]
+
+    def set_counter(self, family: Family, value: float, values: Tuple[str, ...] = ()) -> None:
+        position = scalar_position(self._counters, family, dict(zip(family.labels, values)))
+        self._counters.values[position] = value
+
+    def set_gauge(self, family: Family, value: float, values: Tuple[str, ...] = ()) -> None:
+        file = self._gauges if family.mode == "livesum" else self.store.file("gauge",
+                                                                            family.mode)
+        position = scalar_position(file, family, dict(zip(family.labels, values)))
+        file.values[position] = value

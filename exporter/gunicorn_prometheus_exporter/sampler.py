@@ -1,0 +1,58 @@
+"""Worker resource metrics, sampled on a timer in a daemon thread, whether or not requests
+flow, and never on the request path."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Optional
+
+import psutil
+
+from . import metrics as catalogue
+from .recorder import Recorder
+
+
+class ResourceSampler:
+    def __init__(self, recorder: Recorder, interval: float) -> None:
+        self._recorder = recorder
+        self._interval = interval
+        self._process = psutil.Process()
+        self._started = self._process.create_time()
+        # CPU seconds of the slot carry on from the slot's earlier workers
+        self._cpu_base = recorder.counter_value(catalogue.WORKER_CPU_SECONDS)
+        self._last: Optional[tuple] = None
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> None:
+        self.sample()
+        self._thread = threading.Thread(target=self._run, name="prometheus-sampler",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.sample()
+            except psutil.Error:
+                return
+
+    def sample(self) -> None:
+        now = time.time()
+        times = self._process.cpu_times()
+        cpu = times.user + times.system
+        rec = self._recorder
+        rec.set_counter(catalogue.WORKER_CPU_SECONDS, self._cpu_base + cpu)
+        rec.set_gauge(catalogue.WORKER_MEMORY, float(self._process.memory_info().rss))
+        rec.set_gauge(catalogue.WORKER_UPTIME, max(0.0, now - self._started))
+        if self._last is not None:
+            last_time, last_cpu = self._last
+            elapsed = now - last_time
+            if elapsed > 0:
+                rec.set_gauge(catalogue.WORKER_CPU_PERCENT, 100.0 * (cpu - last_cpu) / elapsed)
+        else:
+            rec.set_gauge(catalogue.WORKER_CPU_PERCENT, 0.0)
+        self._last = (now, cpu)

@@ -1,0 +1,198 @@
+"""The HTTP side of the metrics server: ``/metrics`` (text or OpenMetrics by ``Accept``,
+gzip by ``Accept-Encoding``), a landing page at ``/``, ``/-/healthy`` and ``/-/ready``, with
+optional TLS and basic auth.
+
+It is hardened for being exposed: a bounded number of connections at once, a socket
+timeout (a slow or silent client costs one thread for at most that long), TLS handshakes in
+the connection's thread rather than the accept loop, and every failure of one connection
+logged and contained."""
+from __future__ import annotations
+
+import gzip
+import socket
+import ssl
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from typing import Any, Callable, Iterable, Optional, Tuple
+
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import CollectorRegistry
+
+from ..version import __version__
+from .webconfig import BasicAuth, WebConfig
+
+MAX_CONNECTIONS = 32
+SOCKET_TIMEOUT = 30.0
+
+
+class Exposition:
+    """Renders the families of a collect function in the format a scraper asks for."""
+
+    def __init__(self, collect: Callable[[], Iterable[Any]], source: str) -> None:
+        self.source = source
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Adapter(collect))
+        self._landing = resources.files(__package__).joinpath("landing.html").read_text()
+
+    def metrics(self, accept: Optional[str]) -> Tuple[bytes, str]:
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
+
+    def landing(self) -> bytes:
+        return self._landing.format(version=__version__, source=self.source).encode()
+
+
+class _Adapter:
+    def __init__(self, collect: Callable[[], Iterable[Any]]) -> None:
+        self.collect = collect
+
+
+class MetricsServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+
+    def __init__(self, sock: socket.socket, exposition: Exposition, web: WebConfig,
+                 log: Any) -> None:
+        self.exposition = exposition
+        self.log = log
+        self.auth = BasicAuth(web.users)
+        self.headers = web.headers
+        self.tls = web.tls_context()
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(sock.getsockname()[:2], MetricsHandler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = sock
+        self.address_family = sock.family
+        self.server_address = sock.getsockname()[:2]
+        self.server_name, self.server_port = self.server_address
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.log.warning("metrics server: %d connections open, refusing %s",
+                             MAX_CONNECTIONS, client_address[0])
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        request.settimeout(SOCKET_TIMEOUT)
+        if self.tls is not None:
+            request = self.tls.wrap_socket(request, server_side=True)
+        super().finish_request(request, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ssl.SSLError, ConnectionError, socket.timeout)):
+            self.log.debug("metrics server: connection from %s failed: %s",
+                           client_address[0], exc)
+        else:
+            self.log.exception("metrics server: error serving %s", client_address[0])
+
+
+class MetricsHandler(BaseHTTPRequestHandler):
+    server: MetricsServer
+    server_version = f"gunicorn-prometheus-exporter/{__version__}"
+    sys_version = ""
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        if not self.server.auth.check(self.headers.get("Authorization")):
+            self._send(401, b"Unauthorized\n", "text/plain; charset=utf-8",
+                       {"WWW-Authenticate": 'Basic realm="metrics"'})
+            return
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._metrics()
+        elif path == "/":
+            self._send(200, self.server.exposition.landing(), "text/html; charset=utf-8")
+        elif path in ("/-/healthy", "/-/ready"):
+            self._send(200, b"OK\n", "text/plain; charset=utf-8")
+        else:
+            self._send(404, b"Not Found\n", "text/plain; charset=utf-8")
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self.do_GET()
+
+    def _metrics(self) -> None:
+        body, content_type = self.server.exposition.metrics(self.headers.get("Accept"))
+        extra = {}
+        if "gzip" in (self.headers.get("Accept-Encoding") or ""):
+            body = gzip.compress(body, compresslevel=6)
+            extra["Content-Encoding"] = "gzip"
+        self._send(200, body, content_type, extra)
+
+    def _send(self, status: int, body: bytes, content_type: str,
+              extra: Optional[dict] = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in {**self.server.headers, **(extra or {})}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        self.server.log.debug("metrics server: %s " + format, self.client_address[0], *args)
+
+    def log_error(self, format: str, *args: Any) -> None:  # noqa: A002
+        self.server.log.info("metrics server: %s " + format, self.client_address[0], *args)
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The metrics socket: one inherited from the previous master of a USR2 upgrade if it
+    left one bound to this address (so the port answers throughout the upgrade), otherwise
+    a new one. Raises OSError (e.g. address in use)."""
+    inherited = _inherited(host, port)
+    if inherited is not None:
+        return inherited
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family, backlog=128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _inherited(host: str, port: int) -> Optional[socket.socket]:
+    import os
+    import stat
+
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return None
+    for fd in fds:
+        if fd <= 2:
+            continue
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            candidate = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue
+        try:
+            name = candidate.getsockname()
+            listening = candidate.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+            if (listening and candidate.type == socket.SOCK_STREAM
+                    and isinstance(name, tuple) and name[1] == port
+                    and name[0] in (host, "::ffff:" + host)):
+                os.close(fd)
+                candidate.set_inheritable(True)
+                return candidate
+        except OSError:
+            pass
+        candidate.close()
+    return None

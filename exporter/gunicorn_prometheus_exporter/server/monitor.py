@@ -1,0 +1,156 @@
+"""The metrics server process of a gunicorn master.
+
+The master binds the metrics socket itself (so a port conflict is one clear log line at
+start-up and never delays a worker), then forks a small process that serves it. Scrapes
+never run in the master, which stays single-threaded as gunicorn expects before each fork,
+and a slow or abusive scraper cannot disturb worker management. The process ends with the
+master (``PR_SET_PDEATHSIG`` where Linux offers it, and a parent check every second)."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import threading
+from typing import Any, Optional
+
+from ..config import Settings
+from . import webconfig
+from .http import Exposition, MetricsServer, listening_socket
+
+_PR_SET_PDEATHSIG = 1
+
+
+class Monitor:
+    def __init__(self, settings: Settings, directory: str, log: Any) -> None:
+        self.settings = settings
+        self.directory = directory
+        self.log = log
+        self.pid: Optional[int] = None
+        self.sock: Optional[socket.socket] = None
+        self.web = webconfig.from_settings(settings)
+        self.web.tls_context()  # fail now, in the master, on a bad certificate or key
+
+    @property
+    def address(self) -> str:
+        p = self.settings.prometheus
+        return f"{p.bind_address}:{p.metrics_port}"
+
+    def start(self) -> None:
+        p = self.settings.prometheus
+        try:
+            self.sock = listening_socket(p.bind_address, p.metrics_port)
+        except OSError as exc:
+            self.log.error("prometheus: cannot serve metrics on %s: %s; requests are still "
+                           "recorded in %s (set PROMETHEUS_METRICS_PORT to a free port)",
+                           self.address, exc.strerror or exc, self.directory)
+            return
+        self._fork()
+        scheme = "https" if self.web.cert_file else "http"
+        self.log.info("prometheus: serving metrics at %s://%s/metrics (pid %s)",
+                      scheme, self.address, self.pid)
+
+    def _fork(self) -> None:
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                _serve(self.sock, self.settings, self.web, self.directory, self.log)
+            except BaseException:  # the child must never return into gunicorn's code
+                self.log.exception("prometheus: metrics server failed")
+                code = 1
+            finally:
+                os._exit(code)
+        self.pid = pid
+
+    def ensure_running(self) -> None:
+        if self.pid is None or self.sock is None:
+            return
+        try:
+            os.kill(self.pid, 0)
+            return
+        except ProcessLookupError:
+            pass
+        self.log.warning("prometheus: metrics server (pid %s) is gone; starting it again",
+                         self.pid)
+        self._fork()
+
+    def stop(self) -> None:
+        if self.pid is not None:
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+                _reap(self.pid, timeout=2.0)
+            except ProcessLookupError:
+                pass
+            self.pid = None
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def forget(self) -> None:
+        """In a worker: close the inherited socket, leave the process alone."""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        self.pid = None
+
+
+def _reap(pid: int, timeout: float) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return  # gunicorn's own reaper got it first
+        if done:
+            return
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGKILL)
+
+
+def _serve(sock: socket.socket, settings: Settings, web: webconfig.WebConfig,
+           directory: str, log: Any) -> None:
+    from ..collector import DirectoryCollector, health_families
+
+    master = os.getppid()
+    _die_with_parent()
+    for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN,
+                signal.SIGTTOU, signal.SIGWINCH, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_IGN)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    collector = DirectoryCollector(directory)
+
+    def collect():
+        yield from collector.read()
+        yield from health_families(collector, "directory")
+
+    server = MetricsServer(sock, Exposition(collect, f"directory {directory}"), web, log)
+    stop = threading.Event()
+
+    def on_term(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_term)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                              name="metrics-server", daemon=True)
+    thread.start()
+    while not stop.wait(1.0):
+        if os.getppid() != master:
+            break
+    server.shutdown()
+
+
+def _die_with_parent() -> None:
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+

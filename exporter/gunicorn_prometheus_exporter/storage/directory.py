@@ -1,0 +1,153 @@
+"""The shared multiprocess directory: file names, identities and their liveness.
+
+Every writing process works under an *identity* it claims with ``flock`` on
+``<identity>.lock``: ``w<N>`` for worker slots, ``m<N>`` for masters. The master claims a
+worker's slot before forking it; the worker inherits the lock, and the master releases its
+copy once it has reaped the worker. So
+
+* a slot is never held by two live processes, even across the old and new master of a USR2
+  upgrade, and the number of files is bounded by the most workers ever alive at once, not by
+  the workers ever started;
+* a reader (the metrics server, a sidecar in another container) tells a live identity from a
+  dead one with one non-blocking lock attempt, without any shared process table.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import glob
+import os
+import re
+from dataclasses import dataclass
+from typing import Dict, Iterator, Optional, Tuple
+
+MAX_SLOTS = 4096
+_FILE = re.compile(r"^(counter|histogram|summary|gauge)(?:_(\w+?))?_([^_]+)\.db$")
+_WORKER = re.compile(r"^w(\d+)$")
+
+
+@dataclass(frozen=True)
+class DbFile:
+    path: str
+    typ: str
+    mode: str  # gauge multiprocess mode, '' for other types
+    identity: str
+
+    @property
+    def worker_id(self) -> Optional[str]:
+        match = _WORKER.match(self.identity)
+        return match.group(1) if match else None
+
+
+def parse_name(path: str) -> Optional[DbFile]:
+    match = _FILE.match(os.path.basename(path))
+    if not match:
+        return None
+    typ, mode, identity = match.groups()
+    return DbFile(path, typ, mode or "", identity)
+
+
+def db_path(directory: str, typ: str, identity: str, mode: str = "") -> str:
+    name = f"{typ}_{mode}_{identity}.db" if mode else f"{typ}_{identity}.db"
+    return os.path.join(directory, name)
+
+
+def _open_lock(path: str) -> int:
+    return os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+
+
+class Claim:
+    """An identity held by this process (and, after fork, by its child)."""
+
+    def __init__(self, identity: str, fd: int) -> None:
+        self.identity = identity
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def claim(directory: str, prefix: str) -> Claim:
+    """Claim the lowest free identity ``<prefix><N>``."""
+    for n in range(MAX_SLOTS):
+        identity = f"{prefix}{n}"
+        fd = _open_lock(os.path.join(directory, identity + ".lock"))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                continue
+            raise
+        return Claim(identity, fd)
+    raise RuntimeError(f"more than {MAX_SLOTS} live identities '{prefix}N' in {directory}")
+
+
+def is_live(directory: str, identity: str) -> bool:
+    """True while some process holds ``identity``'s lock."""
+    path = os.path.join(directory, identity + ".lock")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the probe's own shared lock
+    return False
+
+
+def live_identities(directory: str) -> Dict[str, bool]:
+    """Liveness of every identity that has a lock file."""
+    out = {}
+    for path in glob.glob(os.path.join(glob.escape(directory), "*.lock")):
+        identity = os.path.basename(path)[:-5]
+        out[identity] = is_live(directory, identity)
+    return out
+
+
+def db_files(directory: str) -> Iterator[Tuple[DbFile, int]]:
+    """The storage files of a directory with their inode numbers (which tell a file that
+    was removed and created again)."""
+    try:
+        entries = os.scandir(directory)
+    except FileNotFoundError:
+        return
+    with entries:
+        for entry in entries:
+            if entry.name.endswith(".db"):
+                parsed = parse_name(entry.path)
+                if parsed is not None:
+                    yield parsed, entry.inode()
+
+
+def prepare(directory: str, cleanup: bool) -> bool:
+    """Create the directory; when ``cleanup`` and no identity in it is live, empty it.
+    Returns True when it was emptied. Never removes a live process's files (a USR2 upgrade
+    starts a second master on the same directory)."""
+    os.makedirs(directory, exist_ok=True)
+    if not cleanup:
+        return False
+    if any(live_identities(directory).values()):
+        return False
+    for pattern in ("*.db", "*.lock", "routes"):
+        for path in glob.glob(os.path.join(glob.escape(directory), pattern)):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+    return True
+
+
+def remove_live_gauges(directory: str, identity: str) -> None:
+    """Drop the live-mode gauge files of an identity whose process has gone, as
+    prometheus_client's ``mark_process_dead`` does."""
+    for path in glob.glob(os.path.join(glob.escape(directory), f"gauge_live*_{identity}.db")):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass

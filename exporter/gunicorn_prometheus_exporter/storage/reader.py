@@ -1,0 +1,96 @@
+"""Incremental reader of one multiprocess file.
+
+Entries are append-only, so a reader parses each key once and afterwards only re-reads the
+values: one ``struct`` call over the mapped file unpacks every value of the file in C. This
+is what keeps a scrape cheap when files hold thousands of entries."""
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from typing import List, Optional, Tuple
+
+from .mmap_file import padded_length
+
+_USED = struct.Struct("<i")
+
+
+class FileReader:
+    """Values of one file; ``keys`` grows as writers append entries."""
+
+    def __init__(self, path: str, with_timestamps: bool = False) -> None:
+        self.path = path
+        self.with_timestamps = with_timestamps
+        self.keys: List[str] = []
+        self._offsets: List[int] = []
+        self._parsed_to = 8
+        self._ino: Optional[Tuple[int, int]] = None
+        self._map: Optional[mmap.mmap] = None
+        self._struct = struct.Struct("<")
+        self.torn = False
+
+    def _reopen(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            return False
+        try:
+            st = os.fstat(fd)
+            if st.st_size < 8:
+                return False
+            self.close()
+            self._map = mmap.mmap(fd, st.st_size, prot=mmap.PROT_READ)
+            identity = (st.st_dev, st.st_ino)
+            if identity != self._ino:
+                self.keys, self._offsets, self._parsed_to = [], [], 8
+                self._struct = struct.Struct("<")
+            self._ino = identity
+            return True
+        finally:
+            os.close(fd)
+
+    def read(self, inode: Optional[int] = None) -> Optional[tuple]:
+        """All values (value, or value and timestamp, per key) or None if the file is gone.
+        ``inode`` (from the directory listing) reveals a file deleted and created again."""
+        stale = inode is not None and self._ino is not None and inode != self._ino[1]
+        if (self._map is None or stale) and not self._reopen():
+            return None
+        used = _USED.unpack_from(self._map, 0)[0]
+        if used > len(self._map):
+            if not self._reopen():  # the writer grew the file
+                return None
+            used = _USED.unpack_from(self._map, 0)[0]
+        if used > self._parsed_to:
+            self._parse(used)
+        return self._struct.unpack_from(self._map, 0)
+
+    def _parse(self, used: int) -> None:
+        m = self._map
+        pos = self._parsed_to
+        while pos + 4 <= used:
+            length = _USED.unpack_from(m, pos)[0]
+            end = pos + 4 + padded_length(length) + 16
+            if length <= 0 or end > min(used, len(m)):
+                self.torn = True
+                break
+            self.keys.append(bytes(m[pos + 4:pos + 4 + length]).decode("utf-8", "replace"))
+            self._offsets.append(pos + 4 + padded_length(length))
+            pos = end
+        self._parsed_to = pos
+        self._struct = struct.Struct(self._format())
+
+    def _format(self) -> str:
+        parts = ["<"]
+        cursor = 0
+        item = "dd" if self.with_timestamps else "d"
+        width = 16 if self.with_timestamps else 8
+        for offset in self._offsets:
+            gap = offset - cursor
+            parts.append(f"{gap}x{item}" if gap else item)
+            cursor = offset + width
+        return "".join(parts)
+
+    def close(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None

@@ -1,0 +1,234 @@
+"""What every Prometheus worker class adds to its gunicorn worker: a claimed storage slot,
+the per-request recording, gunicorn's own error path, and the resource sampler.
+
+Requests are timed between gunicorn's ``pre_request`` and ``post_request`` hooks: the
+latter runs after the last body byte was written (``sendfile`` included) and inside the
+``finally`` of an exception, so status, sent bytes and any escaping exception are all
+known there. The hooks are chained in front of the user's on the worker's own copy of the
+config; nothing of gunicorn's request handling is copied or replaced.
+
+Importing this module routes prometheus_client's multiprocess values to the plugin's
+directory and worker identities; gunicorn imports the worker class before it loads (or
+preloads) the application, so the application's own metrics follow."""
+from __future__ import annotations
+
+import errno
+import sys
+import time
+from typing import Any, Iterable, Optional
+
+from .. import config, identity, master
+from .. import metrics as catalogue
+from ..recorder import Recorder
+from ..routes import ROUTE_ENVIRON_KEY, RouteTable, method_label
+from ..sampler import ResourceSampler
+from ..storage.store import ProcessStore
+
+BODY_METER_KEY = "gunicorn_prometheus_exporter.body_meter"
+_COUNTED = "_gunicorn_prometheus_counted"
+_STARTED = "_gunicorn_prometheus_started"
+_GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN)
+
+
+class BodyMeter:
+    """Counts the bytes an application reads from a chunked request body (whose size no
+    header declares)."""
+
+    __slots__ = ("_body", "bytes")
+
+    def __init__(self, body: Any) -> None:
+        self._body = body
+        self.bytes = 0
+
+    def read(self, size: Optional[int] = None) -> bytes:
+        data = self._body.read() if size is None else self._body.read(size)
+        self.bytes += len(data)
+        return data
+
+    def readline(self, size: Optional[int] = None) -> bytes:
+        data = self._body.readline() if size is None else self._body.readline(size)
+        self.bytes += len(data)
+        return data
+
+    def readlines(self, hint: Optional[int] = None) -> list:
+        lines = self._body.readlines() if hint is None else self._body.readlines(hint)
+        self.bytes += sum(len(line) for line in lines)
+        return lines
+
+    def __iter__(self) -> Iterable[bytes]:
+        for line in self._body:
+            self.bytes += len(line)
+            yield line
+
+
+def metered(app: Any) -> Any:
+    def app_with_body_meter(environ: dict, start_response: Any) -> Any:
+        if "CONTENT_LENGTH" not in environ and "HTTP_TRANSFER_ENCODING" in environ:
+            environ["wsgi.input"] = environ[BODY_METER_KEY] = BodyMeter(environ["wsgi.input"])
+        return app(environ, start_response)
+
+    return app_with_body_meter
+
+
+def _client_gone(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in _GONE
+
+
+class Instrumentation:
+    """The plugin inside one worker process."""
+
+    def __init__(self, worker: Any, runtime: master.MasterRuntime) -> None:
+        claim = worker._gunicorn_prometheus_claim
+        runtime.enter_worker(claim)
+        identity.adopt(claim.identity)
+        settings = runtime.settings
+        self.log = worker.log
+        self.worker_id = claim.identity
+        self.store = ProcessStore(runtime.directory, claim.identity)
+        self.recorder = Recorder(self.store, settings.metrics.duration_buckets,
+                                 settings.metrics.size_buckets, threaded=worker.threaded)
+        self.routes = RouteTable(runtime.directory, settings.metrics.route_cap,
+                                 settings.metrics.route_rules)
+        self.recorder.set_gauge(catalogue.WORKER_CAPACITY, float(worker.capacity))
+        self.set_state("running")
+        self.sampler = ResourceSampler(self.recorder, settings.metrics.sample_interval)
+        self.sampler.start()
+        self._failed_once = False
+        worker.cfg.set("pre_request", master.chained(self.pre_request,
+                                                     _user_hook(worker.cfg, "pre_request")))
+        worker.cfg.set("post_request", master.chained(self.post_request,
+                                                      _user_hook(worker.cfg, "post_request")))
+
+    def set_state(self, state: str) -> None:
+        for name in ("running", "stopping"):
+            self.recorder.set_gauge(catalogue.WORKER_STATE, float(name == state), (name,))
+
+    # -- the request path ---------------------------------------------------------------------
+    def pre_request(self, worker: Any, req: Any) -> None:
+        setattr(req, _STARTED, time.perf_counter())
+        self.recorder.in_flight(1.0)
+
+    def post_request(self, worker: Any, req: Any, environ: dict, resp: Any) -> None:
+        ended = time.perf_counter()
+        started = req.__dict__.pop(_STARTED, None)
+        if started is None:
+            return
+        try:
+            self.recorder.in_flight(-1.0)
+            if environ:  # else gunicorn refused the request itself: see gunicorn_error
+                self._record(environ, resp, ended - started, sys.exc_info()[1])
+        except Exception:  # recording must never break a request
+            if not self._failed_once:
+                self._failed_once = True
+                self.log.exception("prometheus: could not record a request")
+
+    def _record(self, environ: dict, resp: Any, duration: float,
+                exc: Optional[BaseException]) -> None:
+        code = getattr(resp, "status_code", None) if resp is not None else None
+        error_type = None
+        if exc is not None:
+            if _client_gone(exc):
+                code = code or 499
+            else:
+                error_type = type(exc).__name__
+                if resp is None or not resp.headers_sent:
+                    code = 500
+                try:
+                    setattr(exc, _COUNTED, True)
+                except AttributeError:
+                    pass
+        status = str(code or 500)
+        method = method_label(environ.get("REQUEST_METHOD"))
+        template = environ.get(ROUTE_ENVIRON_KEY)
+        if template:
+            route = self.routes.template(str(template))
+        else:
+            route = self.routes.route(environ.get("PATH_INFO") or "/", status)
+        length = environ.get("CONTENT_LENGTH")
+        if length:
+            try:
+                received = int(length)
+            except ValueError:
+                received = 0
+        else:
+            meter = environ.get(BODY_METER_KEY)
+            received = meter.bytes if meter is not None else 0
+        sent = resp.sent if resp is not None else 0
+        self.recorder.observe(method, route, status, duration, received, sent)
+        if error_type is not None:
+            self.recorder.count(catalogue.FAILED_REQUESTS, (method, route, error_type))
+
+    # -- gunicorn's own error path ------------------------------------------------------------------
+    def gunicorn_error(self, req: Any, exc: BaseException) -> None:
+        """Malformed HTTP, limits, TLS failures: errors no application code saw. An
+        application's exception also passes here after ``post_request`` counted it."""
+        if getattr(exc, _COUNTED, False):
+            return
+        try:
+            method = method_label(getattr(req, "method", None)) if req is not None else "unknown"
+            path = getattr(req, "path", None) if req is not None else None
+            endpoint = self.routes.route(path, "404") if path else "unmatched"
+            self.recorder.count(catalogue.ERROR_HANDLING, (method, endpoint, type(exc).__name__))
+        except Exception:
+            self.log.exception("prometheus: could not record a gunicorn error")
+
+
+def _user_hook(cfg: Any, name: str) -> Any:
+    setting = cfg.settings[name]
+    hook = setting.get()
+    return None if hook is setting.default else hook
+
+
+class PrometheusWorkerMixin:
+    """Mixed in front of a gunicorn worker class."""
+
+    #: whether several threads of one process record at once
+    threaded = False
+    _prometheus: Optional[Instrumentation] = None
+
+    @property
+    def capacity(self) -> int:
+        """Requests one worker process handles at once."""
+        return 1
+
+    @classmethod
+    def check_config(cls, cfg: Any, log: Any) -> None:
+        master.ensure(cfg, log)
+        parent = getattr(super(), "check_config", None)
+        if parent is not None:
+            parent(cfg, log)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        master.ensure(self.cfg, self.log)  # runs in the master: covers a HUP-reloaded cfg
+
+    def init_process(self) -> None:
+        runtime = master.current()
+        if runtime is not None and hasattr(self, "_gunicorn_prometheus_claim"):
+            try:
+                self._prometheus = Instrumentation(self, runtime)
+            except Exception:
+                self.log.exception("prometheus: metrics disabled in worker %s", self.pid)
+        super().init_process()
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        if self._prometheus is not None:
+            self.wsgi = metered(self.wsgi)
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        if self._prometheus is not None:
+            self._prometheus.gunicorn_error(req, exc)
+        super().handle_error(req, client, addr, exc)
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if self._prometheus is not None:
+            self._prometheus.set_state("stopping")
+        super().handle_exit(sig, frame)
+
+
+def _prepare_prometheus_client() -> None:
+    identity.route_prometheus_client(config.settings().multiproc_dir)
+
+
+_prepare_prometheus_client()

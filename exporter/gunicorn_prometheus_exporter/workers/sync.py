@@ -1,0 +1,8 @@
+"""``PrometheusWorker``: gunicorn's sync worker, one request at a time."""
+from gunicorn.workers.sync import SyncWorker
+
+from .base import PrometheusWorkerMixin
+
+
+class PrometheusWorker(PrometheusWorkerMixin, SyncWorker):
+    pass
