@@ -106,7 +106,8 @@ def arr(items: dict) -> dict:
 STR = {"type": "string"}
 BOOL = {"type": "boolean"}
 INT = {"type": "integer"}
-NUM = {"type": "number", "minimum": 0}
+# `helm --set x=0.5` passes a float as a string: accept numeric strings too.
+NUM = {"type": ["number", "string"], "minimum": 0, "pattern": "^[0-9]*\\.?[0-9]+$"}
 PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
 STRMAP = {"type": "object", "additionalProperties": {"type": "string"}}
 DURATION = {"type": "string", "pattern": "^(0|([0-9]+(ms|s|m|h|d|w|y))+)$"}
