@@ -25,6 +25,9 @@
 #   DEBIAN_MIRROR                 default http://deb.debian.org/debian
 #   PIP_CERT                      CA bundle handed to pip inside the build (build secret)
 #   PULL_TIMEOUT                  seconds for the base pull attempt (default 60)
+#
+# Exit status: 0 ok, 1 a build failed, 3 a prerequisite is missing (no runtime, no debootstrap,
+# not root, no exporter/pyproject.toml).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -40,6 +43,8 @@ PULL_TIMEOUT="${PULL_TIMEOUT:-60}"
 
 log() { printf 'build.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+# A missing prerequisite (runtime, debootstrap, root, sources): exit 3, so that tests can skip.
+missing() { log "error: $*"; exit 3; }
 
 image_version() {
   if [ -n "${IMAGE_VERSION:-}" ]; then echo "$IMAGE_VERSION"; return; fi
@@ -96,14 +101,14 @@ detect_runtime() {
     if command -v docker >/dev/null 2>&1 && timeout 20 docker info >/dev/null 2>&1; then
       RUNTIME=docker; return 0
     fi
-    [ "$want" = docker ] && die "IMAGE_RUNTIME=docker but no docker engine answers (docker info)"
+    [ "$want" = docker ] && missing "IMAGE_RUNTIME=docker but no docker engine answers (docker info)"
   fi
   if command -v podman >/dev/null 2>&1; then
     RUNTIME=podman
     podman_setup
     return 0
   fi
-  die "no container runtime: neither a docker engine nor podman (run image/install-tools.sh as root)"
+  missing "no container runtime: neither a docker engine nor podman (run image/install-tools.sh as root)"
 }
 
 rt() { "$RUNTIME" "$@"; }
@@ -126,8 +131,8 @@ qualify() {
 # Base image
 # ---------------------------------------------------------------------------------------------
 build_local_base() {
-  command -v debootstrap >/dev/null 2>&1 || die "debootstrap missing (run image/install-tools.sh as root)"
-  [ "$(id -u)" -eq 0 ] || die "building the local base needs root (debootstrap)"
+  command -v debootstrap >/dev/null 2>&1 || missing "debootstrap missing (run image/install-tools.sh as root)"
+  [ "$(id -u)" -eq 0 ] || missing "building the local base needs root (debootstrap)"
   local t0 rootfs
   t0=$(date +%s)
   mkdir -p "$CACHE/debs"
@@ -187,7 +192,7 @@ ensure_base() {
 make_context() {
   # A small build context: exporter/ sources (no caches, builds or venvs) and image/.
   local src="${EXPORTER_DIR:-$REPO/exporter}"
-  [ -f "$src/pyproject.toml" ] || die "$src/pyproject.toml missing: nothing to build yet"
+  [ -f "$src/pyproject.toml" ] || missing "$src/pyproject.toml missing: nothing to build yet"
   CONTEXT="$(mktemp -d "${TMPDIR:-/tmp}/gpe-context.XXXXXX")"
   mkdir -p "$CONTEXT/exporter"
   cp -r "$IMAGE_DIR" "$CONTEXT/image"
@@ -205,7 +210,7 @@ build_one() {
     --build-arg "BASE_IMAGE=$BASE_REF"
     --build-arg "VERSION=$version"
     --build-arg "VCS_REF=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-    --build-arg "BUILD_DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)")
+    --build-arg "BUILD_DATE=$BUILD_DATE")
   local cert="${PIP_CERT:-}"
   if [ -z "$cert" ] && [ -s /etc/ssl/certs/ca-certificates.crt ]; then cert=/etc/ssl/certs/ca-certificates.crt; fi
   [ -n "$cert" ] && args+=(--secret "id=pip_cert,src=$cert")
@@ -244,6 +249,9 @@ main() {
     build)
       local version
       version="$(image_version)"
+      # The commit's date, not the clock: unchanged sources reuse every cached layer.
+      BUILD_DATE="$(TZ=UTC git -C "$REPO" log -1 --format=%cd --date=format-local:%Y-%m-%dT%H:%M:%SZ 2>/dev/null || true)"
+      BUILD_DATE="${BUILD_DATE:-unknown}"
       ensure_base
       make_context
       # shellcheck disable=SC2064

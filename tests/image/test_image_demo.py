@@ -1,0 +1,89 @@
+"""The demo image (gunicorn + the plugin), alone and with the exporter image as a sidecar."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from image_helpers import Runtime, http_get, samples, wait_until  # noqa: E402
+
+REQUESTS = 5
+
+
+def get_ok(port: int, path: str) -> bool:
+    try:
+        return http_get(f"http://127.0.0.1:{port}{path}")[0] == 200
+    except OSError:
+        return False
+
+
+def wait_for_app(port: int) -> int:
+    """Poll the app until it answers; return how many requests it served meanwhile."""
+    served = 0
+
+    def ready() -> bool:
+        nonlocal served
+        if get_ok(port, "/users/1"):
+            served += 1
+            return True
+        return False
+
+    wait_until(ready, 30, "demo app answers on :8000")
+    return served
+
+
+def get_200_count(port: int) -> float:
+    status, body = http_get(f"http://127.0.0.1:{port}/metrics")
+    assert status == 200, body[:500]
+    return sum(
+        value
+        for labels, value in samples(body, "gunicorn_http_requests_total")
+        if 'method="GET"' in labels and 'status="200"' in labels
+    )
+
+
+def send_and_count(runtime: Runtime, app_port: int, metrics_port: int) -> None:
+    served = wait_for_app(app_port)
+    for i in range(REQUESTS):
+        assert get_ok(app_port, f"/users/{i + 2}")
+    expected = served + REQUESTS
+    # The count reaches exactly what was sent (bounded wait, then exact).
+    try:
+        wait_until(lambda: get_200_count(metrics_port) >= expected, 20, "requests counted on :9091")
+    except TimeoutError:
+        raise AssertionError(
+            f"counted {get_200_count(metrics_port)} GET 200 requests, sent {expected}"
+        ) from None
+    assert get_200_count(metrics_port) == expected
+
+
+def test_demo_request_is_counted(runtime: Runtime, images: dict[str, str]) -> None:
+    with runtime.container(
+        images["demo"], *runtime.read_only_args(),
+        "-p", "127.0.0.1::8000", "-p", "127.0.0.1::9091",
+    ) as cid:
+        app_port, metrics_port = runtime.port(cid, 8000), runtime.port(cid, 9091)
+        send_and_count(runtime, app_port, metrics_port)
+        status = runtime.run("exec", cid, "cat", "/proc/1/status").stdout
+        uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
+        assert uids == ["65532"] * 4, f"gunicorn master runs as {uids}"
+
+
+def test_sidecar_exporter_reads_demo_directory(runtime: Runtime, images: dict[str, str]) -> None:
+    """Sidecar topology: the app records into a shared volume, the exporter image serves it."""
+    volume = f"gpe-test-{uuid.uuid4().hex[:12]}"
+    runtime.run("volume", "create", volume)
+    mount = "/var/run/gunicorn-prometheus"
+    try:
+        with runtime.container(
+            images["demo"], *runtime.read_only_args(), "-v", f"{volume}:{mount}",
+            "-e", "PROMETHEUS_METRICS_SERVER=false", "-p", "127.0.0.1::8000",
+        ) as app, runtime.container(
+            images["exporter"], *runtime.read_only_args(), "-v", f"{volume}:{mount}:ro",
+            "-p", "127.0.0.1::9091",
+        ) as exporter:
+            send_and_count(runtime, runtime.port(app, 8000), runtime.port(exporter, 9091))
+    finally:
+        runtime.run("volume", "rm", "-f", volume, check=False)
