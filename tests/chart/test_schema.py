@@ -102,3 +102,13 @@ def test_schema_is_generated_and_up_to_date():
 def test_defaults_are_valid_for_the_schema():
     jsonschema = pytest.importorskip("jsonschema", reason="pip install jsonschema")
     jsonschema.Draft7Validator(SCHEMA).validate(DEFAULTS)
+
+
+def test_docs_values_table_is_up_to_date():
+    proc = subprocess.run([sys.executable, str(chartlib.ROOT / "charts" / "tools" / "gen_values_table.py"), "--check"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    doc = (chartlib.ROOT / "docs" / "kubernetes.md").read_text()
+    for path, sub, _ in chart_paths(SCHEMA, DEFAULTS):
+        if "properties" not in sub:
+            assert f"| `{path}` |" in doc, path
