@@ -3,7 +3,8 @@
 #   make image         build gunicorn-prometheus-exporter and -demo (docker or podman)
 #   make image-base    only make the base image (pull, or a local Debian one)
 #   make image-lint    hadolint on both Dockerfiles
-#   make image-test    pytest tests/image (builds the images; container tests skip without a runtime)
+#   make image-test    pytest tests/image (builds the images; container tests skip without a runtime;
+#                      --confcutdir: the image tests need none of tests/conftest.py)
 # Keep whatever default goal another mk/*.mk file chose.
 _image_mk_default_goal := $(.DEFAULT_GOAL)
 
@@ -22,7 +23,7 @@ image-lint:
 	hadolint image/Dockerfile image/Dockerfile.demo
 
 image-test:
-	$(IMAGE_PYTHON) -m pytest tests/image $(IMAGE_PYTEST_ARGS)
+	$(IMAGE_PYTHON) -m pytest tests/image --confcutdir=tests/image $(IMAGE_PYTEST_ARGS)
 
 image-tools:
 	bash image/install-tools.sh

@@ -36,33 +36,64 @@ def _one_line(text: str) -> str:
     return (lines[-1] if lines else "no output").removeprefix("build.sh: error: ")
 
 
-@pytest.fixture(scope="session")
-def runtime() -> Runtime:
-    """The container runtime, or a skip saying what is missing."""
+# Why the container tests cannot run here (None: they can). Decided once per session, and
+# reported by pytest_runtest_setup from this one place, so that `pytest -rs` folds every skip
+# into a single line.
+_UNAVAILABLE: dict[str, Optional[str]] = {}
+_RUNTIME: list[Runtime] = []
+
+
+def _probe_runtime() -> Optional[str]:
     proc = _build_sh("env")
     if proc.returncode != 0:
-        pytest.skip(f"no container runtime: {_one_line(proc.stderr)}")
+        return f"no container runtime: {_one_line(proc.stderr)}"
     info = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
     rt = Runtime(info)
     try:
         probe = rt.run("info", check=False, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        pytest.skip(f"{rt.name} cannot be started: {exc}")
+        return f"{rt.name} cannot be started: {exc}"
     if probe.returncode != 0:
-        pytest.skip(f"{rt.name} cannot be started: {_one_line(probe.stderr)}")
-    return rt
+        return f"{rt.name} cannot be started: {_one_line(probe.stderr)}"
+    if not (REPO / "exporter" / "pyproject.toml").is_file():
+        return "exporter/pyproject.toml missing: the package is not there to build yet"
+    _RUNTIME.append(rt)
+    return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "container: needs a container runtime (podman or docker) and the built images"
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("container") is None:
+        return
+    if "reason" not in _UNAVAILABLE:
+        _UNAVAILABLE["reason"] = _probe_runtime()
+    if _UNAVAILABLE["reason"]:
+        pytest.skip(_UNAVAILABLE["reason"])
+
+
+@pytest.fixture(scope="session")
+def runtime() -> Runtime:
+    """The container runtime (container tests only: pytest_runtest_setup checked it)."""
+    if not _RUNTIME:
+        pytest.skip(_UNAVAILABLE.get("reason") or "no container runtime")
+    return _RUNTIME[0]
 
 
 @pytest.fixture(scope="session")
 def images(runtime: Runtime) -> dict[str, str]:
-    """Build both images once per session; skip when the package or a build tool is missing."""
-    if not (REPO / "exporter" / "pyproject.toml").is_file():
-        pytest.skip("exporter/pyproject.toml missing: the package is not there to build yet")
+    """Build both images once per session (a missing build tool skips the container tests)."""
     if os.environ.get("IMAGE_TEST_NO_BUILD") != "1":
         started = time.monotonic()
         proc = _build_sh("build", timeout=1800)
         if proc.returncode == EXIT_MISSING:
-            pytest.skip(f"cannot build the images: {_one_line(proc.stderr)}")
+            _UNAVAILABLE["reason"] = f"cannot build the images: {_one_line(proc.stderr)}"
+            pytest.skip(_UNAVAILABLE["reason"])
         assert proc.returncode == 0, f"image/build.sh failed:\n{proc.stderr[-4000:]}"
         print(f"\nimage/build.sh build: {time.monotonic() - started:.0f}s")
     found = {"exporter": runtime.info["IMAGE"], "demo": runtime.info["DEMO_IMAGE"]}
@@ -73,7 +104,8 @@ def images(runtime: Runtime) -> dict[str, str]:
         "run", "--rm", "--entrypoint", "/bin/true", found["exporter"], check=False, timeout=120
     )
     if probe.returncode != 0:
-        pytest.skip(f"{runtime.name} cannot start containers: {_one_line(probe.stderr)}")
+        _UNAVAILABLE["reason"] = f"{runtime.name} cannot start containers: {_one_line(probe.stderr)}"
+        pytest.skip(_UNAVAILABLE["reason"])
     return found
 
 

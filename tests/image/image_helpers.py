@@ -21,6 +21,19 @@ EXIT_MISSING = 3  # build.sh: a prerequisite is missing (runtime, debootstrap, r
 T = TypeVar("T")
 
 
+def container_marks() -> list:
+    """Marks of the container tests: `container`, and room for the first image build (the local
+    base and both images: minutes on a fresh machine) under pytest-timeout, when installed."""
+    import importlib.util
+
+    import pytest
+
+    marks = [pytest.mark.container]
+    if importlib.util.find_spec("pytest_timeout") is not None:
+        marks.append(pytest.mark.timeout(1800))
+    return marks
+
+
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
@@ -48,7 +61,8 @@ def http_get(url: str, timeout: float = 3.0) -> tuple[int, str]:
         return exc.code, exc.read().decode("utf-8", "replace")
 
 
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+# name, {labels} (label values may hold braces: route="/users/{id}"), value
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[^"}]|"(?:[^"\\]|\\.)*")*\})?\s+(\S+)')
 
 
 def samples(body: str, name: str) -> list[tuple[str, float]]:

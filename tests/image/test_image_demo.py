@@ -6,8 +6,12 @@ import sys
 import uuid
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from image_helpers import Runtime, http_get, samples, wait_until  # noqa: E402
+from image_helpers import container_marks, Runtime, http_get, samples, wait_until  # noqa: E402
+
+pytestmark = container_marks()
 
 REQUESTS = 5
 
