@@ -71,104 +71,52 @@ def _bound(le: str) -> float:
         return math.inf
 
 
-class _Source:
-    """One file, its reader, and where each of its values goes."""
+class Shard:
+    """The values of one writer for one metric type: a file of the directory, or its copy
+    in Redis. ``extra`` labels are added to every series (``instance`` in Redis)."""
 
-    def __init__(self, db: storage_dir.DbFile) -> None:
-        self.db = db
-        self.op = _OPS.get(db.mode, "sum") if db.typ == "gauge" else "sum"
-        self.live_only = db.typ == "gauge" and db.mode.startswith("live")
-        self.reader = FileReader(db.path, with_timestamps=self.op == "recent")
+    def __init__(self, typ: str, mode: str, identity: str,
+                 extra: Labels = ()) -> None:
+        self.typ = typ
+        self.mode = mode
+        self.identity = identity
+        self.worker_id = storage_dir.worker_id_of(identity)
+        self.extra = extra
+        self.op = _OPS.get(mode, "sum") if typ == "gauge" else "sum"
+        self.live_only = typ == "gauge" and mode.startswith("live")
         self.targets: List[int] = []
         self.derived: List[Tuple[int, int]] = []  # (series, value position)
-        self.torn_reported = False
 
 
-class DirectoryCollector:
-    """A prometheus_client collector over one multiprocess directory."""
+class Merger:
+    """Numbers series and merges the values of many shards into families. Shared by the
+    directory collector and the Redis reader, so both expose exactly the same thing."""
 
-    def __init__(self, directory: str) -> None:
-        self.directory = directory
+    def __init__(self) -> None:
         self.registry = SeriesRegistry()
-        self._sources: Dict[str, _Source] = {}
         self._parsed_keys: Dict[str, tuple] = {}
-        self._lock = threading.Lock()
-        self.last_duration = 0.0
-        self.last_files = 0
-        self.last_values = 0
-        self.read_errors = 0
-        self.last_success: Optional[float] = None
-        self.source_up = 0
 
-    # -- reading ------------------------------------------------------------------------
-    def read(self) -> List[Metric]:
-        """Collect the directory into families (thread-safe; one read at a time)."""
-        with self._lock:
-            started = time.perf_counter()
-            try:
-                families = self._read()
-                self.source_up = 1
-                self.last_success = time.time()
-            except OSError:
-                families = []
-                self.source_up = 0
-            self.last_duration = time.perf_counter() - started
-            return families
-
-    def _read(self) -> List[Metric]:
-        if not os.path.isdir(self.directory):
-            raise FileNotFoundError(self.directory)
-        live = storage_dir.live_identities(self.directory)
-        batches = []
-        seen_paths = set()
-        values_read = 0
-        for db, inode in storage_dir.db_files(self.directory):
-            seen_paths.add(db.path)
-            source = self._sources.get(db.path)
-            if source is None:
-                source = self._sources[db.path] = _Source(db)
-            if source.live_only and not live.get(db.identity, False):
-                continue
-            values = source.reader.read(inode)
-            if values is None:
-                continue
-            self._index(source)
-            batches.append((source, values))
-            values_read += len(values)
-        for gone in set(self._sources) - seen_paths:
-            self._sources.pop(gone).reader.close()
-        self.last_files = len(batches)
-        self.last_values = values_read
-        return self._merge(batches)
-
-    def _index(self, source: _Source) -> None:
-        """Give series numbers to entries the file gained since the last read."""
-        reader = source.reader
-        if reader.torn and not source.torn_reported:
-            source.torn_reported = True
-            self.read_errors += 1
-        keys = reader.keys
-        db = source.db
-        worker_id = db.worker_id
-        for position in range(len(source.targets), len(keys)):
+    def index(self, shard: Shard, keys: List[str]) -> None:
+        """Give series numbers to the keys the shard gained since the last call."""
+        worker_id = shard.worker_id
+        for position in range(len(shard.targets), len(keys)):
             family, sample, labels, help_text = self._parse_key(keys[position])
             known = catalogue.BY_NAME.get(family)
-            extra = ()
+            extra = shard.extra
             if known is not None and known.per_worker and worker_id is not None:
-                extra = (("worker_id", worker_id),)
-            elif db.typ == "gauge" and db.mode in ("all", "liveall"):
-                extra = (("pid", db.identity),)
+                extra = extra + (("worker_id", worker_id),)
+            elif shard.typ == "gauge" and shard.mode in ("all", "liveall"):
+                extra = extra + (("pid", shard.identity),)
             merged = tuple(sorted(labels + extra)) if extra else labels
-            source.targets.append(self.registry.add(family, db.typ, help_text, sample, merged))
+            shard.targets.append(self.registry.add(family, shard.typ, help_text, sample, merged))
             derived = catalogue.DERIVED.get(family)
             if derived is not None and worker_id is not None:
-                suffix = sample[len(family):]
-                if derived.typ == "counter":
-                    suffix = "_total"
-                kept = tuple(kv for kv in labels if kv[0] == "le") + (("worker_id", worker_id),)
+                suffix = "_total" if derived.typ == "counter" else sample[len(family):]
+                kept = (tuple(kv for kv in labels if kv[0] == "le") + shard.extra
+                        + (("worker_id", worker_id),))
                 sid = self.registry.add(derived.name, derived.typ, derived.help,
                                         derived.name + suffix, tuple(sorted(kept)))
-                source.derived.append((sid, position))
+                shard.derived.append((sid, position))
 
     def _parse_key(self, key: str) -> tuple:
         found = self._parsed_keys.get(key)
@@ -182,28 +130,29 @@ class DirectoryCollector:
             self._parsed_keys[key] = found
         return found
 
-    # -- merging --------------------------------------------------------------------------------
-    def _merge(self, batches) -> List[Metric]:
+    def merge(self, batches: List[Tuple[Shard, tuple]]) -> List[Metric]:
+        """Families from (shard, values) pairs; values as the shard's keys are numbered
+        (value and timestamp interleaved for ``mostrecent`` gauges)."""
         sums = [0.0] * len(self.registry.keys)
         present = bytearray(len(self.registry.keys))
         extremes: Dict[int, float] = {}
         recent: Dict[int, Tuple[float, float]] = {}
-        for source, values in batches:
-            targets = source.targets
-            if source.op == "sum":
+        for shard, values in batches:
+            targets = shard.targets
+            if shard.op == "sum":
                 for sid, value in zip(targets, values):
                     sums[sid] += value
                     present[sid] = 1
-                for sid, position in source.derived:
+                for sid, position in shard.derived:
                     sums[sid] += values[position]
                     present[sid] = 1
-            elif source.op == "recent":
+            elif shard.op == "recent":
                 for i, sid in enumerate(targets):
                     value, stamp = values[2 * i], values[2 * i + 1]
                     if sid not in recent or stamp > recent[sid][1]:
                         recent[sid] = (value, stamp)
             else:
-                better = max if source.op == "max" else min
+                better = max if shard.op == "max" else min
                 for sid, value in zip(targets, values):
                     extremes[sid] = better(extremes[sid], value) if sid in extremes else value
         for sid, value in extremes.items():
@@ -239,21 +188,92 @@ class DirectoryCollector:
             metric.add_sample(name + "_count", dict(base), running)
             if group["sum"] is not None:
                 metric.add_sample(name + "_sum", dict(base), sums[group["sum"]])
-        self._add_worker_states(out)
+        _add_worker_states(out)
         return [out[name] for name in sorted(out)]
 
-    @staticmethod
-    def _add_worker_states(out: Dict[str, Metric]) -> None:
-        in_flight = out.get(catalogue.IN_FLIGHT.name)
-        if in_flight is None:
-            return
-        busy = sum(1 for s in in_flight.samples if s.value > 0)
-        idle = len(in_flight.samples) - busy
-        spec = catalogue.WORKERS
-        metric = Metric(spec.name, spec.help, "gauge")
-        metric.add_sample(spec.name, {"state": "busy"}, busy)
-        metric.add_sample(spec.name, {"state": "idle"}, idle)
-        out[spec.name] = metric
+
+def _add_worker_states(out: Dict[str, Metric]) -> None:
+    """``gunicorn_workers{state}``: live workers with and without a request in flight."""
+    in_flight = out.get(catalogue.IN_FLIGHT.name)
+    if in_flight is None:
+        return
+    busy = sum(1 for s in in_flight.samples if s.value > 0)
+    spec = catalogue.WORKERS
+    metric = Metric(spec.name, spec.help, "gauge")
+    metric.add_sample(spec.name, {"state": "busy"}, busy)
+    metric.add_sample(spec.name, {"state": "idle"}, len(in_flight.samples) - busy)
+    out[spec.name] = metric
+
+
+class DirectoryCollector:
+    """Reads one multiprocess directory: a reader per file, merged by a ``Merger``."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.merger = Merger()
+        self._files: Dict[str, Tuple[Shard, FileReader]] = {}
+        self._lock = threading.Lock()
+        self.last_duration = 0.0
+        self.last_files = 0
+        self.last_values = 0
+        self.read_errors = 0
+        self.last_success: Optional[float] = None
+        self.source_up = 0
+        self._torn_reported: set = set()
+
+    def read(self) -> List[Metric]:
+        """Collect the directory into families (thread-safe; one read at a time)."""
+        with self._lock:
+            started = time.perf_counter()
+            try:
+                families = self._read()
+                self.source_up = 1
+                self.last_success = time.time()
+            except OSError:
+                families = []
+                self.source_up = 0
+            self.last_duration = time.perf_counter() - started
+            return families
+
+    def shards(self) -> List[Tuple[Shard, FileReader, tuple]]:
+        """Every readable file with its values (live-mode gauges of dead identities left
+        out). Also what the Redis flusher ships."""
+        if not os.path.isdir(self.directory):
+            raise FileNotFoundError(self.directory)
+        live = storage_dir.live_identities(self.directory)
+        out = []
+        seen = set()
+        for db, inode in storage_dir.db_files(self.directory):
+            seen.add(db.path)
+            entry = self._files.get(db.path)
+            if entry is None:
+                entry = self._files[db.path] = (
+                    Shard(db.typ, db.mode, db.identity),
+                    FileReader(db.path, with_timestamps=_OPS.get(db.mode) == "recent"))
+            shard, reader = entry
+            if shard.live_only and not live.get(db.owner, False):
+                continue
+            values = reader.read(inode)
+            if values is None:
+                continue
+            if reader.torn and db.path not in self._torn_reported:
+                self._torn_reported.add(db.path)
+                self.read_errors += 1
+            out.append((shard, reader, values))
+        for gone in set(self._files) - seen:
+            self._files.pop(gone)[1].close()
+        return out
+
+    def _read(self) -> List[Metric]:
+        batches = []
+        values_read = 0
+        for shard, reader, values in self.shards():
+            self.merger.index(shard, reader.keys)
+            batches.append((shard, values))
+            values_read += len(values)
+        self.last_files = len(batches)
+        self.last_values = values_read
+        return self.merger.merge(batches)
 
 
 def _distribution_version(name: str) -> str:

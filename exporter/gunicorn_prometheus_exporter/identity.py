@@ -11,8 +11,18 @@ from typing import Optional
 _identity: Optional[str] = None
 
 
+#: suffix of the identity under which prometheus_client writes the application's own
+#: metrics: its files must not be the plugin's (two writers of one file would overwrite
+#: each other's entries), yet they live and die with the same slot lock.
+APP_SUFFIX = ".app"
+
+
 def current() -> str:
     return _identity or str(os.getpid())
+
+
+def for_prometheus_client() -> str:
+    return (_identity + APP_SUFFIX) if _identity else str(os.getpid())
 
 
 def adopt(identity: str) -> None:
@@ -28,4 +38,4 @@ def route_prometheus_client(directory: str) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
     from prometheus_client import values
 
-    values.ValueClass = values.MultiProcessValue(process_identifier=current)
+    values.ValueClass = values.MultiProcessValue(process_identifier=for_prometheus_client)

@@ -68,12 +68,15 @@ class MasterRuntime:
 
     # -- the metrics server ----------------------------------------------------------------------
     def start_monitor(self) -> None:
-        if self.monitor is not None or not self.settings.prometheus.server:
+        if self.monitor is not None:
             return
         from .server.monitor import Monitor
 
-        self.monitor = Monitor(self.settings, self.directory, self.log)
-        self.monitor.start()
+        listeners = getattr(self.arbiter, "LISTENERS", ())
+        monitor = Monitor(self.settings, self.directory, self.log, listeners)
+        if monitor.needed:
+            self.monitor = monitor
+            monitor.start()
 
     def ensure_monitor(self) -> None:
         """Start the metrics server again if it died (checked at each worker spawn)."""

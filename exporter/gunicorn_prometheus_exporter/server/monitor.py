@@ -1,4 +1,4 @@
-"""The metrics server process of a gunicorn master.
+"""The metrics server process of a gunicorn master (and home of its background tasks).
 
 The master binds the metrics socket itself (so a port conflict is one clear log line at
 start-up and never delays a worker), then forks a small process that serves it. Scrapes
@@ -12,7 +12,7 @@ import signal
 import socket
 import sys
 import threading
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from ..config import Settings
 from . import webconfig
@@ -22,8 +22,10 @@ _PR_SET_PDEATHSIG = 1
 
 
 class Monitor:
-    def __init__(self, settings: Settings, directory: str, log: Any) -> None:
+    def __init__(self, settings: Settings, directory: str, log: Any,
+                 listeners: Sequence[Any] = ()) -> None:
         self.settings = settings
+        self.listeners = listeners
         self.directory = directory
         self.log = log
         self.pid: Optional[int] = None
@@ -36,26 +38,32 @@ class Monitor:
         p = self.settings.prometheus
         return f"{p.bind_address}:{p.metrics_port}"
 
+    @property
+    def needed(self) -> bool:
+        return bool(self.settings.prometheus.server or self.settings.redis.enabled)
+
     def start(self) -> None:
         p = self.settings.prometheus
-        try:
-            self.sock = listening_socket(p.bind_address, p.metrics_port)
-        except OSError as exc:
-            self.log.error("prometheus: cannot serve metrics on %s: %s; requests are still "
-                           "recorded in %s (set PROMETHEUS_METRICS_PORT to a free port)",
-                           self.address, exc.strerror or exc, self.directory)
-            return
+        if p.server:
+            try:
+                self.sock = listening_socket(p.bind_address, p.metrics_port)
+            except OSError as exc:
+                self.log.error("prometheus: cannot serve metrics on %s: %s; requests are "
+                               "still recorded in %s (set PROMETHEUS_METRICS_PORT to a free "
+                               "port)", self.address, exc.strerror or exc, self.directory)
         self._fork()
-        scheme = "https" if self.web.cert_file else "http"
-        self.log.info("prometheus: serving metrics at %s://%s/metrics (pid %s)",
-                      scheme, self.address, self.pid)
+        if self.sock is not None:
+            scheme = "https" if self.web.cert_file else "http"
+            self.log.info("prometheus: serving metrics at %s://%s/metrics (pid %s)",
+                          scheme, self.address, self.pid)
 
     def _fork(self) -> None:
         pid = os.fork()
         if pid == 0:
             code = 0
             try:
-                _serve(self.sock, self.settings, self.web, self.directory, self.log)
+                _serve(self.sock, self.settings, self.web, self.directory, self.log,
+                       self.listeners)
             except BaseException:  # the child must never return into gunicorn's code
                 self.log.exception("prometheus: metrics server failed")
                 code = 1
@@ -64,7 +72,7 @@ class Monitor:
         self.pid = pid
 
     def ensure_running(self) -> None:
-        if self.pid is None or self.sock is None:
+        if self.pid is None:
             return
         try:
             os.kill(self.pid, 0)
@@ -110,9 +118,10 @@ def _reap(pid: int, timeout: float) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
-def _serve(sock: socket.socket, settings: Settings, web: webconfig.WebConfig,
-           directory: str, log: Any) -> None:
+def _serve(sock: Optional[socket.socket], settings: Settings, web: webconfig.WebConfig,
+           directory: str, log: Any, listeners: Sequence[Any]) -> None:
     from ..collector import DirectoryCollector, health_families
+    from .tasks import Scheduler, background_tasks
 
     master = os.getppid()
     _die_with_parent()
@@ -120,26 +129,26 @@ def _serve(sock: socket.socket, settings: Settings, web: webconfig.WebConfig,
                 signal.SIGTTOU, signal.SIGWINCH, signal.SIGINT, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_IGN)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    collector = DirectoryCollector(directory)
-
-    def collect():
-        yield from collector.read()
-        yield from health_families(collector, "directory")
-
-    server = MetricsServer(sock, Exposition(collect, f"directory {directory}"), web, log)
     stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    server = None
+    if sock is not None:
+        collector = DirectoryCollector(directory)
 
-    def on_term(signum: int, frame: Any) -> None:
-        stop.set()
+        def collect():
+            yield from collector.read()
+            yield from health_families(collector, "directory")
 
-    signal.signal(signal.SIGTERM, on_term)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                              name="metrics-server", daemon=True)
-    thread.start()
-    while not stop.wait(1.0):
-        if os.getppid() != master:
+        server = MetricsServer(sock, Exposition(collect, f"directory {directory}"), web, log)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                         name="metrics-server", daemon=True).start()
+    scheduler = Scheduler(background_tasks(settings, directory, log, listeners), log)
+    while os.getppid() == master:
+        if stop.wait(min(1.0, scheduler.tick())):
             break
-    server.shutdown()
+    if server is not None:
+        server.shutdown()
+    scheduler.close()
 
 
 def _die_with_parent() -> None:

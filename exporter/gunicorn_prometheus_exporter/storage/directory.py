@@ -35,8 +35,23 @@ class DbFile:
 
     @property
     def worker_id(self) -> Optional[str]:
-        match = _WORKER.match(self.identity)
-        return match.group(1) if match else None
+        return worker_id_of(self.identity)
+
+    @property
+    def owner(self) -> str:
+        return owner_of(self.identity)
+
+
+def owner_of(identity: str) -> str:
+    """The identity whose lock tells whether a file's writer lives: ``w3`` for ``w3`` and
+    for ``w3.app`` (the application's own prometheus_client files of slot 3)."""
+    return identity.split(".", 1)[0]
+
+
+def worker_id_of(identity: str) -> Optional[str]:
+    """The ``worker_id`` label of a worker slot identity ``w<N>``; None for others."""
+    match = _WORKER.match(identity)
+    return match.group(1) if match else None
 
 
 def parse_name(path: str) -> Optional[DbFile]:
@@ -146,8 +161,10 @@ def prepare(directory: str, cleanup: bool) -> bool:
 def remove_live_gauges(directory: str, identity: str) -> None:
     """Drop the live-mode gauge files of an identity whose process has gone, as
     prometheus_client's ``mark_process_dead`` does."""
-    for path in glob.glob(os.path.join(glob.escape(directory), f"gauge_live*_{identity}.db")):
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+    base = glob.escape(directory)
+    for pattern in (f"gauge_live*_{identity}.db", f"gauge_live*_{identity}.*.db"):
+        for path in glob.glob(os.path.join(base, pattern)):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass

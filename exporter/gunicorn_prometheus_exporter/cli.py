@@ -1,0 +1,174 @@
+"""``gunicorn-prometheus-exporter``: the standalone exporter.
+
+``serve`` runs the same metrics server as the plugin, outside gunicorn: next to the app as
+a sidecar reading the shared multiprocess directory, or as a DaemonSet reading Redis.
+Configuration is the plugin's (environment, YAML via ``--config`` or
+``GUNICORN_PROMETHEUS_CONFIG``), with command-line flags on top."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Dict, List, Optional
+
+from . import config
+from .config.loader import build
+from .config.schema import CONFIG_FILE_ENV
+from .version import __version__
+
+_FLAGS = {  # flag dest -> the environment variable it stands for
+    "port": "PROMETHEUS_METRICS_PORT",
+    "bind": "PROMETHEUS_BIND_ADDRESS",
+    "multiproc_dir": "PROMETHEUS_MULTIPROC_DIR",
+    "web_config_file": "PROMETHEUS_WEB_CONFIG_FILE",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gunicorn-prometheus-exporter",
+        description="Serve Prometheus metrics of gunicorn applications instrumented with "
+                    "gunicorn_prometheus_exporter, from a shared multiprocess directory "
+                    "(sidecar) or from Redis (REDIS_ENABLED=true).",
+        epilog="Settings come from environment variables (PROMETHEUS_METRICS_PORT, "
+               "PROMETHEUS_BIND_ADDRESS, PROMETHEUS_MULTIPROC_DIR, REDIS_*, ...) and an "
+               "optional YAML file; flags override both. See docs/configuration.md.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = sub.add_parser("serve", help="serve /metrics (the default command)")
+    _config_flag(serve)
+    serve.add_argument("--port", type=int, help="metrics port (PROMETHEUS_METRICS_PORT)")
+    serve.add_argument("--bind", help="bind address (PROMETHEUS_BIND_ADDRESS)")
+    serve.add_argument("--multiproc-dir", help="directory to read (PROMETHEUS_MULTIPROC_DIR)")
+    serve.add_argument("--web-config-file",
+                       help="exporter-toolkit web config: TLS and basic auth")
+    serve.add_argument("--log-level", default="info",
+                       choices=("debug", "info", "warning", "error"))
+    check = sub.add_parser("check-config",
+                           help="validate the configuration and print it, secrets masked")
+    _config_flag(check)
+    sub.add_parser("version", help="print the version")
+    health = sub.add_parser("healthcheck",
+                            help="exit 0 if the local metrics server answers /-/healthy")
+    health.add_argument("--url", help="URL to probe (default: this config's address)")
+    health.add_argument("--timeout", type=float, default=3.0)
+    return parser
+
+
+def _config_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE",
+                        help=f"YAML config file (default: ${CONFIG_FILE_ENV} if set)")
+
+
+def effective(args: argparse.Namespace) -> config.Settings:
+    """Settings from the environment and YAML, with the flags given on top."""
+    environ: Dict[str, str] = dict(os.environ)
+    for dest, name in _FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            environ[name] = str(value)
+    return build(args.config or environ.get(CONFIG_FILE_ENV) or None, environ)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    command = args.command or "serve"
+    if args.command is None:
+        args = _parser().parse_args(["serve", *(argv or [])])
+    try:
+        if command == "version":
+            return _version()
+        if command == "check-config":
+            return _check_config(args)
+        if command == "healthcheck":
+            return _healthcheck(args)
+        return _serve(args)
+    except config.ConfigError as exc:
+        print(f"gunicorn-prometheus-exporter: config error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _version() -> int:
+    import gunicorn
+    import prometheus_client  # noqa: F401
+
+    from .collector import _distribution_version
+
+    print(f"gunicorn-prometheus-exporter {__version__} (gunicorn {gunicorn.__version__}, "
+          f"prometheus_client {_distribution_version('prometheus_client')}, "
+          f"python {sys.version.split()[0]})")
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from .server import webconfig
+
+    settings = effective(args)
+    webconfig.from_settings(settings).tls_context()
+    print(settings.describe())
+    print("configuration OK")
+    return 0
+
+
+def _healthcheck(args: argparse.Namespace) -> int:
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    url = args.url
+    if url is None:
+        settings = effective(argparse.Namespace(config=None))
+        p = settings.prometheus
+        host = "127.0.0.1" if p.bind_address in ("0.0.0.0", "::", "") else p.bind_address
+        scheme = "https" if settings.tls_enabled else "http"
+        url = f"{scheme}://{host}:{p.metrics_port}/-/healthy"
+    context = ssl._create_unverified_context()  # a local liveness probe of our own server
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout, context=context) as resp:
+            return 0 if resp.status == 200 else 1
+    except urllib.error.HTTPError as exc:
+        return 0 if exc.code == 401 else 1  # alive, behind basic auth
+    except (OSError, ValueError):
+        return 1
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import webconfig
+    from .server.http import Exposition, MetricsServer, listening_socket
+    from .sources import open_source
+
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
+    log = logging.getLogger("gunicorn_prometheus_exporter")
+    settings = effective(args)
+    web = webconfig.from_settings(settings)
+    source = open_source(settings, log)
+    p = settings.prometheus
+    try:
+        sock = listening_socket(p.bind_address, p.metrics_port)
+    except OSError as exc:
+        log.error("cannot listen on %s:%s: %s", p.bind_address, p.metrics_port,
+                  exc.strerror or exc)
+        return 1
+    server = MetricsServer(sock, Exposition(source.collect, source.description), web, log)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+                              daemon=True)
+    thread.start()
+    scheme = "https" if web.cert_file else "http"
+    log.info("serving %s at %s://%s:%s/metrics", source.description, scheme,
+             p.bind_address, p.metrics_port)
+    stop.wait()
+    log.info("stopping")
+    server.shutdown()
+    server.server_close()
+    source.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

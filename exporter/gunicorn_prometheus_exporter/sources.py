@@ -1,0 +1,41 @@
+"""Where the standalone exporter reads metrics from: a multiprocess directory, or Redis.
+Each source exposes ``collect()`` (families, health included) and ``close()``."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterator
+
+from .collector import DirectoryCollector, health_families
+from .config import Settings
+
+
+class DirectorySource:
+    def __init__(self, directory: str, log: logging.Logger) -> None:
+        self.collector = DirectoryCollector(directory)
+        self.description = f"directory {directory}"
+        self._log = log
+        self._was_up = True
+
+    def collect(self) -> Iterator[Any]:
+        families = self.collector.read()
+        up = bool(self.collector.source_up)
+        if up != self._was_up:
+            if up:
+                self._log.info("reading %s again", self.description)
+            else:
+                self._log.error("cannot read %s (missing or not readable); serving health "
+                                "metrics only until it appears", self.description)
+            self._was_up = up
+        yield from families
+        yield from health_families(self.collector, "directory")
+
+    def close(self) -> None:
+        pass
+
+
+def open_source(settings: Settings, log: logging.Logger) -> Any:
+    if settings.redis.enabled:
+        from .redis_storage.source import RedisSource
+
+        return RedisSource(settings, log)
+    return DirectorySource(settings.multiproc_dir, log)

@@ -1,0 +1,1 @@
+"""Test support shared by tests/ and e2e/: real gunicorn processes, scrapes, polling."""

@@ -1,0 +1,46 @@
+"""Fetch and parse /metrics."""
+from __future__ import annotations
+
+import urllib.request
+from typing import Dict, FrozenSet, Optional, Tuple
+
+from prometheus_client.parser import text_string_to_metric_families
+
+SampleKey = Tuple[str, FrozenSet[Tuple[str, str]]]
+
+
+class Scrape:
+    """One parsed exposition: ``value(name, **labels)`` and sums over label subsets."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.samples: Dict[SampleKey, float] = {}
+        self.types: Dict[str, str] = {}
+        for family in text_string_to_metric_families(text):
+            self.types[family.name] = family.type
+            for s in family.samples:
+                self.samples[(s.name, frozenset(s.labels.items()))] = s.value
+
+    def value(self, name: str, **labels: str) -> Optional[float]:
+        return self.samples.get((name, frozenset(labels.items())))
+
+    def total(self, name: str, **labels: str) -> float:
+        """Sum of every sample ``name`` whose labels include ``labels``."""
+        want = set(labels.items())
+        return sum(v for (n, ls), v in self.samples.items() if n == name and want <= ls)
+
+    def series(self, name: str) -> Dict[FrozenSet[Tuple[str, str]], float]:
+        return {ls: v for (n, ls), v in self.samples.items() if n == name}
+
+    def names(self) -> set:
+        return {n for n, _ in self.samples}
+
+
+def fetch(url: str, timeout: float = 10.0, headers: Optional[dict] = None) -> str:
+    request = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=timeout) as resp:
+        return resp.read().decode()
+
+
+def scrape(port: int, host: str = "127.0.0.1") -> Scrape:
+    return Scrape(fetch(f"http://{host}:{port}/metrics"))
