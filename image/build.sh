@@ -90,6 +90,10 @@ EOF
 driver = "overlay"
 graphroot = "$graphroot"
 runroot = "$base/run"
+
+[storage.options.overlay]
+# No private bind mount of the storage dir on itself: .cache/ stays removable with rm -rf.
+skip_mount_home = "true"
 EOF
   export CONTAINERS_CONF="$base/conf/containers.conf"
   export CONTAINERS_STORAGE_CONF="$base/conf/storage.conf"
@@ -161,7 +165,9 @@ EOF
   find "$rootfs/usr/share/locale" -mindepth 1 -maxdepth 1 -not -name locale.alias -exec rm -rf {} + 2>/dev/null || true
   find "$rootfs/usr/lib" -name __pycache__ -type d -prune -exec rm -rf {} + 2>/dev/null || true
   echo "deb $DEBIAN_MIRROR $DEBIAN_SUITE main" >"$rootfs/etc/apt/sources.list"
-  tar -C "$rootfs" --numeric-owner -cf - . | rt import -q \
+  local quiet=()
+  [ "$RUNTIME" = podman ] && quiet=(--quiet)
+  tar -C "$rootfs" --numeric-owner -cf - . | rt import "${quiet[@]}" \
     --change 'ENV LANG=C.UTF-8' \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'CMD ["python3"]' \
@@ -258,6 +264,11 @@ main() {
       trap "rm -rf '$CONTEXT'" EXIT
       build_one Dockerfile "$IMAGE_NAME" "$version"
       build_one Dockerfile.demo "$DEMO_IMAGE_NAME" "$version"
+      if [ "$RUNTIME" = podman ]; then
+        # Our own storage: drop superseded (dangling) images a day old; recent ones are the
+        # layer cache of the next build.
+        podman image prune -f --filter until=24h >/dev/null 2>&1 || true
+      fi
       rt images --format '{{.Repository}}:{{.Tag}} {{.Size}}' 2>/dev/null \
         | grep -E "(^|/)($IMAGE_NAME|$DEMO_IMAGE_NAME):$version |gunicorn-prometheus-exporter-base|python" >&2 || true
       ;;
