@@ -13,18 +13,23 @@ preloads) the application, so the application's own metrics follow."""
 from __future__ import annotations
 
 import errno
+import os
 import sys
 import time
 from typing import Any, Iterable, Optional
 
 from .. import config, identity, master
 from .. import metrics as catalogue
+from ..frameworks import ERROR_ENVIRON_KEY
 from ..recorder import Recorder
 from ..routes import ROUTE_ENVIRON_KEY, RouteTable, method_label
 from ..sampler import ResourceSampler
 from ..storage.store import ProcessStore
 
 BODY_METER_KEY = "gunicorn_prometheus_exporter.body_meter"
+#: body bytes of a ``wsgi.file_wrapper`` response, which gunicorn's sendfile path sends
+#: without counting them in ``Response.sent``
+FILE_BYTES_KEY = "gunicorn_prometheus_exporter.file_bytes"
 _COUNTED = "_gunicorn_prometheus_counted"
 _STARTED = "_gunicorn_prometheus_started"
 _GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN)
@@ -65,9 +70,22 @@ def metered(app: Any) -> Any:
     def app_with_body_meter(environ: dict, start_response: Any) -> Any:
         if "CONTENT_LENGTH" not in environ and "HTTP_TRANSFER_ENCODING" in environ:
             environ["wsgi.input"] = environ[BODY_METER_KEY] = BodyMeter(environ["wsgi.input"])
-        return app(environ, start_response)
+        result = app(environ, start_response)
+        wrapper = environ.get("wsgi.file_wrapper")
+        if wrapper is not None and isinstance(result, wrapper):
+            environ[FILE_BYTES_KEY] = _file_bytes(result)
+        return result
 
     return app_with_body_meter
+
+
+def _file_bytes(wrapped: Any) -> Optional[int]:
+    """What gunicorn's sendfile would send of a wrapped file: from its position to its end."""
+    try:
+        fileno = wrapped.filelike.fileno()
+        return os.fstat(fileno).st_size - os.lseek(fileno, 0, os.SEEK_CUR)
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 def _client_gone(exc: BaseException) -> bool:
@@ -94,6 +112,8 @@ class Instrumentation:
         self.sampler = ResourceSampler(self.recorder, settings.metrics.sample_interval)
         self.sampler.start()
         self._failed_once = False
+        if not getattr(worker, "request_hooks", True):
+            return  # the worker records its requests itself through record()
         worker.cfg.set("pre_request", master.chained(self.pre_request,
                                                      _user_hook(worker.cfg, "pre_request")))
         worker.cfg.set("post_request", master.chained(self.post_request,
@@ -137,13 +157,10 @@ class Instrumentation:
                     setattr(exc, _COUNTED, True)
                 except AttributeError:
                     pass
+        reported = environ.get(ERROR_ENVIRON_KEY)  # a framework rendered it: counted once
+        if reported:
+            error_type = str(reported)
         status = str(code or 500)
-        method = method_label(environ.get("REQUEST_METHOD"))
-        template = environ.get(ROUTE_ENVIRON_KEY)
-        if template:
-            route = self.routes.template(str(template))
-        else:
-            route = self.routes.route(environ.get("PATH_INFO") or "/", status)
         length = environ.get("CONTENT_LENGTH")
         if length:
             try:
@@ -154,6 +171,25 @@ class Instrumentation:
             meter = environ.get(BODY_METER_KEY)
             received = meter.bytes if meter is not None else 0
         sent = resp.sent if resp is not None else 0
+        if not sent and FILE_BYTES_KEY in environ and resp is not None \
+                and not getattr(resp, "_omits_body", False):
+            sent = environ[FILE_BYTES_KEY] or 0  # sent by sendfile
+            if resp.response_length is not None:
+                sent = min(sent, resp.response_length)
+        self.record(environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), status, duration,
+                    received, sent, environ.get(ROUTE_ENVIRON_KEY), error_type)
+
+    def record(self, method: Optional[str], path: Optional[str], status: str, duration: float,
+               received: int, sent: int, template: Optional[str] = None,
+               error_type: Optional[str] = None) -> None:
+        """One finished request, whatever server loop handled it (the ASGI workers call
+        this directly): ``template`` is a framework's matched route, else ``path`` is
+        normalised; ``error_type`` counts one failed request."""
+        method = method_label(method)
+        if template:
+            route = self.routes.template(str(template))
+        else:
+            route = self.routes.route(path or "/", status)
         self.recorder.observe(method, route, status, duration, received, sent)
         if error_type is not None:
             self.recorder.count(catalogue.FAILED_REQUESTS, (method, route, error_type))
@@ -184,6 +220,9 @@ class PrometheusWorkerMixin:
 
     #: whether several threads of one process record at once
     threaded = False
+    #: whether requests are timed by gunicorn's pre_request/post_request hooks (WSGI
+    #: workers); an ASGI worker records each request itself through ``record()``
+    request_hooks = True
     _prometheus: Optional[Instrumentation] = None
 
     @property
