@@ -88,9 +88,16 @@ class MetricsServer(ThreadingHTTPServer):
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         request.settimeout(SOCKET_TIMEOUT)
-        if self.tls is not None:
-            request = self.tls.wrap_socket(request, server_side=True)
-        super().finish_request(request, client_address)
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        # wrap_socket detaches ``request``: the TLS socket is the only handle left, so it is
+        # closed here (the caller's shutdown_request sees a detached socket and does nothing)
+        tls = self.tls.wrap_socket(request, server_side=True)
+        try:
+            super().finish_request(tls, client_address)
+        finally:
+            self.shutdown_request(tls)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         import sys
@@ -108,6 +115,13 @@ class MetricsHandler(BaseHTTPRequestHandler):
     server_version = f"gunicorn-prometheus-exporter/{__version__}"
     sys_version = ""
     protocol_version = "HTTP/1.1"
+    # a request line that is not HTTP/1.x still gets a status line, not an HTTP/0.9 page
+    default_request_version = "HTTP/1.0"
+    error_content_type = "text/plain; charset=utf-8"
+    error_message_format = "%(code)d %(message)s\n"
+
+    def version_string(self) -> str:
+        return self.server_version
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         if not self.server.auth.check(self.headers.get("Authorization")):
@@ -147,10 +161,20 @@ class MetricsHandler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        self.server.log.debug("metrics server: %s " + format, self.client_address[0], *args)
+        self.server.log.debug("metrics server: %s %s", self.client_address[0],
+                              _printable(format % args))
 
     def log_error(self, format: str, *args: Any) -> None:  # noqa: A002
-        self.server.log.info("metrics server: %s " + format, self.client_address[0], *args)
+        self.server.log.info("metrics server: %s %s", self.client_address[0],
+                             _printable(format % args))
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7f)}
+
+
+def _printable(text: str) -> str:
+    """A client's bytes as one log line: control characters escaped."""
+    return text.translate(_CONTROL)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
