@@ -102,7 +102,8 @@ def test_sigkilled_worker_counts_survive_and_slot_is_reused(start_gunicorn):
     assert after.total("gunicorn_http_requests_total") == 25
     assert sorted(dict(ls)["worker_id"] for ls in after.series("gunicorn_worker_capacity")) \
         == ["0", "1"]
-    files = sorted(f for f in os.listdir(g.directory) if f.endswith(".db"))
+    files = sorted(f for f in os.listdir(g.directory) if f.endswith("_w0.db")
+                   or f.endswith("_w1.db") or f.endswith("_w2.db"))
     assert files == ["counter_w0.db", "counter_w1.db", "gauge_livesum_w0.db",
                      "gauge_livesum_w1.db", "histogram_w0.db", "histogram_w1.db"]
 

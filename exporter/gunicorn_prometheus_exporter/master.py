@@ -9,11 +9,15 @@ HUP reload creates (from the worker class's ``__init__``, which runs in the mast
 from __future__ import annotations
 
 import os
+import signal
 from typing import Any, Callable, Dict, Optional
 
-from . import config
+from . import config, exits, logcount, signals
+from . import metrics as catalogue
+from .recorder import Writer
 from .storage import directory as storage_dir
 from .storage.directory import Claim
+from .storage.store import ProcessStore
 
 _MARK = "_gunicorn_prometheus_hooks"
 
@@ -36,19 +40,33 @@ class MasterRuntime:
 
         identity.route_prometheus_client(self.directory)
         self.claim = storage_dir.claim(self.directory, "m")
+        self.writer = Writer(ProcessStore(self.directory, self.claim.identity))
+        self.witness = exits.ExitWitness()
+        logcount.counter().use(self.writer, self.witness.observe_log)
         self.worker_claims: Dict[str, Claim] = {}
+        self.workers: Dict[str, Any] = {}
         self.monitor: Optional[Any] = None
         self.arbiter: Optional[Any] = None
+        self._signals_installed = False
 
     # -- hooks ---------------------------------------------------------------------------------
     def when_ready(self, server: Any) -> None:
         self.arbiter = server
+        self.nworkers_changed(server, server.num_workers, None)
+        if not self._signals_installed:
+            self._signals_installed = True
+            signals.install(self.writer, self._on_signal)
+            self._watch_monitor()
         self.start_monitor()
+
+    def nworkers_changed(self, server: Any, new_value: int, old_value: Any) -> None:
+        self.writer.set_gauge(catalogue.WORKERS_DESIRED, float(new_value))
 
     def pre_fork(self, server: Any, worker: Any) -> None:
         claim = storage_dir.claim(self.directory, "w")
         worker._gunicorn_prometheus_claim = claim
         self.worker_claims[claim.identity] = claim
+        self.workers[claim.identity] = worker
         self.ensure_monitor()
 
     def worker_gone(self, server: Any, worker: Any) -> None:
@@ -58,13 +76,47 @@ class MasterRuntime:
         claim = getattr(worker, "_gunicorn_prometheus_claim", None)
         if claim is None or claim.identity not in self.worker_claims:
             return
+        intent = exits.take_intent(self.directory, claim.identity)
+        reason, how = self.witness.reason(worker.pid, intent)
+        slot = storage_dir.worker_id_of(claim.identity) or claim.identity
+        self.writer.count(catalogue.WORKER_RESTARTS, (slot, reason))
+        self.writer.count(catalogue.WORKER_RESTART_COUNT, (slot, how, reason))
+        self.writer.count(catalogue.MASTER_RESTARTS, (reason,))
+        self.writer.count(catalogue.MASTER_RESTART_COUNT, (slot, reason, how))
         storage_dir.remove_live_gauges(self.directory, claim.identity)
         self.worker_claims.pop(claim.identity).release()
+        self.workers.pop(claim.identity, None)
 
     def on_exit(self, server: Any) -> None:
+        for worker in list(self.workers.values()):
+            if self.witness.ended(getattr(worker, "pid", None)):
+                self.worker_gone(server, worker)  # reaped, but gunicorn halted before child_exit
         if self.monitor is not None:
             self.monitor.stop()
             self.monitor = None
+
+    def _on_signal(self, name: str) -> None:
+        """Called from the master's signal handlers, before gunicorn's own."""
+        if name == "HUP" and self.arbiter is not None:
+            self.witness.reloading.update(self.arbiter.WORKERS)
+        elif name in ("INT", "TERM", "QUIT"):
+            self.witness.stopping = True
+
+    def _watch_monitor(self) -> None:
+        """Start the metrics server again as soon as it dies (SIGCHLD, chained in front of
+        gunicorn's handler), not only at the next worker spawn."""
+        theirs = signal.getsignal(signal.SIGCHLD)
+
+        def on_child(signum: int, frame: Any) -> None:
+            try:
+                if self.monitor is not None:
+                    self.monitor.reap_and_restart()
+            except Exception:  # noqa: BLE001 - never break gunicorn's reaping
+                pass
+            if callable(theirs):
+                theirs(signum, frame)
+
+        signal.signal(signal.SIGCHLD, on_child)
 
     # -- the metrics server ----------------------------------------------------------------------
     def start_monitor(self) -> None:
@@ -91,10 +143,13 @@ class MasterRuntime:
             if identity != own.identity:
                 claim.release()
         self.worker_claims = {own.identity: own}
+        self.workers = {}
         self.claim.release()
         if self.monitor is not None:
             self.monitor.forget()
             self.monitor = None
+        for sig in (signal.SIGCHLD,):
+            signal.signal(sig, signal.SIG_DFL)
 
 
 _runtime: Optional[MasterRuntime] = None
@@ -121,6 +176,8 @@ def install_hooks(cfg: Any, runtime: MasterRuntime) -> None:
     _chain(cfg, "child_exit", lambda server, worker: runtime.worker_gone(server, worker))
     _chain(cfg, "worker_exit", lambda server, worker: runtime.worker_gone(server, worker))
     _chain(cfg, "on_exit", lambda server: runtime.on_exit(server))
+    _chain(cfg, "nworkers_changed",
+           lambda server, new, old: runtime.nworkers_changed(server, new, old))
     setattr(cfg, _MARK, True)
 
 
@@ -138,7 +195,13 @@ def chained(ours: Callable[..., None], theirs: Optional[Callable[..., None]]) ->
     import inspect
 
     arity = len(inspect.signature(ours).parameters)
-    if arity == 1:
+    if arity == 3:
+        def hook3(a, b, c):
+            ours(a, b, c)
+            if theirs is not None:
+                theirs(a, b, c)
+        hook = hook3
+    elif arity == 1:
         def hook1(a):
             ours(a)
             if theirs is not None:

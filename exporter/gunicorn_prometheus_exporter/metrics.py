@@ -103,6 +103,36 @@ WORKERS = _f("gunicorn_workers", "gauge",
              "Live workers, busy (handling a request) or idle.", ("state",),
              derived_from=IN_FLIGHT.name, origin="master")
 
+WORKERS_DESIRED = _f("gunicorn_workers_desired", "gauge",
+                     "Workers the master aims to run (changed by TTIN/TTOU).",
+                     mode="livemax", origin="master")
+LISTEN_BACKLOG = _f("gunicorn_listen_backlog", "gauge",
+                    "Connections waiting in the kernel's accept queue of a listener "
+                    "(Linux TCP_INFO).", ("listener",), mode="livemax", origin="master")
+LISTEN_BACKLOG_MAX = _f("gunicorn_listen_backlog_max", "gauge",
+                        "Configured accept queue length of a listener.", ("listener",),
+                        mode="livemax", origin="master")
+MASTER_SIGNALS = _f("gunicorn_master_signals", "counter",
+                    "Signals received by the master, by name.", ("signal",), origin="master")
+LOG_MESSAGES = _f("gunicorn_log_messages", "counter",
+                  "Messages gunicorn logged (gunicorn.error), by level.", ("level",),
+                  origin="master")
+WORKER_RESTARTS = _f("gunicorn_worker_restart", "counter",
+                     "Worker exits by slot and reason: max_requests, timeout, killed, "
+                     "crashed, exited, reload, scale_down, shutdown.",
+                     ("worker_id", "reason"), origin="master")
+WORKER_RESTART_COUNT = _f("gunicorn_worker_restart_count", "counter",
+                          "Worker exits by slot, how the process ended (restart_type: "
+                          "signal name or exit_<code>) and reason.",
+                          ("worker_id", "restart_type", "reason"), origin="master")
+MASTER_RESTARTS = _f("gunicorn_master_worker_restart", "counter",
+                     "Worker exits seen by the master, by reason.", ("reason",),
+                     origin="master")
+MASTER_RESTART_COUNT = _f("gunicorn_master_worker_restart_count", "counter",
+                          "Worker exits seen by the master, by slot, reason and how the "
+                          "process ended.", ("worker_id", "reason", "restart_type"),
+                          origin="master")
+
 # -- the exporter itself -----------------------------------------------------------------------
 BUILD_INFO = _f("gunicorn_exporter_build_info", "gauge",
                 "Always 1; the exporter and library versions as labels.",

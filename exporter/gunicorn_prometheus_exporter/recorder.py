@@ -33,23 +33,64 @@ def scalar_position(file: MmapFile, family: Family, labels: Dict[str, str]) -> i
     return file.index(sample_key(family.name, family.sample, labels, family.help))
 
 
-class Recorder:
+class Writer:
+    """Counters and gauges of one process, for the rarer events (errors, signals, exits,
+    samples). ``lock`` serialises writers of the same value from several threads."""
+
+    def __init__(self, store: ProcessStore, threaded: bool = False) -> None:
+        self.store = store
+        self._counters = store.file("counter")
+        self._counts: Dict[Tuple[str, Tuple[str, ...]], int] = {}
+        self.lock: Optional[threading.Lock] = threading.Lock() if threaded else None
+
+    def prepare(self, family: Family, values: Tuple[str, ...]) -> None:
+        """Create a counter's entry now, so that counting it later (for instance from a
+        signal handler) never has to append to the file."""
+        self._position(family, values)
+
+    def _position(self, family: Family, values: Tuple[str, ...]) -> int:
+        key = (family.name, values)
+        position = self._counts.get(key)
+        if position is None:
+            position = scalar_position(self._counters, family, dict(zip(family.labels, values)))
+            self._counts[key] = position
+        return position
+
+    def count(self, family: Family, values: Tuple[str, ...] = (), amount: float = 1.0) -> None:
+        """Add to a counter of ``family`` (labels in the family's order)."""
+        position = self._position(family, values)
+        if self.lock is None:
+            self._counters.values[position] += amount
+        else:
+            with self.lock:
+                self._counters.values[position] += amount
+
+    def counter_value(self, family: Family, values: Tuple[str, ...] = ()) -> float:
+        return self._counters.values[self._position(family, values)]
+
+    def set_counter(self, family: Family, value: float, values: Tuple[str, ...] = ()) -> None:
+        self._counters.values[self._position(family, values)] = value
+
+    def set_gauge(self, family: Family, value: float, values: Tuple[str, ...] = ()) -> None:
+        file = self.store.file("gauge", family.mode)
+        position = scalar_position(file, family, dict(zip(family.labels, values)))
+        file.values[position] = value
+
+
+class Recorder(Writer):
     """Writes the request families and the worker's own gauges of one process."""
 
     def __init__(self, store: ProcessStore, duration_bounds: Sequence[float],
                  size_bounds: Sequence[float], threaded: bool) -> None:
-        self.store = store
-        self._counters = store.file("counter")
+        super().__init__(store, threaded)
         self._histograms = store.file("histogram")
         self._gauges = store.file("gauge", "livesum")
         self._duration_bounds = list(duration_bounds)
         self._size_bounds = list(size_bounds)
         self._series: Dict[Tuple[str, str, str], tuple] = {}
         self._by_route: Dict[Tuple[str, str], tuple] = {}
-        self._counts: Dict[Tuple[str, Tuple[str, ...]], int] = {}
         self._in_flight = scalar_position(self._gauges, catalogue.IN_FLIGHT, {})
         self._gauges.values[self._in_flight] = 0.0
-        self.lock: Optional[threading.Lock] = threading.Lock() if threaded else None
         if threaded:
             self.observe = self._observe_locked  # type: ignore[method-assign]
 
@@ -98,31 +139,3 @@ class Recorder:
         else:
             with self.lock:
                 self._gauges.values[self._in_flight] += delta
-
-    # -- rarer events ---------------------------------------------------------------------
-    def count(self, family: Family, values: Tuple[str, ...], amount: float = 1.0) -> None:
-        """Add to a counter of ``family`` (labels in the family's order)."""
-        key = (family.name, values)
-        position = self._counts.get(key)
-        if position is None:
-            position = scalar_position(self._counters, family, dict(zip(family.labels, values)))
-            self._counts[key] = position
-        if self.lock is None:
-            self._counters.values[position] += amount
-        else:
-            with self.lock:
-                self._counters.values[position] += amount
-
-    def counter_value(self, family: Family, values: Tuple[str, ...] = ()) -> float:
-        position = scalar_position(self._counters, family, dict(zip(family.labels, values)))
-        return self._counters.values[position]
-
-    def set_counter(self, family: Family, value: float, values: Tuple[str, ...] = ()) -> None:
-        position = scalar_position(self._counters, family, dict(zip(family.labels, values)))
-        self._counters.values[position] = value
-
-    def set_gauge(self, family: Family, value: float, values: Tuple[str, ...] = ()) -> None:
-        file = self._gauges if family.mode == "livesum" else self.store.file("gauge",
-                                                                            family.mode)
-        position = scalar_position(file, family, dict(zip(family.labels, values)))
-        file.values[position] = value

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import socket
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -10,6 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from image_helpers import container_marks, Runtime, http_get, samples, wait_until  # noqa: E402
+from test_image_exporter import skip_if_feature_missing  # noqa: E402
 
 pytestmark = container_marks()
 
@@ -91,3 +95,51 @@ def test_sidecar_exporter_reads_demo_directory(runtime: Runtime, images: dict[st
             send_and_count(runtime, runtime.port(app, 8000), runtime.port(exporter, 9091))
     finally:
         runtime.run("volume", "rm", "-f", volume, check=False)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_daemonset_topology_with_redis(
+    runtime: Runtime, images: dict[str, str], tmp_path: Path
+) -> None:
+    """DaemonSet topology: the demo writes to Redis, the exporter image serves it from Redis.
+
+    A redis-server of the test's own on a loopback port; both containers use the host's network
+    namespace and bind 127.0.0.1 only.
+    """
+    redis_server = shutil.which("redis-server")
+    if not redis_server:
+        pytest.skip("redis-server not installed (apt-get install redis-server)")
+    redis_port, app_port, metrics_port = free_port(), free_port(), free_port()
+    redis = subprocess.Popen(
+        [redis_server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    redis_env = [
+        "-e", "REDIS_ENABLED=true", "-e", f"REDIS_URL=redis://127.0.0.1:{redis_port}/0",
+        "-e", f"REDIS_KEY_PREFIX=gpe-image-test-{uuid.uuid4().hex[:8]}", "-e", "NODE_NAME=node-a",
+    ]
+    try:
+        wait_until(lambda: socket.create_connection(("127.0.0.1", redis_port), 1).close() or True,
+                   10, "redis-server listens")
+        with runtime.container(
+            images["demo"], *runtime.read_only_args(), "--network", "host", *redis_env,
+            "-e", f"GUNICORN_BIND=127.0.0.1:{app_port}", "-e", "PROMETHEUS_METRICS_SERVER=false",
+        ) as app, runtime.container(
+            images["exporter"], *runtime.read_only_args(), "--network", "host", *redis_env,
+            "-e", "PROMETHEUS_BIND_ADDRESS=127.0.0.1", "-e", f"PROMETHEUS_METRICS_PORT={metrics_port}",
+        ) as exporter:
+            try:
+                send_and_count(runtime, app_port, metrics_port)
+            except (TimeoutError, AssertionError):
+                skip_if_feature_missing(runtime, exporter, "Redis")
+                skip_if_feature_missing(runtime, app, "Redis")
+                raise
+    finally:
+        redis.terminate()
+        redis.wait(timeout=10)

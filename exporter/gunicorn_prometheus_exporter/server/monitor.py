@@ -40,7 +40,8 @@ class Monitor:
 
     @property
     def needed(self) -> bool:
-        return bool(self.settings.prometheus.server or self.settings.redis.enabled)
+        return bool(self.settings.prometheus.server or self.settings.redis.enabled
+                    or self.listeners)
 
     def start(self) -> None:
         p = self.settings.prometheus
@@ -70,6 +71,19 @@ class Monitor:
             finally:
                 os._exit(code)
         self.pid = pid
+
+    def reap_and_restart(self) -> None:
+        """From the master's SIGCHLD handler: if our process ended, reap and restart it."""
+        if self.pid is None:
+            return
+        try:
+            done, _ = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            done = self.pid  # reaped already
+        if done:
+            self.log.warning("prometheus: metrics server (pid %s) ended; starting it again",
+                             self.pid)
+            self._fork()
 
     def ensure_running(self) -> None:
         if self.pid is None:
@@ -142,13 +156,28 @@ def _serve(sock: Optional[socket.socket], settings: Settings, web: webconfig.Web
         server = MetricsServer(sock, Exposition(collect, f"directory {directory}"), web, log)
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
                          name="metrics-server", daemon=True).start()
-    scheduler = Scheduler(background_tasks(settings, directory, log, listeners), log)
+    from .. import logcount
+    from ..recorder import Writer
+    from ..storage.store import ProcessStore
+
+    writer = Writer(ProcessStore(directory, _identity(directory)), threaded=True)
+    logcount.counter().use(writer)
+    scheduler = Scheduler(background_tasks(settings, directory, log, listeners, writer), log)
     while os.getppid() == master:
         if stop.wait(min(1.0, scheduler.tick())):
             break
     if server is not None:
         server.shutdown()
     scheduler.close()
+
+
+def _identity(directory: str) -> str:
+    """The metrics process writes under its master's identity plus ``.monitor``: its own
+    files, alive exactly as long as the master's lock is held."""
+    from .. import master
+
+    runtime = master.current()
+    return (runtime.claim.identity if runtime is not None else "x") + ".monitor"
 
 
 def _die_with_parent() -> None:

@@ -19,8 +19,14 @@ class Task(Protocol):
 
 
 def background_tasks(settings: Settings, directory: str, log: Any,
-                     listeners: Sequence[Any] = ()) -> List[Task]:
+                     listeners: Sequence[Any] = (), writer: Any = None) -> List[Task]:
     tasks: List[Task] = []
+    if writer is not None and listeners:
+        from ..backlog import BacklogSampler
+
+        sampler = BacklogSampler(listeners, writer, interval=1.0)
+        if sampler.useful:
+            tasks.append(sampler)
     if settings.redis.enabled:
         from ..redis_storage.flusher import Flusher
 

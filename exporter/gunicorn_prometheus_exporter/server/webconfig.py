@@ -16,10 +16,12 @@ import yaml
 
 from ..config import ConfigError, Settings
 
+# Python's ssl module cannot accept a client certificate without verifying it, so
+# RequireAnyClientCert is served as RequireAndVerifyClientCert: stricter, never weaker.
 _CLIENT_AUTH = {
     "NoClientCert": ssl.CERT_NONE,
     "RequestClientCert": ssl.CERT_NONE,
-    "RequireAnyClientCert": ssl.CERT_OPTIONAL,
+    "RequireAnyClientCert": ssl.CERT_REQUIRED,
     "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
     "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
 }
@@ -98,8 +100,11 @@ def _apply_file(web: WebConfig, path: str) -> None:
     if tls:
         if not tls.get("cert_file") or not tls.get("key_file"):
             raise ConfigError(f"{path}: tls_server_config needs cert_file and key_file")
-        web.cert_file, web.key_file = str(tls["cert_file"]), str(tls["key_file"])
-        web.client_ca_file = tls.get("client_ca_file")
+        # as in the exporter-toolkit, file names are relative to the web config's folder
+        web.cert_file = _relative_to(path, tls["cert_file"])
+        web.key_file = _relative_to(path, tls["key_file"])
+        web.client_ca_file = (_relative_to(path, tls["client_ca_file"])
+                              if tls.get("client_ca_file") else None)
         auth_type = tls.get("client_auth_type", "NoClientCert")
         if auth_type not in _CLIENT_AUTH:
             raise ConfigError(f"{path}: tls_server_config.client_auth_type: expected one of "
@@ -128,6 +133,12 @@ def _apply_file(web: WebConfig, path: str) -> None:
     if not isinstance(headers, dict):
         raise ConfigError(f"{path}: http_server_config.headers: expected a mapping")
     web.headers = {str(k): str(v) for k, v in headers.items()}
+
+
+def _relative_to(config_path: str, name: Any) -> str:
+    import os
+
+    return os.path.join(os.path.dirname(os.path.abspath(config_path)), str(name))
 
 
 def _check_keys(path: str, data: Any, where: str) -> None:

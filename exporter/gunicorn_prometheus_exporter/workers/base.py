@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Any, Iterable, Optional
 
-from .. import config, identity, master
+from .. import config, exits, identity, logcount, master
 from .. import metrics as catalogue
 from ..frameworks import ERROR_ENVIRON_KEY
 from ..recorder import Recorder
@@ -108,6 +108,8 @@ class Instrumentation:
         self.routes = RouteTable(runtime.directory, settings.metrics.route_cap,
                                  settings.metrics.route_rules)
         self.recorder.set_gauge(catalogue.WORKER_CAPACITY, float(worker.capacity))
+        self.intent = exits.Intent(runtime.directory, claim.identity)
+        logcount.counter().use(self.recorder)
         self.set_state("running")
         self.sampler = ResourceSampler(self.recorder, settings.metrics.sample_interval)
         self.sampler.start()
@@ -137,6 +139,8 @@ class Instrumentation:
             self.recorder.in_flight(-1.0)
             if environ:  # else gunicorn refused the request itself: see gunicorn_error
                 self._record(environ, resp, ended - started, sys.exc_info()[1])
+            if worker.nr >= worker.max_requests:
+                self.intent.set(exits.MAX_REQUESTS)
         except Exception:  # recording must never break a request
             if not self._failed_once:
                 self._failed_once = True
@@ -260,10 +264,22 @@ class PrometheusWorkerMixin:
             self._prometheus.gunicorn_error(req, exc)
         super().handle_error(req, client, addr, exc)
 
-    def handle_exit(self, sig: int, frame: Any) -> None:
+    def _stopping(self, intent: int) -> None:
         if self._prometheus is not None:
+            self._prometheus.intent.set(intent)
             self._prometheus.set_state("stopping")
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self._stopping(exits.TERMINATED)
         super().handle_exit(sig, frame)
+
+    def handle_quit(self, sig: int, frame: Any) -> None:
+        self._stopping(exits.TERMINATED)
+        super().handle_quit(sig, frame)
+
+    def handle_abort(self, sig: int, frame: Any) -> None:
+        self._stopping(exits.TIMEOUT)
+        super().handle_abort(sig, frame)
 
 
 def _prepare_prometheus_client() -> None:
