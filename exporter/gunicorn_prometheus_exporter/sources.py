@@ -3,10 +3,14 @@ Each source exposes ``collect()`` (families, health included) and ``close()``.""
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Iterator
 
 from .collector import DirectoryCollector, health_families
 from .config import Settings
+
+_DOWN = ("cannot read %s (missing or not readable); serving health metrics only until it "
+         "appears")
 
 
 class DirectorySource:
@@ -14,7 +18,9 @@ class DirectorySource:
         self.collector = DirectoryCollector(directory)
         self.description = f"directory {directory}"
         self._log = log
-        self._was_up = True
+        self._was_up = os.path.isdir(directory)
+        if not self._was_up:  # said at start, not only at the first scrape
+            log.error(_DOWN, self.description)
 
     def collect(self) -> Iterator[Any]:
         families = self.collector.read()
@@ -23,8 +29,7 @@ class DirectorySource:
             if up:
                 self._log.info("reading %s again", self.description)
             else:
-                self._log.error("cannot read %s (missing or not readable); serving health "
-                                "metrics only until it appears", self.description)
+                self._log.error(_DOWN, self.description)
             self._was_up = up
         yield from families
         yield from health_families(self.collector, "directory")
