@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("version", help="print the version")
     health = sub.add_parser("healthcheck",
                             help="exit 0 if the local metrics server answers /-/healthy")
+    _config_flag(health)
     health.add_argument("--url", help="URL to probe (default: this config's address)")
     health.add_argument("--timeout", type=float, default=3.0)
     return parser
@@ -73,10 +74,11 @@ def effective(args: argparse.Namespace) -> config.Settings:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv = ["serve", *argv]  # serve is the default command, flags and all
     args = _parser().parse_args(argv)
-    command = args.command or "serve"
-    if args.command is None:
-        args = _parser().parse_args(["serve", *(argv or [])])
+    command = args.command
     try:
         if command == "version":
             return _version()
@@ -117,12 +119,17 @@ def _healthcheck(args: argparse.Namespace) -> int:
     import urllib.error
     import urllib.request
 
+    from .server import webconfig
+
     url = args.url
     if url is None:
-        settings = effective(argparse.Namespace(config=None))
+        settings = effective(args)
         p = settings.prometheus
         host = "127.0.0.1" if p.bind_address in ("0.0.0.0", "::", "") else p.bind_address
-        scheme = "https" if settings.tls_enabled else "http"
+        if ":" in host:
+            host = f"[{host}]"
+        # TLS may come from PROMETHEUS_SSL_* or from the web config file
+        scheme = "https" if webconfig.from_settings(settings).cert_file else "http"
         url = f"{scheme}://{host}:{p.metrics_port}/-/healthy"
     context = ssl._create_unverified_context()  # a local liveness probe of our own server
     try:
@@ -144,6 +151,7 @@ def _serve(args: argparse.Namespace) -> int:
     log = logging.getLogger("gunicorn_prometheus_exporter")
     settings = effective(args)
     web = webconfig.from_settings(settings)
+    web.tls_context()  # a bad certificate or key is a config error, before anything starts
     source = open_source(settings, log)
     p = settings.prometheus
     try:
