@@ -76,7 +76,7 @@ def _by_labels(s, name: str) -> Dict[frozenset, float]:
 
 def test_serve_reads_what_gunicorn_writes_exactly(start_gunicorn, start_serve):
     g = start_gunicorn(workers=2).wait_ready(workers=2)
-    sent = {"/": 6, "/users/7": 4, "/error": 2, "/status/404": 3}
+    sent = {"/": 6, "/users/7": 4, "/error": 2, "/status/503": 3}
     for path, count in sent.items():
         for _ in range(count):
             g.request(path)
@@ -96,7 +96,7 @@ def test_serve_reads_what_gunicorn_writes_exactly(start_gunicorn, start_serve):
     assert theirs.value("gunicorn_http_requests_total", method="GET", route="/error",
                         status="500") == 2
     assert theirs.value("gunicorn_http_requests_total", method="GET", route="/status/{id}",
-                        status="404") == 3
+                        status="503") == 3
     assert theirs.total("gunicorn_http_requests_total") == total
     assert theirs.value("gunicorn_exporter_source_up", source="directory") == 1
     assert len(theirs.series("gunicorn_worker_capacity")) == 2
@@ -127,7 +127,7 @@ def test_missing_directory_is_a_metric_and_a_log_line_then_recovers(start_serve,
     up = until(lambda: (lambda x: x if x.value("gunicorn_exporter_source_up",
                                                 source="directory") == 1 else None)(
         scrape(s.port)), message="the directory to be read")
-    assert up.value("gunicorn_exporter_last_successful_read_timestamp_seconds") \
+    assert up.value("gunicorn_exporter_last_read_timestamp_seconds") \
         == pytest.approx(time.time(), abs=30)
     assert f"reading directory {directory} again" in s.output()
     assert s.proc.poll() is None
@@ -194,7 +194,7 @@ def test_port_in_use_exits_with_one_line(tmp_path):
     assert result.returncode == 1
     lines = (result.stdout + result.stderr).strip().splitlines()
     assert len(lines) == 1, lines
-    assert lines[0].endswith(f"cannot listen on 127.0.0.1:{port}: Address already in use")
+    assert f"[ERROR] cannot listen on 127.0.0.1:{port}: Address already in use" in lines[0]
 
 
 def test_serve_config_error_exits_before_listening(tmp_path):
