@@ -104,13 +104,17 @@ def images(runtime: Runtime) -> dict[str, str]:
         "run", "--rm", "--entrypoint", "/bin/true", found["exporter"], check=False, timeout=120
     )
     if probe.returncode != 0:
-        _UNAVAILABLE["reason"] = f"{runtime.name} cannot start containers: {_one_line(probe.stderr)}"
+        _UNAVAILABLE["reason"] = (
+            f"{runtime.name} cannot start containers: {_one_line(probe.stderr)}"
+        )
         pytest.skip(_UNAVAILABLE["reason"])
     return found
 
 
 @pytest.fixture(scope="session")
-def docker_host(runtime: Runtime, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Optional[str]]:
+def docker_host(
+    runtime: Runtime, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Optional[str]]:
     """A Docker-compatible API for testcontainers: the docker engine, or `podman system service`."""
     if not runtime.is_podman:
         yield os.environ.get("DOCKER_HOST")
@@ -124,7 +128,9 @@ def docker_host(runtime: Runtime, tmp_path_factory: pytest.TempPathFactory) -> I
     log = open(state / "api.log", "w")  # noqa: SIM115 - closed below
     service = subprocess.Popen(
         ["podman", "system", "service", "--time=0", url],
-        env=runtime.env, stdout=log, stderr=subprocess.STDOUT,
+        env=runtime.env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
 
     def ping() -> bool:

@@ -37,11 +37,25 @@ def container_marks() -> list:
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.2) -> T:
-    """Call ``predicate`` until it returns a true value; raise after ``timeout`` seconds."""
+def wait_until(
+    predicate: Callable[[], T],
+    timeout: float,
+    what: str,
+    interval: float = 0.2,
+    abort: Optional[Callable[[], Optional[str]]] = None,
+) -> T:
+    """Call ``predicate`` until it returns a true value; raise after ``timeout`` seconds.
+
+    ``abort`` (e.g. "the container exited") is checked on every round and ends the wait at once
+    with an AssertionError carrying its message.
+    """
     deadline = time.monotonic() + timeout
     last: Optional[BaseException] = None
     while True:
+        if abort is not None:
+            reason = abort()
+            if reason:
+                raise AssertionError(f"{what}: {reason}")
         try:
             result = predicate()
             if result:
@@ -101,13 +115,16 @@ class Runtime:
     def is_podman(self) -> bool:
         return self.name == "podman"
 
-    def run(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    def run(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess:
         proc = subprocess.run(
             [self.name, *args], env=self.env, capture_output=True, text=True, timeout=timeout
         )
         if check and proc.returncode != 0:
             raise AssertionError(
-                f"{self.name} {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+                f"{self.name} {' '.join(args)} exited {proc.returncode}:\n"
+                f"{proc.stdout}\n{proc.stderr}"
             )
         return proc
 
@@ -134,6 +151,14 @@ class Runtime:
         addr = [line for line in out if line.startswith("127.0.0.1:")] or out
         return int(addr[0].rsplit(":", 1)[1])
 
+    def exited(self, cid: str) -> Optional[str]:
+        """None while the container runs; else its exit code and the end of its log."""
+        state = self.inspect(cid)["State"]
+        if state.get("Running"):
+            return None
+        tail = "\n".join(self.logs(cid).splitlines()[-15:])
+        return f"container exited with {state.get('ExitCode')}:\n{tail}"
+
     def logs(self, cid: str) -> str:
         proc = self.run("logs", cid, check=False)
         return proc.stdout + proc.stderr
@@ -143,3 +168,12 @@ class Runtime:
 
     def image_size(self, ref: str) -> int:
         return int(self.inspect(ref, "image")["Size"])
+
+
+def skip_if_feature_missing(runtime: Runtime, cid: str, feature: str) -> None:
+    """Skip when the package in the image lacks a module of its own (not written yet)."""
+    import pytest
+
+    for line in runtime.logs(cid).splitlines():
+        if "ModuleNotFoundError: No module named 'gunicorn_prometheus_exporter." in line:
+            pytest.skip(f"the package has no {feature} support yet: {line.strip()}")

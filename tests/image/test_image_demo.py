@@ -8,12 +8,19 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Callable, Optional
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from image_helpers import container_marks, Runtime, http_get, samples, wait_until  # noqa: E402
-from test_image_exporter import skip_if_feature_missing  # noqa: E402
+from image_helpers import (  # noqa: E402
+    Runtime,
+    container_marks,
+    http_get,
+    samples,
+    skip_if_feature_missing,
+    wait_until,
+)
 
 pytestmark = container_marks()
 
@@ -27,7 +34,7 @@ def get_ok(port: int, path: str) -> bool:
         return False
 
 
-def wait_for_app(port: int) -> int:
+def wait_for_app(port: int, abort: Callable[[], Optional[str]]) -> int:
     """Poll the app until it answers; return how many requests it served meanwhile."""
     served = 0
 
@@ -38,7 +45,7 @@ def wait_for_app(port: int) -> int:
             return True
         return False
 
-    wait_until(ready, 30, "demo app answers on :8000")
+    wait_until(ready, 30, "demo app answers on :8000", abort=abort)
     return served
 
 
@@ -52,28 +59,49 @@ def get_200_count(port: int) -> float:
     )
 
 
-def send_and_count(runtime: Runtime, app_port: int, metrics_port: int) -> None:
-    served = wait_for_app(app_port)
+def send_and_count(runtime: Runtime, app_port: int, metrics_port: int, *cids: str) -> None:
+    """Requests to the app are counted exactly on the metrics port; fails at once if one of
+    the containers ``cids`` exits."""
+
+    def abort() -> Optional[str]:
+        for cid in cids:
+            reason = runtime.exited(cid)
+            if reason:
+                return reason
+        return None
+
+    served = wait_for_app(app_port, abort)
     for i in range(REQUESTS):
         assert get_ok(app_port, f"/users/{i + 2}")
     expected = served + REQUESTS
     # The count reaches exactly what was sent (bounded wait, then exact).
     try:
-        wait_until(lambda: get_200_count(metrics_port) >= expected, 20, "requests counted on :9091")
-    except TimeoutError:
-        raise AssertionError(
-            f"counted {get_200_count(metrics_port)} GET 200 requests, sent {expected}"
-        ) from None
+        wait_until(
+            lambda: get_200_count(metrics_port) >= expected,
+            20,
+            "requests counted on :9091",
+            abort=abort,
+        )
+    except TimeoutError as exc:
+        try:
+            counted = str(get_200_count(metrics_port))
+        except Exception as error:  # noqa: BLE001 - only for the message
+            counted = f"nothing ({error!r})"
+        raise AssertionError(f"counted {counted} GET 200 requests, sent {expected}") from exc
     assert get_200_count(metrics_port) == expected
 
 
 def test_demo_request_is_counted(runtime: Runtime, images: dict[str, str]) -> None:
     with runtime.container(
-        images["demo"], *runtime.read_only_args(),
-        "-p", "127.0.0.1::8000", "-p", "127.0.0.1::9091",
+        images["demo"],
+        *runtime.read_only_args(),
+        "-p",
+        "127.0.0.1::8000",
+        "-p",
+        "127.0.0.1::9091",
     ) as cid:
         app_port, metrics_port = runtime.port(cid, 8000), runtime.port(cid, 9091)
-        send_and_count(runtime, app_port, metrics_port)
+        send_and_count(runtime, app_port, metrics_port, cid)
         status = runtime.run("exec", cid, "cat", "/proc/1/status").stdout
         uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
         assert uids == ["65532"] * 4, f"gunicorn master runs as {uids}"
@@ -85,14 +113,29 @@ def test_sidecar_exporter_reads_demo_directory(runtime: Runtime, images: dict[st
     runtime.run("volume", "create", volume)
     mount = "/var/run/gunicorn-prometheus"
     try:
-        with runtime.container(
-            images["demo"], *runtime.read_only_args(), "-v", f"{volume}:{mount}",
-            "-e", "PROMETHEUS_METRICS_SERVER=false", "-p", "127.0.0.1::8000",
-        ) as app, runtime.container(
-            images["exporter"], *runtime.read_only_args(), "-v", f"{volume}:{mount}:ro",
-            "-p", "127.0.0.1::9091",
-        ) as exporter:
-            send_and_count(runtime, runtime.port(app, 8000), runtime.port(exporter, 9091))
+        with (
+            runtime.container(
+                images["demo"],
+                *runtime.read_only_args(),
+                "-v",
+                f"{volume}:{mount}",
+                "-e",
+                "PROMETHEUS_METRICS_SERVER=false",
+                "-p",
+                "127.0.0.1::8000",
+            ) as app,
+            runtime.container(
+                images["exporter"],
+                *runtime.read_only_args(),
+                "-v",
+                f"{volume}:{mount}:ro",
+                "-p",
+                "127.0.0.1::9091",
+            ) as exporter,
+        ):
+            send_and_count(
+                runtime, runtime.port(app, 8000), runtime.port(exporter, 9091), app, exporter
+            )
     finally:
         runtime.run("volume", "rm", "-f", volume, check=False)
 
@@ -116,27 +159,65 @@ def test_daemonset_topology_with_redis(
         pytest.skip("redis-server not installed (apt-get install redis-server)")
     redis_port, app_port, metrics_port = free_port(), free_port(), free_port()
     redis = subprocess.Popen(
-        [redis_server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            redis_server,
+            "--port",
+            str(redis_port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     redis_env = [
-        "-e", "REDIS_ENABLED=true", "-e", f"REDIS_URL=redis://127.0.0.1:{redis_port}/0",
-        "-e", f"REDIS_KEY_PREFIX=gpe-image-test-{uuid.uuid4().hex[:8]}", "-e", "NODE_NAME=node-a",
+        "-e",
+        "REDIS_ENABLED=true",
+        "-e",
+        f"REDIS_URL=redis://127.0.0.1:{redis_port}/0",
+        "-e",
+        f"REDIS_KEY_PREFIX=gpe-image-test-{uuid.uuid4().hex[:8]}",
+        "-e",
+        "NODE_NAME=node-a",
     ]
     try:
-        wait_until(lambda: socket.create_connection(("127.0.0.1", redis_port), 1).close() or True,
-                   10, "redis-server listens")
-        with runtime.container(
-            images["demo"], *runtime.read_only_args(), "--network", "host", *redis_env,
-            "-e", f"GUNICORN_BIND=127.0.0.1:{app_port}", "-e", "PROMETHEUS_METRICS_SERVER=false",
-        ) as app, runtime.container(
-            images["exporter"], *runtime.read_only_args(), "--network", "host", *redis_env,
-            "-e", "PROMETHEUS_BIND_ADDRESS=127.0.0.1", "-e", f"PROMETHEUS_METRICS_PORT={metrics_port}",
-        ) as exporter:
+        wait_until(
+            lambda: socket.create_connection(("127.0.0.1", redis_port), 1).close() or True,
+            10,
+            "redis-server listens",
+        )
+        with (
+            runtime.container(
+                images["demo"],
+                *runtime.read_only_args(),
+                "--network",
+                "host",
+                *redis_env,
+                "-e",
+                f"GUNICORN_BIND=127.0.0.1:{app_port}",
+                "-e",
+                "PROMETHEUS_METRICS_SERVER=false",
+            ) as app,
+            runtime.container(
+                images["exporter"],
+                *runtime.read_only_args(),
+                "--network",
+                "host",
+                *redis_env,
+                "-e",
+                "PROMETHEUS_BIND_ADDRESS=127.0.0.1",
+                "-e",
+                f"PROMETHEUS_METRICS_PORT={metrics_port}",
+            ) as exporter,
+        ):
             try:
-                send_and_count(runtime, app_port, metrics_port)
-            except (TimeoutError, AssertionError):
+                send_and_count(runtime, app_port, metrics_port, app, exporter)
+            except Exception:
                 skip_if_feature_missing(runtime, exporter, "Redis")
                 skip_if_feature_missing(runtime, app, "Redis")
                 raise

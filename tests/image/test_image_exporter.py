@@ -9,22 +9,34 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from image_helpers import container_marks, Runtime, http_get, package_version, samples, wait_until  # noqa: E402
+from image_helpers import (  # noqa: E402
+    Runtime,
+    container_marks,
+    http_get,
+    package_version,
+    samples,
+    skip_if_feature_missing,
+    wait_until,
+)
 
 pytestmark = container_marks()
 
 UID = "65532"
 MB = 1_000_000
 # Paths the runtime itself manages (bind-mounted hosts/resolv.conf, .containerenv).
-RUNTIME_PATHS = {"/etc", "/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/run", "/var/run",
-                 "/run/.containerenv", "/run/secrets", "/dev", "/proc", "/sys"}
-
-
-def skip_if_feature_missing(runtime: Runtime, cid: str, feature: str) -> None:
-    """The package in the image lacks a module of its own: that part is not written yet."""
-    for line in runtime.logs(cid).splitlines():
-        if "ModuleNotFoundError: No module named 'gunicorn_prometheus_exporter." in line:
-            pytest.skip(f"the package has no {feature} support yet: {line.strip()}")
+RUNTIME_PATHS = {
+    "/etc",
+    "/etc/hosts",
+    "/etc/hostname",
+    "/etc/resolv.conf",
+    "/run",
+    "/var/run",
+    "/run/.containerenv",
+    "/run/secrets",
+    "/dev",
+    "/proc",
+    "/sys",
+}
 
 
 def metrics_ready(port: int) -> str:
@@ -32,17 +44,24 @@ def metrics_ready(port: int) -> str:
     return body if status == 200 else ""
 
 
+def wait_metrics(runtime: Runtime, cid: str, port: int, what: str) -> str:
+    """The body of the first 200 from /metrics; fails at once if the container exits."""
+    return wait_until(lambda: metrics_ready(port), 20, what, abort=lambda: runtime.exited(cid))
+
+
 def test_default_run_serves_metrics(runtime: Runtime, images: dict[str, str]) -> None:
     """`run -p 9091:9091 IMAGE` with no other argument serves /metrics within seconds."""
     started = time.monotonic()
     with runtime.container(images["exporter"], "-p", "127.0.0.1::9091") as cid:
         port = runtime.port(cid, 9091)
-        body = wait_until(lambda: metrics_ready(port), 20, "exporter /metrics answers 200")
+        body = wait_metrics(runtime, cid, port, "exporter /metrics answers 200")
         elapsed = time.monotonic() - started
         assert elapsed < 15, f"/metrics took {elapsed:.1f}s"
         build_info = samples(body, "gunicorn_exporter_build_info")
         assert build_info, body[:2000]
-        assert any(f'version="{package_version()}"' in labels for labels, _ in build_info), build_info
+        assert any(f'version="{package_version()}"' in labels for labels, _ in build_info), (
+            build_info
+        )
         assert http_get(f"http://127.0.0.1:{port}/-/healthy")[0] == 200
         # Nothing written outside the volume (podman/docker diff of the root filesystem).
         changed = runtime.run("diff", cid).stdout.split()
@@ -53,7 +72,7 @@ def test_default_run_serves_metrics(runtime: Runtime, images: dict[str, str]) ->
 def test_runs_as_uid_65532(runtime: Runtime, images: dict[str, str]) -> None:
     assert runtime.inspect(images["exporter"], "image")["Config"]["User"] == f"{UID}:{UID}"
     with runtime.container(images["exporter"], "-p", "127.0.0.1::9091") as cid:
-        wait_until(lambda: metrics_ready(runtime.port(cid, 9091)), 20, "exporter /metrics")
+        wait_metrics(runtime, cid, runtime.port(cid, 9091), "exporter /metrics")
         assert runtime.run("exec", cid, "id", "-u").stdout.strip() == UID
         status = runtime.run("exec", cid, "cat", "/proc/1/status").stdout
         uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
@@ -62,11 +81,17 @@ def test_runs_as_uid_65532(runtime: Runtime, images: dict[str, str]) -> None:
 
 def test_read_only_root_filesystem(runtime: Runtime, images: dict[str, str]) -> None:
     with runtime.container(
-        images["exporter"], *runtime.read_only_args(), "--cap-drop", "ALL",
-        "--security-opt", "no-new-privileges", "-p", "127.0.0.1::9091",
+        images["exporter"],
+        *runtime.read_only_args(),
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "-p",
+        "127.0.0.1::9091",
     ) as cid:
         port = runtime.port(cid, 9091)
-        body = wait_until(lambda: metrics_ready(port), 20, "read-only exporter /metrics")
+        body = wait_metrics(runtime, cid, port, "read-only exporter /metrics")
         assert samples(body, "gunicorn_exporter_build_info")
         # Still serving after a few more scrapes; the root filesystem refuses writes.
         for _ in range(3):
@@ -79,11 +104,14 @@ def test_read_only_root_filesystem(runtime: Runtime, images: dict[str, str]) -> 
 def test_missing_directory_is_a_metric(runtime: Runtime, images: dict[str, str]) -> None:
     """A multiprocess directory that does not exist is reported, not a crash loop."""
     with runtime.container(
-        images["exporter"], "-e", "PROMETHEUS_MULTIPROC_DIR=/nonexistent/gpe",
-        "-p", "127.0.0.1::9091",
+        images["exporter"],
+        "-e",
+        "PROMETHEUS_MULTIPROC_DIR=/nonexistent/gpe",
+        "-p",
+        "127.0.0.1::9091",
     ) as cid:
         port = runtime.port(cid, 9091)
-        body = wait_until(lambda: metrics_ready(port), 20, "exporter /metrics")
+        body = wait_metrics(runtime, cid, port, "exporter /metrics")
         up = samples(body, "gunicorn_exporter_source_up")
         assert up and all(value == 0 for _, value in up), up
         assert runtime.inspect(cid)["State"]["Running"] is True
@@ -92,17 +120,26 @@ def test_missing_directory_is_a_metric(runtime: Runtime, images: dict[str, str])
 def test_unreachable_redis_is_a_metric(runtime: Runtime, images: dict[str, str]) -> None:
     """REDIS_ENABLED=true with no Redis: /metrics answers at once (no wait for Redis)."""
     with runtime.container(
-        images["exporter"], *runtime.read_only_args(), "-e", "REDIS_ENABLED=true",
-        "-e", "REDIS_URL=redis://127.0.0.1:1/0", "-p", "127.0.0.1::9091",
+        images["exporter"],
+        *runtime.read_only_args(),
+        "-e",
+        "REDIS_ENABLED=true",
+        "-e",
+        "REDIS_URL=redis://127.0.0.1:1/0",
+        "-p",
+        "127.0.0.1::9091",
     ) as cid:
         port = runtime.port(cid, 9091)
         try:
-            body = wait_until(lambda: metrics_ready(port), 20, "exporter /metrics without Redis")
-        except TimeoutError:
+            body = wait_metrics(runtime, cid, port, "exporter /metrics without Redis")
+        except (TimeoutError, AssertionError):
             skip_if_feature_missing(runtime, cid, "Redis")
             raise
-        up = [value for labels, value in samples(body, "gunicorn_exporter_source_up")
-              if 'source="redis"' in labels]
+        up = [
+            value
+            for labels, value in samples(body, "gunicorn_exporter_source_up")
+            if 'source="redis"' in labels
+        ]
         assert up == [0], samples(body, "gunicorn_exporter_source_up")
         assert runtime.inspect(cid)["State"]["Running"] is True
 
@@ -112,7 +149,7 @@ def test_port_variable_is_honoured(runtime: Runtime, images: dict[str, str]) -> 
         images["exporter"], "-e", "PROMETHEUS_METRICS_PORT=9200", "-p", "127.0.0.1::9200"
     ) as cid:
         port = runtime.port(cid, 9200)
-        wait_until(lambda: metrics_ready(port), 20, "exporter /metrics on 9200")
+        wait_metrics(runtime, cid, port, "exporter /metrics on 9200")
 
 
 def test_healthcheck(runtime: Runtime, images: dict[str, str]) -> None:
@@ -124,16 +161,19 @@ def test_healthcheck(runtime: Runtime, images: dict[str, str]) -> None:
         def healthy() -> bool:
             if runtime.is_podman:
                 return runtime.run("healthcheck", "run", cid, check=False).returncode == 0
-            return runtime.run(
-                "exec", cid, "gunicorn-prometheus-exporter", "healthcheck", check=False
-            ).returncode == 0
+            return (
+                runtime.run(
+                    "exec", cid, "gunicorn-prometheus-exporter", "healthcheck", check=False
+                ).returncode
+                == 0
+            )
 
         wait_until(healthy, 20, "healthcheck passes")
 
 
 def test_sigterm_stops_quickly(runtime: Runtime, images: dict[str, str]) -> None:
     with runtime.container(images["exporter"], "-p", "127.0.0.1::9091") as cid:
-        wait_until(lambda: metrics_ready(runtime.port(cid, 9091)), 20, "exporter /metrics")
+        wait_metrics(runtime, cid, runtime.port(cid, 9091), "exporter /metrics")
         started = time.monotonic()
         runtime.run("stop", "-t", "10", cid)
         elapsed = time.monotonic() - started
@@ -145,7 +185,8 @@ def test_sigterm_stops_quickly(runtime: Runtime, images: dict[str, str]) -> None
 def test_image_has_no_compiler_pip_or_caches(runtime: Runtime, images: dict[str, str]) -> None:
     script = (
         "for c in gcc cc c++ g++ clang make; do command -v $c; done; "
-        "ls -d /opt/venv/bin/pip* /root/.cache /nonexistent /wheels /src /opt/build-venv 2>/dev/null; "
+        "ls -d /opt/venv/bin/pip* /root/.cache /nonexistent /wheels /src /opt/build-venv "
+        "2>/dev/null; "
         # (the base's own ensurepip wheels under /usr are the base's business)
         "find /opt /root /tmp /var /home -xdev \\( -name '*.whl' -o -path '*/.cache/pip' \\) "
         "2>/dev/null; true"
@@ -170,6 +211,8 @@ def test_size_over_base(runtime: Runtime, images: dict[str, str]) -> None:
         pytest.skip(f"base image {base} not in local storage")
     size, base_size = runtime.image_size(images["exporter"]), runtime.image_size(base)
     added = size - base_size
-    print(f"\n{images['exporter']}: {size / MB:.1f} MB; base {base}: {base_size / MB:.1f} MB; "
-          f"adds {added / MB:.1f} MB")
+    print(
+        f"\n{images['exporter']}: {size / MB:.1f} MB; base {base}: {base_size / MB:.1f} MB; "
+        f"adds {added / MB:.1f} MB"
+    )
     assert added <= 25 * MB, f"adds {added / MB:.1f} MB to {base}"

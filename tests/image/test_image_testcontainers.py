@@ -14,7 +14,14 @@ from typing import Optional
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from image_helpers import container_marks, Runtime, http_get, package_version, samples, wait_until  # noqa: E402
+from image_helpers import (  # noqa: E402
+    Runtime,
+    container_marks,
+    http_get,
+    package_version,
+    samples,
+    wait_until,
+)
 
 pytestmark = container_marks()
 
