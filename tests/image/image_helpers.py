@@ -159,6 +159,15 @@ class Runtime:
         tail = "\n".join(self.logs(cid).splitlines()[-15:])
         return f"container exited with {state.get('ExitCode')}:\n{tail}"
 
+    def healthcheck_passes(self, cid: str, image: str) -> bool:
+        """Run the image's HEALTHCHECK once (podman: `healthcheck run`; docker: its command)."""
+        if self.is_podman:
+            return self.run("healthcheck", "run", cid, check=False).returncode == 0
+        cfg = self.inspect(image, "image")
+        test = (cfg.get("Healthcheck") or cfg["Config"].get("Healthcheck") or {}).get("Test", [])
+        assert test and test[0] == "CMD", f"no exec-form HEALTHCHECK in {image}: {test}"
+        return self.run("exec", cid, *test[1:], check=False).returncode == 0
+
     def logs(self, cid: str) -> str:
         proc = self.run("logs", cid, check=False)
         return proc.stdout + proc.stderr

@@ -55,7 +55,8 @@ def get_200_count(port: int) -> float:
     return sum(
         value
         for labels, value in samples(body, "gunicorn_http_requests_total")
-        if 'method="GET"' in labels and 'status="200"' in labels
+        # only the test's own requests (/users/<id>), not a HEALTHCHECK's GET /
+        if 'method="GET"' in labels and 'status="200"' in labels and "/users" in labels
     )
 
 
@@ -136,6 +137,9 @@ def test_sidecar_exporter_reads_demo_directory(runtime: Runtime, images: dict[st
             send_and_count(
                 runtime, runtime.port(app, 8000), runtime.port(exporter, 9091), app, exporter
             )
+            # Both images' HEALTHCHECKs hold in this topology (the demo's probes the app).
+            assert runtime.healthcheck_passes(app, images["demo"])
+            assert runtime.healthcheck_passes(exporter, images["exporter"])
     finally:
         runtime.run("volume", "rm", "-f", volume, check=False)
 

@@ -157,18 +157,12 @@ def test_healthcheck(runtime: Runtime, images: dict[str, str]) -> None:
     health = cfg.get("Healthcheck") or cfg["Config"].get("Healthcheck") or {}
     assert health.get("Test") == ["CMD", "gunicorn-prometheus-exporter", "healthcheck"], cfg
     with runtime.container(images["exporter"], *runtime.read_only_args()) as cid:
-        # The image's HEALTHCHECK command, run in the container (podman: the real healthcheck).
-        def healthy() -> bool:
-            if runtime.is_podman:
-                return runtime.run("healthcheck", "run", cid, check=False).returncode == 0
-            return (
-                runtime.run(
-                    "exec", cid, "gunicorn-prometheus-exporter", "healthcheck", check=False
-                ).returncode
-                == 0
-            )
-
-        wait_until(healthy, 20, "healthcheck passes")
+        wait_until(
+            lambda: runtime.healthcheck_passes(cid, images["exporter"]),
+            20,
+            "healthcheck passes",
+            abort=lambda: runtime.exited(cid),
+        )
 
 
 def test_sigterm_stops_quickly(runtime: Runtime, images: dict[str, str]) -> None:
