@@ -2,7 +2,10 @@
 
 ``worker_class = "gunicorn_prometheus_exporter.PrometheusWorker"`` is a complete set-up.
 Worker classes are imported on first use, so importing the package pulls in neither gevent
-nor eventlet."""
+nor eventlet (nor uvicorn): ``PrometheusWorker`` (sync), ``PrometheusThreadWorker``
+(gthread), ``PrometheusGeventWorker``, ``PrometheusEventletWorker`` (gunicorn <= 25.3),
+``PrometheusASGIWorker`` (gunicorn's native asgi worker, gunicorn >= 24) and
+``PrometheusUvicornWorker`` (uvicorn-worker)."""
 from __future__ import annotations
 
 import importlib
@@ -16,6 +19,8 @@ _WORKERS = {
     "PrometheusThreadWorker": ".workers.gthread",
     "PrometheusGeventWorker": ".workers.ggevent",
     "PrometheusEventletWorker": ".workers.geventlet",
+    "PrometheusASGIWorker": ".workers.asgi",
+    "PrometheusUvicornWorker": ".workers.uvicorn",
 }
 
 __all__ = ["ConfigError", "load_yaml_config", "__version__", *_WORKERS]

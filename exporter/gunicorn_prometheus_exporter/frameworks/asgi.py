@@ -1,0 +1,106 @@
+"""The request metrics of an ASGI application, recorded around it by the ASGI workers.
+
+Per HTTP request: the status from ``http.response.start``, the response size from the
+``http.response.body`` messages (or the file of ``http.response.pathsend``), the request
+size from the ``http.request`` messages the application received, the duration from the
+call to the last body message, and an exception that escaped the application as one failed
+request with its class name. The route is the template a framework left in the scope
+(Starlette and FastAPI: the matched route; anything else: ``ROUTE_ENVIRON_KEY``), else the
+path normalised like the WSGI workers do. Lifespan and websocket scopes pass through."""
+from __future__ import annotations
+
+import asyncio
+import os
+from time import perf_counter
+from typing import Any, Callable, Optional
+
+from . import ERROR_ENVIRON_KEY, ROUTE_ENVIRON_KEY
+from .starlette import route_template
+
+_STATUS = {code: str(code) for code in range(100, 600)}
+_GONE = (asyncio.CancelledError, ConnectionError)
+
+
+class ASGIMetrics:
+    """Wraps the worker's ASGI application; ``instrumentation`` is the worker's
+    ``Instrumentation`` (its ``recorder`` and ``record()``)."""
+
+    def __init__(self, app: Callable, instrumentation: Any) -> None:
+        self.app = app
+        self._record = instrumentation.record
+        self._in_flight = instrumentation.recorder.in_flight
+        self._log = instrumentation.log
+        self._failed_once = False
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = perf_counter()
+        status = 0
+        sent = 0
+        received = 0
+        ended = 0.0
+
+        async def counting_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+            return message
+
+        async def counting_send(message: dict) -> None:
+            nonlocal status, sent, ended
+            kind = message["type"]
+            if kind == "http.response.body":
+                await send(message)
+                sent += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    ended = perf_counter()
+                return
+            if kind == "http.response.start":
+                status = message["status"]
+            elif kind == "http.response.pathsend":
+                await send(message)
+                sent += _file_size(message.get("path"))
+                ended = perf_counter()
+                return
+            await send(message)
+
+        self._in_flight(1.0)
+        error: Optional[BaseException] = None
+        try:
+            await self.app(scope, counting_receive, counting_send)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._in_flight(-1.0)
+            try:
+                self._finish(scope, status, sent, received,
+                             (ended or perf_counter()) - started, error)
+            except Exception:  # recording must never break a request
+                if not self._failed_once:
+                    self._failed_once = True
+                    self._log.exception("prometheus: could not record a request")
+
+    def _finish(self, scope: dict, status: int, sent: int, received: int, duration: float,
+                error: Optional[BaseException]) -> None:
+        error_type = scope.get(ERROR_ENVIRON_KEY)
+        if error is not None:
+            if isinstance(error, _GONE):
+                status = status or 499  # the client went away
+            else:
+                status = status or 500  # the server answers 500 when nothing started
+                error_type = error_type or type(error).__name__
+        template = scope.get(ROUTE_ENVIRON_KEY) or route_template(scope)
+        self._record(scope.get("method"), scope.get("path"),
+                     _STATUS.get(status) or str(status or 500), duration, received, sent,
+                     template, error_type)
+
+
+def _file_size(path: Optional[str]) -> int:
+    try:
+        return os.path.getsize(path) if path else 0
+    except OSError:
+        return 0

@@ -1,0 +1,48 @@
+"""``PrometheusASGIWorker``: gunicorn's native ``asgi`` worker (gunicorn >= 24), for
+FastAPI, Starlette and any ASGI application; up to ``worker_connections`` connections at
+once on one asyncio loop.
+
+Requests are recorded by an ASGI wrapper around the application (``frameworks.asgi``):
+status, sizes and duration from the ASGI messages themselves, so gunicorn's
+``pre_request``/``post_request`` hooks are left to the user. On a gunicorn without the
+native worker, selecting this class stops start-up with one line."""
+from __future__ import annotations
+
+from typing import Any
+
+SUPPORTED = "gunicorn 24.0 or later (the native asgi worker appeared in 24.0)"
+
+try:
+    from gunicorn.workers.gasgi import ASGIWorker
+except ImportError as exc:  # gunicorn 23
+    _MISSING = str(exc)
+    ASGIWorker = None  # type: ignore[assignment,misc]
+
+if ASGIWorker is not None:
+    from ..frameworks.asgi import ASGIMetrics
+    from .base import PrometheusWorkerMixin
+
+    class PrometheusASGIWorker(PrometheusWorkerMixin, ASGIWorker):  # type: ignore
+        threaded = False
+        request_hooks = False
+
+        @property
+        def capacity(self) -> int:
+            return max(1, int(self.cfg.worker_connections))
+
+        def load_wsgi(self) -> None:
+            ASGIWorker.load_wsgi(self)
+            if self._prometheus is not None:
+                self.asgi = ASGIMetrics(self.asgi, self._prometheus)
+
+else:
+    class PrometheusASGIWorker:  # type: ignore[no-redef]
+        """Stands in for the worker on gunicorn 23: start-up ends in ``check_config``."""
+
+        @classmethod
+        def check_config(cls, cfg: Any, log: Any) -> None:
+            import gunicorn
+
+            raise SystemExit(f"PrometheusASGIWorker needs {SUPPORTED}; this is gunicorn "
+                             f"{gunicorn.__version__}: upgrade gunicorn, or use "
+                             f"PrometheusUvicornWorker")

@@ -1,0 +1,27 @@
+"""``PrometheusUvicornWorker``: uvicorn's gunicorn worker (the ``uvicorn-worker``
+package), for FastAPI, Starlette and any ASGI application.
+
+Requests are recorded by the same ASGI wrapper as the native ASGI worker
+(``frameworks.asgi``); uvicorn runs neither gunicorn's request hooks nor its error
+handling, so everything comes from the ASGI messages. Capacity is reported as
+``worker_connections``; uvicorn itself does not enforce it."""
+from __future__ import annotations
+
+from uvicorn_worker import UvicornWorker
+
+from ..frameworks.asgi import ASGIMetrics
+from .base import PrometheusWorkerMixin
+
+
+class PrometheusUvicornWorker(PrometheusWorkerMixin, UvicornWorker):
+    threaded = False
+    request_hooks = False
+
+    @property
+    def capacity(self) -> int:
+        return max(1, int(self.cfg.worker_connections))
+
+    def load_wsgi(self) -> None:
+        UvicornWorker.load_wsgi(self)
+        if self._prometheus is not None:
+            self.wsgi = ASGIMetrics(self.wsgi, self._prometheus)
