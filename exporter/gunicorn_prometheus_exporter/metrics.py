@@ -151,6 +151,27 @@ SOURCE_UP = _f("gunicorn_exporter_source_up", "gauge",
 LAST_READ = _f("gunicorn_exporter_last_read_timestamp_seconds", "gauge",
                "Unix time of the last successful storage read.", origin="exporter")
 
+# -- Redis storage (redis_storage/): the flusher of each instance, and the Redis reader -------
+REDIS_UP = _f("gunicorn_exporter_redis_up", "gauge",
+              "1 when this instance's last flush to Redis succeeded.", mode="livemax",
+              origin="exporter")
+REDIS_LAST_FLUSH = _f("gunicorn_exporter_redis_last_flush_timestamp_seconds", "gauge",
+                      "Unix time of this instance's last successful flush to Redis.",
+                      mode="livemax", origin="exporter")
+REDIS_FLUSH_DURATION = _f("gunicorn_exporter_redis_flush_duration_seconds", "gauge",
+                          "Seconds this instance's last successful flush to Redis took.",
+                          mode="livemax", origin="exporter")
+REDIS_INSTANCES = _f("gunicorn_exporter_redis_instances", "gauge",
+                     "Live gunicorn instances the Redis reader serves.", origin="exporter")
+REDIS_FLUSH_AGE = _f("gunicorn_exporter_redis_flush_age_seconds", "gauge",
+                     "Seconds since each served instance last flushed (Redis's clock).",
+                     ("instance",), origin="exporter")
+REDIS_ROUND_TRIPS = _f("gunicorn_exporter_redis_read_round_trips", "gauge",
+                       "Redis round trips of the reader's last read.", origin="exporter")
+REDIS_FOLDED = _f("gunicorn_exporter_redis_folded_instances", "counter",
+                  "Vanished instances this reader folded into the durable totals.",
+                  origin="exporter")
+
 ALL: Tuple[Family, ...] = tuple(v for v in globals().values() if isinstance(v, Family))
 BY_NAME: Dict[str, Family] = {f.name: f for f in ALL}
 DERIVED: Dict[str, Family] = {f.derived_from: f for f in ALL

@@ -1,0 +1,251 @@
+"""The Redis reader of the standalone exporter (``serve`` with ``REDIS_ENABLED=true``).
+
+One script call per scrape returns a whole prefix (or one node's part of it): the durable
+totals and every live instance's shards, after folding instances whose heartbeat is older
+than ``Timing.dead_after``. The shards are merged by the directory collector's ``Merger``,
+so the exposition is exactly what file mode gives, with these rules across instances:
+
+* counters, histograms and summaries are summed (the same labels as in file mode);
+* the plugin's own gauges (per worker and per master: memory, in flight, capacity,
+  desired workers, ...) and gauges of multiprocess mode ``all``/``liveall`` carry an
+  ``instance`` label; other gauges of the application merge by their mode (sum, max, min,
+  most recent) across instances.
+
+With ``REDIS_SCOPE=node`` only the instances that run on ``NODE_NAME`` (and the totals of
+that node's ended instances) are served, so that one exporter per node never serves a
+series another one serves too."""
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+from prometheus_client.metrics_core import Metric
+
+from .. import metrics as catalogue
+from ..collector import Merger, Shard, health_families
+from . import connection, scripts
+from .keys import META_FIELD, SEPARATOR, Layout, Timing, parse_shard
+
+_PLUGIN_IDENTITY = re.compile(r"^[wm]\d+(\.monitor)?$")
+
+
+class _View:
+    """One shard of one instance (or of a node's totals) with its keys in a stable order."""
+
+    __slots__ = ("shard", "keys", "positions", "recent")
+
+    def __init__(self, shard: Shard) -> None:
+        self.shard = shard
+        self.keys: List[str] = []
+        self.positions: Dict[str, int] = {}
+        self.recent = shard.op == "recent"
+
+
+class _State:
+    """What ``health_families`` reads from a collector."""
+
+    def __init__(self) -> None:
+        self.last_duration = 0.0
+        self.last_files = 0
+        self.last_values = 0
+        self.read_errors = 0
+        self.last_success: Optional[float] = None
+        self.source_up = 0
+
+
+def _extra(typ: str, mode: str, identity: str, incarnation: str) -> Tuple[Tuple[str, str], ...]:
+    if typ == "gauge" and (mode in ("all", "liveall") or _PLUGIN_IDENTITY.match(identity)):
+        return (("instance", incarnation),)
+    return ()
+
+
+class RedisSource:
+    def __init__(self, settings: Any, log: logging.Logger) -> None:
+        r = settings.redis
+        self.settings = settings
+        self.log = log
+        self.layout = Layout(r.key_prefix)
+        self.timing = Timing.from_settings(settings)
+        self.scope = r.node_name if r.scope == "node" else ""
+        where = connection.describe(settings)
+        scope = f", node {self.scope!r}" if self.scope else ", all nodes"
+        self.description = f"{where} prefix {r.key_prefix!r}{scope}"
+        self._password = connection.target(settings).password
+        self.state = _State()
+        self.merger = Merger()
+        self._views: Dict[Tuple[str, str, str], _View] = {}
+        self._lock = threading.Lock()
+        self._client: Any = None
+        self._was_up: Optional[bool] = None
+        self._healthy_since: Optional[float] = None
+        self.instances: Dict[str, float] = {}  # served incarnation -> flush age
+        self.round_trips = 0
+        self.folded = 0
+
+    # -- the source interface --------------------------------------------------------------
+    def collect(self) -> Iterator[Any]:
+        with self._lock:
+            families = self.read()
+        yield from families
+        yield from health_families(self.state, "redis")
+        yield from self._health()
+
+    def close(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.close()
+            except Exception:  # noqa: BLE001
+                pass
+            self._client = None
+
+    # -- reading ---------------------------------------------------------------------------
+    def read(self) -> List[Metric]:
+        started = time.perf_counter()
+        try:
+            families = self._read()
+        except connection.errors() as exc:
+            families = []
+            self.state.source_up = 0
+            self.instances = {}
+            self._healthy_since = None
+            if self._was_up is not False:
+                self.log.error("cannot read %s (%s); serving health metrics only until it "
+                               "answers", self.description, self._safe(exc))
+            self._was_up = False
+            if self.settings.redis.cluster or self.settings.redis.sentinels:
+                self.close()
+        else:
+            self.state.source_up = 1
+            self.state.last_success = time.time()
+            if self._was_up is False:
+                self.log.info("reading %s again", self.description)
+            self._was_up = True
+        self.state.last_duration = time.perf_counter() - started
+        return families
+
+    def _read(self) -> List[Metric]:
+        if self._client is None:
+            self._client = connection.connect(self.settings)
+        now = time.monotonic()
+        if self._healthy_since is None:
+            reap = False
+        else:
+            reap = now - self._healthy_since >= self.timing.dead_after
+        args = [self.layout.base, self.scope or "", self.timing.dead_after if reap else 0,
+                self.timing.snapshot_ttl]
+        reply, trips = scripts.call(self._client, "read", [self.layout.hb], args)
+        if self._healthy_since is None:
+            self._healthy_since = now
+        self.round_trips = trips
+        server_now = int(reply[0]) + int(reply[1]) / 1e6
+        folded = int(reply[2])
+        if folded:
+            self.folded += folded
+            self.log.info("folded %d vanished instance(s) of prefix %r into its totals",
+                          folded, self.layout.prefix)
+        batches: List[Tuple[Shard, list]] = []
+        seen = set()
+        values_read = 0
+        i = 4
+        for _ in range(int(reply[3])):  # totals of ended instances, per node
+            node, flat = reply[i], reply[i + 1]
+            i += 2
+            values_read += self._add("t", node, "", flat, batches, seen)
+        instances: Dict[str, float] = {}
+        while i < len(reply):
+            incarnation, heartbeat, _node, flat = reply[i:i + 4]
+            i += 4
+            instances[incarnation] = max(0.0, server_now - float(heartbeat))
+            values_read += self._add("i", incarnation, incarnation, flat, batches, seen)
+        for gone in set(self._views) - seen:
+            del self._views[gone]
+        self.instances = instances
+        self.state.last_files = len(batches)
+        self.state.last_values = values_read
+        families = self.merger.merge(batches)
+        if len(self.merger.registry.keys) > 4 * values_read + 10000:
+            self.merger = Merger()  # forget series of long-gone instances
+            self._views.clear()
+        return families
+
+    def _add(self, kind: str, owner: str, incarnation: str, flat: List[str],
+             batches: List[Tuple[Shard, list]], seen: set) -> int:
+        grouped: Dict[str, Dict[str, str]] = {}
+        for name, value in scripts.flatten_pairs(flat):
+            if name == META_FIELD:
+                continue
+            shard, _, key = name.partition(SEPARATOR)
+            grouped.setdefault(shard, {})[key] = value
+        count = 0
+        for shard_name, entries in grouped.items():
+            view = self._view(kind, owner, incarnation, shard_name, entries)
+            if view is None:
+                continue
+            seen.add((kind, owner, shard_name))
+            if len(view.keys) > len(view.shard.targets):
+                self.merger.index(view.shard, view.keys)
+            values: list = []
+            try:
+                if view.recent:
+                    for key in view.keys:
+                        value, _, stamp = entries[key].partition(" ")
+                        values += (float(value), float(stamp or 0.0))
+                else:
+                    values = [float(entries[key]) for key in view.keys]
+            except ValueError:
+                self.state.read_errors += 1
+                continue
+            batches.append((view.shard, values))
+            count += len(view.keys)
+        return count
+
+    def _view(self, kind: str, owner: str, incarnation: str, shard_name: str,
+              entries: Dict[str, str]) -> Optional[_View]:
+        key = (kind, owner, shard_name)
+        view = self._views.get(key)
+        if view is not None and any(k not in entries for k in view.keys):
+            view = None  # fields went away: number this shard afresh
+        if view is None:
+            parsed = parse_shard(shard_name)
+            if parsed is None:
+                self.state.read_errors += 1
+                return None
+            extra = _extra(parsed.typ, parsed.mode, parsed.identity, incarnation) \
+                if incarnation else ()
+            view = self._views[key] = _View(Shard(parsed.typ, parsed.mode, parsed.identity,
+                                                  extra))
+        for k in entries:
+            if k not in view.positions:
+                view.positions[k] = len(view.keys)
+                view.keys.append(k)
+        return view
+
+    # -- health ----------------------------------------------------------------------------
+    def _health(self) -> Iterator[Metric]:
+        def metric(spec: catalogue.Family) -> Metric:
+            return Metric(spec.name, spec.help, spec.typ)
+
+        served = metric(catalogue.REDIS_INSTANCES)
+        served.add_sample(catalogue.REDIS_INSTANCES.sample, {}, len(self.instances))
+        yield served
+        if self.instances:
+            age = metric(catalogue.REDIS_FLUSH_AGE)
+            for incarnation, seconds in sorted(self.instances.items()):
+                age.add_sample(catalogue.REDIS_FLUSH_AGE.sample, {"instance": incarnation},
+                               round(seconds, 3))
+            yield age
+        trips = metric(catalogue.REDIS_ROUND_TRIPS)
+        trips.add_sample(catalogue.REDIS_ROUND_TRIPS.sample, {}, self.round_trips)
+        yield trips
+        folded = metric(catalogue.REDIS_FOLDED)
+        folded.add_sample(catalogue.REDIS_FOLDED.sample, {}, self.folded)
+        yield folded
+
+    def _safe(self, exc: BaseException) -> str:
+        text = f"{type(exc).__name__}: {exc}"
+        if self._password:
+            text = text.replace(self._password, "********")
+        return text

@@ -1,0 +1,75 @@
+"""Two gunicorn instances, one Redis prefix, one exporter: exact sums, per-instance gauges,
+graceful stop folding, node scoping."""
+import pytest
+
+from redis_procs import (exporter, log_of, prefix, redis_env, redis_server,  # noqa: F401
+                         requests_total,
+                         send)
+
+pytestmark = pytest.mark.redis
+
+
+def _instances(s):
+    return {dict(ls)["instance"] for ls in s.series("gunicorn_worker_capacity")}
+
+
+def test_two_instances_sum_exactly_and_fold_on_graceful_stop(start_gunicorn, redis_server,
+                                                               exporter, prefix):
+    server = redis_server()
+    a = start_gunicorn(env=redis_env(server, prefix, REDIS_INSTANCE_ID="alpha")).wait_ready(2)
+    b = start_gunicorn(env=redis_env(server, prefix, REDIS_INSTANCE_ID="beta")).wait_ready(2)
+    n, m = 7, 5
+    send(a, n)
+    send(b, m, "/users/3")
+    e = exporter(redis_env(server, prefix))
+    s = e.scrape_until(lambda s: requests_total(s) == n + m
+                       and len(s.series("gunicorn_worker_capacity")) == 4)
+    assert s.value("gunicorn_http_requests_total", method="GET", route="/", status="200") == n
+    assert s.value("gunicorn_http_requests_total", method="GET", route="/users/{id}",
+                   status="200") == m
+    assert s.total("gunicorn_http_request_duration_seconds_count") == n + m
+    assert s.total("gunicorn_worker_requests_total") == n + m
+    # the plugin's gauges are per instance: 2 workers in each of two instances
+    names = _instances(s)
+    assert len(names) == 2 and {x.split("-")[0] for x in names} == {"alpha", "beta"}
+    assert s.value("gunicorn_workers", state="idle") == 4
+    assert s.value("gunicorn_exporter_source_up", source="redis") == 1
+    assert s.value("gunicorn_exporter_redis_instances") == 2
+    # one script call per scrape (two on the very first: the server learns the script)
+    assert e.scrape().value("gunicorn_exporter_redis_read_round_trips") == 1
+
+    # a graceful stop folds alpha's counts into the durable total: nothing goes down
+    assert a.stop() == 0
+    assert "folded instance alpha-" in log_of(a), log_of(a)
+    s = e.scrape_until(lambda s: len(_instances(s)) == 1)
+    assert requests_total(s) == n + m
+    assert s.total("gunicorn_http_request_duration_seconds_count") == n + m
+    assert {x.split("-")[0] for x in _instances(s)} == {"beta"}
+    assert s.value("gunicorn_workers", state="idle") == 2
+    send(b, 3)
+    s = e.scrape_until(lambda s: requests_total(s) == n + m + 3)
+    r = server.client()
+    gone = r.zrange("{%s}:gone" % prefix, 0, -1)
+    assert len(gone) == 1, (gone, log_of(a), b.output())
+    live = r.zrange("{%s}:hb" % prefix, 0, -1)
+    assert len(live) == 1, (live, log_of(a))
+
+
+def test_scope_node_serves_only_its_node(start_gunicorn, redis_server, exporter, prefix):
+    server = redis_server()
+    a = start_gunicorn(env=redis_env(server, prefix, NODE_NAME="node-a")).wait_ready(2)
+    b = start_gunicorn(env=redis_env(server, prefix, NODE_NAME="node-b")).wait_ready(2)
+    send(a, 4)
+    send(b, 6)
+    on_a = exporter(redis_env(server, prefix, REDIS_SCOPE="node", NODE_NAME="node-a"))
+    on_b = exporter(redis_env(server, prefix, REDIS_SCOPE="node", NODE_NAME="node-b"))
+    every = exporter(redis_env(server, prefix))
+    assert requests_total(on_a.scrape_until(lambda s: requests_total(s) == 4)) == 4
+    assert requests_total(on_b.scrape_until(lambda s: requests_total(s) == 6)) == 6
+    every.scrape_until(lambda s: requests_total(s) == 10)
+    # the folded totals of an ended instance stay with its node's exporter
+    a.stop()
+    sa = on_a.scrape_until(lambda s: not s.series("gunicorn_worker_capacity"))
+    assert requests_total(sa) == 4
+    assert requests_total(on_b.scrape()) == 6
+    assert requests_total(every.scrape()) == 10
