@@ -182,11 +182,19 @@ ensure_base() {
   ref="$(qualify "$BASE_IMAGE")"
   if [ "${LOCAL_BASE:-0}" != 1 ]; then
     if image_exists "$ref"; then BASE_REF="$ref"; return 0; fi
-    log "pulling $ref (timeout ${PULL_TIMEOUT}s)"
-    if timeout "$PULL_TIMEOUT" "$RUNTIME" pull -q "$ref" >/dev/null 2>"$CACHE/pull.log"; then
-      BASE_REF="$ref"; return 0
+    # A failed pull is remembered for a day: no registry, no waiting for it on every build.
+    local marker="$CACHE/pull-failed-$(printf '%s' "$ref" | tr -c 'a-zA-Z0-9._-' '_')"
+    if [ -n "$(find "$marker" -mmin -1440 2>/dev/null)" ]; then
+      log "not pulling $ref (failed within the last day, see $CACHE/pull.log; rm $marker to retry)"
+    else
+      log "pulling $ref (timeout ${PULL_TIMEOUT}s)"
+      if timeout "$PULL_TIMEOUT" "$RUNTIME" pull -q "$ref" >/dev/null 2>"$CACHE/pull.log"; then
+        rm -f "$marker"
+        BASE_REF="$ref"; return 0
+      fi
+      touch "$marker"
+      log "cannot pull $ref ($(tail -n1 "$CACHE/pull.log" | cut -c1-160)); using a local Debian base"
     fi
-    log "cannot pull $ref ($(tail -n1 "$CACHE/pull.log" | cut -c1-160)); using a local Debian base"
   fi
   if ! image_exists "$LOCAL_BASE_IMAGE"; then build_local_base; else log "reusing $LOCAL_BASE_IMAGE"; fi
   BASE_REF="$LOCAL_BASE_IMAGE"
@@ -204,7 +212,7 @@ make_context() {
   cp -r "$IMAGE_DIR" "$CONTEXT/image"
   tar -C "$src" -cf - \
     --exclude='__pycache__' --exclude='*.pyc' --exclude='*.egg-info' --exclude='.venv' \
-    --exclude='build' --exclude='dist' --exclude='.pytest_cache' --exclude='.mypy_cache' \
+    --exclude='./build' --exclude='./dist' --exclude='.pytest_cache' --exclude='.mypy_cache' \
     --exclude='.ruff_cache' --exclude='.tox' --exclude='.coverage' --exclude='htmlcov' \
     . | tar -C "$CONTEXT/exporter" -xf -
 }
