@@ -227,7 +227,9 @@ def test_worker_churn_keeps_counts_and_bounded_storage(start_gunicorn):
         client(1)
     g.scrape_until(lambda s: reasons(s).get("max_requests") == 10, timeout=60)
     files_after_10 = sorted(os.listdir(g.directory))
-    threads = [threading.Thread(target=client, args=((restarts - 10) // 4,)) for _ in range(4)]
+    rest = restarts - 10
+    threads = [threading.Thread(target=client, args=(rest // 4 + (i < rest % 4),))
+               for i in range(4)]
     for t in threads:
         t.start()
     for t in threads:

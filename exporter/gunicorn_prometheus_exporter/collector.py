@@ -17,6 +17,7 @@ import time
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 from prometheus_client.metrics_core import Metric
+from prometheus_client.samples import Sample
 
 from . import metrics as catalogue
 from .storage import directory as storage_dir
@@ -37,6 +38,8 @@ class SeriesRegistry:
     def __init__(self) -> None:
         self.ids: Dict[SeriesKey, int] = {}
         self.keys: List[SeriesKey] = []
+        self.label_dicts: List[Dict[str, str]] = []  # built once, shared by every scrape
+        self.histogram_ids: set = set()
         self.family_of: Dict[str, Tuple[str, str]] = {}  # family -> (type, help)
         self.histograms: Dict[Tuple[str, Labels], Dict] = {}
 
@@ -48,14 +51,19 @@ class SeriesRegistry:
         sid = len(self.keys)
         self.ids[key] = sid
         self.keys.append(key)
+        self.label_dicts.append(dict(labels))
         self.family_of.setdefault(family, (typ, help_text))
         if typ == "histogram":
+            self.histogram_ids.add(sid)
             self._index_histogram(family, sample, labels, sid)
         return sid
 
     def _index_histogram(self, family: str, sample: str, labels: Labels, sid: int) -> None:
         base = tuple(kv for kv in labels if kv[0] != "le")
-        group = self.histograms.setdefault((family, base), {"buckets": [], "sum": None})
+        group = self.histograms.get((family, base))
+        if group is None:
+            group = self.histograms[(family, base)] = {"buckets": [], "sum": None,
+                                                       "labels": dict(base)}
         if sample.endswith("_bucket"):
             le = dict(labels).get("le", "+Inf")
             group["buckets"].append((_bound(le), le, sid))
@@ -86,6 +94,7 @@ class Shard:
         self.live_only = typ == "gauge" and mode.startswith("live")
         self.targets: List[int] = []
         self.derived: List[Tuple[int, int]] = []  # (series, value position)
+        self.series: set = set()  # every series this shard feeds
 
 
 class Merger:
@@ -108,7 +117,9 @@ class Merger:
             elif shard.typ == "gauge" and shard.mode in ("all", "liveall"):
                 extra = extra + (("pid", shard.identity),)
             merged = tuple(sorted(labels + extra)) if extra else labels
-            shard.targets.append(self.registry.add(family, shard.typ, help_text, sample, merged))
+            sid = self.registry.add(family, shard.typ, help_text, sample, merged)
+            shard.targets.append(sid)
+            shard.series.add(sid)
             derived = catalogue.DERIVED.get(family)
             if derived is not None and worker_id is not None:
                 suffix = "_total" if derived.typ == "counter" else sample[len(family):]
@@ -117,6 +128,7 @@ class Merger:
                 sid = self.registry.add(derived.name, derived.typ, derived.help,
                                         derived.name + suffix, tuple(sorted(kept)))
                 shard.derived.append((sid, position))
+                shard.series.add(sid)
 
     def _parse_key(self, key: str) -> tuple:
         found = self._parsed_keys.get(key)
@@ -134,7 +146,7 @@ class Merger:
         """Families from (shard, values) pairs; values as the shard's keys are numbered
         (value and timestamp interleaved for ``mostrecent`` gauges)."""
         sums = [0.0] * len(self.registry.keys)
-        present = bytearray(len(self.registry.keys))
+        present = set().union(*(shard.series for shard, _ in batches))
         extremes: Dict[int, float] = {}
         recent: Dict[int, Tuple[float, float]] = {}
         for shard, values in batches:
@@ -142,10 +154,8 @@ class Merger:
             if shard.op == "sum":
                 for sid, value in zip(targets, values):
                     sums[sid] += value
-                    present[sid] = 1
                 for sid, position in shard.derived:
                     sums[sid] += values[position]
-                    present[sid] = 1
             elif shard.op == "recent":
                 for i, sid in enumerate(targets):
                     value, stamp = values[2 * i], values[2 * i + 1]
@@ -156,13 +166,14 @@ class Merger:
                 for sid, value in zip(targets, values):
                     extremes[sid] = better(extremes[sid], value) if sid in extremes else value
         for sid, value in extremes.items():
-            sums[sid], present[sid] = value, 1
+            sums[sid] = value
         for sid, (value, _) in recent.items():
-            sums[sid], present[sid] = value, 1
+            sums[sid] = value
         return self._families(sums, present)
 
-    def _families(self, sums: List[float], present: bytearray) -> List[Metric]:
+    def _families(self, sums: List[float], present: set) -> List[Metric]:
         reg = self.registry
+        labels_of = reg.label_dicts
         out: Dict[str, Metric] = {}
 
         def family(name: str) -> Metric:
@@ -172,22 +183,23 @@ class Merger:
                 metric = out[name] = Metric(name, help_text, typ)
             return metric
 
-        for sid, (name, sample, labels) in enumerate(reg.keys):
-            if not present[sid] or reg.family_of[name][0] == "histogram":
-                continue
-            family(name).add_sample(sample, dict(labels), sums[sid])
-        for (name, base), group in reg.histograms.items():
-            buckets = [(le, sid) for _, le, sid in group["buckets"] if present[sid]]
+        keys = reg.keys
+        for sid in sorted(present - reg.histogram_ids):
+            name, sample, _ = keys[sid]
+            family(name).samples.append(Sample(sample, labels_of[sid], sums[sid]))
+        for (name, _), group in reg.histograms.items():
+            buckets = [sid for _, _, sid in group["buckets"] if sid in present]
             if not buckets:
                 continue
-            metric = family(name)
+            samples = family(name).samples
+            bucket_name = name + "_bucket"
             running = 0.0
-            for le, sid in buckets:
+            for sid in buckets:
                 running += sums[sid]
-                metric.add_sample(name + "_bucket", dict(base + (("le", le),)), running)
-            metric.add_sample(name + "_count", dict(base), running)
+                samples.append(Sample(bucket_name, labels_of[sid], running))
+            samples.append(Sample(name + "_count", group["labels"], running))
             if group["sum"] is not None:
-                metric.add_sample(name + "_sum", dict(base), sums[group["sum"]])
+                samples.append(Sample(name + "_sum", group["labels"], sums[group["sum"]]))
         _add_worker_states(out)
         return [out[name] for name in sorted(out)]
 

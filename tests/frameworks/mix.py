@@ -144,7 +144,7 @@ def run_mix(g: Gunicorn, app: App) -> None:
                        and s.total("gunicorn_worker_failed_requests_total") >= 2)
     got = {(dict(ls)["method"], dict(ls)["route"], dict(ls)["status"]): v
            for ls, v in s.series("gunicorn_http_requests_total").items()}
-    assert got == dict(counts), g.output()[-3000:]
+    assert got == dict(counts), (got, dict(counts), g.output()[-2000:])
     for (method, route), nbytes in sent.items():
         assert s.value("gunicorn_http_response_size_bytes_sum", method=method,
                        route=route) == nbytes, (method, route)

@@ -109,7 +109,7 @@ def read_yaml(path: str) -> Dict[str, Tuple[Any, int]]:
         if not isinstance(root, yaml.MappingNode):
             raise ConfigError(f"{path}:{_line(root)}: expected a mapping with an 'exporter' key")
         found: Dict[str, Tuple[Any, int]] = {}
-        for key_node, value_node in _pairs(path, root, ""):
+        for key_node, value_node in _pairs(path, root, None):
             if key_node.value != "exporter":
                 raise ConfigError(
                     f"{path}:{_line(key_node)}: {key_node.value}: unknown key; "
@@ -129,13 +129,18 @@ def _line(node: yaml.Node) -> int:
     return node.start_mark.line + 1
 
 
-def _pairs(path: str, node: yaml.MappingNode, prefix: str):
+def _pairs(path: str, node: yaml.MappingNode, prefix: Optional[str]):
+    """Key and value nodes of a mapping; ``prefix`` is the setting path of the mapping
+    below ``exporter`` (``''`` for ``exporter`` itself, None for the document's top)."""
     seen = set()
     for key_node, value_node in node.value:
         if not isinstance(key_node, yaml.ScalarNode):
             raise ConfigError(f"{path}:{_line(key_node)}: keys must be plain strings")
         if key_node.value in seen:
-            full = f"exporter.{prefix}.{key_node.value}" if prefix else key_node.value
+            if prefix is None:
+                full = key_node.value
+            else:
+                full = ".".join(x for x in ("exporter", prefix, key_node.value) if x)
             raise ConfigError(f"{path}:{_line(key_node)}: {full}: duplicate key")
         seen.add(key_node.value)
         yield key_node, value_node

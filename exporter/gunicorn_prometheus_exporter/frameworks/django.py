@@ -38,5 +38,5 @@ class PrometheusMiddleware:
             return self.get_response(request)
         finally:
             match = getattr(request, "resolver_match", None)
-            route = getattr(match, "route", None) if match is not None else None
-            request.META[ROUTE_ENVIRON_KEY] = ("/" + route.lstrip("/")) if route else UNMATCHED
+            request.META[ROUTE_ENVIRON_KEY] = (
+                "/" + (match.route or "").lstrip("/") if match is not None else UNMATCHED)

@@ -1,0 +1,125 @@
+"""Scrape cost: this exporter's collector against prometheus_client's
+``MultiProcessCollector`` on the same files, in the same run.
+
+Grid: P processes (8, 64, 256) x S label sets (10, 100, 1,000) of one counter and one
+15-bucket histogram, written in prometheus_client's file format by the plugin's writer.
+Then the worker-churn case: 10,000 worker restarts through the plugin's real slot and
+store code (claim a slot, open its files, record, release), and the scrape time compared
+with a fresh directory holding the same live workers.
+
+Run: ``python bench/scrape_bench.py [--quick]``. Prints a Markdown table (medians).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from gunicorn_prometheus_exporter.collector import DirectoryCollector
+from gunicorn_prometheus_exporter.metrics import Family
+from gunicorn_prometheus_exporter.recorder import histogram_positions, scalar_position
+from gunicorn_prometheus_exporter.storage import directory as storage_dir
+from gunicorn_prometheus_exporter.storage.store import ProcessStore
+
+COUNTER = Family("bench_requests", "counter", "Requests.", ("route",))
+HISTOGRAM = Family("bench_duration_seconds", "histogram", "Duration.", ("route",))
+BOUNDS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10]  # +Inf
+
+
+def write_process(directory: str, identity: str, label_sets: int) -> None:
+    store = ProcessStore(directory, identity)
+    counters, histograms = store.file("counter"), store.file("histogram")
+    for i in range(label_sets):
+        labels = {"route": f"/r{i}"}
+        counters.values[scalar_position(counters, COUNTER, labels)] += 1
+        buckets, total = histogram_positions(histograms, HISTOGRAM, labels, BOUNDS)
+        histograms.values[buckets[i % len(buckets)]] += 1
+        histograms.values[total] += 0.1
+    store.close()
+
+
+def timed(fn, repeats: int) -> float:
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - start)
+    return statistics.median(runs)
+
+
+def ours(directory: str):
+    collector = DirectoryCollector(directory)
+    collector.read()  # a long-running server has parsed the keys once already
+
+    def scrape():
+        families = collector.read()
+        assert families
+    return scrape
+
+
+def theirs(directory: str):
+    registry = CollectorRegistry()
+    collector = MultiProcessCollector(registry, path=directory)
+
+    def scrape():
+        assert list(collector.collect())
+    return scrape
+
+
+def grid(processes, label_sets, repeats) -> None:
+    print("| processes | label sets | values | MultiProcessCollector | this collector | speed-up |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for p in processes:
+        for s in label_sets:
+            with tempfile.TemporaryDirectory() as directory:
+                for n in range(p):
+                    write_process(directory, f"w{n}", s)
+                mpc = timed(theirs(directory), max(1, repeats if p * s <= 64_000 else 1))
+                own = timed(ours(directory), repeats)
+                values = p * s * (1 + len(BOUNDS) + 2)
+                print(f"| {p} | {s} | {values:,} | {mpc * 1000:.1f} ms | {own * 1000:.1f} ms "
+                      f"| {mpc / own:.1f}x |", flush=True)
+
+
+def churn(workers: int, label_sets: int, restarts: int, repeats: int) -> None:
+    with tempfile.TemporaryDirectory() as fresh, tempfile.TemporaryDirectory() as churned:
+        live = [storage_dir.claim(fresh, "w") for _ in range(workers)]
+        for claim in live:
+            write_process(fresh, claim.identity, label_sets)
+        started = time.perf_counter()
+        held = [storage_dir.claim(churned, "w") for _ in range(workers)]
+        for n in range(restarts):  # replace one worker at a time, as gunicorn does
+            i = n % workers
+            held[i].release()
+            held[i] = storage_dir.claim(churned, "w")
+            write_process(churned, held[i].identity, label_sets)
+        churn_time = time.perf_counter() - started
+        base = timed(ours(fresh), repeats)
+        after = timed(ours(churned), repeats)
+        files = len([f for f in os.listdir(churned) if f.endswith(".db")])
+        print(f"\n{restarts:,} worker restarts ({workers} workers x {label_sets} label sets, "
+              f"{churn_time:.1f} s to simulate): scrape {after * 1000:.1f} ms vs "
+              f"{base * 1000:.1f} ms fresh = {after / base:.2f}x; files after churn: {files}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a small grid (CI smoke)")
+    args = parser.parse_args()
+    if args.quick:
+        grid([8], [10, 100], repeats=3)
+        churn(4, 10, 200, repeats=3)
+        return
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs\n")
+    grid([8, 64, 256], [10, 100, 1000], repeats=5)
+    churn(8, 100, 10_000, repeats=7)
+
+
+if __name__ == "__main__":
+    main()
