@@ -23,6 +23,8 @@ class Family:
     derived_from: Optional[str] = None
     #: where the values come from: request | worker | master | exporter
     origin: str = "request"
+    #: storage the family exists with: "any", or "redis" for Redis-only health metrics
+    storage: str = "any"
 
     @property
     def sample(self) -> str:
@@ -154,23 +156,23 @@ LAST_READ = _f("gunicorn_exporter_last_read_timestamp_seconds", "gauge",
 # -- Redis storage (redis_storage/): the flusher of each instance, and the Redis reader -------
 REDIS_UP = _f("gunicorn_exporter_redis_up", "gauge",
               "1 when this instance's last flush to Redis succeeded.", mode="livemax",
-              origin="exporter")
+              origin="exporter", storage="redis")
 REDIS_LAST_FLUSH = _f("gunicorn_exporter_redis_last_flush_timestamp_seconds", "gauge",
                       "Unix time of this instance's last successful flush to Redis.",
-                      mode="livemax", origin="exporter")
+                      mode="livemax", origin="exporter", storage="redis")
 REDIS_FLUSH_DURATION = _f("gunicorn_exporter_redis_flush_duration_seconds", "gauge",
                           "Seconds this instance's last successful flush to Redis took.",
-                          mode="livemax", origin="exporter")
+                          mode="livemax", origin="exporter", storage="redis")
 REDIS_INSTANCES = _f("gunicorn_exporter_redis_instances", "gauge",
-                     "Live gunicorn instances the Redis reader serves.", origin="exporter")
+                     "Live gunicorn instances the Redis reader serves.", origin="exporter", storage="redis")
 REDIS_FLUSH_AGE = _f("gunicorn_exporter_redis_flush_age_seconds", "gauge",
                      "Seconds since each served instance last flushed (Redis's clock).",
-                     ("instance",), origin="exporter")
+                     ("instance",), origin="exporter", storage="redis")
 REDIS_ROUND_TRIPS = _f("gunicorn_exporter_redis_read_round_trips", "gauge",
-                       "Redis round trips of the reader's last read.", origin="exporter")
+                       "Redis round trips of the reader's last read.", origin="exporter", storage="redis")
 REDIS_FOLDED = _f("gunicorn_exporter_redis_folded_instances", "counter",
                   "Vanished instances this reader folded into the durable totals.",
-                  origin="exporter")
+                  origin="exporter", storage="redis")
 
 ALL: Tuple[Family, ...] = tuple(v for v in globals().values() if isinstance(v, Family))
 BY_NAME: Dict[str, Family] = {f.name: f for f in ALL}

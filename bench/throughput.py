@@ -1,0 +1,117 @@
+"""Throughput of gunicorn with the plugin against plain gunicorn, measured in one run.
+
+wrk drives a hello-world app (sync workers, 2 workers) on loopback; the variants run
+interleaved (A B A B ...) so that drift in a shared machine's load hits both alike, and the
+report gives the median of each and their ratio. Also reports CPU time per request of the
+gunicorn processes (user+system of master and workers, from /proc), which is steadier
+than requests per second on a busy machine.
+
+Run: ``python bench/throughput.py [--rounds 5] [--duration 5] [--worker-class sync]``.
+Needs ``wrk`` (Debian package).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+HERE = Path(__file__).resolve().parent
+PLAIN = {"sync": "sync", "gthread": "gthread"}
+PLUGIN = {"sync": "gunicorn_prometheus_exporter.PrometheusWorker",
+          "gthread": "gunicorn_prometheus_exporter.PrometheusThreadWorker"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_variant(worker_class: str, duration: int, connections: int, tmp: str) -> tuple:
+    port = free_port()
+    env = {**os.environ, "PROMETHEUS_METRICS_PORT": str(free_port()),
+           "PROMETHEUS_BIND_ADDRESS": "127.0.0.1",
+           "PROMETHEUS_MULTIPROC_DIR": os.path.join(tmp, f"mp-{port}")}
+    gunicorn = str(Path(sys.executable).with_name("gunicorn"))
+    proc = subprocess.Popen([gunicorn, "-b", f"127.0.0.1:{port}", "-w", "2", "-k", worker_class,
+                             "--chdir", str(HERE), "--control-socket",
+                             os.path.join(tmp, f"ctl-{port}"), "hello:app"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        subprocess.run(["wrk", "-t1", "-c2", "-d1s", f"http://127.0.0.1:{port}/"],
+                       capture_output=True)  # warm-up
+        before = cpu_seconds(proc.pid)
+        out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s",
+                              f"http://127.0.0.1:{port}/"], capture_output=True,
+                             text=True).stdout
+        cpu = cpu_seconds(proc.pid) - before
+        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+        total = int(re.search(r"(\d+) requests in", out).group(1))
+        return rps, cpu / total * 1e6
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def cpu_seconds(pid: int) -> float:
+    total = 0.0
+    try:
+        master = psutil.Process(pid)
+        for p in [master, *master.children(recursive=True)]:
+            t = p.cpu_times()
+            total += t.user + t.system
+    except psutil.NoSuchProcess:
+        pass
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--worker-class", choices=sorted(PLAIN), default="sync")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed (apt-get install wrk)")
+    results = {"plain": [], "plugin": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in range(args.rounds):
+            order = ("plain", "plugin") if n % 2 == 0 else ("plugin", "plain")
+            for name in order:
+                wc = PLAIN[args.worker_class] if name == "plain" else PLUGIN[args.worker_class]
+                results[name].append(run_variant(wc, args.duration, args.connections, tmp))
+                rps, cpu = results[name][-1]
+                print(f"round {n + 1} {name:6s} {rps:9.0f} req/s  {cpu:6.1f} us CPU/request",
+                      flush=True)
+    plain_rps = statistics.median(r for r, _ in results["plain"])
+    plugin_rps = statistics.median(r for r, _ in results["plugin"])
+    plain_cpu = statistics.median(c for _, c in results["plain"])
+    plugin_cpu = statistics.median(c for _, c in results["plugin"])
+    print(f"\n{args.worker_class}, 2 workers, wrk -c{args.connections}, {args.rounds} rounds "
+          f"x {args.duration}s, medians:")
+    print(f"plain  gunicorn: {plain_rps:9.0f} req/s, {plain_cpu:6.1f} us CPU per request")
+    print(f"with the plugin: {plugin_rps:9.0f} req/s, {plugin_cpu:6.1f} us CPU per request")
+    print(f"throughput ratio: {plugin_rps / plain_rps:.3f}; "
+          f"added CPU per request: {plugin_cpu - plain_cpu:+.1f} us")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+# The plugin: virtual environment, demo, tests, benchmarks.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# the oldest gunicorn we support, tested in a second environment
+GUNICORN_OLDEST ?= 23.0.0
+VENV_OLDEST ?= .venv-gunicorn-$(GUNICORN_OLDEST)
+PYTEST_ARGS ?=
+
+.PHONY: venv demo system-deps test-deps test test-core test-oldest e2e bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+## venv: the project's virtual environment with the plugin (editable) and its test tools
+venv: $(BIN)/python
+	$(BIN)/pip install -q -e './exporter[dev]' -r tests/requirements.txt
+
+## demo: the demo app under gunicorn (2 workers, 127.0.0.1:8000), metrics on 127.0.0.1:9091
+demo: $(BIN)/python
+	$(BIN)/pip install -q -e ./exporter
+	PROMETHEUS_BIND_ADDRESS=127.0.0.1 PROMETHEUS_METRICS_PORT=9091 \
+	GUNICORN_BIND=127.0.0.1:8000 GUNICORN_WORKERS=2 \
+	$(BIN)/gunicorn -c python:gunicorn_prometheus_exporter.demo.gunicorn_conf \
+		gunicorn_prometheus_exporter.demo.app:app
+
+## system-deps: Debian packages the tests use (promtool/prometheus, redis-server, wrk)
+system-deps:
+	bash .ci/system-deps.sh
+
+test-deps: system-deps venv
+
+## test: everything CI runs: unit, integration, chart, image (skips without a runtime), e2e
+test: test-deps test-oldest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## test-oldest: the request tests again on the oldest supported gunicorn
+test-oldest: $(BIN)/python
+	test -x $(VENV_OLDEST)/bin/python || $(PYTHON) -m venv $(VENV_OLDEST)
+	$(VENV_OLDEST)/bin/pip install -q -e ./exporter 'gunicorn==$(GUNICORN_OLDEST)' \
+		-r tests/requirements.txt
+	$(VENV_OLDEST)/bin/python -m pytest -q tests/test_requests.py tests/test_lifecycle.py
+
+## bench: hot-path microbenchmark and wrk throughput against plain gunicorn
+bench: venv
+	$(BIN)/python bench/hot_path.py
+	$(BIN)/python bench/throughput.py
+
+clean:
+	rm -rf $(VENV) $(VENV_OLDEST) .cache .pytest_cache
