@@ -46,7 +46,8 @@ _RUNTIME: list[Runtime] = []
 def _probe_runtime() -> Optional[str]:
     proc = _build_sh("env")
     if proc.returncode != 0:
-        return f"no container runtime: {_one_line(proc.stderr)}"
+        message = _one_line(proc.stderr)
+        return message if "runtime" in message else f"no container runtime: {message}"
     info = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
     rt = Runtime(info)
     try:
