@@ -101,6 +101,9 @@ class RedisServer:
             self.proc.stop(timeout=5)
             self.proc = None
 
+    def keyslot(self, key: str) -> int:
+        return int(self.client().execute_command("CLUSTER", "KEYSLOT", key))
+
     def commands(self) -> int:
         """Commands the server has executed (INFO commandstats, scripts' inner calls too)."""
         stats = self.client().info("commandstats")
@@ -118,7 +121,8 @@ class Cluster:
                        check=True, capture_output=True, timeout=60)
 
         def ok():
-            return all(n.client().cluster_info()["cluster_state"] == "ok" for n in self.nodes)
+            return all("cluster_state:ok" in str(n.client().execute_command("CLUSTER", "INFO"))
+                       for n in self.nodes)
         until(ok, timeout=30, message="cluster_state:ok on every node")
 
     def stop(self) -> None:

@@ -108,9 +108,8 @@ def test_three_node_cluster(start_gunicorn, redis_cluster, exporter, prefix):
     # the whole prefix sits in the one slot of its hash tag, on one node
     holders = [n for n in redis_cluster.nodes if n.client().dbsize() > 0]
     assert len(holders) == 1
-    slot = holders[0].client().cluster_keyslot("{%s}" % prefix)
-    assert all(holders[0].client().cluster_keyslot(k) == slot
-               for k in holders[0].client().keys("*"))
+    slot = holders[0].keyslot("{%s}" % prefix)
+    assert all(holders[0].keyslot(k) == slot for k in holders[0].client().keys("*"))
     a.stop()
     s = e.scrape_until(lambda s: len(s.series("gunicorn_worker_capacity")) == 2)
     assert requests_total(s) == 7
