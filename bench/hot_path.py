@@ -131,8 +131,14 @@ def prometheus_client_full_case(directory: str):
             t0 = time.perf_counter()
             inflight.inc()
             d = time.perf_counter() - t0
-            req.inc(); dur.observe(d); rqs.observe(0); rss.observe(512)
-            wreq.inc(); wdur.observe(d); wrq.observe(0); wrs.observe(512)
+            req.inc()
+            dur.observe(d)
+            rqs.observe(0)
+            rss.observe(512)
+            wreq.inc()
+            wdur.observe(d)
+            wrq.observe(0)
+            wrs.observe(512)
             inflight.dec()
 
     return run

@@ -15,7 +15,8 @@ $(BIN)/python:
 
 ## venv: the project's virtual environment with the plugin (editable) and its test tools
 venv: $(BIN)/python
-	$(BIN)/pip install -q -e './exporter[dev]' -r tests/requirements.txt
+	$(BIN)/pip install -q -e './exporter[dev]' -r tests/requirements.txt \
+		$(addprefix -r ,$(wildcard tests/requirements-*.txt))
 
 ## demo: the demo app under gunicorn (2 workers, 127.0.0.1:8000), metrics on 127.0.0.1:9091
 demo: $(BIN)/python
@@ -30,17 +31,19 @@ system-deps:
 	bash .ci/system-deps.sh
 
 test-deps: system-deps venv
+	$(MAKE) --no-print-directory chart-tools CHART_PYTHON=$(abspath $(BIN)/python)
+	-$(MAKE) --no-print-directory image-tools
 
 ## test: everything CI runs: unit, integration, chart, image (skips without a runtime), e2e
 test: test-deps test-oldest
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(CHART_HELM_ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## test-oldest: the request tests again on the oldest supported gunicorn
 test-oldest: $(BIN)/python
 	test -x $(VENV_OLDEST)/bin/python || $(PYTHON) -m venv $(VENV_OLDEST)
 	$(VENV_OLDEST)/bin/pip install -q -e ./exporter 'gunicorn==$(GUNICORN_OLDEST)' \
 		-r tests/requirements.txt
-	$(VENV_OLDEST)/bin/python -m pytest -q tests/test_requests.py tests/test_lifecycle.py
+	$(VENV_OLDEST)/bin/python -m pytest -q -m "not slow" tests/test_requests.py tests/test_lifecycle.py
 
 ## bench: hot-path microbenchmark and wrk throughput against plain gunicorn
 bench: venv

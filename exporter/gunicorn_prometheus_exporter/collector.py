@@ -14,7 +14,7 @@ import os
 import platform
 import threading
 import time
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample

@@ -33,9 +33,9 @@ class MmapFile:
     """Append-only key table of one process. ``values[index(key)] += x`` records.
 
     Appending is serialised; recording is not: each value has one writer thread (or the
-    caller holds its own lock). Growing maps the file again and keeps the old maps open: a thread still holding the
-    previous view writes to the same file pages, so nothing is lost and no lock is needed
-    around growth. At most log2(size) maps are ever kept."""
+    caller holds its own lock). Growing maps the file again and keeps the old maps open: a
+    thread still holding the previous view writes to the same file pages, so nothing is
+    lost and no lock is needed around growth. At most log2(size) maps are ever kept."""
 
     def __init__(self, path: str) -> None:
         self.path = path

@@ -198,7 +198,7 @@ class Instrumentation:
         if error_type is not None:
             self.recorder.count(catalogue.FAILED_REQUESTS, (method, route, error_type))
 
-    # -- gunicorn's own error path ------------------------------------------------------------------
+    # -- gunicorn's own error path ---------------------------------------------------------
     def gunicorn_error(self, req: Any, exc: BaseException) -> None:
         """Malformed HTTP, limits, TLS failures: errors no application code saw. An
         application's exception also passes here after ``post_request`` counted it."""

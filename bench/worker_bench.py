@@ -1,0 +1,167 @@
+"""Per-request cost of the gevent and ASGI Prometheus workers against the same gunicorn
+worker without the plugin, interleaved in one run.
+
+For each worker type, wrk drives a hello-world app (WSGI for gevent, ASGI for asgi and
+uvicorn) on one worker process over keep-alive connections; plain and plugin variants run
+interleaved (A B A B ...) so that a shared machine's drift hits both alike. Reported per
+variant: median requests/s and median CPU time per request of all gunicorn processes
+(from /proc, steadier than req/s on a busy machine); then the throughput ratio (target
+>= 0.97) and the CPU the plugin adds per request.
+
+Run: ``python bench/worker_bench.py [--workers gevent asgi uvicorn] [--rounds 6]
+[--duration 5] [--connections 16]``. Needs ``wrk`` (Debian package) and, per worker type,
+gevent / gunicorn >= 24 / uvicorn-worker. Results and how to read them: docs/workers.md.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+HELLO_WSGI = '''
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "12")])
+    return [b"Hello world\\n"]
+'''
+HELLO_ASGI = '''
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", b"12")]})
+    await send({"type": "http.response.body", "body": b"Hello world\\n"})
+'''
+
+#: worker type -> (plain class, plugin class, app module, module that must be importable)
+WORKERS = {
+    "gevent": ("gevent", "gunicorn_prometheus_exporter.PrometheusGeventWorker",
+               "hello_wsgi:app", "gevent"),
+    "asgi": ("asgi", "gunicorn_prometheus_exporter.PrometheusASGIWorker", "hello_asgi:app",
+             "gunicorn.workers.gasgi"),
+    "uvicorn": ("uvicorn_worker.UvicornWorker",
+                "gunicorn_prometheus_exporter.PrometheusUvicornWorker", "hello_asgi:app",
+                "uvicorn_worker"),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    total = 0.0
+    try:
+        master = psutil.Process(pid)
+        for p in [master, *master.children(recursive=True)]:
+            t = p.cpu_times()
+            total += t.user + t.system
+    except psutil.NoSuchProcess:
+        pass
+    return total
+
+
+def run_variant(worker_class: str, app: str, args: argparse.Namespace, tmp: str) -> tuple:
+    port = free_port()
+    env = {**os.environ, "PROMETHEUS_METRICS_PORT": str(free_port()),
+           "PROMETHEUS_BIND_ADDRESS": "127.0.0.1",
+           "PROMETHEUS_MULTIPROC_DIR": os.path.join(tmp, f"mp-{port}")}
+    gunicorn = str(Path(sys.executable).with_name("gunicorn"))
+    proc = subprocess.Popen([gunicorn, "-b", f"127.0.0.1:{port}", "-w", "1", "-k", worker_class,
+                             "--chdir", tmp, "--keep-alive", "30", "--control-socket",
+                             os.path.join(tmp, f"ctl-{port}"), app],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise SystemExit(f"{worker_class} did not start")
+                time.sleep(0.05)
+        subprocess.run(["wrk", "-t1", "-c4", "-d1s", url], capture_output=True)  # warm-up
+        before = cpu_seconds(proc.pid)
+        out = subprocess.run(["wrk", "-t1", f"-c{args.connections}", f"-d{args.duration}s",
+                              url], capture_output=True, text=True).stdout
+        cpu = cpu_seconds(proc.pid) - before
+        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+        total = int(re.search(r"(\d+) requests in", out).group(1))
+        return rps, cpu / total * 1e6
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+def bench(name: str, args: argparse.Namespace, tmp: str) -> dict:
+    plain, plugin, app, _ = WORKERS[name]
+    results = {"plain": [], "plugin": []}
+    for n in range(args.rounds):
+        for variant in (("plain", "plugin") if n % 2 == 0 else ("plugin", "plain")):
+            wc = plain if variant == "plain" else plugin
+            results[variant].append(run_variant(wc, app, args, tmp))
+            rps, cpu = results[variant][-1]
+            print(f"{name:8s} round {n + 1} {variant:6s} {rps:9.0f} req/s "
+                  f"{cpu:7.1f} us CPU/request", flush=True)
+    med = {v: (statistics.median(r for r, _ in rs), statistics.median(c for _, c in rs))
+           for v, rs in results.items()}
+    return med
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", nargs="+", choices=sorted(WORKERS),
+                        default=["gevent", "asgi"])
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=16)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed (apt-get install wrk)")
+    summary = []
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "hello_wsgi.py").write_text(HELLO_WSGI)
+        Path(tmp, "hello_asgi.py").write_text(HELLO_ASGI)
+        for name in args.workers:
+            module = WORKERS[name][3]
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except ModuleNotFoundError:
+                found = False
+            if not found:
+                print(f"{name}: skipped, {module} is not installed")
+                continue
+            med = bench(name, args, tmp)
+            summary.append((name, med))
+    print(f"\n1 worker, wrk -t1 -c{args.connections} keep-alive, {args.rounds} rounds x "
+          f"{args.duration}s interleaved, medians:")
+    print(f"{'worker':8s} {'plain req/s':>12s} {'plugin req/s':>13s} {'ratio':>6s} "
+          f"{'plain us/req':>13s} {'plugin us/req':>14s} {'added us':>9s}")
+    for name, med in summary:
+        (prps, pcpu), (qrps, qcpu) = med["plain"], med["plugin"]
+        print(f"{name:8s} {prps:12.0f} {qrps:13.0f} {qrps / prps:6.3f} {pcpu:13.1f} "
+              f"{qcpu:14.1f} {qcpu - pcpu:+9.1f}")
+
+
+if __name__ == "__main__":
+    main()
