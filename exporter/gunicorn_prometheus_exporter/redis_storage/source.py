@@ -171,10 +171,10 @@ class RedisSource:
             self._views.clear()
         return families
 
-    def _add(self, kind: str, owner: str, incarnation: str, flat: List[str],
+    def _add(self, kind: str, owner: str, incarnation: str, packed: str,
              batches: List[Tuple[Shard, list]], seen: set) -> int:
         grouped: Dict[str, Dict[str, str]] = {}
-        for name, value in scripts.flatten_pairs(flat):
+        for name, value in scripts.unpack_hash(packed):
             if name == META_FIELD:
                 continue
             shard, _, key = name.partition(SEPARATOR)
