@@ -128,6 +128,53 @@ def bench(name: str, args: argparse.Namespace, tmp: str) -> dict:
     return med
 
 
+def asgi_micro(requests: int) -> tuple:
+    """In-process: µs per request of the hello ASGI app called bare and through the
+    plugin's ASGI wrapper (recording into a real worker store in a temporary directory)."""
+    import asyncio
+
+    from gunicorn_prometheus_exporter.config.schema import (DEFAULT_DURATION_BUCKETS,
+                                                            DEFAULT_SIZE_BUCKETS)
+    from gunicorn_prometheus_exporter.frameworks.asgi import ASGIMetrics
+    from gunicorn_prometheus_exporter.recorder import Recorder
+    from gunicorn_prometheus_exporter.routes import RouteTable
+    from gunicorn_prometheus_exporter.storage.store import ProcessStore
+    from gunicorn_prometheus_exporter.workers.base import Instrumentation
+
+    namespace: dict = {}
+    exec(HELLO_ASGI, namespace)
+    app = namespace["app"]
+    with tempfile.TemporaryDirectory() as tmp:
+        metrics = Instrumentation.__new__(Instrumentation)
+        metrics.recorder = Recorder(ProcessStore(tmp, "w0"), DEFAULT_DURATION_BUCKETS,
+                                    DEFAULT_SIZE_BUCKETS, threaded=False)
+        metrics.routes = RouteTable(tmp, 200)
+        metrics.log = None
+        wrapped = ASGIMetrics(app, metrics)
+        scope = {"type": "http", "method": "GET", "path": "/users/42", "headers": []}
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            pass
+
+        async def loop(target, n):
+            for _ in range(n):
+                await target(dict(scope), receive, send)
+
+        def run(target):
+            runs = []
+            for _ in range(7):
+                start = time.perf_counter()
+                asyncio.run(loop(target, requests))
+                runs.append((time.perf_counter() - start) / requests * 1e6)
+            return statistics.median(runs)
+
+        bare, through = run(app), run(wrapped)
+    return bare, through
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", nargs="+", choices=sorted(WORKERS),
@@ -135,7 +182,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--micro-requests", type=int, default=20000,
+                        help="requests of the in-process ASGI wrapper measurement (0: skip)")
     args = parser.parse_args()
+    if args.micro_requests:
+        bare, through = asgi_micro(args.micro_requests)
+        print(f"in-process ASGI hello app: {bare:.2f} us bare, {through:.2f} us through the "
+              f"plugin's wrapper: {through - bare:+.2f} us per request", flush=True)
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
     summary = []

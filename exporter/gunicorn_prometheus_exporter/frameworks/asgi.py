@@ -4,7 +4,8 @@ Per HTTP request: the status from ``http.response.start``, the response size fro
 ``http.response.body`` messages (or the file of ``http.response.pathsend``), the request
 size from the ``http.request`` messages the application received, the duration from the
 call to the last body message, and an exception that escaped the application as one failed
-request with its class name. The route is the template a framework left in the scope
+request with its class name (the duration ends when the application hands over its last
+body message). The route is the template a framework left in the scope
 (Starlette and FastAPI: the matched route; anything else: ``ROUTE_ENVIRON_KEY``), else the
 path normalised like the WSGI workers do. Lifespan and websocket scopes pass through."""
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 from time import perf_counter
-from typing import Any, Callable, Optional
+from typing import Any, Awaitable, Callable, Optional
 
 from . import ERROR_ENVIRON_KEY, ROUTE_ENVIRON_KEY
 from .starlette import route_template
@@ -45,58 +46,53 @@ class ASGIMetrics:
         async def counting_receive() -> dict:
             nonlocal received
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
+            body = message.get("body")
+            if body:
+                received += len(body)
             return message
 
-        async def counting_send(message: dict) -> None:
+        def counting_send(message: dict) -> Awaitable[None]:
+            # a plain function returning the server's awaitable: no coroutine of our own
+            # per message
             nonlocal status, sent, ended
             kind = message["type"]
             if kind == "http.response.body":
-                await send(message)
-                sent += len(message.get("body", b""))
-                if not message.get("more_body", False):
+                body = message.get("body")
+                if body:
+                    sent += len(body)
+                if not message.get("more_body"):
                     ended = perf_counter()
-                return
-            if kind == "http.response.start":
+            elif kind == "http.response.start":
                 status = message["status"]
             elif kind == "http.response.pathsend":
-                await send(message)
                 sent += _file_size(message.get("path"))
                 ended = perf_counter()
-                return
-            await send(message)
+            return send(message)
 
-        self._in_flight(1.0)
-        error: Optional[BaseException] = None
+        in_flight = self._in_flight
+        in_flight(1.0)
+        error_type = None
         try:
             await self.app(scope, counting_receive, counting_send)
         except BaseException as exc:
-            error = exc
+            if isinstance(exc, _GONE):
+                status = status or 499  # the client went away
+            else:
+                status = status or 500  # the server answers 500 when nothing started
+                error_type = type(exc).__name__
             raise
         finally:
-            self._in_flight(-1.0)
+            in_flight(-1.0)
             try:
-                self._finish(scope, status, sent, received,
-                             (ended or perf_counter()) - started, error)
+                self._record(scope.get("method"), scope.get("path"),
+                             _STATUS.get(status) or str(status or 500),
+                             (ended or perf_counter()) - started, received, sent,
+                             scope.get(ROUTE_ENVIRON_KEY) or route_template(scope),
+                             scope.get(ERROR_ENVIRON_KEY) or error_type)
             except Exception:  # recording must never break a request
                 if not self._failed_once:
                     self._failed_once = True
                     self._log.exception("prometheus: could not record a request")
-
-    def _finish(self, scope: dict, status: int, sent: int, received: int, duration: float,
-                error: Optional[BaseException]) -> None:
-        error_type = scope.get(ERROR_ENVIRON_KEY)
-        if error is not None:
-            if isinstance(error, _GONE):
-                status = status or 499  # the client went away
-            else:
-                status = status or 500  # the server answers 500 when nothing started
-                error_type = error_type or type(error).__name__
-        template = scope.get(ROUTE_ENVIRON_KEY) or route_template(scope)
-        self._record(scope.get("method"), scope.get("path"),
-                     _STATUS.get(status) or str(status or 500), duration, received, sent,
-                     template, error_type)
 
 
 def _file_size(path: Optional[str]) -> int:
