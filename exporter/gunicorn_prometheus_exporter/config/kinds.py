@@ -101,6 +101,33 @@ class Str(Kind):
 
 
 @dataclass(frozen=True)
+class Url(Kind):
+    """A URL with one of ``schemes`` and, except for ``unix``, a host."""
+
+    schemes: Sequence[str]
+
+    @property
+    def expected(self) -> str:  # type: ignore[override]
+        return "a URL starting with " + ", ".join(f"{s}://" for s in self.schemes)
+
+    def parse(self, raw: Any) -> Optional[str]:
+        from urllib.parse import urlsplit
+
+        if raw is None or raw == "":
+            return None
+        if not isinstance(raw, str):
+            raise self.fail(raw)
+        try:
+            parts = urlsplit(raw.strip())
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            raise self.fail(raw) from None
+        if parts.scheme not in self.schemes or (parts.scheme != "unix" and not parts.hostname):
+            raise self.fail(raw)
+        return raw.strip()
+
+
+@dataclass(frozen=True)
 class Choice(Kind):
     choices: Sequence[str]
 

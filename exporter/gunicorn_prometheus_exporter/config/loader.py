@@ -11,6 +11,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import yaml
 
+from .kinds import Url
 from .schema import BY_PATH, CONFIG_FILE_ENV, SETTINGS, Setting, children
 
 
@@ -74,7 +75,10 @@ class Settings(Section):
         lines = []
         for s in SETTINGS:
             value = self.values[s.path]
-            shown = mask(value) if s.secret and value else _show(value)
+            if s.secret and value:
+                shown = mask_url(value) if isinstance(s.kind, Url) else mask(value)
+            else:
+                shown = _show(value)
             lines.append(f"{s.yaml_key} = {shown}  ({self.origins[s.path]})")
         lines.append(f"(effective multiprocess directory: {self.multiproc_dir})")
         return "\n".join(lines)
@@ -82,6 +86,24 @@ class Settings(Section):
 
 def mask(value: Any) -> str:
     return "********" if value else "''"
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password (if any) masked: ``redis://user:********@host:6379/0``."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit
+
+    parts = urlsplit(url)
+    if parts.password is not None:
+        host = parts.netloc.rpartition("@")[2]
+        parts = parts._replace(netloc=f"{parts.username or ''}:********@{host}")
+    if parts.query:  # redis-py also takes ?password=
+        query = [(k, "********" if k.lower() == "password" else v)
+                 for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+        parts = parts._replace(query=urlencode(query, safe="*"))
+    shown = f"{parts.scheme}://{parts.netloc}{parts.path}"
+    shown += f"?{parts.query}" if parts.query else ""
+    shown += f"#{parts.fragment}" if parts.fragment else ""
+    return repr(shown)
 
 
 def _show(value: Any) -> str:
