@@ -65,6 +65,10 @@ podman_setup() {
   if [ -w /run ]; then base="/run/gpe-$hash"; else base="${TMPDIR:-/tmp}/gpe-$hash"; fi
   PODMAN_STATE="$base"
   local graphroot="$CACHE/podman/storage"
+  # A new (or deleted, e.g. by `make clean`) storage dir: the runtime state of the old one is stale.
+  if [ ! -d "$graphroot" ] || [ -z "$(ls -A "$graphroot" 2>/dev/null)" ]; then
+    rm -rf "$base/run" "$base/tmp"
+  fi
   mkdir -p "$graphroot" "$base/conf"
   # After a reboot (or on a machine restored from a snapshot) the per-boot state is stale:
   # drop it so podman refreshes, as it would with a fresh /run.
