@@ -1,0 +1,81 @@
+"""What the async workers add beyond the mix: in-flight counts concurrent requests and
+capacity is worker_connections, the sampler runs under monkey-patching, the eventlet
+worker's one-line refusal on gunicorn >= 26, and lazy imports."""
+import subprocess
+import sys
+import threading
+from importlib import metadata
+
+import pytest
+
+from frameworks.mix import Example, eventlet_gunicorn, exporter_path_env, require
+from support.procs import gunicorn_bin
+from support.wait import until
+
+GUNICORN_MAJOR = int(metadata.version("gunicorn").split(".")[0])
+
+
+def _concurrency(tmp_path, config, app, gunicorn=None, env=None):
+    """3 requests held open at once: in-flight 3, capacity 1000, sampler alive."""
+    g = Example(tmp_path, config, app, workers=1, gunicorn=gunicorn,
+                env={"PROMETHEUS_SAMPLE_INTERVAL": "0.2", **(env or {})},
+                extra_args=["--worker-connections", "1000"])
+    try:
+        g.wait_ready(workers=1)
+        threads = [threading.Thread(target=g.request, args=("/slow?ms=1500",))
+                   for _ in range(3)]
+        for t in threads:
+            t.start()
+        s = g.scrape_until(lambda s: s.total("gunicorn_worker_in_flight_requests") == 3)
+        assert s.total("gunicorn_worker_capacity") == 1000
+        first = s.total("gunicorn_worker_uptime_seconds")
+        # the sampler keeps sampling while requests wait (a greenlet on the worker's hub)
+        until(lambda: g.scrape().total("gunicorn_worker_uptime_seconds") > first + 0.3,
+              timeout=5, message="the sampler to sample again")
+        for t in threads:
+            t.join()
+        s = g.scrape_until(lambda s: s.total("gunicorn_http_requests_total") == 3)
+        assert s.total("gunicorn_worker_in_flight_requests") == 0
+        assert s.value("gunicorn_http_requests_total", method="GET", route="/slow",
+                       status="200") == 3
+    finally:
+        g.stop()
+
+
+def test_gevent_counts_concurrent_requests(tmp_path):
+    require("gevent")
+    _concurrency(tmp_path, "gunicorn_gevent_async.conf.py",
+                 "gunicorn_prometheus_exporter.demo.app:app")
+
+
+def test_eventlet_counts_concurrent_requests(tmp_path):
+    _concurrency(tmp_path, "gunicorn_eventlet_async.conf.py",
+                 "gunicorn_prometheus_exporter.demo.app:app", gunicorn=eventlet_gunicorn(),
+                 env=exporter_path_env())
+
+
+@pytest.mark.skipif(GUNICORN_MAJOR < 26, reason="gunicorn < 26 still has the eventlet worker")
+def test_eventlet_worker_on_new_gunicorn_stops_with_one_line(tmp_path):
+    result = subprocess.run(
+        [gunicorn_bin(),
+         "--bind", "127.0.0.1:0", "--control-socket", str(tmp_path / "ctl.sock"),
+         "--worker-class", "gunicorn_prometheus_exporter.PrometheusEventletWorker",
+         "gunicorn_prometheus_exporter.demo.app:app"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "mp"), "PATH": "/usr/bin:/bin"})
+    assert result.returncode != 0
+    ours = [line for line in (result.stdout + result.stderr).splitlines()
+            if "[INFO]" not in line and line.strip()]
+    assert ours == [ours[0]] and "PrometheusEventletWorker needs gunicorn 23.0 to 25.3" \
+        in ours[0], result.stdout + result.stderr
+
+
+def test_importing_the_package_imports_no_async_library():
+    code = ("import sys, gunicorn_prometheus_exporter as g; "
+            "assert callable(g.load_yaml_config); "
+            "bad = [m for m in ('gevent', 'eventlet', 'uvicorn', 'uvicorn_worker', "
+            "'flask', 'django', 'pyramid', 'starlette') if m in sys.modules]; "
+            "assert not bad, bad; "
+            "import gunicorn_prometheus_exporter.frameworks; "
+            "assert 'flask' not in sys.modules and 'starlette' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
