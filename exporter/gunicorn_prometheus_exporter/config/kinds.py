@@ -101,29 +101,25 @@ class Str(Kind):
 
 
 @dataclass(frozen=True)
-class Url(Kind):
-    """A URL with one of ``schemes`` and, except for ``unix``, a host."""
-
-    schemes: Sequence[str]
+class RedisUrl(Kind):
+    """``redis://[[user]:password@]host[:port][/db]`` or ``rediss://``, checked by the same
+    lenient parser that connects (a raw ``@``, ``#`` or ``/`` in the password is fine)."""
 
     @property
     def expected(self) -> str:  # type: ignore[override]
-        return "a URL starting with " + ", ".join(f"{s}://" for s in self.schemes)
+        return "a redis:// or rediss:// URL"
 
     def parse(self, raw: Any) -> Optional[str]:
-        from urllib.parse import urlsplit
+        from ..redis_storage.connection import parse_url
 
         if raw is None or raw == "":
             return None
         if not isinstance(raw, str):
             raise self.fail(raw)
         try:
-            parts = urlsplit(raw.strip())
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError:
-            raise self.fail(raw) from None
-        if parts.scheme not in self.schemes or (parts.scheme != "unix" and not parts.hostname):
-            raise self.fail(raw)
+            parse_url(raw.strip())
+        except ValueError as exc:
+            raise ValueError(f"expected {self.expected}: {exc}") from None
         return raw.strip()
 
 

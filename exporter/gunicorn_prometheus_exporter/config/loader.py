@@ -11,7 +11,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import yaml
 
-from .kinds import Url
+from .kinds import RedisUrl
 from .schema import BY_PATH, CONFIG_FILE_ENV, SETTINGS, Setting, children
 
 
@@ -76,7 +76,7 @@ class Settings(Section):
         for s in SETTINGS:
             value = self.values[s.path]
             if s.secret and value:
-                shown = mask_url(value) if isinstance(s.kind, Url) else mask(value)
+                shown = mask_url(value) if isinstance(s.kind, RedisUrl) else mask(value)
             else:
                 shown = _show(value)
             lines.append(f"{s.yaml_key} = {shown}  ({self.origins[s.path]})")
@@ -89,21 +89,17 @@ def mask(value: Any) -> str:
 
 
 def mask_url(url: str) -> str:
-    """The URL with its password (if any) masked: ``redis://user:********@host:6379/0``."""
-    from urllib.parse import parse_qsl, urlencode, urlsplit
+    """A Redis URL with its password masked: ``rediss://user:********@host:6379/0``."""
+    from ..redis_storage.connection import parse_url
 
-    parts = urlsplit(url)
-    if parts.password is not None:
-        host = parts.netloc.rpartition("@")[2]
-        parts = parts._replace(netloc=f"{parts.username or ''}:********@{host}")
-    if parts.query:  # redis-py also takes ?password=
-        query = [(k, "********" if k.lower() == "password" else v)
-                 for k, v in parse_qsl(parts.query, keep_blank_values=True)]
-        parts = parts._replace(query=urlencode(query, safe="*"))
-    shown = f"{parts.scheme}://{parts.netloc}{parts.path}"
-    shown += f"?{parts.query}" if parts.query else ""
-    shown += f"#{parts.fragment}" if parts.fragment else ""
-    return repr(shown)
+    t = parse_url(url)
+    userinfo = ""
+    if t.password is not None:
+        userinfo = f"{t.username or ''}:********@"
+    elif t.username:
+        userinfo = f"{t.username}@"
+    host = f"[{t.host}]" if ":" in t.host else t.host
+    return repr(f"{'rediss' if t.tls else 'redis'}://{userinfo}{host}:{t.port}/{t.db}")
 
 
 def _show(value: Any) -> str:

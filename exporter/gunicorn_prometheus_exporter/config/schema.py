@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple
 
-from .kinds import Bool, Buckets, Choice, Float, Int, Kind, RouteRules, Str, Url
+from .kinds import Bool, Buckets, Choice, Float, Int, Kind, RedisUrl, RouteRules, Str
 
 #: Request duration buckets: 5 ms to 60 s, finer where web latencies live.
 DEFAULT_DURATION_BUCKETS = (
@@ -82,7 +82,7 @@ SETTINGS: Tuple[Setting, ...] = (
        doc="Keep-alive seconds; applied when gunicorn's own config leaves the default."),
     # -- Redis storage ---------------------------------------------------------------------
     _s("redis.enabled", Bool(), False, "REDIS_ENABLED", doc="Ship metrics to Redis."),
-    _s("redis.url", Url(("redis", "rediss", "unix")), None, "REDIS_URL", secret=True,
+    _s("redis.url", RedisUrl(), None, "REDIS_URL", secret=True,
        doc="redis:// or rediss:// URL; overrides host, port and db."),
     _s("redis.host", Str(), "127.0.0.1", "REDIS_HOST", doc="Redis host."),
     _s("redis.port", PORT, 6379, "REDIS_PORT", doc="Redis port."),
