@@ -187,8 +187,12 @@ def throughput(args, tmp: str, server: RedisServer) -> Dict[str, object]:
     med = {name: statistics.median(x["rps"] for x in runs) for name, runs in results.items()}
     cpu = {name: statistics.median(x["cpu_us_per_request"] for x in runs)
            for name, runs in results.items()}
+    per_round = {name: statistics.median(run["rps"] / plain["rps"]
+                                         for run, plain in zip(runs, results["plain"]))
+                 for name, runs in results.items()}
     return {"runs": results, "median_rps": med, "median_cpu_us_per_request": cpu,
             "ratio_to_plain": {k: v / med["plain"] for k, v in med.items()},
+            "median_round_ratio_to_plain": per_round,
             "redis_commands": commands, "redis_mode_requests": requests,
             "redis_commands_per_request": commands / requests if requests else None,
             "redis_reported_requests": seen}
@@ -263,6 +267,8 @@ def main() -> int:
     print()
     print("median req/s:      " + "  ".join(f"{k} {v:.0f}" for k, v in t["median_rps"].items()))
     print("ratio to plain:    " + "  ".join(f"{k} {v:.3f}" for k, v in t["ratio_to_plain"].items()))
+    print("median of per-round ratios: " + "  ".join(
+        f"{k} {v:.3f}" for k, v in t["median_round_ratio_to_plain"].items()))
     print("CPU us/request:    " + "  ".join(f"{k} {v:.0f}" for k, v in
                                             t["median_cpu_us_per_request"].items()))
     print(f"Redis commands per request: {t['redis_commands_per_request']:.5f} "

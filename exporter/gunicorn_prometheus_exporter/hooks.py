@@ -38,8 +38,14 @@ def default_on_exit(server: Any) -> None:
 
 def redis_when_ready(server: Any) -> None:
     """The original's Redis variant of ``default_when_ready``: with ``REDIS_ENABLED=true``
-    (or ``exporter.redis.enabled``) the same set-up also ships metrics to Redis."""
-    default_when_ready(server)
+    (or ``exporter.redis.enabled``) the same set-up also ships metrics to Redis, from the
+    metrics server process (never from a worker, never on the request path); Redis being
+    down at start-up delays nothing. See docs/redis.md."""
+    runtime = master.ensure(server.cfg, server.log)
+    if not runtime.settings.redis.enabled:
+        server.log.warning("prometheus: redis_when_ready is set but Redis storage is off; "
+                           "set REDIS_ENABLED=true (or exporter.redis.enabled) to use it")
+    runtime.when_ready(server)
 
 
 __all__ = ["default_on_starting", "default_when_ready", "default_post_fork",

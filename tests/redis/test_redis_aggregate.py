@@ -73,3 +73,22 @@ def test_scope_node_serves_only_its_node(start_gunicorn, redis_server, exporter,
     assert requests_total(sa) == 4
     assert requests_total(on_b.scrape()) == 6
     assert requests_total(every.scrape()) == 10
+
+
+def test_original_config_with_redis_when_ready(start_gunicorn, redis_server, exporter, prefix,
+                                               tmp_path):
+    server = redis_server()
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text(
+        "from gunicorn_prometheus_exporter.hooks import (default_on_starting, "
+        "default_worker_int, default_on_exit, redis_when_ready)\n"
+        "on_starting = default_on_starting\n"
+        "when_ready = redis_when_ready\n"
+        "worker_int = default_worker_int\n"
+        "on_exit = default_on_exit\n")
+    g = start_gunicorn(config=str(conf), env=redis_env(server, prefix)).wait_ready(2)
+    send(g, 4)
+    e = exporter(redis_env(server, prefix))
+    e.scrape_until(lambda s: requests_total(s) == 4)
+    assert g.output().count("serving metrics at") == 1  # one metrics process, not two
+    assert "Redis storage is off" not in g.output()
