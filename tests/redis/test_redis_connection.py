@@ -20,7 +20,7 @@ ADMIN = "admin-Secret-9"
 def _acl_server(redis_server, prefix):
     server = redis_server(admin_password=ADMIN)
     server.client().acl_setuser("metrics", enabled=True, passwords=["+" + PASSWORD],
-                                keys=["{%s}:*" % prefix], commands=["+@all"])
+                                keys=["{%s}:*" % prefix], commands=["+@all", "-@dangerous"])
     return server
 
 
