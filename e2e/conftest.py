@@ -1,0 +1,69 @@
+"""Fixtures of the local end-to-end suite: one real Prometheus for the session (the chart's
+alert rules loaded), and gunicorn instances that it scrapes, one scenario label each.
+
+Every process started here runs in its own session and has its process group killed by the
+fixture's finalizer, so nothing outlives the run."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+import e2elib
+from support.procs import Gunicorn
+
+
+@pytest.fixture(scope="session")
+def rule_file(tmp_path_factory):
+    """The chart's PrometheusRule rendered for this run (None when no renderer is found)."""
+    directory = tmp_path_factory.mktemp("rules")
+    try:
+        return e2elib.render_rules(directory)
+    except LookupError:
+        return None
+
+
+@pytest.fixture(scope="session")
+def prometheus(tmp_path_factory, rule_file):
+    binary = e2elib.prometheus_binary()
+    if binary is None:
+        pytest.skip("prometheus is not installed (apt-get install prometheus; make system-deps)")
+    prom = e2elib.Prometheus(binary, tmp_path_factory.mktemp("prometheus"), rule_file)
+    yield prom
+    prom.stop()
+
+
+@pytest.fixture
+def scenario(request, prometheus, tmp_path):
+    """Start gunicorn instances scraped by the session's Prometheus under the label
+    scenario=<test name>; returns start(**Gunicorn kwargs) -> (Gunicorn, scenario name)."""
+    started = []
+    name = re.sub(r"[^a-zA-Z0-9_]", "_", request.node.name)
+
+    def start(workers: int = 2, label: str = "", **kwargs) -> Gunicorn:
+        label = label or name
+        g = Gunicorn(tmp_path, workers=workers, **kwargs)
+        started.append((g, label))
+        g.wait_ready(workers=workers)
+        prometheus.add_target(g.metrics_port, label)
+        return g
+
+    start.name = name
+    yield start
+    for g, label in started:
+        prometheus.remove_target(label)
+        g.stop()
+
+
+def pytest_collection_modifyitems(config, items):
+    here = Path(__file__).parent
+    for item in items:
+        if Path(str(item.fspath)).parent == here:
+            item.add_marker(pytest.mark.e2e)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "e2e: end-to-end: real Prometheus scraping real gunicorn")
+    config.addinivalue_line("markers", "kind: end-to-end in a kind cluster (Docker, kind, "
+                            "kubectl, helm)")
