@@ -2,14 +2,17 @@
 (environment, URL encoded or not, YAML), TLS with verification, a 3-node Cluster. No
 secret in a log line or in any process environment the plugin makes."""
 import os
+import socket
 from pathlib import Path
 
 import psutil
 import pytest
 
 from redis_procs import (exporter, log_of, prefix, redis_cluster, redis_env,  # noqa: F401
-                         redis_server, requests_total, send)
+                         redis_server, redis_server_bin, requests_total, send)
+from support.procs import Process, free_port
 from support.tls import make_certs
+from support.wait import until
 
 pytestmark = pytest.mark.redis
 
@@ -113,3 +116,24 @@ def test_three_node_cluster(start_gunicorn, redis_cluster, exporter, prefix):
     a.stop()
     s = e.scrape_until(lambda s: len(s.series("gunicorn_worker_capacity")) == 2)
     assert requests_total(s) == 7
+
+
+def test_sentinel(start_gunicorn, redis_server, exporter, prefix, tmp_path):
+    master = redis_server()
+    conf = tmp_path / "sentinel.conf"
+    port = free_port()
+    conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+                    f"sentinel monitor mymaster 127.0.0.1 {master.port} 1\n")
+    sentinel = Process([redis_server_bin(), str(conf), "--sentinel"], dict(os.environ))
+    try:
+        until(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() or True,
+              message="the sentinel")
+        via = {"REDIS_SENTINELS": f"127.0.0.1:{port}", "REDIS_SENTINEL_MASTER": "mymaster",
+               "REDIS_PORT": str(free_port())}  # the master's address comes from the Sentinel
+        g = start_gunicorn(env=redis_env(master, prefix, **via)).wait_ready(2)
+        send(g, 3)
+        e = exporter(redis_env(master, prefix, **via))
+        e.scrape_until(lambda s: requests_total(s) == 3)
+        assert "Redis Sentinel master 'mymaster' via 127.0.0.1:%d" % port in e.output()
+    finally:
+        sentinel.stop()
