@@ -1,10 +1,14 @@
 """``gunicorn_log_messages_total{level}``: a logging handler on gunicorn's error logger,
 as gunicorn's own statsd logger counts levels. In the master it also passes every record
-to the exit witness, which learns from gunicorn's messages how a reaped worker ended."""
+to the exit witness, which learns from gunicorn's messages how a reaped worker ended.
+
+Each process counts into its own files. The one line a new worker logs before it has
+any ("Booting worker with pid ...") is not counted."""
 from __future__ import annotations
 
 import logging
-from typing import Callable, Optional
+import os
+from typing import Callable, Dict, Optional
 
 from . import metrics as catalogue
 from .recorder import Writer
@@ -18,6 +22,8 @@ class LevelCounter(logging.Handler):
         super().__init__(level=logging.DEBUG)
         self.writer: Optional[Writer] = None
         self.witness: Optional[Callable[[str], None]] = None
+        self._owner = os.getpid()
+        self._pending: Dict[str, int] = {}  # counted before this process had a writer
 
     def use(self, writer: Optional[Writer], witness: Optional[Callable[[str], None]] = None
             ) -> None:
@@ -25,16 +31,25 @@ class LevelCounter(logging.Handler):
         if writer is not None:
             for level in LEVELS:
                 writer.prepare(catalogue.LOG_MESSAGES, (level,))
+            if os.getpid() == self._owner:
+                for level, count in self._pending.items():
+                    writer.count(catalogue.LOG_MESSAGES, (level,), count)
+        self._pending = {}
         self.writer = writer
         self.witness = witness
+        self._owner = os.getpid()
 
     def emit(self, record: logging.LogRecord) -> None:
+        if os.getpid() != self._owner:
+            return  # a child between fork and taking over its own counter: not ours to count
         try:
+            level = record.levelname.lower()
+            level = level if level in LEVELS else "critical"
             writer = self.writer
             if writer is not None:
-                level = record.levelname.lower()
-                writer.count(catalogue.LOG_MESSAGES,
-                             (level if level in LEVELS else "critical",))
+                writer.count(catalogue.LOG_MESSAGES, (level,))
+            else:
+                self._pending[level] = self._pending.get(level, 0) + 1
             if self.witness is not None:
                 self.witness(record.getMessage())
         except Exception:  # noqa: BLE001 - a metrics failure must not break logging
@@ -43,7 +58,9 @@ class LevelCounter(logging.Handler):
 
 def counter() -> LevelCounter:
     """The process's handler, attached once to the ``gunicorn.error`` logger (which
-    gunicorn's logger class uses whatever its configuration)."""
+    gunicorn's logger class uses whatever its configuration). Attached when gunicorn loads
+    the worker class, before the master logs its first line; what it counts before the
+    master has a writer is kept and handed over."""
     global _handler
     if _handler is None:
         _handler = LevelCounter()

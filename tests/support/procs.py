@@ -85,9 +85,9 @@ class Gunicorn(Process):
                     "PYTHONUNBUFFERED": "1", **(env or {})}
         args = [gunicorn or gunicorn_bin(), "--bind", f"127.0.0.1:{self.port}",
                 "--workers", str(workers), "--worker-class",
-                classes.get(worker_class, worker_class), "--graceful-timeout", "5",
-                "--control-socket", str(tmp / f"ctl-{self.port}.sock")
-                if _has_control_socket(gunicorn) else "--log-level=info"]
+                classes.get(worker_class, worker_class), "--graceful-timeout", "5"]
+        if _has_control_socket(gunicorn):
+            args += ["--control-socket", str(tmp / f"ctl-{self.port}.sock")]
         if config:
             args += ["--config", config]
         args += (extra_args or []) + [app]

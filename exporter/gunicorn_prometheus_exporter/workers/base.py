@@ -282,8 +282,9 @@ class PrometheusWorkerMixin:
         super().handle_abort(sig, frame)
 
 
-def _prepare_prometheus_client() -> None:
+def _prepare_process() -> None:
     identity.route_prometheus_client(config.settings().multiproc_dir)
+    logcount.counter()
 
 
-_prepare_prometheus_client()
+_prepare_process()
