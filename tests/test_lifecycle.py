@@ -241,3 +241,15 @@ def test_worker_churn_keeps_counts_and_bounded_storage(start_gunicorn):
     assert sent == restarts
     assert sorted(os.listdir(g.directory)) == files_after_10
     assert s.value("gunicorn_exporter_storage_files") <= 12
+
+
+def test_metrics_server_is_restarted_when_it_dies(start_gunicorn):
+    g = start(start_gunicorn, workers=1)
+    for _ in range(3):
+        assert g.request("/")[0] == 200
+    g.scrape_until(lambda s: s.total("gunicorn_http_requests_total") == 3)
+    first = g.monitor_pid()
+    os.kill(first, signal.SIGKILL)
+    until(lambda: g.monitor_pid() not in (None, first), message="a new metrics server")
+    s = g.scrape_until(lambda s: s.total("gunicorn_http_requests_total") == 3)
+    assert s.value("gunicorn_workers", state="idle") == 1

@@ -144,7 +144,8 @@ class Gunicorn(Process):
         """The metrics server process (from the master's log line)."""
         import re
 
-        found = re.findall(r"serving metrics at \S+ \(pid (\d+)\)", self.output())
+        found = re.findall(r"(?:serving metrics at \S+|starting it again) \(pid (\d+)\)",
+                           self.output())
         return int(found[-1]) if found else None
 
     def worker_pids(self) -> List[int]:

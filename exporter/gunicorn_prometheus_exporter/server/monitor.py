@@ -81,9 +81,10 @@ class Monitor:
         except ChildProcessError:
             done = self.pid  # reaped already
         if done:
-            self.log.warning("prometheus: metrics server (pid %s) ended; starting it again",
-                             self.pid)
+            old = self.pid
             self._fork()
+            self.log.warning("prometheus: metrics server (pid %s) ended; starting it again "
+                             "(pid %s)", old, self.pid)
 
     def ensure_running(self) -> None:
         if self.pid is None:
@@ -93,9 +94,10 @@ class Monitor:
             return
         except ProcessLookupError:
             pass
-        self.log.warning("prometheus: metrics server (pid %s) is gone; starting it again",
-                         self.pid)
+        old = self.pid
         self._fork()
+        self.log.warning("prometheus: metrics server (pid %s) is gone; starting it again "
+                         "(pid %s)", old, self.pid)
 
     def stop(self) -> None:
         if self.pid is not None:
