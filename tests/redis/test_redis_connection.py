@@ -5,7 +5,6 @@ import os
 import socket
 from pathlib import Path
 
-import psutil
 import pytest
 
 from redis_procs import (exporter, log_of, prefix, redis_cluster, redis_env,  # noqa: F401

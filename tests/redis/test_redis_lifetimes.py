@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from redis_procs import (exporter, log_of, prefix, redis_env, redis_server,  # noqa: F401
+from redis_procs import (exporter, prefix, redis_env, redis_server,  # noqa: F401
                          requests_total, send)
 
 pytestmark = pytest.mark.redis

@@ -5,7 +5,7 @@ import time
 import psutil
 import pytest
 
-from redis_procs import (RedisServer, bounded_wait, exporter, log_of, prefix,  # noqa: F401
+from redis_procs import (RedisServer, bounded_wait, exporter, prefix,  # noqa: F401
                          redis_env, redis_server, requests_total, send)
 from support.procs import free_port
 from support.wait import until
@@ -83,7 +83,7 @@ def test_start_with_redis_down_then_up(start_gunicorn, exporter, prefix, tmp_pat
     absent.port = port
     g = start_gunicorn(env=redis_env(absent, prefix)).wait_ready(2)
     send(g, 5)
-    s = g.scrape_until(lambda s: s.value("gunicorn_exporter_redis_up") == 0
+    g.scrape_until(lambda s: s.value("gunicorn_exporter_redis_up") == 0
                        and requests_total(s) == 5)
     assert "cannot flush metrics to redis://127.0.0.1:%d/0" % port in g.output()
     server = RedisServer(tmp_path, port=port)
