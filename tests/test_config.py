@@ -390,7 +390,9 @@ def test_documented_hooks_start_exactly_one_metrics_server(start_gunicorn, tmp_p
     # on_exit stops it: gunicorn ends cleanly and the metrics server with it
     assert g.stop() == 0
     until(lambda: not _alive(monitor), timeout=5, message="the metrics server to end")
-    assert "Traceback" not in g.output()
+    log = Path(g.log_path).read_text()
+    assert "Traceback" not in log
+    assert log.count("serving metrics at") == 1
 
 
 def test_worker_class_alone_gives_metrics(tmp_path):
