@@ -32,7 +32,7 @@ system-deps:
 
 test-deps: system-deps venv
 	$(MAKE) --no-print-directory chart-tools CHART_PYTHON=$(abspath $(BIN)/python)
-	-$(MAKE) --no-print-directory image-tools
+	-INSTALL_PY=0 $(MAKE) --no-print-directory image-tools
 
 ## test: everything CI runs: unit, integration, chart, image (skips without a runtime), e2e
 test: test-deps test-oldest
