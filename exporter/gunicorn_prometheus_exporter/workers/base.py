@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Any, Iterable, Optional
 
-from .. import config, exits, identity, logcount, master
+from .. import config, exits, identity, logcount, master, redact
 from .. import metrics as catalogue
 from ..frameworks import ERROR_ENVIRON_KEY
 from ..recorder import Recorder
@@ -285,6 +285,7 @@ class PrometheusWorkerMixin:
 def _prepare_process() -> None:
     identity.route_prometheus_client(config.settings().multiproc_dir)
     logcount.counter()
+    redact.install()
 
 
 _prepare_process()
