@@ -41,18 +41,21 @@ def scenario(request, prometheus, tmp_path):
     started = []
     name = re.sub(r"[^a-zA-Z0-9_]", "_", request.node.name)
 
-    def start(workers: int = 2, label: str = "", **kwargs) -> Gunicorn:
-        label = label or name
+    def start(workers: int = 2, label: str = "", scraped: bool = True, **kwargs) -> Gunicorn:
+        """``scraped=False``: Prometheus is told of it later, by ``start.scrape(g)``."""
         g = Gunicorn(tmp_path, workers=workers, **kwargs)
-        started.append((g, label))
+        g.label = label or name
+        started.append(g)
         g.wait_ready(workers=workers)
-        prometheus.add_target(g.metrics_port, label)
+        if scraped:
+            prometheus.add_target(g.metrics_port, g.label)
         return g
 
     start.name = name
+    start.scrape = lambda g: prometheus.add_target(g.metrics_port, g.label)
     yield start
-    for g, label in started:
-        prometheus.remove_target(label)
+    for g in started:
+        prometheus.remove_target(g.label)
         g.stop()
 
 

@@ -471,3 +471,64 @@ def promtool_binary() -> Optional[str]:
 
 
 Condition = Callable[[], object]
+
+
+# -- promtool on the samples of the live run ------------------------------------------------------
+
+def _series_text(metric: dict) -> str:
+    labels = {k: v for k, v in metric.items() if k != "__name__"}
+    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
+    return f"{metric['__name__']}{{{inner}}}"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def live_input_series(prom: Prometheus, selectors: Sequence[str], start: float,
+                      end: float) -> List[dict]:
+    """The samples Prometheus stored for ``selectors`` between ``start`` and ``end``, on a 1 s
+    grid (the value each series had at each second; ``_`` before it existed), as promtool
+    ``input_series``."""
+    steps = int(round(end - start))
+    out = []
+    for selector in selectors:
+        for r in prom.query_range(selector, start, start + steps, step=1.0):
+            by_t = {int(round(t - start)): v for t, v in r["values"]}
+            values = " ".join(repr(by_t[i]) if i in by_t else "_" for i in range(steps + 1))
+            out.append({"series": _series_text(r["metric"]), "values": values})
+    assert out, f"no samples for {selectors}"
+    return out
+
+
+def promtool_test(promtool: str, rule_file: Path, directory: Path, input_series: List[dict],
+                  alertname: str, cases: Sequence[Tuple[int, List[dict]]]) -> str:
+    """Run ``promtool test rules`` with the rule file the live Prometheus loaded and the live
+    samples as input; ``cases`` are (eval seconds, alerts firing then as ``exp_labels`` /
+    ``exp_annotations`` dicts). Returns promtool's output; fails with it."""
+    import yaml
+
+    test = {
+        "rule_files": [str(rule_file)],
+        "evaluation_interval": "1s",
+        "tests": [{
+            "interval": "1s",
+            "input_series": input_series,
+            "alert_rule_test": [{"eval_time": f"{seconds}s", "alertname": alertname,
+                                 "exp_alerts": expected} for seconds, expected in cases],
+        }],
+    }
+    path = directory / f"{alertname}-test.yaml"
+    path.write_text(yaml.safe_dump(test, sort_keys=False, width=1 << 20))
+    proc = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True,
+                          text=True, timeout=120)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"promtool test rules {path}:\n{output}"
+    assert "SUCCESS" in output, output
+    return output
+
+
+def as_expected(alert: dict) -> dict:
+    """A live alert of /api/v1/alerts as a promtool ``exp_alerts`` entry."""
+    return {"exp_labels": {k: v for k, v in alert["labels"].items() if k != "alertname"},
+            "exp_annotations": dict(alert["annotations"])}
