@@ -62,3 +62,46 @@ def test_sigkill_of_whole_instance_is_folded_once(start_gunicorn, redis_server, 
     send(b, 3)
     for e in readers:
         e.scrape_until(lambda s: requests_total(s) == n + m + 3)
+
+
+def test_usr2_upgrade_continues_the_incarnation(start_gunicorn, redis_server, exporter, prefix,
+                                                tmp_path):
+    import psutil
+
+    from support.wait import until
+
+    server = redis_server()
+    pidfile = str(tmp_path / "master.pid")
+    g = start_gunicorn(env=redis_env(server, prefix), extra_args=["--pid", pidfile])
+    g.wait_ready(2)
+    send(g, 10)
+    e = exporter(redis_env(server, prefix))
+    e.scrape_until(lambda s: requests_total(s) == 10)
+    r = server.client()
+    before = r.zrange("{%s}:hb" % prefix, 0, -1)
+    assert len(before) == 1
+
+    def alive(pid):
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    old = g.pid
+    g.signal(signal.SIGUSR2)
+    until(lambda: os.path.exists(pidfile + ".2"), message="the new master's pid file")
+    new = int(open(pidfile + ".2").read())
+    until(lambda: len(psutil.Process(new).children()) >= 3, timeout=30,
+          message="the new master's workers and metrics process")
+    send(g, 10)
+    os.kill(old, signal.SIGQUIT)
+    until(lambda: not alive(old), timeout=30, message="the old master to exit")
+    send(g, 10)
+    s = e.scrape_until(lambda s: requests_total(s) == 30)
+    # the new master shares the directory: same incarnation, no fold, nothing doubled
+    assert r.zrange("{%s}:hb" % prefix, 0, -1) == before
+    assert r.zcard("{%s}:gone" % prefix) == 0
+    assert s.value("gunicorn_exporter_redis_instances") == 1
+    os.kill(new, signal.SIGTERM)
+    until(lambda: r.zcard("{%s}:gone" % prefix) == 1, timeout=20, message="the final fold")
+    assert requests_total(e.scrape()) == 30

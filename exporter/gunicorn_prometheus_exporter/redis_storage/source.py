@@ -106,7 +106,9 @@ class RedisSource:
         started = time.perf_counter()
         try:
             families = self._read()
-        except connection.errors() as exc:
+        except (*connection.errors(), ValueError, IndexError, TypeError) as exc:
+            # unreachable, refused, or a reply we cannot parse (keys of the prefix written
+            # by something else): health metrics only, the scrape itself never fails
             families = []
             self.state.source_up = 0
             self.instances = {}
