@@ -6,7 +6,9 @@ from __future__ import annotations
 import http.client
 import importlib.util
 import os
+import re
 import socket
+import subprocess
 from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -93,10 +95,24 @@ class Example(Gunicorn):
                     "PYTHONUNBUFFERED": "1", **(env or {})}
         args = [gunicorn or gunicorn_bin(), "-c", str(EXAMPLE / config),
                 "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers),
-                "--graceful-timeout", "3",
-                "--control-socket", str(tmp / f"ctl-{self.port}.sock")]
+                "--graceful-timeout", "3"]
+        if _version(gunicorn) >= (25, 1):  # else the default control socket is shared
+            args += ["--control-socket", str(tmp / f"ctl-{self.port}.sock")]
         args += (extra_args or []) + [app]
         Process.__init__(self, args, full_env, cwd=str(EXAMPLE))
+
+
+def _version(gunicorn: Optional[str]) -> Tuple[int, int]:
+    if gunicorn is None:
+        from importlib import metadata
+
+        text = metadata.version("gunicorn")
+    else:
+        out = subprocess.run([gunicorn, "--version"], capture_output=True, text=True,
+                             timeout=60)
+        text = out.stdout + out.stderr
+    found = re.search(r"(\d+)\.(\d+)", text)
+    return (int(found.group(1)), int(found.group(2))) if found else (0, 0)
 
 
 def _request(port: int, method: str, path: str, body: object) -> Tuple[Optional[int], int]:
