@@ -1,4 +1,3 @@
-import shutil
 from pathlib import Path
 
 import pytest
@@ -19,11 +18,3 @@ def start_gunicorn(tmp_path: Path):
     yield start
     for g in started:
         g.stop()
-
-
-def require_tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.skip(f"{name} is not installed (make test installs it: apt-get install "
-                    f"{'prometheus' if name == 'promtool' else name})")
-    return path

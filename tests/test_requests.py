@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from conftest import require_tool
+from support.tools import require_tool
 from support.wait import until
 
 WORKER_CLASSES = ["sync", "gthread"]

@@ -30,6 +30,7 @@ class Monitor:
         self.log = log
         self.pid: Optional[int] = None
         self.sock: Optional[socket.socket] = None
+        self.stopping = False
         self.web = webconfig.from_settings(settings)
         self.web.tls_context()  # fail now, in the master, on a bad certificate or key
 
@@ -73,8 +74,9 @@ class Monitor:
         self.pid = pid
 
     def reap_and_restart(self) -> None:
-        """From the master's SIGCHLD handler: if our process ended, reap and restart it."""
-        if self.pid is None:
+        """From the master's SIGCHLD handler: if our process ended, reap and restart it
+        (unless the master is stopping it)."""
+        if self.pid is None or self.stopping:
             return
         try:
             done, _ = os.waitpid(self.pid, os.WNOHANG)
@@ -87,7 +89,7 @@ class Monitor:
                              "(pid %s)", old, self.pid)
 
     def ensure_running(self) -> None:
-        if self.pid is None:
+        if self.pid is None or self.stopping:
             return
         try:
             os.kill(self.pid, 0)
@@ -100,6 +102,7 @@ class Monitor:
                          "(pid %s)", old, self.pid)
 
     def stop(self) -> None:
+        self.stopping = True
         if self.pid is not None:
             try:
                 os.kill(self.pid, signal.SIGTERM)
@@ -145,8 +148,11 @@ def _serve(sock: Optional[socket.socket], settings: Settings, web: webconfig.Web
                 signal.SIGTTOU, signal.SIGWINCH, signal.SIGINT, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_IGN)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    # SIGTERM is blocked (in every thread started below too) and taken by sigtimedwait in
+    # the loop: a Python handler that set a threading.Event could deadlock on the Event's
+    # lock if the signal arrived while this thread held it inside Event.wait
+    stop_signals = {signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     server = None
     if sock is not None:
         collector = DirectoryCollector(directory)
@@ -166,7 +172,7 @@ def _serve(sock: Optional[socket.socket], settings: Settings, web: webconfig.Web
     logcount.counter().use(writer)
     scheduler = Scheduler(background_tasks(settings, directory, log, listeners, writer), log)
     while os.getppid() == master:
-        if stop.wait(min(1.0, scheduler.tick())):
+        if signal.sigtimedwait(stop_signals, min(1.0, scheduler.tick())) is not None:
             break
     if server is not None:
         server.shutdown()
