@@ -31,6 +31,7 @@ system-deps:
 	bash .ci/system-deps.sh
 
 test-deps: system-deps venv
+	bash tests/workers/eventlet-venv.sh
 	$(MAKE) --no-print-directory chart-tools CHART_PYTHON=$(abspath $(BIN)/python)
 	-INSTALL_PY=0 $(MAKE) --no-print-directory image-tools
 
@@ -51,4 +52,4 @@ bench: venv
 	$(BIN)/python bench/throughput.py
 
 clean:
-	rm -rf $(VENV) $(VENV_OLDEST) .cache .pytest_cache
+	rm -rf $(VENV) $(VENV_OLDEST) .venv-eventlet .cache .pytest_cache
