@@ -146,6 +146,10 @@ def _serve(args: argparse.Namespace) -> int:
     from .server.http import Exposition, MetricsServer, listening_socket
     from .sources import open_source
 
+    # SIGTERM and SIGINT are blocked in every thread (threads inherit the mask, so this comes
+    # first) and taken by sigwait below: no Python handler that could deadlock on a lock
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
     log = logging.getLogger("gunicorn_prometheus_exporter")
@@ -161,17 +165,14 @@ def _serve(args: argparse.Namespace) -> int:
                   exc.strerror or exc)
         return 1
     server = MetricsServer(sock, Exposition(source.collect, source.description), web, log)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
                               daemon=True)
     thread.start()
     scheme = "https" if web.cert_file else "http"
     log.info("serving %s at %s://%s:%s/metrics", source.description, scheme,
              p.bind_address, p.metrics_port)
-    stop.wait()
-    log.info("stopping")
+    received = signal.sigwait(stop_signals)
+    log.info("stopping (%s)", signal.Signals(received).name)
     server.shutdown()
     server.server_close()
     source.close()
