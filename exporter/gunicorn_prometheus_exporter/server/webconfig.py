@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import ssl
 import threading
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ _CLIENT_AUTH = {
     "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
     "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
 }
+_BCRYPT = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
 _TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
                  "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
 _KEYS = {
@@ -123,7 +125,7 @@ def _apply_file(web: WebConfig, path: str) -> None:
     if not isinstance(users, dict):
         raise ConfigError(f"{path}: basic_auth_users: expected a mapping of user to bcrypt hash")
     for user, hashed in users.items():
-        if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
+        if not isinstance(hashed, str) or not _BCRYPT.fullmatch(hashed):
             raise ConfigError(f"{path}: basic_auth_users.{user}: expected a bcrypt hash "
                               "($2a$, $2b$ or $2y$)")
         web.users[str(user)] = hashed.encode()
@@ -162,6 +164,7 @@ class BasicAuth:
         self._key = hashlib.sha256(repr(sorted(users.items())).encode()).digest()
         self._good: set = set()
         self._lock = threading.Lock()
+        self._decoy_hash: Optional[bytes] = None
 
     @property
     def enabled(self) -> bool:
@@ -181,7 +184,8 @@ class BasicAuth:
             return False
         hashed = self._users.get(user)
         if hashed is None:
-            return False
+            # as slow as a wrong password, so that timing does not tell which users exist
+            hashed, user = self._decoy(), "\0"
         token = hmac.new(self._key, f"{user}:{password}".encode(), "sha256").digest()
         with self._lock:
             if token in self._good:
@@ -192,7 +196,20 @@ class BasicAuth:
             ok = bcrypt.checkpw(password.encode(), hashed)
         except ValueError:
             return False
-        if ok:
+        if ok and user in self._users:
             with self._lock:
                 self._good.add(token)
-        return ok
+            return True
+        return False
+
+    def _decoy(self) -> bytes:
+        """A hash of a random password at the cost of the configured ones."""
+        if self._decoy_hash is None:
+            import os
+
+            import bcrypt
+
+            cost = max(int(h.split(b"$")[2]) for h in self._users.values())
+            self._decoy_hash = bcrypt.hashpw(os.urandom(16).hex().encode(),
+                                             bcrypt.gensalt(rounds=min(max(cost, 4), 31)))
+        return self._decoy_hash
