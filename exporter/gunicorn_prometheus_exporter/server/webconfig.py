@@ -95,7 +95,10 @@ def _apply_file(web: WebConfig, path: str) -> None:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the web config file: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else path
+        raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}") \
+            from None
     _check_keys(path, data, "")
     tls = data.get("tls_server_config") or {}
     _check_keys(path, tls, "tls_server_config")
