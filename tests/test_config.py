@@ -13,13 +13,18 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 
-from support.procs import REPO, DEMO_APP, Process, free_port, gunicorn_bin
+from support.procs import REPO, DEMO_APP, Process, _has_control_socket, free_port, gunicorn_bin
 from support.scrape import scrape
 from support.wait import until
 
 EXE = str(Path(sys.executable).with_name("gunicorn-prometheus-exporter"))
 PREFIX = "gunicorn-prometheus-exporter: config error: "
 WORKER = "gunicorn_prometheus_exporter.PrometheusWorker"
+
+
+def ctl(path: Path) -> List[str]:
+    """gunicorn >= 25.1 opens a control socket; give each run its own (older: nothing)."""
+    return ["--control-socket", str(path)] if _has_control_socket(None) else []
 
 
 def clean_env(**extra: str) -> Dict[str, str]:
@@ -33,7 +38,7 @@ def run_gunicorn(tmp: Path, env: Dict[str, str], conf: Optional[str] = None,
                  timeout: float = 30.0) -> Tuple[int, str]:
     """Run gunicorn to its end (a config error ends it); returns (status, output)."""
     args = [gunicorn_bin(), "--bind", f"127.0.0.1:{free_port()}", "--worker-class", WORKER,
-            "--workers", "1", "--control-socket", str(tmp / "ctl.sock")]
+            "--workers", "1", *ctl(tmp / "ctl.sock")]
     if conf:
         args += ["--config", conf]
     proc = subprocess.Popen(args + [DEMO_APP], env=env, cwd=str(tmp), stdout=subprocess.PIPE,
@@ -284,7 +289,7 @@ def test_yaml_settings_reach_gunicorn_and_env_wins(tmp_path):
                                        f"    multiproc_dir: {directory}\n")
     app_port = free_port()
     p = Process([gunicorn_bin(), "-c", str(conf), "--bind", f"127.0.0.1:{app_port}",
-                 "--workers", "1", "--control-socket", str(tmp_path / "ctl.sock"), DEMO_APP],
+                 "--workers", "1", *ctl(tmp_path / "ctl.sock"), DEMO_APP],
                 clean_env(), cwd=str(tmp_path))
     try:
         s = until(lambda: scrape(yaml_port), timeout=20, message="metrics on the YAML's port")
@@ -293,7 +298,7 @@ def test_yaml_settings_reach_gunicorn_and_env_wins(tmp_path):
     finally:
         p.stop()
     p = Process([gunicorn_bin(), "-c", str(conf), "--bind", f"127.0.0.1:{app_port}",
-                 "--workers", "1", "--control-socket", str(tmp_path / "ctl.sock"), DEMO_APP],
+                 "--workers", "1", *ctl(tmp_path / "ctl.sock"), DEMO_APP],
                 clean_env(PROMETHEUS_METRICS_PORT=str(env_port)), cwd=str(tmp_path))
     try:
         until(lambda: scrape(env_port), timeout=20, message="metrics on the environment's port")
@@ -402,7 +407,7 @@ def test_worker_class_alone_gives_metrics(tmp_path):
     env = clean_env(PROMETHEUS_METRICS_PORT=str(metrics_port),
                     PROMETHEUS_BIND_ADDRESS="127.0.0.1",
                     PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "mp"))
-    p = Process([gunicorn_bin(), "-c", str(conf), "--control-socket", str(tmp_path / "c.sock"),
+    p = Process([gunicorn_bin(), "-c", str(conf), *ctl(tmp_path / "c.sock"),
                  DEMO_APP], env, cwd=str(tmp_path))
     try:
         until(lambda: len(scrape(metrics_port).series("gunicorn_worker_capacity")) == 2,
@@ -431,7 +436,7 @@ def test_default_when_ready_alone_serves_a_plain_worker_class(tmp_path):
                     PROMETHEUS_BIND_ADDRESS="127.0.0.1",
                     PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "mp"),
                     PYTHONPATH=str(REPO / "tests"))
-    p = Process([gunicorn_bin(), "-c", str(conf), "--control-socket", str(tmp_path / "c.sock"),
+    p = Process([gunicorn_bin(), "-c", str(conf), *ctl(tmp_path / "c.sock"),
                  "apps.user_metrics:app"], env, cwd=str(tmp_path))
     try:
         until(lambda: scrape(metrics_port), timeout=20, message="metrics server")

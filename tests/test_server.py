@@ -508,19 +508,45 @@ def test_basic_auth_with_bcrypt_hashes(start_gunicorn, tmp_path):
     assert "401" in log  # the debug log did record the refused requests
 
 
-def test_bad_web_config_stops_start_up_with_one_line(tmp_path):
+@pytest.mark.parametrize("content, expected", [
+    ("basic_auth_users:\n  prometheus: plaintext-password-here\n",
+     "basic_auth_users.prometheus: expected a bcrypt hash ($2a$, $2b$ or $2y$)"),
+    ("basic_auth_users:\n  prometheus: $2b$10$plaintext-password-here\n",
+     "basic_auth_users.prometheus: expected a bcrypt hash ($2a$, $2b$ or $2y$)"),
+    ("basic_auth_users: [prometheus]\n",
+     "basic_auth_users: expected a mapping of user to bcrypt hash"),
+    ("tls_server_config:\n  cert_file: c.pem\n",
+     "tls_server_config needs cert_file and key_file"),
+    ("tls_server_config:\n  cert_file: c.pem\n  key_file: k.pem\n"
+     "  client_auth_type: RequireAndVerifyClientCert\n",
+     "tls_server_config.client_auth_type RequireAndVerifyClientCert needs client_ca_file"),
+    ("tls_server_config:\n  cert_file: c.pem\n  key_file: k.pem\n  client_auth_type: Maybe\n",
+     "tls_server_config.client_auth_type: expected one of NoClientCert, RequestClientCert, "
+     "RequireAnyClientCert, VerifyClientCertIfGiven, RequireAndVerifyClientCert, got 'Maybe'"),
+    ("tls_server_config:\n  cert_file: c.pem\n  key_file: k.pem\n  min_version: TLS9\n",
+     "tls_server_config.min_version: expected one of TLS10, TLS11, TLS12, TLS13, got 'TLS9'"),
+    ("tls_server_config:\n  cert_file: c.pem\n  key_file: k.pem\n  certfile: x\n",
+     "tls_server_config.certfile: unknown key; expected one of: cert_file, cipher_suites, "
+     "client_auth_type, client_ca_file, curve_preferences, key_file, max_version, "
+     "min_version, prefer_server_cipher_suites"),
+    ("http_server_config:\n  headers: [a]\n",
+     "http_server_config.headers: expected a mapping"),
+    ("basic_auth_users:\n  a: [\n", ":3: invalid YAML: expected the node content, but found "
+     "'<stream end>'"),
+])
+def test_bad_web_config_is_one_line(tmp_path, content, expected):
     import subprocess
     import sys
 
     web = tmp_path / "web.yml"
-    web.write_text("basic_auth_users:\n  prometheus: plaintext-password-here\n")
+    web.write_text(content)
     exe = str(Path(sys.executable).with_name("gunicorn-prometheus-exporter"))
     result = subprocess.run([exe, "check-config"], capture_output=True, text=True, timeout=30,
                             env={**os.environ, "PROMETHEUS_WEB_CONFIG_FILE": str(web)})
     assert result.returncode == 1
+    sep = "" if expected.startswith(":") else ": "
     assert result.stderr.splitlines() == [
-        f"gunicorn-prometheus-exporter: config error: {web}: basic_auth_users.prometheus: "
-        "expected a bcrypt hash ($2a$, $2b$ or $2y$)"]
+        f"gunicorn-prometheus-exporter: config error: {web}{sep}{expected}"]
     assert "plaintext-password-here" not in result.stdout + result.stderr
 
 
