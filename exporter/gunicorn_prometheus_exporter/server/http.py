@@ -142,7 +142,12 @@ class MetricsHandler(BaseHTTPRequestHandler):
         self.do_GET()
 
     def _metrics(self) -> None:
-        body, content_type = self.server.exposition.metrics(self.headers.get("Accept"))
+        try:
+            body, content_type = self.server.exposition.metrics(self.headers.get("Accept"))
+        except Exception:  # a scraper gets a status it can report, not a closed connection
+            self.server.log.exception("metrics server: collecting metrics failed")
+            self._send(500, b"collecting metrics failed\n", "text/plain; charset=utf-8")
+            return
         extra = {}
         if "gzip" in (self.headers.get("Accept-Encoding") or ""):
             body = gzip.compress(body, compresslevel=6)
