@@ -579,3 +579,49 @@ def test_port_in_use_is_one_clear_error_and_workers_serve(start_gunicorn, tmp_pa
         assert any(f.endswith(".db") for f in os.listdir(g.directory))
     finally:
         taken.close()
+
+
+# -- in-process: a collect function that fails ------------------------------------------------------
+
+def test_failing_collection_is_a_500_and_the_server_goes_on():
+    import logging
+    import threading
+
+    from gunicorn_prometheus_exporter.server.http import Exposition, MetricsServer, listening_socket
+    from gunicorn_prometheus_exporter.server.webconfig import WebConfig
+
+    calls = []
+
+    def collect():
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("storage exploded")
+        return []
+
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    log = logging.getLogger("test-failing-collection")
+    log.addHandler(Keep())
+    log.propagate = False
+    server = MetricsServer(listening_socket("127.0.0.1", 0), Exposition(collect, "test"),
+                           WebConfig(), log)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        status, headers, body = get(port)
+        assert (status, body) == (500, b"collecting metrics failed\n")
+        assert headers["content-type"] == "text/plain; charset=utf-8"
+        assert [r.getMessage() for r in records if r.levelno >= logging.ERROR] == [
+            "metrics server: collecting metrics failed"]
+        assert "storage exploded" in str(records[-1].exc_info[1])
+        assert get(port)[0] == 200  # the next scrape works
+        assert get(port, "/-/healthy")[0] == 200
+    finally:
+        server.shutdown()
+        server.server_close()
