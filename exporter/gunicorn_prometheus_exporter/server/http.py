@@ -9,9 +9,11 @@ logged and contained."""
 from __future__ import annotations
 
 import gzip
+import os
 import socket
 import ssl
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any, Callable, Iterable, Optional, Tuple
@@ -24,6 +26,12 @@ from .webconfig import BasicAuth, WebConfig
 
 MAX_CONNECTIONS = 32
 SOCKET_TIMEOUT = 30.0
+#: From accepting a connection (or finishing a request on it) to the end of the next request's
+#: headers, TLS handshake included: a client that trickles bytes or idles holds a slot no
+#: longer than this, whatever SOCKET_TIMEOUT allows for each single read.
+HEADER_TIMEOUT = 15.0
+#: Refused connections are logged at most once per this many seconds (a flood is one line).
+REFUSED_LOG_INTERVAL = 10.0
 
 
 class Exposition:
@@ -61,6 +69,10 @@ class MetricsServer(ThreadingHTTPServer):
         self.headers = web.headers
         self.tls = web.tls_context()
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._deadlines: dict = {}  # file descriptor -> monotonic deadline of its headers
+        self._deadlines_lock = threading.Lock()
+        self._refused = 0
+        self._refused_logged = -REFUSED_LOG_INTERVAL
         super().__init__(sock.getsockname()[:2], MetricsHandler, bind_and_activate=False)
         self.socket.close()
         self.socket = sock
@@ -70,9 +82,14 @@ class MetricsServer(ThreadingHTTPServer):
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
-            self.log.warning("metrics server: %d connections open, refusing %s",
-                             MAX_CONNECTIONS, client_address[0])
             self.shutdown_request(request)
+            self._refused += 1
+            now = time.monotonic()
+            if now - self._refused_logged >= REFUSED_LOG_INTERVAL:
+                self.log.warning("metrics server: %d connections open, refused %d "
+                                 "connection(s), the last from %s", MAX_CONNECTIONS,
+                                 self._refused, client_address[0])
+                self._refused, self._refused_logged = 0, now
             return
         try:
             super().process_request(request, client_address)
@@ -88,16 +105,47 @@ class MetricsServer(ThreadingHTTPServer):
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         request.settimeout(SOCKET_TIMEOUT)
-        if self.tls is None:
-            super().finish_request(request, client_address)
-            return
-        # wrap_socket detaches ``request``: the TLS socket is the only handle left, so it is
-        # closed here (the caller's shutdown_request sees a detached socket and does nothing)
-        tls = self.tls.wrap_socket(request, server_side=True)
+        fd = request.fileno()
+        self.arm(fd)
         try:
-            super().finish_request(tls, client_address)
+            if self.tls is None:
+                super().finish_request(request, client_address)
+                return
+            # wrap_socket detaches ``request``: the TLS socket is the only handle left, so it
+            # is closed here (the caller's shutdown_request sees a detached socket)
+            tls = self.tls.wrap_socket(request, server_side=True)
+            try:
+                super().finish_request(tls, client_address)
+            finally:
+                self.disarm(fd)
+                self.shutdown_request(tls)
         finally:
-            self.shutdown_request(tls)
+            self.disarm(fd)  # before the socket is closed: its number may be reused
+
+    # -- the header deadline ---------------------------------------------------------------------
+    def arm(self, fd: int) -> None:
+        with self._deadlines_lock:
+            self._deadlines[fd] = time.monotonic() + HEADER_TIMEOUT
+
+    def disarm(self, fd: int) -> None:
+        with self._deadlines_lock:
+            self._deadlines.pop(fd, None)
+
+    def service_actions(self) -> None:
+        """Called by serve_forever every poll interval: end connections past their header
+        deadline. shutdown() wakes the thread blocked reading them (it sees EOF); the socket
+        stays open until that thread closes it, and the lock keeps it from being closed (and
+        its number reused) while we act on it."""
+        now = time.monotonic()
+        with self._deadlines_lock:
+            late = [fd for fd, deadline in self._deadlines.items() if deadline < now]
+            for fd in late:
+                del self._deadlines[fd]
+                try:
+                    with socket.socket(fileno=os.dup(fd)) as conn:
+                        conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         import sys
@@ -122,6 +170,15 @@ class MetricsHandler(BaseHTTPRequestHandler):
 
     def version_string(self) -> str:
         return self.server_version
+
+    def handle_one_request(self) -> None:
+        self.server.arm(self.connection.fileno())  # waiting for (the rest of) a request
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()  # reads the headers
+        self.server.disarm(self.connection.fileno())  # they are in: the deadline is met
+        return ok
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         if not self.server.auth.check(self.headers.get("Authorization")):
