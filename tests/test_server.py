@@ -312,8 +312,11 @@ def test_more_connections_than_the_limit(plain):
           message="the server to answer again")
     assert time.monotonic() - started < 5.0
     _still_serving(plain, pid)
-    assert (f"metrics server: {MAX_CONNECTIONS} connections open, refusing 127.0.0.1"
-            in plain.output())
+    # a flood is one log line, not one per connection
+    refusals = [line for line in plain.output().splitlines() if "connections open" in line]
+    assert len(refusals) == 1, refusals
+    assert refusals[0].endswith(f"[WARNING] metrics server: {MAX_CONNECTIONS} connections "
+                                "open, refused 1 connection(s), the last from 127.0.0.1")
 
 
 def test_many_scrapes_in_parallel(plain):
@@ -623,5 +626,71 @@ def test_failing_collection_is_a_500_and_the_server_goes_on():
         assert get(port)[0] == 200  # the next scrape works
         assert get(port, "/-/healthy")[0] == 200
     finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_trickling_and_idle_clients_are_cut_at_the_header_deadline(monkeypatch):
+    """SOCKET_TIMEOUT bounds each read; HEADER_TIMEOUT bounds the whole request head, so a
+    client that sends a byte now and then cannot hold a connection slot for ever."""
+    import logging
+    import threading
+
+    from gunicorn_prometheus_exporter.server import http as server_http
+    from gunicorn_prometheus_exporter.server.webconfig import WebConfig
+
+    monkeypatch.setattr(server_http, "HEADER_TIMEOUT", 0.5)
+    server = server_http.MetricsServer(
+        server_http.listening_socket("127.0.0.1", 0),
+        server_http.Exposition(lambda: [], "test"), WebConfig(),
+        logging.getLogger("test-header-deadline"))
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
+    port = server.server_address[1]
+    try:
+        trickle = socket.create_connection(("127.0.0.1", port), timeout=5)
+        idle = socket.create_connection(("127.0.0.1", port), timeout=5)
+        keep_alive = socket.create_connection(("127.0.0.1", port), timeout=5)
+        keep_alive.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        while not answer.endswith(b"\r\n\r\nOK\n"):
+            answer += keep_alive.recv(1000)
+        assert answer.startswith(b"HTTP/1.1 200 OK")
+        started = time.monotonic()
+        head = b"GET /metrics HTTP/1.1\r\nHost: x\r\n"
+        cut_after = None
+        for i in range(40):  # one byte every 0.1 s: 4 s if never cut
+            try:
+                trickle.sendall(head[i:i + 1] or b"X")
+            except (BrokenPipeError, ConnectionResetError):
+                cut_after = time.monotonic() - started
+                break
+            trickle.setblocking(False)
+            try:
+                if trickle.recv(1) == b"":
+                    cut_after = time.monotonic() - started
+                    break
+            except BlockingIOError:
+                pass
+            except ConnectionResetError:
+                cut_after = time.monotonic() - started
+                break
+            trickle.setblocking(True)
+            time.sleep(0.1)  # the client's own pace, not synchronisation
+        assert cut_after is not None and 0.4 < cut_after < 2.0, cut_after
+        for conn in (idle, keep_alive):  # idle since connecting, or since the last answer
+            conn.settimeout(3)
+            assert conn.recv(1) == b""
+        assert time.monotonic() - started < 3.0
+        # a request whose headers come in time is not affected, nor is a slow body reader
+        status, _, body = get(port)
+        assert status == 200
+        status, _, body = get(port, "/-/healthy")
+        assert (status, body) == (200, b"OK\n")
+        with server._deadlines_lock:
+            assert server._deadlines == {}
+    finally:
+        for conn in (trickle, idle, keep_alive):
+            conn.close()
         server.shutdown()
         server.server_close()
