@@ -482,8 +482,11 @@ def test_basic_auth_with_bcrypt_hashes(start_gunicorn, tmp_path):
     web = tmp_path / "web.yml"
     web.write_text(f"basic_auth_users:\n  prometheus: '{hashed}'\n  other: '{other_hash}'\n"
                    "http_server_config:\n  headers:\n    X-Frame-Options: deny\n")
-    g = start_gunicorn(workers=1, env={"PROMETHEUS_WEB_CONFIG_FILE": str(web)},
-                       extra_args=["--log-level", "debug"])
+    redis_password = "Redis-Pw-0451"  # set but unused (Redis is off): still never logged
+    g = start_gunicorn(workers=1, env={"PROMETHEUS_WEB_CONFIG_FILE": str(web),
+                                       "REDIS_PASSWORD": redis_password},
+                       extra_args=["--log-level", "debug",
+                                   "-e", f"REDIS_PASSWORD={redis_password}"])
     g.wait_ready()
     until(lambda: get(g.metrics_port, "/-/healthy")[0] == 401, message="metrics server")
     for headers in ({}, basic("prometheus", "wrong"), basic("nobody", password),
@@ -505,7 +508,8 @@ def test_basic_auth_with_bcrypt_hashes(start_gunicorn, tmp_path):
     # the app's own requests carry credentials too, just to see they end nowhere in the log
     assert g.request("/", headers=basic("prometheus", password))[0] == 200
     log = g.output()
-    for secret in (password, hashed, other_hash, hashed[7:29], "another secret",
+    assert "raw_env" in log  # gunicorn's debug dump of its settings is there, masked
+    for secret in (password, hashed, other_hash, hashed[7:29], "another secret", redis_password,
                    base64.b64encode(f"prometheus:{password}".encode()).decode()):
         assert secret not in log
     assert "401" in log  # the debug log did record the refused requests
