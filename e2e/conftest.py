@@ -57,6 +57,9 @@ def scenario(request, prometheus, tmp_path):
     for g in started:
         prometheus.remove_target(g.label)
         g.stop()
+        # shown by pytest only when the test failed
+        print(f"--- gunicorn {g.label} (port {g.port}) log, last lines ---")
+        print("\n".join(Path(g.log_path).read_text(errors="replace").splitlines()[-60:]))
 
 
 def pytest_collection_modifyitems(config, items):

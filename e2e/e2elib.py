@@ -291,15 +291,17 @@ class Ledger:
         self.counts: Dict[Key, int] = collections.Counter()
         self.failures: List[str] = []
 
-    def record(self, req: Req, status: int) -> None:
+    def record(self, req: Req, status: int, port: int = 0) -> None:
         with self.lock:
             if status != req.status:
-                self.failures.append(f"{req.method} {req.path}: {status}, expected {req.status}")
+                self.failures.append(f"{req.method} 127.0.0.1:{port}{req.path}: {status}, "
+                                     f"expected {req.status} at {time.time():.3f}")
             self.counts[(req.method, req.route, str(status))] += 1
 
-    def fail(self, req: Req, error: BaseException) -> None:
+    def fail(self, req: Req, error: BaseException, port: int = 0) -> None:
         with self.lock:
-            self.failures.append(f"{req.method} {req.path}: {error!r}")
+            self.failures.append(f"{req.method} 127.0.0.1:{port}{req.path}: {error!r} "
+                                 f"at {time.time():.3f}")
 
     @property
     def total(self) -> int:
@@ -324,9 +326,9 @@ def send(port: int, req: Req, ledger: Ledger, timeout: float = 30.0) -> None:
         conn.request(req.method, req.path, body=req.body)
         resp = conn.getresponse()
         resp.read()
-        ledger.record(req, resp.status)
+        ledger.record(req, resp.status, port)
     except OSError as exc:
-        ledger.fail(req, exc)
+        ledger.fail(req, exc, port)
     finally:
         conn.close()
 
@@ -532,3 +534,67 @@ def as_expected(alert: dict) -> dict:
     """A live alert of /api/v1/alerts as a promtool ``exp_alerts`` entry."""
     return {"exp_labels": {k: v for k, v in alert["labels"].items() if k != "alertname"},
             "exp_annotations": dict(alert["annotations"])}
+
+
+# -- Redis mode -----------------------------------------------------------------------------------
+
+def redis_server_binary() -> Optional[str]:
+    return shutil.which("redis-server")
+
+
+class RedisServer:
+    """Our own redis-server on a free loopback port (never the shared 6379), no persistence:
+    ``stop()`` then ``start()`` gives an empty server on the same port, as a restarted Redis
+    without a volume would be."""
+
+    def __init__(self, binary: str, workdir: Path) -> None:
+        self.binary = binary
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: Optional[Process] = None
+        self.start()
+
+    def start(self) -> "RedisServer":
+        import redis
+
+        self.proc = Process([self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+                             "--protected-mode", "no"], dict(os.environ))
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+        until(client.ping, timeout=15, message=f"redis-server on port {self.port}")
+        client.close()
+        return self
+
+    def stop(self) -> None:
+        """SIGKILL: Redis vanishes at once, as a crashed or evicted pod does."""
+        if self.proc is not None:
+            self.proc.signal(signal.SIGKILL)
+            self.proc.stop(timeout=5)
+            self.proc = None
+
+    def env(self, prefix: str) -> Dict[str, str]:
+        """Settings of a gunicorn instance or of the standalone exporter using this server:
+        fast flushes and short timeouts, so that the deadlines of the suite stay short."""
+        return {"REDIS_ENABLED": "true", "REDIS_HOST": "127.0.0.1",
+                "REDIS_PORT": str(self.port), "REDIS_KEY_PREFIX": prefix,
+                "REDIS_FLUSH_INTERVAL": "0.2", "REDIS_SOCKET_TIMEOUT": "1"}
+
+
+class StandaloneExporter(Process):
+    """``gunicorn-prometheus-exporter serve`` on a free loopback port."""
+
+    def __init__(self, env: Dict[str, str]) -> None:
+        import socket
+        import sys
+
+        self.port = free_port()
+        binary = str(Path(sys.executable).with_name("gunicorn-prometheus-exporter"))
+        super().__init__([binary, "serve", "--port", str(self.port), "--bind", "127.0.0.1"],
+                         {**os.environ, "PYTHONUNBUFFERED": "1", **env})
+
+        def answers() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"exporter exited:\n{self.output()}")
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        until(answers, timeout=20, message="the standalone exporter to listen")

@@ -148,8 +148,9 @@ def test_hup_ttin_ttou_under_traffic(scenario, prometheus):
 
 
 def test_usr2_upgrade_under_traffic(scenario, prometheus, tmp_path):
-    """USR2 starts a new master beside the old one, then the old one is stopped (QUIT), the
-    way a binary upgrade is done; a client sends all along. Prometheus keeps scraping the same
+    """USR2 starts a new master beside the old one, then the old one is stopped gracefully
+    (TERM: QUIT is gunicorn's quick shutdown, whose workers exit mid-request and answer 500),
+    the way a binary upgrade is done; a client sends all along. Prometheus keeps scraping the same
     port: totals exact, no counter ever goes back."""
     import psutil
 
@@ -173,7 +174,7 @@ def test_usr2_upgrade_under_traffic(scenario, prometheus, tmp_path):
         until(new_workers, timeout=30, message="the new master's workers")
         mark = bg.sent
         until(lambda: bg.sent >= mark + 30, timeout=20, message="traffic, both masters up")
-        os.kill(old, signal.SIGQUIT)
+        os.kill(old, signal.SIGTERM)  # graceful: QUIT would cut requests short
         wait_pid_gone(old)
         mark = bg.sent
         until(lambda: bg.sent >= mark + 30, timeout=20, message="traffic after the old "

@@ -1,0 +1,137 @@
+"""Redis mode, end to end: two gunicorn instances ship their metrics to one Redis (our own
+redis-server on a free loopback port), the standalone exporter (`gunicorn-prometheus-exporter
+serve`, REDIS_ENABLED=true) serves the aggregate, and the real Prometheus scrapes the exporter.
+Exact totals through faults: SIGKILL of a worker, Redis killed and restarted empty, HUP,
+max_requests churn and a USR2 upgrade of one instance."""
+import os
+import signal
+import time
+import uuid
+
+import pytest
+
+from e2elib import (JOB, Background, Ledger, RedisServer, StandaloneExporter, assert_no_resets,
+                    assert_totals, burst, redis_server_binary, wait_pid_gone)
+from support.wait import until
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def redis_stack(scenario, prometheus, tmp_path):
+    """start(n_instances, **gunicorn kwargs) -> (redis, [gunicorn...], exporter); the exporter
+    is the one target Prometheus scrapes for this scenario."""
+    binary = redis_server_binary()
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server; "
+                    "make system-deps)")
+    pytest.importorskip("redis", reason="redis-py is not installed (pip install redis)")
+    started = []
+
+    def start(instances=2, extra_args=None, **kwargs):
+        server = RedisServer(binary, tmp_path)
+        started.append(server)
+        env = server.env("e2e" + uuid.uuid4().hex[:8])
+        gs = [scenario(workers=2, scraped=False, env=env, label=f"{scenario.name}_g{i}",
+                       extra_args=(extra_args or {}).get(i), **kwargs)
+              for i in range(instances)]
+        exporter = StandaloneExporter(env)
+        started.append(exporter)
+        exporter.label = scenario.name
+        prometheus.add_target(exporter.port, scenario.name)
+        return server, gs, exporter
+
+    yield start
+    prometheus.remove_target(scenario.name)
+    for item in reversed(started):
+        item.stop()
+
+
+def recorded(gs):
+    """Requests the instances themselves report (their own metrics port)."""
+    return sum(g.scrape().total("gunicorn_http_requests_total") for g in gs)
+
+
+def test_two_instances_through_sigkill_and_redis_restart(redis_stack, prometheus, scenario):
+    since = time.time()
+    server, gs, exporter = redis_stack(instances=2)
+    ports = [g.port for g in gs]
+    ledger = Ledger()
+    burst(ports, ledger, 180)
+    assert_totals(prometheus, scenario.name, ledger, since)
+    sel = f'job="{JOB}",scenario="{scenario.name}"'
+    prometheus.wait_for(f"gunicorn_exporter_redis_instances{{{sel}}}", 2.0)
+
+    # SIGKILL a worker of the first instance (once what it answered is recorded)
+    until(lambda: recorded(gs) == ledger.total, message="requests recorded")
+    victim = gs[0].worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_pid_gone(victim)
+    gs[0].wait_ready(workers=2)
+    burst(ports, ledger, 180)
+    assert_totals(prometheus, scenario.name, ledger, since)
+    prometheus.wait_for(f'sum(gunicorn_master_worker_restart_total{{{sel},reason="killed"}})',
+                        1.0)
+
+    # Redis killed while both instances serve; restarted empty 3 s later
+    with Background(gs[0].port, ledger) as bg0, Background(gs[1].port, ledger) as bg1:
+        until(lambda: bg0.sent > 20 and bg1.sent > 20, message="traffic to start")
+        server.stop()
+        prometheus.wait_for(f'gunicorn_exporter_source_up{{{sel},source="redis"}}', 0.0,
+                            timeout=10)
+        down_at = time.monotonic()
+        until(lambda: time.monotonic() - down_at >= 3, timeout=5, message="3 s of outage")
+        server.start()
+        prometheus.wait_for(f'gunicorn_exporter_source_up{{{sel},source="redis"}}', 1.0,
+                            timeout=10)
+        mark = bg0.sent + bg1.sent
+        until(lambda: bg0.sent + bg1.sent >= mark + 60, message="traffic after the restart")
+    assert_totals(prometheus, scenario.name, ledger, since, timeout=30)
+    prometheus.wait_for(f"gunicorn_exporter_redis_instances{{{sel}}}", 2.0)
+    assert_no_resets(prometheus, scenario.name, since)
+
+
+def test_hup_churn_and_usr2_of_one_instance(redis_stack, prometheus, scenario, tmp_path):
+    """Instance 0 reloads (HUP) and is upgraded (USR2, then TERM of the old master);
+    instance 1 churns workers (--max-requests 7). The aggregate stays exact and monotonic."""
+    since = time.time()
+    pidfile = str(tmp_path / "g0.pid")
+    server, gs, exporter = redis_stack(
+        instances=2, extra_args={0: ["--pid", pidfile],
+                                 1: ["--max-requests", "7", "--max-requests-jitter", "0"]})
+    ledger = Ledger()
+    sel = f'job="{JOB}",scenario="{scenario.name}"'
+    with Background(gs[0].port, ledger) as bg0, Background(gs[1].port, ledger) as bg1:
+        until(lambda: bg0.sent > 30 and bg1.sent > 30, message="traffic to start")
+        gs[0].signal(signal.SIGHUP)
+        gs[0].scrape_until(lambda s: s.total("gunicorn_master_worker_restart_total",
+                                             reason="reload") == 2, timeout=30)
+        mark = bg0.sent
+        until(lambda: bg0.sent >= mark + 30, message="traffic after HUP")
+        old = gs[0].pid
+        gs[0].signal(signal.SIGUSR2)
+        until(lambda: os.path.exists(pidfile + ".2"), timeout=30, message="new master")
+        new = int(open(pidfile + ".2").read())
+        until(lambda: len(_children(new)) >= 3, timeout=30, message="new master's workers")
+        mark = bg0.sent
+        until(lambda: bg0.sent >= mark + 30, message="traffic, both masters up")
+        os.kill(old, signal.SIGTERM)  # graceful: QUIT would cut requests short
+        wait_pid_gone(old)
+        mark = bg0.sent
+        until(lambda: bg0.sent >= mark + 30, message="traffic after the old master left")
+    assert not ledger.failures, "\n".join(
+        ledger.failures[:10] + [f"--- instance {g.port} ---\n{g.output()[-5000:]}" for g in gs])
+    assert_totals(prometheus, scenario.name, ledger, since, timeout=30)
+    restarts = prometheus.by(f"sum by (reason) (gunicorn_master_worker_restart_total{{{sel}}})",
+                             "reason")
+    assert restarts.get(("reload",)) == 2.0, restarts
+    assert restarts.get(("max_requests",), 0) >= (bg1.sent // 2) // 7 - 1, restarts
+    assert_no_resets(prometheus, scenario.name, since)
+
+
+def _children(pid):
+    import psutil
+    try:
+        return psutil.Process(pid).children()
+    except psutil.NoSuchProcess:
+        return []
