@@ -37,7 +37,8 @@ def write_process(directory: str, identity: str, label_sets: int) -> None:
     counters, histograms = store.file("counter"), store.file("histogram")
     for i in range(label_sets):
         labels = {"route": f"/r{i}"}
-        counters.values[scalar_position(counters, COUNTER, labels)] += 1
+        position = scalar_position(counters, COUNTER, labels)  # may grow the file: index first
+        counters.values[position] += 1
         buckets, total = histogram_positions(histograms, HISTOGRAM, labels, BOUNDS)
         histograms.values[buckets[i % len(buckets)]] += 1
         histograms.values[total] += 0.1
