@@ -30,7 +30,8 @@ def padded_length(encoded_length: int) -> int:
 
 
 class MmapFile:
-    """Append-only key table of one process. ``values[index(key)] += x`` records.
+    """Append-only key table of one process. ``i = index(key)`` then ``values[i] += x``
+    records (in that order: ``index`` may grow the file and replace ``values``).
 
     Appending is serialised; recording is not: each value has one writer thread (or the
     caller holds its own lock). Growing maps the file again and keeps the old maps open: a
