@@ -25,9 +25,7 @@ import argparse
 import json
 import logging
 import os
-import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,27 +34,10 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-import psutil
+from common import cpu_seconds, free_port, wait_port, wrk
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "exporter"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 class RedisServer:
@@ -100,19 +81,7 @@ class Instance:
         wrk(self.port, 1, 2)  # warm-up
 
     def cpu_seconds(self) -> float:
-        total = 0.0
-        try:
-            procs = [psutil.Process(self.proc.pid)]
-            procs += procs[0].children(recursive=True)
-        except psutil.NoSuchProcess:
-            return 0.0
-        for p in procs:
-            try:
-                t = p.cpu_times()
-                total += t.user + t.system
-            except psutil.NoSuchProcess:
-                pass
-        return total
+        return cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -121,18 +90,6 @@ class Instance:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, 9)
             self.proc.wait(5)
-
-
-def wrk(port: int, duration: int, connections: int) -> Dict[str, float]:
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s",
-                          f"http://127.0.0.1:{port}/"], capture_output=True, text=True,
-                         timeout=duration + 60).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    done = int(re.search(r"(\d+) requests in", out).group(1))
-    errors = re.search(r"Socket errors: (.*)", out)
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "requests": done, "errors": errors.group(1) if errors else "",
-            "non2xx": int(non2xx.group(1)) if non2xx else 0}
 
 
 def redis_requests(settings) -> float:

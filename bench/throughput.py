@@ -13,28 +13,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import psutil
+from common import cpu_seconds, free_port, wait_port, wrk
 
 HERE = Path(__file__).resolve().parent
 PLAIN = {"sync": "sync", "gthread": "gthread"}
 PLUGIN = {"sync": "gunicorn_prometheus_exporter.PrometheusWorker",
           "gthread": "gunicorn_prometheus_exporter.PrometheusThreadWorker"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_variant(worker_class: str, duration: int, connections: int, tmp: str) -> tuple:
@@ -48,38 +39,15 @@ def run_variant(worker_class: str, duration: int, connections: int, tmp: str) ->
                              os.path.join(tmp, f"ctl-{port}"), "hello:app"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        subprocess.run(["wrk", "-t1", "-c2", "-d1s", f"http://127.0.0.1:{port}/"],
-                       capture_output=True)  # warm-up
+        wait_port(port, proc=proc)
+        wrk(port, 1, 2)  # warm-up
         before = cpu_seconds(proc.pid)
-        out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s",
-                              f"http://127.0.0.1:{port}/"], capture_output=True,
-                             text=True).stdout
+        run = wrk(port, duration, connections, threads=2)
         cpu = cpu_seconds(proc.pid) - before
-        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-        total = int(re.search(r"(\d+) requests in", out).group(1))
-        return rps, cpu / total * 1e6
+        return run["rps"], cpu / run["requests"] * 1e6
     finally:
         proc.terminate()
         proc.wait(10)
-
-
-def cpu_seconds(pid: int) -> float:
-    total = 0.0
-    try:
-        master = psutil.Process(pid)
-        for p in [master, *master.children(recursive=True)]:
-            t = p.cpu_times()
-            total += t.user + t.system
-    except psutil.NoSuchProcess:
-        pass
-    return total
 
 
 def main() -> None:

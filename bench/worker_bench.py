@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
+from common import cpu_seconds, free_port, wait_port, wrk
 
 HELLO_WSGI = '''
 def app(environ, start_response):
@@ -61,24 +59,6 @@ WORKERS = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    total = 0.0
-    try:
-        master = psutil.Process(pid)
-        for p in [master, *master.children(recursive=True)]:
-            t = p.cpu_times()
-            total += t.user + t.system
-    except psutil.NoSuchProcess:
-        pass
-    return total
-
-
 def run_variant(worker_class: str, app: str, args: argparse.Namespace, tmp: str) -> tuple:
     port = free_port()
     env = {**os.environ, "PROMETHEUS_METRICS_PORT": str(free_port()),
@@ -89,25 +69,16 @@ def run_variant(worker_class: str, app: str, args: argparse.Namespace, tmp: str)
                              "--chdir", tmp, "--keep-alive", "30", "--control-socket",
                              os.path.join(tmp, f"ctl-{port}"), app],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise SystemExit(f"{worker_class} did not start")
-                time.sleep(0.05)
-        subprocess.run(["wrk", "-t1", "-c4", "-d1s", url], capture_output=True)  # warm-up
+        try:
+            wait_port(port, proc=proc)
+        except RuntimeError:
+            raise SystemExit(f"{worker_class} did not start") from None
+        wrk(port, 1, 4)  # warm-up
         before = cpu_seconds(proc.pid)
-        out = subprocess.run(["wrk", "-t1", f"-c{args.connections}", f"-d{args.duration}s",
-                              url], capture_output=True, text=True).stdout
+        run = wrk(port, args.duration, args.connections)
         cpu = cpu_seconds(proc.pid) - before
-        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-        total = int(re.search(r"(\d+) requests in", out).group(1))
-        return rps, cpu / total * 1e6
+        return run["rps"], cpu / run["requests"] * 1e6
     finally:
         proc.terminate()
         proc.wait(15)
