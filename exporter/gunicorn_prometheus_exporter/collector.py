@@ -217,20 +217,27 @@ def _add_worker_states(out: Dict[str, Metric]) -> None:
     out[spec.name] = metric
 
 
-class DirectoryCollector:
-    """Reads one multiprocess directory: a reader per file, merged by a ``Merger``."""
+class ReadStats:
+    """How the last reads of a storage went, as ``health_families`` reports them."""
 
-    def __init__(self, directory: str) -> None:
-        self.directory = directory
-        self.merger = Merger()
-        self._files: Dict[str, Tuple[Shard, FileReader]] = {}
-        self._lock = threading.Lock()
+    def __init__(self) -> None:
         self.last_duration = 0.0
         self.last_files = 0
         self.last_values = 0
         self.read_errors = 0
         self.last_success: Optional[float] = None
         self.source_up = 0
+
+
+class DirectoryCollector(ReadStats):
+    """Reads one multiprocess directory: a reader per file, merged by a ``Merger``."""
+
+    def __init__(self, directory: str) -> None:
+        super().__init__()
+        self.directory = directory
+        self.merger = Merger()
+        self._files: Dict[str, Tuple[Shard, FileReader]] = {}
+        self._lock = threading.Lock()
         self._torn_reported: set = set()
 
     def read(self) -> List[Metric]:
@@ -297,7 +304,7 @@ def _distribution_version(name: str) -> str:
         return "unknown"
 
 
-def health_families(collector: "DirectoryCollector", source: str) -> Iterable[Metric]:
+def health_families(collector: ReadStats, source: str) -> Iterable[Metric]:
     """The exporter's own metrics, from the state of a collector (directory or Redis)."""
     import gunicorn
 

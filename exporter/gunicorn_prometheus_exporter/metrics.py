@@ -164,12 +164,14 @@ REDIS_FLUSH_DURATION = _f("gunicorn_exporter_redis_flush_duration_seconds", "gau
                           "Seconds this instance's last successful flush to Redis took.",
                           mode="livemax", origin="exporter", storage="redis")
 REDIS_INSTANCES = _f("gunicorn_exporter_redis_instances", "gauge",
-                     "Live gunicorn instances the Redis reader serves.", origin="exporter", storage="redis")
+                     "Live gunicorn instances the Redis reader serves.", origin="exporter",
+                     storage="redis")
 REDIS_FLUSH_AGE = _f("gunicorn_exporter_redis_flush_age_seconds", "gauge",
                      "Seconds since each served instance last flushed (Redis's clock).",
                      ("instance",), origin="exporter", storage="redis")
 REDIS_ROUND_TRIPS = _f("gunicorn_exporter_redis_read_round_trips", "gauge",
-                       "Redis round trips of the reader's last read.", origin="exporter", storage="redis")
+                       "Redis round trips of the reader's last read.", origin="exporter",
+                       storage="redis")
 REDIS_FOLDED = _f("gunicorn_exporter_redis_folded_instances", "counter",
                   "Vanished instances this reader folded into the durable totals.",
                   origin="exporter", storage="redis")

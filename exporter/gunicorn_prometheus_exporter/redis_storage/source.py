@@ -25,7 +25,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 from prometheus_client.metrics_core import Metric
 
 from .. import metrics as catalogue
-from ..collector import Merger, Shard, health_families
+from ..collector import Merger, ReadStats, Shard, health_families
 from . import connection, scripts
 from .keys import META_FIELD, SEPARATOR, Layout, Timing, parse_shard
 
@@ -42,18 +42,6 @@ class _View:
         self.keys: List[str] = []
         self.positions: Dict[str, int] = {}
         self.recent = shard.op == "recent"
-
-
-class _State:
-    """What ``health_families`` reads from a collector."""
-
-    def __init__(self) -> None:
-        self.last_duration = 0.0
-        self.last_files = 0
-        self.last_values = 0
-        self.read_errors = 0
-        self.last_success: Optional[float] = None
-        self.source_up = 0
 
 
 def _extra(typ: str, mode: str, identity: str, incarnation: str) -> Tuple[Tuple[str, str], ...]:
@@ -74,7 +62,7 @@ class RedisSource:
         scope = f", node {self.scope!r}" if self.scope else ", all nodes"
         self.description = f"{where} prefix {r.key_prefix!r}{scope}"
         self._password = connection.target(settings).password
-        self.state = _State()
+        self.state = ReadStats()
         self.merger = Merger()
         self._views: Dict[Tuple[str, str, str], _View] = {}
         self._lock = threading.Lock()

@@ -20,15 +20,11 @@ except ImportError as exc:  # gunicorn 23
 
 if ASGIWorker is not None:
     from ..frameworks.asgi import ASGIMetrics
-    from .base import PrometheusWorkerMixin
+    from .base import ConnectionsMixin
 
-    class PrometheusASGIWorker(PrometheusWorkerMixin, ASGIWorker):  # type: ignore
+    class PrometheusASGIWorker(ConnectionsMixin, ASGIWorker):  # type: ignore
         threaded = False
         request_hooks = False
-
-        @property
-        def capacity(self) -> int:
-            return max(1, int(self.cfg.worker_connections))
 
         def load_wsgi(self) -> None:
             ASGIWorker.load_wsgi(self)

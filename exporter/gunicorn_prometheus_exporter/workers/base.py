@@ -282,6 +282,15 @@ class PrometheusWorkerMixin:
         super().handle_abort(sig, frame)
 
 
+class ConnectionsMixin(PrometheusWorkerMixin):
+    """For the asynchronous workers (gevent, eventlet, ASGI): one process handles up to
+    ``worker_connections`` requests at once."""
+
+    @property
+    def capacity(self) -> int:
+        return max(1, int(self.cfg.worker_connections))
+
+
 def _prepare_process() -> None:
     identity.route_prometheus_client(config.settings().multiproc_dir)
     logcount.counter()

@@ -39,16 +39,12 @@ except (ImportError, RuntimeError) as exc:  # gunicorn >= 26, or eventlet missin
     EventletWorker = None  # type: ignore[assignment,misc]
 
 if EventletWorker is not None:
-    from .base import PrometheusWorkerMixin
+    from .base import ConnectionsMixin
 
-    class PrometheusEventletWorker(PrometheusWorkerMixin, EventletWorker):  # type: ignore
+    class PrometheusEventletWorker(ConnectionsMixin, EventletWorker):  # type: ignore
         threaded = False
 
         _hub_ready = False
-
-        @property
-        def capacity(self) -> int:
-            return max(1, int(self.cfg.worker_connections))
 
         def init_process(self) -> None:
             import eventlet

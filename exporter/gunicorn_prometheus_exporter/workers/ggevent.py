@@ -10,15 +10,11 @@ never interleave inside it. In-flight counts requests between gunicorn's
 from gevent import monkey
 from gunicorn.workers.ggevent import GeventWorker
 
-from .base import PrometheusWorkerMixin
+from .base import ConnectionsMixin
 
 
-class PrometheusGeventWorker(PrometheusWorkerMixin, GeventWorker):
+class PrometheusGeventWorker(ConnectionsMixin, GeventWorker):
     threaded = False
-
-    @property
-    def capacity(self) -> int:
-        return max(1, int(self.cfg.worker_connections))
 
     def init_process(self) -> None:
         # gunicorn's GeventWorker.init_process patches again (a no-op for what is patched

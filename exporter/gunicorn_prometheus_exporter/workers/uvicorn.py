@@ -10,16 +10,12 @@ from __future__ import annotations
 from uvicorn_worker import UvicornWorker
 
 from ..frameworks.asgi import ASGIMetrics
-from .base import PrometheusWorkerMixin
+from .base import ConnectionsMixin
 
 
-class PrometheusUvicornWorker(PrometheusWorkerMixin, UvicornWorker):
+class PrometheusUvicornWorker(ConnectionsMixin, UvicornWorker):
     threaded = False
     request_hooks = False
-
-    @property
-    def capacity(self) -> int:
-        return max(1, int(self.cfg.worker_connections))
 
     def load_wsgi(self) -> None:
         UvicornWorker.load_wsgi(self)
