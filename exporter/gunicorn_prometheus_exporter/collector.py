@@ -8,6 +8,8 @@ families derived from the request families, live/dead filtering through the iden
 locks, and busy/idle workers."""
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import math
 import os
@@ -204,6 +206,21 @@ class Merger:
         return [out[name] for name in sorted(out)]
 
 
+@contextlib.contextmanager
+def gc_paused():
+    """A collection creates tens of thousands of short-lived, acyclic objects (samples,
+    label dicts), which would trigger full cyclic-GC passes over the long-lived series
+    registry: two thirds of the time at 19,000 samples. Reference counting frees them all;
+    the cyclic collector waits until the collection is done."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def _add_worker_states(out: Dict[str, Metric]) -> None:
     """``gunicorn_workers{state}``: live workers with and without a request in flight."""
     in_flight = out.get(catalogue.IN_FLIGHT.name)
@@ -242,7 +259,7 @@ class DirectoryCollector(ReadStats):
 
     def read(self) -> List[Metric]:
         """Collect the directory into families (thread-safe; one read at a time)."""
-        with self._lock:
+        with self._lock, gc_paused():
             started = time.perf_counter()
             try:
                 families = self._read()

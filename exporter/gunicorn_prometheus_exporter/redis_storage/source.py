@@ -25,7 +25,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 from prometheus_client.metrics_core import Metric
 
 from .. import metrics as catalogue
-from ..collector import Merger, ReadStats, Shard, health_families
+from ..collector import Merger, ReadStats, Shard, gc_paused, health_families
 from . import connection, scripts
 from .keys import META_FIELD, SEPARATOR, Layout, Timing, parse_shard
 
@@ -93,7 +93,8 @@ class RedisSource:
     def read(self) -> List[Metric]:
         started = time.perf_counter()
         try:
-            families = self._read()
+            with gc_paused():
+                families = self._read()
         except (*connection.errors(), ValueError, IndexError, TypeError) as exc:
             # unreachable, refused, or a reply we cannot parse (keys of the prefix written
             # by something else): health metrics only, the scrape itself never fails
