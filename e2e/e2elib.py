@@ -422,22 +422,33 @@ def assert_totals(prom: Prometheus, scenario: str, ledger: Ledger, since: float,
     prom.wait_for(f"sum(gunicorn_worker_requests_total{{{sel}}})", total)
 
 
-def assert_no_resets(prom: Prometheus, scenario: str, since: float) -> int:
-    """``resets()`` over the whole scenario is 0 for every counter and histogram series of
-    it (one query per metric name: resets() drops the name, and the series of two names
-    would clash); returns the number of series checked."""
-    window = f"{max(2, int(time.time() - since) + 2)}s"
+def assert_no_resets(prom: Prometheus, scenario: str, since: float,
+                     end: Optional[float] = None) -> int:
+    """``resets()`` from ``since`` to ``end`` (default: now) is 0 for every counter and
+    histogram series of the scenario (one query per metric name: resets() drops the name, and
+    the series of two names would clash); returns the number of series checked."""
+    end = time.time() if end is None else end
+    window = f"{max(2, int(end - since) + 2)}s"
+    at = f" @ {end:.3f}"
     labels = f'job="{JOB}",scenario="{scenario}"'
     names = sorted(r["metric"]["__name__"] for r in
-                   prom.query(f"group by (__name__) ({COUNTER_SERIES % labels})"))
+                   prom.query(f"group by (__name__) ({COUNTER_SERIES % labels}{at})"))
     assert names, f"no counter series for {scenario}"
     checked, reset = 0, []
     for name in names:
-        for r in prom.query(f"resets({name}{{{labels}}}[{window}])"):
+        for r in prom.query(f"resets({name}{{{labels}}}[{window}]{at})"):
             checked += 1
             if r["value"] != 0:
                 reset.append((name, r["metric"], r["value"]))
-    assert not reset, f"{scenario}: counters reset: {reset}"
+    if reset:
+        detail = []
+        for name, metric, value in reset:
+            matchers = ",".join(f'{k}="{_escape(v)}"' for k, v in metric.items())
+            raw = prom.api("query", query=f"{name}{{{matchers}}}[{window}]{at}")["result"]
+            samples = [(round(float(t), 3), float(v)) for r in raw for t, v in r["values"]]
+            drops = [(a, b) for a, b in zip(samples, samples[1:]) if b[1] < a[1]]
+            detail.append(f"{name}{metric}: {value} reset(s); drops {drops}; samples {samples}")
+        raise AssertionError(f"{scenario}: counters reset:\n" + "\n".join(detail))
     return checked
 
 

@@ -10,8 +10,11 @@ import uuid
 
 import pytest
 
-from e2elib import (JOB, Background, Ledger, RedisServer, StandaloneExporter, assert_no_resets,
-                    assert_totals, burst, redis_server_binary, wait_pid_gone)
+from e2elib import (JOB, SCRAPE_INTERVAL as SCRAPE, Background, Ledger, RedisServer,
+                    StandaloneExporter, assert_no_resets, assert_totals, burst,
+                    redis_server_binary, wait_pid_gone)
+from support.procs import Gunicorn
+from support.scrape import scrape
 from support.wait import until
 
 pytestmark = pytest.mark.redis
@@ -76,6 +79,7 @@ def test_two_instances_through_sigkill_and_redis_restart(redis_stack, prometheus
     # Redis killed while both instances serve; restarted empty 3 s later
     with Background(gs[0].port, ledger) as bg0, Background(gs[1].port, ledger) as bg1:
         until(lambda: bg0.sent > 20 and bg1.sent > 20, message="traffic to start")
+        stopped_at = time.time()
         server.stop()
         prometheus.wait_for(f'gunicorn_exporter_source_up{{{sel},source="redis"}}', 0.0,
                             timeout=10)
@@ -84,11 +88,100 @@ def test_two_instances_through_sigkill_and_redis_restart(redis_stack, prometheus
         server.start()
         prometheus.wait_for(f'gunicorn_exporter_source_up{{{sel},source="redis"}}', 1.0,
                             timeout=10)
+        prometheus.wait_for(f"gunicorn_exporter_redis_instances{{{sel}}}", 2.0)
+        settled_at = time.time() + SCRAPE  # the next scrape sees both instances again
         mark = bg0.sent + bg1.sent
-        until(lambda: bg0.sent + bg1.sent >= mark + 60, message="traffic after the restart")
+        until(lambda: bg0.sent + bg1.sent >= mark + 60 and time.time() > settled_at + 3,
+              message="traffic after the restart")
     assert_totals(prometheus, scenario.name, ledger, since, timeout=30)
     prometheus.wait_for(f"gunicorn_exporter_redis_instances{{{sel}}}", 2.0)
-    assert_no_resets(prometheus, scenario.name, since)
+    # No reset before the outage nor once both instances are served again. Right after the
+    # restart the exporter may serve one instance before the other has re-flushed (a
+    # partial sum: see test_redis_restart_never_serves_a_partial_aggregate, a known bug).
+    assert_no_resets(prometheus, scenario.name, since, end=stopped_at)
+    assert_no_resets(prometheus, scenario.name, settled_at)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "plugin bug: after Redis restarts empty, the standalone exporter serves the aggregate of "
+    "the instances that have re-flushed so far, so until the last one flushes again every "
+    "counter of the others goes backwards (Prometheus sees a reset)"))
+def test_redis_restart_never_serves_a_partial_aggregate(tmp_path):
+    """Minimal reproduction, no Prometheus: two instances, 20 requests each, no traffic
+    after that; Redis restarted empty. The second instance's metrics process (its flusher) is
+    paused for 1.5 s across the restart (less than the 3 s after which an instance counts as
+    dead), which only widens the window in which it has not re-flushed yet. The exporter's
+    total must never be below the 40 it served before the outage."""
+    binary = redis_server_binary()
+    if binary is None:
+        pytest.skip("redis-server is not installed (make system-deps)")
+    server = RedisServer(binary, tmp_path)
+    env = server.env("e2e" + uuid.uuid4().hex[:8])
+    gs, exporter, paused = [], None, None
+    try:
+        for _ in range(2):  # one after the other: see test_two_instances_started_together
+            gs.append(Gunicorn(tmp_path, workers=1, env=env).wait_ready(workers=1))
+        exporter = StandaloneExporter(env)
+        burst([g.port for g in gs], Ledger(), 40)
+        until(lambda: exporter_total(exporter) == 40, timeout=15, message="40 requests served")
+        server.stop()
+        until(lambda: exporter_total(exporter) == 0, timeout=10, message="the outage seen")
+        paused = gs[1].monitor_pid()
+        os.kill(paused, signal.SIGSTOP)
+        server.start()
+        served = []
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:  # bounded: 1.5 s of reads, every 20 ms
+            served.append(exporter_total(exporter))
+            time.sleep(0.02)
+        os.kill(paused, signal.SIGCONT)
+        paused = None
+        until(lambda: exporter_total(exporter) == 40, timeout=10, message="40 served again")
+        assert min(t for t in served if t) == 40, f"served after the restart: {sorted(set(served))}"
+    finally:
+        if paused is not None:
+            os.kill(paused, signal.SIGCONT)
+        if exporter is not None:
+            exporter.stop()
+        for g in gs:
+            g.stop()
+        server.stop()
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "plugin bug: the Redis instance id is <hostname>-<master start time in ms>; two masters "
+    "started on one host within the same clock tick (psutil create_time: 10 ms) get the same "
+    "id and overwrite each other in Redis, so the exporter serves one instance"))
+def test_two_instances_started_together_are_two_instances(tmp_path):
+    """Minimal reproduction: two gunicorn masters started back to back on this host (as two
+    services of one machine may be), 20 requests each; the exporter must serve 2 instances
+    and 40 requests. Not strict: the two starts do not always fall in one clock tick."""
+    binary = redis_server_binary()
+    if binary is None:
+        pytest.skip("redis-server is not installed (make system-deps)")
+    server = RedisServer(binary, tmp_path)
+    env = server.env("e2e" + uuid.uuid4().hex[:8])
+    gs, exporter = [], None
+    try:
+        gs = [Gunicorn(tmp_path, workers=1, env=env) for _ in range(2)]  # no wait between
+        for g in gs:
+            g.wait_ready(workers=1)
+        exporter = StandaloneExporter(env)
+        burst([g.port for g in gs], Ledger(), 40)
+        assert recorded(gs) == 40
+        until(lambda: exporter_total(exporter) == 40, timeout=10,
+              message="the exporter to serve both instances' 40 requests")
+        assert scrape(exporter.port).value("gunicorn_exporter_redis_instances") == 2
+    finally:
+        if exporter is not None:
+            exporter.stop()
+        for g in gs:
+            g.stop()
+        server.stop()
+
+
+def exporter_total(exporter) -> float:
+    return scrape(exporter.port).total("gunicorn_http_requests_total")
 
 
 def test_hup_churn_and_usr2_of_one_instance(redis_stack, prometheus, scenario, tmp_path):
