@@ -1,8 +1,9 @@
 """Which incarnation a gunicorn instance writes under, kept in its multiprocess directory.
 
-An incarnation is ``<name>-<start>``: the name is ``REDIS_INSTANCE_ID`` (default the host
-or pod name, ``HOSTNAME``), the start is when the directory's first master started (base
-36 milliseconds). It is stored in the directory, in ``redis-instance.lock``, so
+An incarnation is ``<name>-<start>-<pid>``: the name is ``REDIS_INSTANCE_ID`` (default
+the host or pod name, ``HOSTNAME``), the start is when the directory's first master
+started (base 36 milliseconds) and the pid is that master's (base 36), so two masters
+started on one host within the same clock tick are still two instances. It is stored in the directory, in ``redis-instance.lock``, so
 
 * a restarted metrics process, and the new master of a USR2 upgrade (which shares the
   directory and continues its files), go on under the same incarnation;
@@ -70,7 +71,7 @@ def load(directory: str, name: str) -> Tuple[str, Dict[str, float], Optional[int
         return str(state["id"]), baseline, int(closed) if closed is not None else None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
-    incarnation = f"{name}-{_base36(int(master_start() * 1000))}"
+    incarnation = f"{name}-{_base36(int(master_start() * 1000))}-{_base36(master_pid())}"
     save(directory, incarnation, {})
     return incarnation, {}, None
 
