@@ -24,7 +24,6 @@ _EXIT_CODE = re.compile(r"Worker \(pid:(\d+)\) exited with code (-?\d+)")
 _SIGNALLED = re.compile(r"Worker \(pid:(\d+)\) was sent (\w+)")
 _TIMED_OUT = re.compile(r"WORKER TIMEOUT \(pid:(\d+)\)")
 
-PLANNED = ("max_requests", "reload", "scale_down", "shutdown")
 #: gunicorn halts the whole server when a worker exits with these codes (boot failure,
 #: application load failure), so every exit after them is part of a shutdown
 HALTING_CODES = (3, 4)

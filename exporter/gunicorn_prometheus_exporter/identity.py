@@ -17,11 +17,9 @@ _identity: Optional[str] = None
 APP_SUFFIX = ".app"
 
 
-def current() -> str:
-    return _identity or str(os.getpid())
-
-
 def for_prometheus_client() -> str:
+    """prometheus_client's process identifier: the slot's ``.app`` identity in a worker,
+    the pid elsewhere (prometheus_client's own default)."""
     return (_identity + APP_SUFFIX) if _identity else str(os.getpid())
 
 
