@@ -173,7 +173,7 @@ def _serve(args: argparse.Namespace) -> int:
              p.bind_address, p.metrics_port)
     received = signal.sigwait(stop_signals)
     log.info("stopping (%s)", signal.Signals(received).name)
-    server.shutdown()
+    server.stop(grace=0.5)  # SIGTERM ends the exporter within a second
     server.server_close()
     source.close()
     return 0

@@ -69,6 +69,8 @@ class MetricsServer(ThreadingHTTPServer):
         self.headers = web.headers
         self.tls = web.tls_context()
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._busy = 0  # requests being answered right now
+        self._idle = threading.Condition()
         self._deadlines: dict = {}  # file descriptor -> monotonic deadline of its headers
         self._deadlines_lock = threading.Lock()
         self._refused = 0
@@ -79,6 +81,20 @@ class MetricsServer(ThreadingHTTPServer):
         self.address_family = sock.family
         self.server_address = sock.getsockname()[:2]
         self.server_name, self.server_port = self.server_address
+
+    def stop(self, grace: float) -> None:
+        """Stop accepting, then let requests being answered finish (at most ``grace``
+        seconds): a scrape in progress when the process is told to stop (a USR2 upgrade's
+        old master leaving, a pod being replaced) still gets its answer."""
+        self.shutdown()
+        with self._idle:
+            self._idle.wait_for(lambda: self._busy == 0, timeout=grace)
+
+    def answering(self, delta: int) -> None:
+        with self._idle:
+            self._busy += delta
+            if not self._busy:
+                self._idle.notify_all()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
@@ -181,6 +197,13 @@ class MetricsHandler(BaseHTTPRequestHandler):
         return ok
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self.server.answering(+1)
+        try:
+            self._answer()
+        finally:
+            self.server.answering(-1)
+
+    def _answer(self) -> None:
         if not self.server.auth.check(self.headers.get("Authorization")):
             self._send(401, b"Unauthorized\n", "text/plain; charset=utf-8",
                        {"WWW-Authenticate": 'Basic realm="metrics"'})

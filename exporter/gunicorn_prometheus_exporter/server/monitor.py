@@ -19,6 +19,8 @@ from . import webconfig
 from .http import Exposition, MetricsServer, listening_socket
 
 _PR_SET_PDEATHSIG = 1
+#: seconds a stopping metrics process gives scrapes in progress; the master waits longer
+STOP_GRACE = 1.5
 
 
 class Monitor:
@@ -106,7 +108,7 @@ class Monitor:
         if self.pid is not None:
             try:
                 os.kill(self.pid, signal.SIGTERM)
-                _reap(self.pid, timeout=2.0)
+                _reap(self.pid, timeout=STOP_GRACE + 1.5)
             except ProcessLookupError:
                 pass
             self.pid = None
@@ -175,7 +177,7 @@ def _serve(sock: Optional[socket.socket], settings: Settings, web: webconfig.Web
         if signal.sigtimedwait(stop_signals, min(1.0, scheduler.tick())) is not None:
             break
     if server is not None:
-        server.shutdown()
+        server.stop(grace=STOP_GRACE)
     scheduler.close()
 
 
