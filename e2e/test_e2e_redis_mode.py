@@ -102,10 +102,6 @@ def test_two_instances_through_sigkill_and_redis_restart(redis_stack, prometheus
     assert_no_resets(prometheus, scenario.name, settled_at)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "plugin bug: after Redis restarts empty, the standalone exporter serves the aggregate of "
-    "the instances that have re-flushed so far, so until the last one flushes again every "
-    "counter of the others goes backwards (Prometheus sees a reset)"))
 def test_redis_restart_never_serves_a_partial_aggregate(tmp_path):
     """Minimal reproduction, no Prometheus: two instances, 20 requests each, no traffic
     after that; Redis restarted empty. The second instance's metrics process (its flusher) is

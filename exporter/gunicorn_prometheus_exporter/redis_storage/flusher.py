@@ -9,7 +9,9 @@ commands per flush whatever the request rate.
 
 What is sent is state (absolute values), not events: a flush that fails is simply
 superseded by the next one, an outage of any length costs no memory, and Redis losing
-its data (a restart without persistence) is repaired by sending everything again.
+its data (a restart without persistence) is repaired by sending everything again: the
+flush script tells a flusher so when the prefix's epoch (see ``scripts``) is not the one of
+its previous flush, even if a reader has meanwhile put remembered values back.
 
 Lifetimes (see ``scripts``): ``close()`` (the metrics process's SIGTERM at gunicorn's
 shutdown) sends the final values and folds the instance into the durable per-prefix
@@ -67,6 +69,8 @@ class Flusher:
         self._last_values: Dict[str, tuple] = {}
         self._names: Dict[str, List[str]] = {}
         self._need_full = True
+        #: the prefix's epoch of our last flush: when it changes, Redis lost what we sent
+        self._epoch = ""
         self._up: Optional[bool] = None
         self._failures = 0
         self._retry_at = 0.0
@@ -151,11 +155,13 @@ class Flusher:
         refresh = now - self._last_refresh >= (max(1.0, t.ttl / 4) if t.ttl else 3600.0)
         args = [self.layout.base, self.incarnation, self.node, self._meta, int(full),
                 int(final), t.ttl, int(refresh), t.dead_after if reap else 0,
-                t.snapshot_ttl, TOMBSTONE_SECONDS, len(pairs) // 2, *pairs, *deletes]
+                t.snapshot_ttl, TOMBSTONE_SECONDS, self._epoch, scripts.token(),
+                len(pairs) // 2, *pairs, *deletes]
         reply, _ = scripts.call(client, "flush", [self.layout.hb], args)
         status, reaped = str(reply[0]), int(reply[1])
         if status != "ok":
             return status
+        self._epoch = str(reply[2])
         for name, (fields, values) in staged.items():
             self._sent[name] = fields
             self._last_values[name] = values

@@ -10,6 +10,8 @@ whole prefix lives in one hash slot and every script touches one node::
     {P}:tn         SET   nodes that have a total hash
     {P}:gone       ZSET  incarnation -> fold time (tombstones, kept a day)
     {P}:f:<inc>    HASH  what was folded of an incarnation (for its writer, if it revives)
+    {P}:epoch      HASH  'id' -> epoch, new whenever the prefix was lost; 't:<node>' -> when
+                         a reader restored that node's part after the loss
 
 ``<shard>`` is a multiprocess file's name without ``.db`` (``counter_w0``,
 ``gauge_livesum_w1``, ``histogram_w0.app``); ``<entry key>`` is prometheus_client's JSON
@@ -43,6 +45,7 @@ class Layout:
         self.node = self.base + "node"
         self.totals_nodes = self.base + "tn"
         self.gone = self.base + "gone"
+        self.epoch = self.base + "epoch"
 
     def data(self, incarnation: str) -> str:
         return f"{self.base}i:{incarnation}"

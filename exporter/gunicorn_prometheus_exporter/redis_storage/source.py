@@ -13,7 +13,12 @@ so the exposition is exactly what file mode gives, with these rules across insta
 
 With ``REDIS_SCOPE=node`` only the instances that run on ``NODE_NAME`` (and the totals of
 that node's ended instances) are served, so that one exporter per node never serves a
-series another one serves too."""
+series another one serves too.
+
+Redis losing its data (a restart without persistence) never makes a served counter go
+backwards: the reader remembers what its last read served and under which epoch of the
+prefix; a read that finds another epoch puts back, in one more script call (``RESTORE``),
+the durable totals and the instances that have not flushed since, and reads again."""
 from __future__ import annotations
 
 import logging
@@ -27,7 +32,7 @@ from prometheus_client.metrics_core import Metric
 from .. import metrics as catalogue
 from ..collector import Merger, ReadStats, Shard, gc_paused, health_families
 from . import connection, scripts
-from .keys import META_FIELD, SEPARATOR, Layout, Timing, parse_shard
+from .keys import META_FIELD, SEPARATOR, TOMBSTONE_SECONDS, Layout, Timing, parse_shard
 
 _PLUGIN_IDENTITY = re.compile(r"^[wm]\d+(\.monitor)?$")
 
@@ -72,6 +77,12 @@ class RedisSource:
         self.instances: Dict[str, float] = {}  # served incarnation -> flush age
         self.round_trips = 0
         self.folded = 0
+        self.restores = 0
+        # what the last read served, per epoch of the prefix (see ``_restore``)
+        self._epoch = ""
+        self._totals: Dict[str, str] = {}  # node -> packed durable totals
+        self._served: Dict[str, Tuple[str, str]] = {}  # incarnation -> (node, packed fields)
+        self._gone: Dict[str, Tuple[str, float]] = {}  # folded -> (node, monotonic when seen)
 
     # -- the source interface --------------------------------------------------------------
     def collect(self) -> Iterator[Any]:
@@ -128,11 +139,19 @@ class RedisSource:
         args = [self.layout.base, self.scope or "", self.timing.dead_after if reap else 0,
                 self.timing.snapshot_ttl]
         reply, trips = scripts.call(self._client, "read", [self.layout.hb], args)
+        i = 0
+        epoch = str(reply[3])
+        if self._epoch and epoch != self._epoch and (self._served or self._gone
+                                                      or any(self._totals.values())):
+            reply, more = self._restore(args, epoch)
+            trips += more
+            i = 3
+            epoch = str(reply[i + 3])
         if self._healthy_since is None:
             self._healthy_since = now
         self.round_trips = trips
-        server_now = int(reply[0]) + int(reply[1]) / 1e6
-        folded = int(reply[2])
+        server_now = int(reply[i]) + int(reply[i + 1]) / 1e6
+        folded = int(reply[i + 2])
         if folded:
             self.folded += folded
             self.log.info("folded %d vanished instance(s) of prefix %r into its totals",
@@ -140,19 +159,25 @@ class RedisSource:
         batches: List[Tuple[Shard, list]] = []
         seen = set()
         values_read = 0
-        i = 4
-        for _ in range(int(reply[3])):  # totals of ended instances, per node
+        totals: Dict[str, str] = {}
+        served: Dict[str, Tuple[str, str]] = {}
+        nodes = int(reply[i + 4])
+        i += 5
+        for _ in range(nodes):  # totals of ended instances, per node
             node, flat = reply[i], reply[i + 1]
             i += 2
+            totals[node] = flat
             values_read += self._add("t", node, "", flat, batches, seen)
         instances: Dict[str, float] = {}
         while i < len(reply):
-            incarnation, heartbeat, _node, flat = reply[i:i + 4]
+            incarnation, heartbeat, node, flat = reply[i:i + 4]
             i += 4
+            served[incarnation] = (node, flat)
             instances[incarnation] = max(0.0, server_now - float(heartbeat))
             values_read += self._add("i", incarnation, incarnation, flat, batches, seen)
         for gone in set(self._views) - seen:
             del self._views[gone]
+        self._remember(epoch, totals, served, now)
         self.instances = instances
         self.state.last_files = len(batches)
         self.state.last_values = values_read
@@ -162,11 +187,51 @@ class RedisSource:
             self._views.clear()
         return families
 
+    def _restore(self, args: list, epoch: str) -> Tuple[Any, int]:
+        """Redis lost data we read (its epoch changed): put back the durable totals and the
+        instances that have not flushed since, from what we served last, then read."""
+        restore = [*args, self._epoch, scripts.token(), self.timing.ttl, len(self._totals)]
+        for node, flat in self._totals.items():
+            restore += (node, flat)
+        restore.append(len(self._gone))
+        for incarnation, (node, _) in self._gone.items():
+            restore += (incarnation, node)
+        restore.append(len(self._served))
+        for incarnation, (node, flat) in self._served.items():
+            restore += (incarnation, node, flat)
+        reply, trips = scripts.call(self._client, "restore", [self.layout.hb], restore)
+        nodes, restored, merged = int(reply[0]), int(reply[1]), int(reply[2])
+        self.restores += 1
+        self.log.warning("%s lost data (epoch %r, now %r): restored %d node(s) from the "
+                         "values last read (durable totals, and %d instance(s) that have not "
+                         "flushed since: served until they flush again or are folded); %d "
+                         "instance(s) restored by another reader", self.description,
+                         self._epoch, epoch or None, nodes, restored, merged)
+        return reply, trips
+
+    def _remember(self, epoch: str, totals: Dict[str, str],
+                  served: Dict[str, Tuple[str, str]], now: float) -> None:
+        """What this read served: restored by ``_restore`` should Redis lose it."""
+        if epoch == self._epoch:
+            for incarnation, (node, _) in self._served.items():
+                if incarnation not in served:  # folded (the only way out of the heartbeats)
+                    self._gone[incarnation] = (node, now)
+        else:
+            self._gone.clear()
+        while self._gone:
+            oldest = next(iter(self._gone))
+            if len(self._gone) <= 10000 and now - self._gone[oldest][1] < TOMBSTONE_SECONDS:
+                break
+            del self._gone[oldest]
+        self._epoch = epoch
+        self._totals = totals
+        self._served = served
+
     def _add(self, kind: str, owner: str, incarnation: str, packed: str,
              batches: List[Tuple[Shard, list]], seen: set) -> int:
         grouped: Dict[str, Dict[str, str]] = {}
         for name, value in scripts.unpack_hash(packed):
-            if name == META_FIELD:
+            if name.startswith(META_FIELD):  # '@' (about the instance), '@r' (restored)
                 continue
             shard, _, key = name.partition(SEPARATOR)
             grouped.setdefault(shard, {})[key] = value
