@@ -261,3 +261,14 @@ def test_metrics_server_is_restarted_when_it_dies(start_gunicorn):
     until(lambda: g.monitor_pid() not in (None, first), message="a new metrics server")
     s = g.scrape_until(lambda s: s.total("gunicorn_http_requests_total") == 3)
     assert s.value("gunicorn_workers", state="idle") == 1
+
+
+def test_metrics_server_survives_being_paused(start_gunicorn):
+    g = start(start_gunicorn, workers=1)
+    monitor = g.monitor_pid()
+    os.kill(monitor, signal.SIGSTOP)
+    time.sleep(1.5)  # the pause itself is what is tested: longer than the server's waits
+    os.kill(monitor, signal.SIGCONT)
+    assert g.request("/")[0] == 200
+    g.scrape_until(lambda s: s.total("gunicorn_http_requests_total") == 1)
+    assert g.monitor_pid() == monitor and _alive(monitor)

@@ -174,7 +174,9 @@ def _serve(sock: Optional[socket.socket], settings: Settings, web: webconfig.Web
     logcount.counter().use(writer)
     scheduler = Scheduler(background_tasks(settings, directory, log, listeners, writer), log)
     while os.getppid() == master:
-        if signal.sigtimedwait(stop_signals, min(1.0, scheduler.tick())) is not None:
+        received = signal.sigtimedwait(stop_signals, min(1.0, scheduler.tick()))
+        # a stop/continue (SIGSTOP, a debugger) interrupts the wait with no signal: go on
+        if received is not None and received.si_signo in stop_signals:
             break
     if server is not None:
         server.stop(grace=STOP_GRACE)
