@@ -69,7 +69,7 @@ class MetricsServer(ThreadingHTTPServer):
         self.headers = web.headers
         self.tls = web.tls_context()
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        self._busy = 0  # requests being answered right now
+        self._open = 0  # connections accepted and not yet closed
         self._idle = threading.Condition()
         self._deadlines: dict = {}  # file descriptor -> monotonic deadline of its headers
         self._deadlines_lock = threading.Lock()
@@ -83,17 +83,18 @@ class MetricsServer(ThreadingHTTPServer):
         self.server_name, self.server_port = self.server_address
 
     def stop(self, grace: float) -> None:
-        """Stop accepting, then let requests being answered finish (at most ``grace``
-        seconds): a scrape in progress when the process is told to stop (a USR2 upgrade's
-        old master leaving, a pod being replaced) still gets its answer."""
+        """Stop accepting, then let the connections already accepted finish (at most
+        ``grace`` seconds): a scrape in progress when the process is told to stop (a USR2
+        upgrade's old master leaving, a pod being replaced) still gets its answer. An idle
+        keep-alive connection may hold the stop for the whole grace."""
         self.shutdown()
         with self._idle:
-            self._idle.wait_for(lambda: self._busy == 0, timeout=grace)
+            self._idle.wait_for(lambda: self._open == 0, timeout=grace)
 
-    def answering(self, delta: int) -> None:
+    def _opened(self, delta: int) -> None:
         with self._idle:
-            self._busy += delta
-            if not self._busy:
+            self._open += delta
+            if not self._open:
                 self._idle.notify_all()
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -107,10 +108,12 @@ class MetricsServer(ThreadingHTTPServer):
                                  self._refused, client_address[0])
                 self._refused, self._refused_logged = 0, now
             return
+        self._opened(+1)
         try:
             super().process_request(request, client_address)
         except Exception:
             self._slots.release()
+            self._opened(-1)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
@@ -118,6 +121,7 @@ class MetricsServer(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
+            self._opened(-1)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         request.settimeout(SOCKET_TIMEOUT)
@@ -197,13 +201,6 @@ class MetricsHandler(BaseHTTPRequestHandler):
         return ok
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        self.server.answering(+1)
-        try:
-            self._answer()
-        finally:
-            self.server.answering(-1)
-
-    def _answer(self) -> None:
         if not self.server.auth.check(self.headers.get("Authorization")):
             self._send(401, b"Unauthorized\n", "text/plain; charset=utf-8",
                        {"WWW-Authenticate": 'Basic realm="metrics"'})
