@@ -130,3 +130,17 @@ def test_exposition_passes_promtool(start_gunicorn):
     assert result.returncode == 0, result.stdout + result.stderr
     families = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
     assert len(families) == len(set(families))
+
+
+def test_user_request_hooks_still_run(start_gunicorn, tmp_path):
+    marks = tmp_path / "marks"
+    conf = tmp_path / "hooks.conf.py"
+    conf.write_text(
+        f"def pre_request(worker, req):\n    open({str(marks)!r}, 'a').write('<')\n"
+        f"def post_request(worker, req, environ, resp):\n"
+        f"    open({str(marks)!r}, 'a').write('>')\n")
+    g = start_gunicorn(workers=1, config=str(conf)).wait_ready(workers=1)
+    for _ in range(3):
+        assert g.request("/")[0] == 200
+    g.scrape_until(lambda s: s.total("gunicorn_http_requests_total") == 3)
+    assert marks.read_text() == "<><><>"

@@ -116,10 +116,11 @@ class Instrumentation:
         self._failed_once = False
         if not getattr(worker, "request_hooks", True):
             return  # the worker records its requests itself through record()
-        worker.cfg.set("pre_request", master.chained(self.pre_request,
-                                                     _user_hook(worker.cfg, "pre_request")))
-        worker.cfg.set("post_request", master.chained(self.post_request,
-                                                      _user_hook(worker.cfg, "post_request")))
+        for name, ours in (("pre_request", self.pre_request),
+                           ("post_request", self.post_request)):
+            theirs = _user_hook(worker.cfg, name)
+            # no wrapper frame on the request path unless there is a user hook to call too
+            worker.cfg.set(name, ours if theirs is None else master.chained(ours, theirs))
 
     def set_state(self, state: str) -> None:
         for name in ("running", "stopping"):
