@@ -8,6 +8,7 @@ gunicorn's documented ones, chained, and they are added again to the fresh confi
 HUP reload creates (from the worker class's ``__init__``, which runs in the master)."""
 from __future__ import annotations
 
+import functools
 import os
 import signal
 from typing import Any, Callable, Dict, Optional
@@ -110,7 +111,7 @@ class MasterRuntime:
         def on_child(signum: int, frame: Any) -> None:
             try:
                 if self.monitor is not None:
-                    self.monitor.reap_and_restart()
+                    self.monitor.restart_if_gone()
             except Exception:  # noqa: BLE001 - never break gunicorn's reaping
                 pass
             if callable(theirs):
@@ -133,7 +134,7 @@ class MasterRuntime:
     def ensure_monitor(self) -> None:
         """Start the metrics server again if it died (checked at each worker spawn)."""
         if self.monitor is not None:
-            self.monitor.ensure_running()
+            self.monitor.restart_if_gone()
 
     # -- in a freshly forked worker --------------------------------------------------------------
     def enter_worker(self, own: Claim) -> None:
@@ -182,42 +183,27 @@ def install_hooks(cfg: Any, runtime: MasterRuntime) -> None:
 
 
 def _chain(cfg: Any, name: str, ours: Callable[..., None]) -> None:
-    """Set hook ``name`` to ours followed by whatever the user configured. The wrapper has
-    the hook's exact arity, which gunicorn checks."""
+    """Set hook ``name`` to ours followed by whatever the user configured."""
+    cfg.set(name, chained(ours, user_hook(cfg, name)))
+
+
+def user_hook(cfg: Any, name: str) -> Optional[Callable[..., None]]:
+    """The hook the user configured for ``name``, or None (gunicorn's no-op default, or
+    one of ours already)."""
     setting = cfg.settings[name]
-    theirs = setting.get()
-    if theirs is setting.default or getattr(theirs, _MARK, False):
-        theirs = None
-    cfg.set(name, chained(ours, theirs))
+    hook = setting.get()
+    return None if hook is setting.default or getattr(hook, _MARK, False) else hook
 
 
 def chained(ours: Callable[..., None], theirs: Optional[Callable[..., None]]) -> Callable:
-    import inspect
+    """Ours, then theirs. ``functools.wraps`` gives the wrapper the signature of ours, so
+    it passes gunicorn's arity check of the hook."""
 
-    arity = len(inspect.signature(ours).parameters)
-    if arity == 3:
-        def hook3(a, b, c):
-            ours(a, b, c)
-            if theirs is not None:
-                theirs(a, b, c)
-        hook = hook3
-    elif arity == 1:
-        def hook1(a):
-            ours(a)
-            if theirs is not None:
-                theirs(a)
-        hook = hook1
-    elif arity == 2:
-        def hook2(a, b):
-            ours(a, b)
-            if theirs is not None:
-                theirs(a, b)
-        hook = hook2
-    else:
-        def hook4(a, b, c, d):
-            ours(a, b, c, d)
-            if theirs is not None:
-                theirs(a, b, c, d)
-        hook = hook4
+    @functools.wraps(ours)
+    def hook(*args: Any) -> None:
+        ours(*args)
+        if theirs is not None:
+            theirs(*args)
+
     setattr(hook, _MARK, True)
     return hook

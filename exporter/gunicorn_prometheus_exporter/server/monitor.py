@@ -75,33 +75,21 @@ class Monitor:
                 os._exit(code)
         self.pid = pid
 
-    def reap_and_restart(self) -> None:
-        """From the master's SIGCHLD handler: if our process ended, reap and restart it
-        (unless the master is stopping it)."""
+    def restart_if_gone(self) -> None:
+        """If our process ended, reap it and start another (unless the master is stopping
+        it). Called from the master's SIGCHLD handler and at each worker spawn; a process
+        gunicorn's own reaper got first counts as ended."""
         if self.pid is None or self.stopping:
             return
         try:
             done, _ = os.waitpid(self.pid, os.WNOHANG)
         except ChildProcessError:
-            done = self.pid  # reaped already
+            done = self.pid
         if done:
             old = self.pid
             self._fork()
             self.log.warning("prometheus: metrics server (pid %s) ended; starting it again "
                              "(pid %s)", old, self.pid)
-
-    def ensure_running(self) -> None:
-        if self.pid is None or self.stopping:
-            return
-        try:
-            os.kill(self.pid, 0)
-            return
-        except ProcessLookupError:
-            pass
-        old = self.pid
-        self._fork()
-        self.log.warning("prometheus: metrics server (pid %s) is gone; starting it again "
-                         "(pid %s)", old, self.pid)
 
     def stop(self) -> None:
         self.stopping = True

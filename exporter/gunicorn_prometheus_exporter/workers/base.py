@@ -118,7 +118,7 @@ class Instrumentation:
             return  # the worker records its requests itself through record()
         for name, ours in (("pre_request", self.pre_request),
                            ("post_request", self.post_request)):
-            theirs = _user_hook(worker.cfg, name)
+            theirs = master.user_hook(worker.cfg, name)
             # no wrapper frame on the request path unless there is a user hook to call too
             worker.cfg.set(name, ours if theirs is None else master.chained(ours, theirs))
 
@@ -212,12 +212,6 @@ class Instrumentation:
             self.recorder.count(catalogue.ERROR_HANDLING, (method, endpoint, type(exc).__name__))
         except Exception:
             self.log.exception("prometheus: could not record a gunicorn error")
-
-
-def _user_hook(cfg: Any, name: str) -> Any:
-    setting = cfg.settings[name]
-    hook = setting.get()
-    return None if hook is setting.default else hook
 
 
 class PrometheusWorkerMixin:
