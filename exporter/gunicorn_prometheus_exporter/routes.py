@@ -33,6 +33,15 @@ METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS
                      "TRACE", "PATCH"))
 
 
+_STATUS = {code: str(code) for code in range(100, 600)}
+
+
+def status_label(code: Optional[int]) -> str:
+    """The ``status`` label of a response code (500 when none was sent), without building
+    a new string per request."""
+    return _STATUS.get(code) or str(code or 500)  # type: ignore[arg-type]
+
+
 def method_label(method: Optional[str]) -> str:
     return method if method in METHODS else "other"
 

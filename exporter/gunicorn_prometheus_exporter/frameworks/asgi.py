@@ -15,10 +15,10 @@ import os
 from time import perf_counter
 from typing import Any, Awaitable, Callable, Optional
 
+from ..routes import status_label
 from . import ERROR_ENVIRON_KEY, ROUTE_ENVIRON_KEY
 from .starlette import route_template
 
-_STATUS = {code: str(code) for code in range(100, 600)}
 _GONE = (asyncio.CancelledError, ConnectionError)
 
 
@@ -85,7 +85,7 @@ class ASGIMetrics:
             in_flight(-1.0)
             try:
                 self._record(scope.get("method"), scope.get("path"),
-                             _STATUS.get(status) or str(status or 500),
+                             status_label(status),
                              (ended or perf_counter()) - started, received, sent,
                              scope.get(ROUTE_ENVIRON_KEY) or route_template(scope),
                              scope.get(ERROR_ENVIRON_KEY) or error_type)

@@ -22,7 +22,7 @@ from .. import config, exits, identity, logcount, master, redact
 from .. import metrics as catalogue
 from ..frameworks import ERROR_ENVIRON_KEY
 from ..recorder import Recorder
-from ..routes import ROUTE_ENVIRON_KEY, RouteTable, method_label
+from ..routes import ROUTE_ENVIRON_KEY, RouteTable, method_label, status_label
 from ..sampler import ResourceSampler
 from ..storage.store import ProcessStore
 
@@ -165,7 +165,7 @@ class Instrumentation:
         reported = environ.get(ERROR_ENVIRON_KEY)  # a framework rendered it: counted once
         if reported:
             error_type = str(reported)
-        status = str(code or 500)
+        status = status_label(code)
         length = environ.get("CONTENT_LENGTH")
         if length:
             try:
