@@ -9,6 +9,6 @@ help:
 	@echo "make e2e-kind    the whole stack in kind (needs docker + kind)"
 	@echo "make image       build the exporter and demo images (docker or podman)"
 	@echo "make chart-test  Helm chart tests; make k8s-manifests re-renders k8s/"
-	@echo "make bench       benchmarks (docs/benchmarks.md)"
+	@echo "make bench       benchmarks (docs/benchmarks.md); make bench-instructions counts instructions (valgrind)"
 
 include mk/*.mk

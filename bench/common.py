@@ -1,19 +1,21 @@
-"""Plumbing shared by the benchmarks: ports, readiness, wrk, CPU time of a process tree."""
+"""Plumbing shared by the benchmarks: ports, readiness, gunicorn, wrk, CPU time of a process
+tree."""
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
 import socket
 import subprocess
+import sys
 import time
-from typing import Dict, Optional
+from pathlib import Path
+from typing import IO, Dict, Optional, Sequence, Tuple, Union
 
 import psutil
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support.ports import free_port  # noqa: E402  (re-exported to the benchmarks)
 
 
 def wait_port(port: int, timeout: float = 20.0,
@@ -59,3 +61,48 @@ def wrk(port: int, duration: int, connections: int, threads: int = 1) -> Dict[st
             "requests": int(re.search(r"(\d+) requests in", out).group(1)),
             "errors": errors.group(1) if errors else "",
             "non2xx": int(non2xx.group(1)) if non2xx else 0}
+
+
+def start_gunicorn(worker_class: str, app: str, tmp: str, *, workers: int = 1,
+                   chdir: Optional[str] = None, args: Sequence[str] = (),
+                   env: Optional[Dict[str, str]] = None, prefix: Sequence[str] = (),
+                   output: Union[int, IO] = subprocess.DEVNULL,
+                   new_session: bool = False) -> Tuple[subprocess.Popen, int]:
+    """gunicorn serving ``app`` on a free loopback port, the plugin's metrics on another and
+    its directory (and gunicorn's control socket) under ``tmp``; ``prefix`` runs it under
+    another command (valgrind). Returns the process and the app's port."""
+    port = free_port()
+    full_env = {**os.environ, "PROMETHEUS_METRICS_PORT": str(free_port()),
+                "PROMETHEUS_BIND_ADDRESS": "127.0.0.1",
+                "PROMETHEUS_MULTIPROC_DIR": os.path.join(tmp, f"mp-{port}"), **(env or {})}
+    gunicorn = str(Path(sys.executable).with_name("gunicorn"))
+    command = [*prefix, sys.executable, gunicorn, "-b", f"127.0.0.1:{port}",
+               "-w", str(workers), "-k", worker_class, "--chdir", chdir or tmp,
+               "--control-socket", os.path.join(tmp, f"ctl-{port}"), *args, app]
+    proc = subprocess.Popen(command, env=full_env, stdout=output, stderr=subprocess.STDOUT,
+                            start_new_session=new_session)
+    return proc, port
+
+
+def wrk_cpu(proc: subprocess.Popen, port: int, duration: int, connections: int,
+            threads: int = 1) -> Tuple[float, float]:
+    """One wrk run after a one-second warm-up at the same concurrency: requests/s, and µs
+    of CPU per request of ``proc`` and all its children (steadier than requests/s on a busy
+    machine)."""
+    wrk(port, 1, connections, threads=threads)
+    before = cpu_seconds(proc.pid)
+    run = wrk(port, duration, connections, threads=threads)
+    cpu = cpu_seconds(proc.pid) - before
+    return run["rps"], cpu / run["requests"] * 1e6
+
+
+def runnable(case: str, module: str) -> bool:
+    """Whether the benchmark case ``case`` can run: ``module`` can be imported (else one
+    line says the case is skipped)."""
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        found = False
+    if not found:
+        print(f"{case}: skipped, {module} is not installed")
+    return found

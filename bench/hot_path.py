@@ -42,7 +42,9 @@ class _Resp:
     sent = 512
 
 
-def plugin_case(directory: str):
+def build_instrumentation(directory: str):
+    """The plugin as a worker process has it (a real slot, store and route table in
+    ``directory``), with its sampler stopped; returns (instrumentation, worker)."""
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
     from gunicorn_prometheus_exporter import config, master
     from gunicorn_prometheus_exporter.storage import directory as storage_dir
@@ -74,6 +76,11 @@ def plugin_case(directory: str):
     worker._gunicorn_prometheus_claim = storage_dir.claim(directory, "w")
     inst = Instrumentation(worker, runtime)
     inst.sampler.stop()
+    return inst, worker
+
+
+def plugin_case(directory: str):
+    inst, worker = build_instrumentation(directory)
     environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/users/42", "CONTENT_LENGTH": "",
                "wsgi.input": None}
     req, resp = _Req(), _Resp()

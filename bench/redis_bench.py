@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-from common import cpu_seconds, free_port, wait_port, wrk
+from common import cpu_seconds, free_port, start_gunicorn, wait_port, wrk
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "exporter"))
@@ -64,18 +64,9 @@ class RedisServer:
 class Instance:
     def __init__(self, name: str, tmp: str, env: Dict[str, str]) -> None:
         self.name = name
-        self.port = free_port()
-        plugin = name != "plain"
-        full = {**os.environ, "PROMETHEUS_METRICS_PORT": str(free_port()),
-                "PROMETHEUS_BIND_ADDRESS": "127.0.0.1",
-                "PROMETHEUS_MULTIPROC_DIR": os.path.join(tmp, f"mp-{self.port}"), **env}
-        gunicorn = str(Path(sys.executable).with_name("gunicorn"))
-        worker = "gunicorn_prometheus_exporter.PrometheusWorker" if plugin else "sync"
-        self.proc = subprocess.Popen(
-            [gunicorn, "-b", f"127.0.0.1:{self.port}", "-w", "2", "-k", worker,
-             "--chdir", str(HERE), "--control-socket", os.path.join(tmp, f"ctl-{self.port}"),
-             "hello:app"], env=full, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)
+        worker = "gunicorn_prometheus_exporter.PrometheusWorker" if name != "plain" else "sync"
+        self.proc, self.port = start_gunicorn(worker, "hello:app", tmp, workers=2,
+                                              chdir=str(HERE), env=env, new_session=True)
         wait_port(self.port)
         time.sleep(1.0)  # workers booted, metrics process and first flush done
         wrk(self.port, 1, 2)  # warm-up

@@ -12,15 +12,13 @@ Needs ``wrk`` (Debian package).
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from common import cpu_seconds, free_port, wait_port, wrk
+from common import start_gunicorn, wait_port, wrk_cpu
 
 HERE = Path(__file__).resolve().parent
 PLAIN = {"sync": "sync", "gthread": "gthread"}
@@ -29,22 +27,10 @@ PLUGIN = {"sync": "gunicorn_prometheus_exporter.PrometheusWorker",
 
 
 def run_variant(worker_class: str, duration: int, connections: int, tmp: str) -> tuple:
-    port = free_port()
-    env = {**os.environ, "PROMETHEUS_METRICS_PORT": str(free_port()),
-           "PROMETHEUS_BIND_ADDRESS": "127.0.0.1",
-           "PROMETHEUS_MULTIPROC_DIR": os.path.join(tmp, f"mp-{port}")}
-    gunicorn = str(Path(sys.executable).with_name("gunicorn"))
-    proc = subprocess.Popen([gunicorn, "-b", f"127.0.0.1:{port}", "-w", "2", "-k", worker_class,
-                             "--chdir", str(HERE), "--control-socket",
-                             os.path.join(tmp, f"ctl-{port}"), "hello:app"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc, port = start_gunicorn(worker_class, "hello:app", tmp, workers=2, chdir=str(HERE))
     try:
         wait_port(port, proc=proc)
-        wrk(port, 1, 2)  # warm-up
-        before = cpu_seconds(proc.pid)
-        run = wrk(port, duration, connections, threads=2)
-        cpu = cpu_seconds(proc.pid) - before
-        return run["rps"], cpu / run["requests"] * 1e6
+        return wrk_cpu(proc, port, duration, connections, threads=2)
     finally:
         proc.terminate()
         proc.wait(10)

@@ -1,31 +1,28 @@
 """Per-request cost of the gevent and ASGI Prometheus workers against the same gunicorn
 worker without the plugin, interleaved in one run.
 
-For each worker type, wrk drives a hello-world app (WSGI for gevent, ASGI for asgi and
-uvicorn) on one worker process over keep-alive connections; plain and plugin variants run
-interleaved (A B A B ...) so that a shared machine's drift hits both alike. Reported per
-variant: median requests/s and median CPU time per request of all gunicorn processes
-(from /proc, steadier than req/s on a busy machine); then the throughput ratio (target
->= 0.97) and the CPU the plugin adds per request.
+For each worker type, wrk drives a hello-world app (WSGI for gevent, raw ASGI for asgi and
+uvicorn, a one-route Starlette app for asgi-starlette) on one worker process over keep-alive
+connections; plain and plugin variants run interleaved (A B A B ...) so that a shared
+machine's drift hits both alike. Reported per variant: median requests/s and median CPU time
+per request of all gunicorn processes (from /proc, steadier than req/s on a busy machine);
+then the throughput ratio (target >= 0.97) and the CPU the plugin adds per request.
 
-Run: ``python bench/worker_bench.py [--workers gevent asgi uvicorn] [--rounds 6]
+Run: ``python bench/worker_bench.py [--workers gevent asgi asgi-starlette uvicorn] [--rounds 6]
 [--duration 5] [--connections 16]``. Needs ``wrk`` (Debian package) and, per worker type,
 gevent / gunicorn >= 24 / uvicorn-worker. Results and how to read them: docs/workers.md.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import cpu_seconds, free_port, wait_port, wrk
+from common import runnable, start_gunicorn, wait_port, wrk_cpu
 
 HELLO_WSGI = '''
 def app(environ, start_response):
@@ -46,6 +43,17 @@ async def app(scope, receive, send):
                 "headers": [(b"content-type", b"text/plain"), (b"content-length", b"12")]})
     await send({"type": "http.response.body", "body": b"Hello world\\n"})
 '''
+HELLO_STARLETTE = '''
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+
+async def hello(request):
+    return PlainTextResponse("Hello world\\n")
+
+app = Starlette(routes=[Route("/", hello), Route("/users/{user_id}", hello)])
+'''
 
 #: worker type -> (plain class, plugin class, app module, module that must be importable)
 WORKERS = {
@@ -53,32 +61,29 @@ WORKERS = {
                "hello_wsgi:app", "gevent"),
     "asgi": ("asgi", "gunicorn_prometheus_exporter.PrometheusASGIWorker", "hello_asgi:app",
              "gunicorn.workers.gasgi"),
+    "asgi-starlette": ("asgi", "gunicorn_prometheus_exporter.PrometheusASGIWorker",
+                       "hello_starlette:app", "starlette"),
     "uvicorn": ("uvicorn_worker.UvicornWorker",
                 "gunicorn_prometheus_exporter.PrometheusUvicornWorker", "hello_asgi:app",
                 "uvicorn_worker"),
 }
 
 
+def write_apps(tmp: str) -> None:
+    """The hello apps as modules in ``tmp``, which gunicorn runs in."""
+    for module, text in (("hello_wsgi", HELLO_WSGI), ("hello_asgi", HELLO_ASGI),
+                         ("hello_starlette", HELLO_STARLETTE)):
+        Path(tmp, f"{module}.py").write_text(text)
+
+
 def run_variant(worker_class: str, app: str, args: argparse.Namespace, tmp: str) -> tuple:
-    port = free_port()
-    env = {**os.environ, "PROMETHEUS_METRICS_PORT": str(free_port()),
-           "PROMETHEUS_BIND_ADDRESS": "127.0.0.1",
-           "PROMETHEUS_MULTIPROC_DIR": os.path.join(tmp, f"mp-{port}")}
-    gunicorn = str(Path(sys.executable).with_name("gunicorn"))
-    proc = subprocess.Popen([gunicorn, "-b", f"127.0.0.1:{port}", "-w", "1", "-k", worker_class,
-                             "--chdir", tmp, "--keep-alive", "30", "--control-socket",
-                             os.path.join(tmp, f"ctl-{port}"), app],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc, port = start_gunicorn(worker_class, app, tmp, args=["--keep-alive", "30"])
     try:
         try:
             wait_port(port, proc=proc)
         except RuntimeError:
             raise SystemExit(f"{worker_class} did not start") from None
-        wrk(port, 1, 4)  # warm-up
-        before = cpu_seconds(proc.pid)
-        run = wrk(port, args.duration, args.connections)
-        cpu = cpu_seconds(proc.pid) - before
-        return run["rps"], cpu / run["requests"] * 1e6
+        return wrk_cpu(proc, port, args.duration, args.connections)
     finally:
         proc.terminate()
         proc.wait(15)
@@ -104,24 +109,15 @@ def asgi_micro(requests: int) -> tuple:
     plugin's ASGI wrapper (recording into a real worker store in a temporary directory)."""
     import asyncio
 
-    from gunicorn_prometheus_exporter.config.schema import (DEFAULT_DURATION_BUCKETS,
-                                                            DEFAULT_SIZE_BUCKETS)
-    from gunicorn_prometheus_exporter.frameworks.asgi import ASGIMetrics
-    from gunicorn_prometheus_exporter.recorder import Recorder
-    from gunicorn_prometheus_exporter.routes import RouteTable
-    from gunicorn_prometheus_exporter.storage.store import ProcessStore
-    from gunicorn_prometheus_exporter.workers.base import Instrumentation
+    from gunicorn_prometheus_exporter.frameworks.asgi import instrument
+    from hot_path import build_instrumentation
 
     namespace: dict = {}
     exec(HELLO_ASGI, namespace)
     app = namespace["app"]
     with tempfile.TemporaryDirectory() as tmp:
-        metrics = Instrumentation.__new__(Instrumentation)
-        metrics.recorder = Recorder(ProcessStore(tmp, "w0"), DEFAULT_DURATION_BUCKETS,
-                                    DEFAULT_SIZE_BUCKETS, threaded=False)
-        metrics.routes = RouteTable(tmp, 200)
-        metrics.log = None
-        wrapped = ASGIMetrics(app, metrics)
+        metrics, _ = build_instrumentation(tmp)
+        wrapped = instrument(app, metrics)
         scope = {"type": "http", "method": "GET", "path": "/users/42", "headers": []}
 
         async def receive():
@@ -164,16 +160,10 @@ def main() -> None:
         sys.exit("wrk is not installed (apt-get install wrk)")
     summary = []
     with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, "hello_wsgi.py").write_text(HELLO_WSGI)
-        Path(tmp, "hello_asgi.py").write_text(HELLO_ASGI)
+        write_apps(tmp)
         for name in args.workers:
             module = WORKERS[name][3]
-            try:
-                found = importlib.util.find_spec(module) is not None
-            except ModuleNotFoundError:
-                found = False
-            if not found:
-                print(f"{name}: skipped, {module} is not installed")
+            if not runnable(name, module):
                 continue
             med = bench(name, args, tmp)
             summary.append((name, med))

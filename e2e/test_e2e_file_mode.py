@@ -8,8 +8,6 @@ import os
 import signal
 import time
 
-import pytest
-
 from e2elib import (JOB, MIX, Background, Ledger, Req, assert_no_resets, assert_totals, burst,
                     counters_by, send, wait_pid_gone)
 from support.wait import until

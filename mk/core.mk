@@ -7,7 +7,7 @@ GUNICORN_OLDEST ?= 23.0.0
 VENV_OLDEST ?= .venv-gunicorn-$(GUNICORN_OLDEST)
 PYTEST_ARGS ?=
 
-.PHONY: venv demo system-deps test-deps test test-core test-oldest e2e bench clean
+.PHONY: venv demo system-deps test-deps test test-core test-oldest e2e bench bench-instructions clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,3 +53,7 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) $(VENV_OLDEST) .venv-eventlet .cache .pytest_cache
+
+## bench-instructions: instructions per request in a running worker, plain and with the plugin (valgrind)
+bench-instructions: venv
+	$(BIN)/python bench/instructions.py

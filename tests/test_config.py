@@ -4,7 +4,6 @@ original's documented hooks; ``worker_class`` alone; the generated reference in 
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -35,9 +34,9 @@ def clean_env(**extra: str) -> Dict[str, str]:
 
 
 def run_gunicorn(tmp: Path, env: Dict[str, str], conf: Optional[str] = None,
-                 timeout: float = 30.0) -> Tuple[int, str]:
+                 timeout: float = 30.0, port: Optional[int] = None) -> Tuple[int, str]:
     """Run gunicorn to its end (a config error ends it); returns (status, output)."""
-    args = [gunicorn_bin(), "--bind", f"127.0.0.1:{free_port()}", "--worker-class", WORKER,
+    args = [gunicorn_bin(), "--bind", f"127.0.0.1:{port or free_port()}", "--worker-class", WORKER,
             "--workers", "1", *ctl(tmp / "ctl.sock")]
     if conf:
         args += ["--config", conf]
@@ -70,7 +69,7 @@ def assert_one_line_and_no_worker(status: int, output: str, expected: str) -> No
     assert output.strip().splitlines() == [PREFIX + expected], output
 
 
-# -- YAML errors through real gunicorn ----------------------------------------------------------------
+# -- YAML errors through real gunicorn ------------------------------------------------------------
 
 YAML_CASES = {
     "unknown key": (
@@ -168,7 +167,7 @@ def test_yaml_secret_is_not_echoed(tmp_path):
     assert "TopSecret9" not in output
 
 
-# -- environment errors through real gunicorn -------------------------------------------------------
+# -- environment errors through real gunicorn -----------------------------------------------------
 
 ENV_CASES = {
     "wrong type": ({"PROMETHEUS_METRICS_PORT": "abc"},
@@ -220,6 +219,24 @@ def test_environment_error_with_a_yaml_file_too(tmp_path):
         "to 65535, got '99999'")
 
 
+@pytest.mark.parametrize("metrics_host", ["127.0.0.1", "0.0.0.0"])
+def test_a_metrics_port_that_is_gunicorns_own_stops_start_up(tmp_path, metrics_host):
+    """The metrics server never takes gunicorn's listener (it once adopted it as a socket
+    inherited through USR2 and answered the application's requests)."""
+    port = free_port()
+    status, output = run_gunicorn(tmp_path, clean_env(PROMETHEUS_METRICS_PORT=str(port),
+                                                      PROMETHEUS_BIND_ADDRESS=metrics_host),
+                                  port=port)
+    assert status == 1
+    assert "Booting worker" not in output and "serving metrics" not in output
+    errors = [line for line in output.splitlines() if "[ERROR]" in line]
+    assert len(errors) == 1 and "Traceback" not in output, output
+    assert errors[0].endswith(
+        f"[ERROR] metrics address {metrics_host}:{port} (PROMETHEUS_BIND_ADDRESS, "
+        f"PROMETHEUS_METRICS_PORT) takes the port of gunicorn's bind 127.0.0.1:{port}; "
+        "expected a port of its own"), output
+
+
 def test_bad_web_config_file_stops_gunicorn_with_one_line(tmp_path):
     web = tmp_path / "web.yml"
     web.write_text("basic_auth_users:\n  prometheus: $2b$04$abc\nbasic_auth_user: {}\n")
@@ -234,7 +251,7 @@ def test_bad_web_config_file_stops_gunicorn_with_one_line(tmp_path):
     assert "Traceback" not in output
 
 
-# -- precedence, check-config ---------------------------------------------------------------------------
+# -- precedence, check-config ---------------------------------------------------------------------
 
 def check_config(env: Dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([EXE, "check-config", *args], capture_output=True, text=True,
@@ -271,8 +288,8 @@ def test_environment_overrides_yaml_overrides_defaults(tmp_path):
         assert got["exporter.metrics.sample_interval"] == "5.0  (default)"
         assert got["exporter.redis.enabled"] == "False  (default)"
         assert result.stdout.splitlines()[-2:] == [
-            "(effective multiprocess directory: "
-            f"{os.path.join(__import__('tempfile').gettempdir(), 'gunicorn-prometheus-exporter-9200')})",
+            "(effective multiprocess directory: " + os.path.join(
+                __import__('tempfile').gettempdir(), 'gunicorn-prometheus-exporter-9200') + ")",
             "configuration OK"]
     from gunicorn_prometheus_exporter.config.schema import SETTINGS
     assert len(got) == len(SETTINGS)
@@ -353,7 +370,7 @@ def test_check_config_validates_tls_files(tmp_path):
                                     f"key or CA ({bad})")
 
 
-# -- the original's hooks, and worker_class alone -----------------------------------------------------
+# -- the original's hooks, and worker_class alone -------------------------------------------------
 
 HOOKS_CONF = """\
 from gunicorn_prometheus_exporter.hooks import (
@@ -465,7 +482,7 @@ def _alive(pid: Optional[int]) -> bool:
         return False
 
 
-# -- the generated reference ---------------------------------------------------------------------------
+# -- the generated reference ----------------------------------------------------------------------
 
 def test_configuration_reference_is_up_to_date():
     result = subprocess.run([sys.executable, str(REPO / "docs" / "gen_config_reference.py"),

@@ -65,3 +65,27 @@ def test_cap_holds_across_real_workers(start_gunicorn):
     s = g.scrape_until(lambda s: s.total("gunicorn_http_requests_total") == sent)
     routes = {dict(ls)["route"] for ls in s.series("gunicorn_http_requests_total")}
     assert len(routes) == cap + 1 and OVERFLOW in routes
+
+
+def test_a_worker_remembers_only_answers_that_cannot_change(start_gunicorn):
+    """One worker: the label of a request like an earlier one comes from the worker's own
+    cache; a 404 on an unknown path must not stay `unmatched` once a 200 made its route
+    known, an empty template means the path, and a non-string template its text."""
+    g = start_gunicorn(app="apps.routed:app", workers=1,
+                       extra_args=["--chdir", HERE]).wait_ready(workers=1)
+    sent = [("/users/1?status=404", 404), ("/users/1?status=404", 404),
+            ("/users/2", 200),
+            ("/users/1?status=404", 404), ("/users/3?status=404", 404),
+            ("/a/1?template=", 200), ("/b/2?template=", 200),
+            ("/c/3?template=object", 200), ("/c/4?template=object", 200)]
+    for path, status in sent:
+        assert g.request(path)[0] == status
+    s = g.scrape_until(lambda s: s.total("gunicorn_http_requests_total") == len(sent))
+    assert s.series("gunicorn_http_requests_total") == {
+        frozenset({("method", "GET"), ("route", UNMATCHED), ("status", "404")}): 2,
+        frozenset({("method", "GET"), ("route", "/users/{id}"), ("status", "200")}): 1,
+        frozenset({("method", "GET"), ("route", "/users/{id}"), ("status", "404")}): 2,
+        frozenset({("method", "GET"), ("route", "/a/{id}"), ("status", "200")}): 1,
+        frozenset({("method", "GET"), ("route", "/b/{id}"), ("status", "200")}): 1,
+        frozenset({("method", "GET"), ("route", "/rule/<id>"), ("status", "200")}): 2,
+    }

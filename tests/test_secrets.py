@@ -26,3 +26,14 @@ def test_redact(text, expected, monkeypatch):
 
     monkeypatch.setenv("REDIS_URL", "redis://u:hunter2@h:6379/0")
     assert redact.redact(text, ["hunter2"]) == expected
+
+
+def test_a_url_password_with_raw_separators_is_masked_whole(monkeypatch):
+    """The password is found by the parser the connection uses, so `@`, `#` and `/` in it
+    do not cut it short (a generic URL parser reads `p` here)."""
+    from gunicorn_prometheus_exporter import redact
+
+    monkeypatch.setenv("REDIS_URL", f"redis://u:{SECRET}@h:6379/0")
+    assert SECRET in redact.secret_values()
+    text = redact.redact(f"AUTH failed for password {SECRET}", redact.secret_values())
+    assert text == "AUTH failed for password ********"

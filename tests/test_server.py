@@ -691,6 +691,9 @@ def test_trickling_and_idle_clients_are_cut_at_the_header_deadline(monkeypatch):
         assert status == 200
         status, _, body = get(port, "/-/healthy")
         assert (status, body) == (200, b"OK\n")
+        # every connection's thread has ended (it disarms before it counts itself closed),
+        # and none left a deadline behind that could cut a later socket with the same number
+        until(lambda: server._open == 0, timeout=5, message="the server's connections to end")
         with server._deadlines_lock:
             assert server._deadlines == {}
     finally:

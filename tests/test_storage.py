@@ -16,8 +16,9 @@ from gunicorn_prometheus_exporter.storage.store import ProcessStore
 def _record(directory, identity, requests):
     store = ProcessStore(str(directory), identity)
     rec = Recorder(store, [0.1, 1.0], [100.0], threaded=False)
+    series = rec.series("GET", "/a", "200")
     for _ in range(requests):
-        rec.observe("GET", "/a", "200", 0.05, 10, 20)
+        rec.add(series, 0.05, 10, 20)
     store.close()
 
 
@@ -33,6 +34,29 @@ def test_prometheus_client_reads_our_files(tmp_path):
     assert theirs["gunicorn_http_request_duration_seconds_count"] == 7
     assert ours["gunicorn_http_request_duration_seconds_count"] == 7
     assert ours["gunicorn_http_request_size_bytes_sum"] == 70
+
+
+def test_sizes_land_in_the_buckets_their_bounds_name(tmp_path):
+    """Sizes are compared with the bounds' ceilings (a cheaper int bisect): every size must
+    still fall where ``size <= bound`` puts it, fractional bounds included, and an empty body
+    in the first bucket."""
+    store = ProcessStore(str(tmp_path), "w0")
+    rec = Recorder(store, [1.0], [0.5, 100.5, 1000.0], threaded=False)
+    sizes = (0, 1, 100, 101, 1000, 1001)
+    series = rec.series("POST", "/a", "200")
+    for size in sizes:
+        rec.add(series, 0.01, size, size)
+    store.close()
+    buckets = {s.labels["le"]: s.value for f in DirectoryCollector(str(tmp_path)).read()
+               if f.name == "gunicorn_http_request_size_bytes" for s in f.samples
+               if s.name.endswith("_bucket")}
+    # cumulative: <=0.5 {0}, <=100.5 {0, 1, 100}, <=1000 {+101, 1000}, +Inf all six
+    assert buckets == {"0.5": 1, "100.5": 3, "1000.0": 5, "+Inf": 6}
+    sums = {s.name: s.value for f in DirectoryCollector(str(tmp_path)).read()
+            for s in f.samples if s.name.startswith("gunicorn_http_")
+            and s.name.endswith("_bytes_sum")}
+    assert sums == {"gunicorn_http_request_size_bytes_sum": sum(sizes),
+                    "gunicorn_http_response_size_bytes_sum": sum(sizes)}
 
 
 def test_reopened_slot_continues_its_counters(tmp_path):

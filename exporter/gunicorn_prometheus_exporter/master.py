@@ -11,9 +11,9 @@ from __future__ import annotations
 import functools
 import os
 import signal
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
-from . import config, exits, logcount, signals
+from . import config, exits, logcount, signals, speedups
 from . import metrics as catalogue
 from .recorder import Writer
 from .storage import directory as storage_dir
@@ -26,11 +26,12 @@ _MARK = "_gunicorn_prometheus_hooks"
 class MasterRuntime:
     """Process-wide state of one master; workers inherit a copy through fork."""
 
-    def __init__(self, log: Any) -> None:
+    def __init__(self, log: Any, binds: Sequence[Any] = ()) -> None:
         self.log = log
         self.pid = os.getpid()
         try:
             self.settings = config.settings()
+            _check_metrics_address(self.settings, binds)
         except config.ConfigError as exc:
             log.error("%s", exc)
             raise SystemExit(1) from None
@@ -56,6 +57,7 @@ class MasterRuntime:
         self.nworkers_changed(server, server.num_workers, None)
         if not self._signals_installed:
             self._signals_installed = True
+            server.log.info("prometheus: request path %s", speedups.describe())
             signals.install(self.writer, self._on_signal)
             self._watch_monitor()
         self.start_monitor()
@@ -153,6 +155,20 @@ class MasterRuntime:
             signal.signal(sig, signal.SIG_DFL)
 
 
+def _check_metrics_address(settings: config.Settings, binds: Sequence[Any]) -> None:
+    """A metrics port that is also gunicorn's would take its listener (or fail to bind
+    later, after the workers have started): refuse it before any worker."""
+    from .server.http import shares_port
+
+    p = settings.prometheus
+    for bind in binds:
+        if p.server and shares_port(p.bind_address, p.metrics_port, bind):
+            raise config.ConfigError(
+                f"metrics address {p.bind_address}:{p.metrics_port} "
+                f"(PROMETHEUS_BIND_ADDRESS, PROMETHEUS_METRICS_PORT) takes the port of "
+                f"gunicorn's bind {bind[0]}:{bind[1]}; expected a port of its own")
+
+
 _runtime: Optional[MasterRuntime] = None
 
 
@@ -164,7 +180,7 @@ def ensure(cfg: Any, log: Any) -> MasterRuntime:
     """The master's runtime, created on first use, with our hooks on ``cfg``."""
     global _runtime
     if _runtime is None:
-        _runtime = MasterRuntime(log)
+        _runtime = MasterRuntime(log, cfg.address)
     install_hooks(cfg, _runtime)
     return _runtime
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import List
-from urllib.parse import urlsplit
+from typing import List, Optional
 
 from .config.schema import SETTINGS
 
@@ -28,10 +27,21 @@ def secret_values() -> List[str]:
             value = os.environ.get(name)
             if value:
                 values.append(value)
-                password = urlsplit(value).password if "://" in value else None
+                password = _url_password(value) if "://" in value else None
                 if password:
                     values.append(password)
     return sorted(set(values), key=len, reverse=True)
+
+
+def _url_password(url: str) -> Optional[str]:
+    """The password of a Redis URL as the connection reads it: with the same lenient
+    parser, so a raw ``@``, ``#`` or ``/`` in it is part of the password here too."""
+    from .redis_storage.connection import parse_url
+
+    try:
+        return parse_url(url).password
+    except ValueError:
+        return None
 
 
 def redact(text: str, secrets: List[str]) -> str:

@@ -13,6 +13,8 @@ from typing import Callable, Optional
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from support.ports import free_port  # noqa: E402
 from image_helpers import (  # noqa: E402
     Runtime,
     container_marks,
@@ -142,12 +144,6 @@ def test_sidecar_exporter_reads_demo_directory(runtime: Runtime, images: dict[st
             assert runtime.healthcheck_passes(exporter, images["exporter"])
     finally:
         runtime.run("volume", "rm", "-f", volume, check=False)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_daemonset_topology_with_redis(

@@ -12,17 +12,12 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from .ports import free_port
 from .scrape import Scrape, scrape
 from .wait import until
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_APP = "gunicorn_prometheus_exporter.demo.app:app"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def gunicorn_bin() -> str:

@@ -1,6 +1,8 @@
 """What the async workers add beyond the mix: in-flight counts concurrent requests and
 capacity is worker_connections, the sampler runs under monkey-patching, the eventlet
 worker's one-line refusal on gunicorn >= 26, and lazy imports."""
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -9,7 +11,7 @@ from importlib import metadata
 import pytest
 
 from frameworks.mix import Example, eventlet_gunicorn, exporter_path_env, require
-from support.procs import gunicorn_bin
+from support.procs import Gunicorn, gunicorn_bin
 from support.wait import until
 
 GUNICORN_MAJOR = int(metadata.version("gunicorn").split(".")[0])
@@ -79,3 +81,58 @@ def test_importing_the_package_imports_no_async_library():
             "import gunicorn_prometheus_exporter.frameworks; "
             "assert 'flask' not in sys.modules and 'starlette' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+SLOW_ASGI = '''
+import asyncio
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await asyncio.sleep(float(scope["query_string"].decode().split("=")[1]) / 1000)
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", b"5")]})
+    await send({"type": "http.response.body", "body": b"slow\\n"})
+'''
+STOPPING = [
+    ("sync", "sync", "gunicorn_prometheus_exporter.demo.app:app", ()),
+    ("gevent", "gunicorn_prometheus_exporter.PrometheusGeventWorker",
+     "gunicorn_prometheus_exporter.demo.app:app", ("gevent",)),
+    ("asgi", "gunicorn_prometheus_exporter.PrometheusASGIWorker", "slow_asgi:app",
+     ("gunicorn.workers.gasgi",)),
+]
+
+
+@pytest.mark.parametrize("name,worker_class,app,packages", STOPPING,
+                         ids=[s[0] for s in STOPPING])
+def test_a_terminated_worker_reports_stopping_while_it_drains(tmp_path, name, worker_class,
+                                                               app, packages):
+    """TERM to a worker with a request in flight: while it finishes that request the worker
+    is `stopping` (no longer `running`), the request is still counted, and the worker's
+    own intent makes its restart one TERM'd exit, as for every worker type (the native
+    ASGI worker takes its signals through the event loop)."""
+    require(*packages)
+    (tmp_path / "slow_asgi.py").write_text(SLOW_ASGI)
+    g = Gunicorn(tmp_path, app=app, worker_class=worker_class, workers=1,
+                 extra_args=["--graceful-timeout", "20"])
+    try:
+        g.wait_ready(workers=1)
+        [pid] = g.worker_pids()
+        slow = threading.Thread(target=g.request, args=("/slow?ms=2500",))
+        slow.start()
+        g.scrape_until(lambda s: s.total("gunicorn_worker_in_flight_requests") == 1)
+        os.kill(pid, signal.SIGTERM)
+        s = g.scrape_until(lambda s: s.total("gunicorn_worker_state", state="stopping") == 1)
+        assert s.total("gunicorn_worker_state", state="running") == 0
+        assert s.total("gunicorn_worker_in_flight_requests") == 1
+        slow.join()
+        s = g.scrape_until(lambda s: s.total("gunicorn_worker_state", state="running") == 1
+                           and s.total("gunicorn_http_requests_total") == 1)
+        assert s.value("gunicorn_http_requests_total", method="GET", route="/slow",
+                       status="200") == 1
+        assert s.total("gunicorn_worker_state", state="stopping") == 0
+        s = g.scrape_until(lambda s: s.total("gunicorn_master_worker_restart_total") == 1)
+        assert s.value("gunicorn_master_worker_restart_total", reason="scale_down") == 1
+    finally:
+        g.stop()

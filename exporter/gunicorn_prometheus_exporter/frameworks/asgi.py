@@ -15,21 +15,23 @@ import os
 from time import perf_counter
 from typing import Any, Awaitable, Callable, Optional
 
-from ..routes import status_label
+from .. import speedups
 from . import ERROR_ENVIRON_KEY, ROUTE_ENVIRON_KEY
 from .starlette import route_template
 
-_GONE = (asyncio.CancelledError, ConnectionError)
+#: what a client that went away raises in the application: counted as a 499
+GONE = (asyncio.CancelledError, ConnectionError)
 
 
 class ASGIMetrics:
     """Wraps the worker's ASGI application; ``instrumentation`` is the worker's
-    ``Instrumentation`` (its ``recorder`` and ``record()``)."""
+    ``Instrumentation`` (its ``recorder`` and ``record()``). ``instrument()`` gives the
+    compiled equivalent where it is built; ``record`` serves both."""
 
     def __init__(self, app: Callable, instrumentation: Any) -> None:
         self.app = app
         self._record = instrumentation.record
-        self._in_flight = instrumentation.recorder.in_flight
+        self.gauges, self.in_flight = instrumentation.recorder.in_flight_cell()
         self._log = instrumentation.log
         self._failed_once = False
 
@@ -38,7 +40,7 @@ class ASGIMetrics:
             await self.app(scope, receive, send)
             return
         started = perf_counter()
-        status = 0
+        status: Any = 0
         sent = 0
         received = 0
         ended = 0.0
@@ -69,30 +71,46 @@ class ASGIMetrics:
                 ended = perf_counter()
             return send(message)
 
-        in_flight = self._in_flight
-        in_flight(1.0)
+        gauges, in_flight = self.gauges, self.in_flight
+        gauges[in_flight] += 1.0  # an event loop is one thread: the gauge is added to directly
         error_type = None
         try:
             await self.app(scope, counting_receive, counting_send)
         except BaseException as exc:
-            if isinstance(exc, _GONE):
+            if isinstance(exc, GONE):
                 status = status or 499  # the client went away
             else:
                 status = status or 500  # the server answers 500 when nothing started
                 error_type = type(exc).__name__
             raise
         finally:
-            in_flight(-1.0)
-            try:
-                self._record(scope.get("method"), scope.get("path"),
-                             status_label(status),
-                             (ended or perf_counter()) - started, received, sent,
-                             scope.get(ROUTE_ENVIRON_KEY) or route_template(scope),
-                             scope.get(ERROR_ENVIRON_KEY) or error_type)
-            except Exception:  # recording must never break a request
-                if not self._failed_once:
-                    self._failed_once = True
-                    self._log.exception("prometheus: could not record a request")
+            gauges[in_flight] -= 1.0
+            self.record(scope, status, (ended or perf_counter()) - started, received, sent,
+                        error_type)
+
+    def record(self, scope: dict, status: Any, duration: float, received: int, sent: int,
+               error_type: Optional[str]) -> None:
+        """One finished request, labelled from its scope; never raises (a failure to
+        record is logged once, and the request goes on)."""
+        try:
+            self._record(scope["method"], scope["path"], status, duration, received, sent,
+                         scope.get(ROUTE_ENVIRON_KEY) or route_template(scope),
+                         scope.get(ERROR_ENVIRON_KEY) or error_type)
+        except Exception:
+            if not self._failed_once:
+                self._failed_once = True
+                self._log.exception("prometheus: could not record a request")
+
+
+def instrument(app: Callable, instrumentation: Any) -> Callable:
+    """``app`` with its requests recorded: the compiled wrapper (``_speedups.MeteredApp``)
+    where the speedups are built and on, else ``ASGIMetrics``. Both are ASGI 3 only."""
+    metrics = ASGIMetrics(app, instrumentation)
+    if speedups.native is None:
+        return metrics
+    return speedups.native.MeteredApp(app, metrics.record, instrumentation.resolved,
+                                      instrumentation.recorder.add, GONE, metrics.gauges,
+                                      metrics.in_flight)
 
 
 def _file_size(path: Optional[str]) -> int:

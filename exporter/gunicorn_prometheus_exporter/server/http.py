@@ -12,11 +12,12 @@ import gzip
 import os
 import socket
 import ssl
+import stat
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from typing import Any, Callable, Iterable, Optional, Tuple
+from typing import Any, Callable, Collection, Iterable, Optional, Tuple
 
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
@@ -259,11 +260,24 @@ def _printable(text: str) -> str:
     return text.translate(_CONTROL)
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
+#: hosts that bind every address of their family, so they share a port with any host
+_WILDCARDS = ("", "0.0.0.0", "::")
+
+
+def shares_port(host: str, port: int, address: Any) -> bool:
+    """Whether serving metrics on ``host:port`` would need the port of ``address`` (one
+    of gunicorn's listeners: a (host, port, ...) tuple, or a unix socket path)."""
+    if not isinstance(address, tuple) or address[1] != port:
+        return False
+    return host == address[0] or host in _WILDCARDS or address[0] in _WILDCARDS
+
+
+def listening_socket(host: str, port: int, taken: Collection[int] = ()) -> socket.socket:
     """The metrics socket: one inherited from the previous master of a USR2 upgrade if it
     left one bound to this address (so the port answers throughout the upgrade), otherwise
-    a new one. Raises OSError (e.g. address in use)."""
-    inherited = _inherited(host, port)
+    a new one. ``taken`` are descriptors never to adopt (gunicorn's own listeners). Raises
+    OSError (e.g. address in use)."""
+    inherited = _inherited(host, port, taken)
     if inherited is not None:
         return inherited
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -272,16 +286,13 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _inherited(host: str, port: int) -> Optional[socket.socket]:
-    import os
-    import stat
-
+def _inherited(host: str, port: int, taken: Collection[int]) -> Optional[socket.socket]:
     try:
         fds = [int(name) for name in os.listdir("/proc/self/fd")]
     except OSError:
         return None
     for fd in fds:
-        if fd <= 2:
+        if fd <= 2 or fd in taken:
             continue
         try:
             if not stat.S_ISSOCK(os.fstat(fd).st_mode):

@@ -50,7 +50,8 @@ class Monitor:
         p = self.settings.prometheus
         if p.server:
             try:
-                self.sock = listening_socket(p.bind_address, p.metrics_port)
+                self.sock = listening_socket(p.bind_address, p.metrics_port,
+                                             [lnr.fileno() for lnr in self.listeners])
             except OSError as exc:
                 self.log.error("prometheus: cannot serve metrics on %s: %s; requests are "
                                "still recorded in %s (set PROMETHEUS_METRICS_PORT to a free "

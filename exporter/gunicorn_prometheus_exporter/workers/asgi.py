@@ -19,7 +19,8 @@ except ImportError as exc:  # gunicorn 23
     ASGIWorker = None  # type: ignore[assignment,misc]
 
 if ASGIWorker is not None:
-    from ..frameworks.asgi import ASGIMetrics
+    from .. import exits
+    from ..frameworks.asgi import instrument
     from .base import ConnectionsMixin
 
     class PrometheusASGIWorker(ConnectionsMixin, ASGIWorker):  # type: ignore
@@ -29,7 +30,21 @@ if ASGIWorker is not None:
         def load_wsgi(self) -> None:
             ASGIWorker.load_wsgi(self)
             if self._prometheus is not None:
-                self.asgi = ASGIMetrics(self.asgi, self._prometheus)
+                self.asgi = instrument(self.asgi, self._prometheus)
+
+        # the asyncio worker takes its signals through the event loop, not through
+        # handle_exit/handle_quit/handle_abort as the other workers do
+        def handle_exit_signal(self) -> None:
+            self._stopping(exits.TERMINATED)
+            ASGIWorker.handle_exit_signal(self)
+
+        def handle_quit_signal(self) -> None:
+            self._stopping(exits.TERMINATED)
+            ASGIWorker.handle_quit_signal(self)
+
+        def handle_abort_signal(self) -> None:
+            self._stopping(exits.TIMEOUT)
+            ASGIWorker.handle_abort_signal(self)
 
 else:
     class PrometheusASGIWorker:  # type: ignore[no-redef]

@@ -15,14 +15,15 @@ from __future__ import annotations
 import errno
 import os
 import sys
-import time
-from typing import Any, Iterable, Optional
+from time import perf_counter
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 from .. import config, exits, identity, logcount, master, redact
 from .. import metrics as catalogue
 from ..frameworks import ERROR_ENVIRON_KEY
-from ..recorder import Recorder
-from ..routes import ROUTE_ENVIRON_KEY, RouteTable, method_label, status_label
+from ..recorder import Recorder, Series
+from ..routes import (ROUTE_ENVIRON_KEY, UNMATCHED, RouteTable, method_label,
+                      status_label)
 from ..sampler import ResourceSampler
 from ..storage.store import ProcessStore
 
@@ -31,7 +32,8 @@ BODY_METER_KEY = "gunicorn_prometheus_exporter.body_meter"
 #: without counting them in ``Response.sent``
 FILE_BYTES_KEY = "gunicorn_prometheus_exporter.file_bytes"
 _COUNTED = "_gunicorn_prometheus_counted"
-_STARTED = "_gunicorn_prometheus_started"
+#: requests remembered by (method, path or template, status) before starting afresh
+_RESOLVED_LIMIT = 8192
 _GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN)
 
 
@@ -88,8 +90,28 @@ def _file_bytes(wrapped: Any) -> Optional[int]:
         return None
 
 
-def _client_gone(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in _GONE
+def _escaped(exc: BaseException, resp: Any, code: Optional[int]
+             ) -> Tuple[Optional[int], Optional[str]]:
+    """Status and error type of a request an exception left: a client that went away is
+    499 and no error; anything else is a failed request (500 unless the status was sent),
+    marked so that gunicorn's error path does not count it again."""
+    if isinstance(exc, OSError) and exc.errno in _GONE:
+        return code or 499, None
+    if resp is None or not resp.headers_sent:
+        code = 500
+    try:
+        setattr(exc, _COUNTED, True)
+    except AttributeError:
+        pass
+    return code, type(exc).__name__
+
+
+def _current_exception() -> Optional[BaseException]:
+    return sys.exc_info()[1]
+
+
+#: the exception being handled (``sys.exception`` is the cheaper call, Python >= 3.11)
+current_exception = getattr(sys, "exception", _current_exception)
 
 
 class Instrumentation:
@@ -105,6 +127,11 @@ class Instrumentation:
         self.store = ProcessStore(runtime.directory, claim.identity)
         self.recorder = Recorder(self.store, settings.metrics.duration_buckets,
                                  settings.metrics.size_buckets, threaded=worker.threaded)
+        # one request at a time per thread (sync; gevent and eventlet, whose recording
+        # never switches): the hooks add to the in-flight gauge directly, no call
+        self._gauges: Optional[memoryview] = None
+        if not worker.threaded:
+            self._gauges, self._in_flight = self.recorder.in_flight_cell()
         self.routes = RouteTable(runtime.directory, settings.metrics.route_cap,
                                  settings.metrics.route_rules)
         self.recorder.set_gauge(catalogue.WORKER_CAPACITY, float(worker.capacity))
@@ -113,6 +140,9 @@ class Instrumentation:
         self.set_state("running")
         self.sampler = ResourceSampler(self.recorder, settings.metrics.sample_interval)
         self.sampler.start()
+        #: request key -> series, for answers that cannot change (``record``); the
+        #: compiled ASGI wrapper reads it too
+        self.resolved: Dict[tuple, Series] = {}
         self._failed_once = False
         if not getattr(worker, "request_hooks", True):
             return  # the worker records its requests itself through record()
@@ -127,19 +157,27 @@ class Instrumentation:
             self.recorder.set_gauge(catalogue.WORKER_STATE, float(name == state), (name,))
 
     # -- the request path ---------------------------------------------------------------------
+    # gunicorn makes a new request object per request: the start time rides on it
     def pre_request(self, worker: Any, req: Any) -> None:
-        setattr(req, _STARTED, time.perf_counter())
-        self.recorder.in_flight(1.0)
+        req._gunicorn_prometheus_started = perf_counter()
+        if self._gauges is None:
+            self.recorder.in_flight(1.0)
+        else:
+            self._gauges[self._in_flight] += 1.0
 
     def post_request(self, worker: Any, req: Any, environ: dict, resp: Any) -> None:
-        ended = time.perf_counter()
-        started = req.__dict__.pop(_STARTED, None)
-        if started is None:
-            return
+        ended = perf_counter()
         try:
-            self.recorder.in_flight(-1.0)
+            started = req._gunicorn_prometheus_started
+        except AttributeError:
+            return  # pre_request did not run for this request
+        try:
+            if self._gauges is None:
+                self.recorder.in_flight(-1.0)
+            else:
+                self._gauges[self._in_flight] -= 1.0
             if environ:  # else gunicorn refused the request itself: see gunicorn_error
-                self._record(environ, resp, ended - started, sys.exc_info()[1])
+                self._record(environ, resp, ended - started)
             if worker.nr >= worker.max_requests:
                 self.intent.set(exits.MAX_REQUESTS)
         except Exception:  # recording must never break a request
@@ -147,25 +185,16 @@ class Instrumentation:
                 self._failed_once = True
                 self.log.exception("prometheus: could not record a request")
 
-    def _record(self, environ: dict, resp: Any, duration: float,
-                exc: Optional[BaseException]) -> None:
-        code = getattr(resp, "status_code", None) if resp is not None else None
-        error_type = None
+    def _record(self, environ: dict, resp: Any, duration: float) -> None:
+        try:
+            code = resp.status_code  # absent until start_response ran
+        except AttributeError:
+            code = None
+        error_type = environ.get(ERROR_ENVIRON_KEY)  # a framework rendered it: counted once
+        exc = current_exception()  # post_request runs in the finally of an escaping one
         if exc is not None:
-            if _client_gone(exc):
-                code = code or 499
-            else:
-                error_type = type(exc).__name__
-                if resp is None or not resp.headers_sent:
-                    code = 500
-                try:
-                    setattr(exc, _COUNTED, True)
-                except AttributeError:
-                    pass
-        reported = environ.get(ERROR_ENVIRON_KEY)  # a framework rendered it: counted once
-        if reported:
-            error_type = str(reported)
-        status = status_label(code)
+            code, escaped = _escaped(exc, resp, code)
+            error_type = error_type or escaped
         length = environ.get("CONTENT_LENGTH")
         if length:
             try:
@@ -176,28 +205,53 @@ class Instrumentation:
             meter = environ.get(BODY_METER_KEY)
             received = meter.bytes if meter is not None else 0
         sent = resp.sent if resp is not None else 0
-        if not sent and FILE_BYTES_KEY in environ and resp is not None \
+        if not sent and resp is not None and FILE_BYTES_KEY in environ \
                 and not getattr(resp, "_omits_body", False):
             sent = environ[FILE_BYTES_KEY] or 0  # sent by sendfile
             if resp.response_length is not None:
                 sent = min(sent, resp.response_length)
-        self.record(environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), status, duration,
-                    received, sent, environ.get(ROUTE_ENVIRON_KEY), error_type)
+        self.record(environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), code, duration,
+                    received, sent, environ.get(ROUTE_ENVIRON_KEY),
+                    str(error_type) if error_type else None)
 
-    def record(self, method: Optional[str], path: Optional[str], status: str, duration: float,
-               received: int, sent: int, template: Optional[str] = None,
+    def record(self, method: Optional[str], path: Optional[str], code: Optional[int],
+               duration: float, received: int, sent: int, template: Optional[str] = None,
                error_type: Optional[str] = None) -> None:
         """One finished request, whatever server loop handled it (the ASGI workers call
-        this directly): ``template`` is a framework's matched route, else ``path`` is
-        normalised; ``error_type`` counts one failed request."""
+        this directly): ``code`` the status sent (None: 500), ``template`` a framework's
+        matched route, else ``path`` is normalised; ``error_type`` counts one failed
+        request. A request like an earlier one is one dict lookup and the stores."""
+        if not template:
+            key = (method, path, code)
+        else:
+            if template.__class__ is not str:  # an app's own object: its text (hashable)
+                template = str(template)
+            key = (method, code, template)
+        series = self.resolved.get(key)
+        if series is None or error_type is not None:
+            series = self._resolve(key, method, path, code, template, error_type)
+        self.recorder.add(series, duration, received, sent)
+
+    def _resolve(self, key: tuple, method: Optional[str], path: Optional[str],
+                 code: Optional[int], template: Optional[str],
+                 error_type: Optional[str]) -> Series:
+        """Labels of a request not seen in this form before (or a failed one). Only
+        answers that cannot change are kept: a 404 on an unknown path is ``unmatched``
+        until another response makes its route known."""
         method = method_label(method)
+        status = status_label(code)
         if template:
             route = self.routes.template(str(template))
         else:
             route = self.routes.route(path or "/", status)
-        self.recorder.observe(method, route, status, duration, received, sent)
+        series = self.recorder.series(method, route, status)
+        if route != UNMATCHED:
+            if len(self.resolved) >= _RESOLVED_LIMIT:
+                self.resolved.clear()
+            self.resolved[key] = series
         if error_type is not None:
             self.recorder.count(catalogue.FAILED_REQUESTS, (method, route, error_type))
+        return series
 
     # -- gunicorn's own error path ---------------------------------------------------------
     def gunicorn_error(self, req: Any, exc: BaseException) -> None:

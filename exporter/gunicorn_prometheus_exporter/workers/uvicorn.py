@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from uvicorn_worker import UvicornWorker
 
-from ..frameworks.asgi import ASGIMetrics
+from ..frameworks.asgi import instrument
 from .base import ConnectionsMixin
 
 
@@ -20,4 +20,7 @@ class PrometheusUvicornWorker(ConnectionsMixin, UvicornWorker):
     def load_wsgi(self) -> None:
         UvicornWorker.load_wsgi(self)
         if self._prometheus is not None:
-            self.wsgi = ASGIMetrics(self.wsgi, self._prometheus)
+            self.wsgi = instrument(self.wsgi, self._prometheus)
+            # the wrapper is ASGI 3; uvicorn would guess ASGI 2 for the compiled one (its
+            # __call__ is not a coroutine function)
+            self.config.interface = "asgi3"

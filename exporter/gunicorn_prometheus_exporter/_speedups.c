@@ -1,0 +1,1204 @@
+/* The request path in C: an optional accelerator of recorder.py and frameworks/asgi.py.
+ *
+ * The Python code stays the reference: speedups.py loads this module when it was built and
+ * not switched off, and tests/test_speedups.py checks that both write the same bytes and
+ * report the same values. Why C: in CPython each Python-level call, memoryview store or
+ * bisect costs 300 to 1,000 machine instructions, which made the plugin's share of a raw
+ * ASGI hello world 8% (docs/benchmarks.md); the same steps here cost tens.
+ *
+ * The GIL is held throughout (nothing here releases it), so a series is written by one
+ * thread at a time without a lock of its own: gthread workers need none for ``add``.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+/* -- shared helpers -------------------------------------------------------------------- */
+
+/* First index whose bound is not below ``x``, as bisect.bisect_left (NaN: 0). */
+static Py_ssize_t
+bisect_left(const double *bounds, Py_ssize_t count, double x)
+{
+    Py_ssize_t lo = 0, hi = count;
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi) / 2;
+        if (bounds[mid] < x)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* A writable, native-double view of a mapped file, as MmapFile.values is. The buffer is
+ * taken through the protocol so that a released view (a closed file) raises ValueError as
+ * it does in Python, instead of writing to memory that is gone. */
+static int
+get_values(PyObject *view, Py_buffer *buffer)
+{
+    if (PyObject_GetBuffer(view, buffer, PyBUF_CONTIG | PyBUF_FORMAT) < 0)
+        return -1;
+    if (buffer->itemsize != (Py_ssize_t)sizeof(double) || buffer->format == NULL
+            || strcmp(buffer->format, "d") != 0) {
+        PyBuffer_Release(buffer);
+        PyErr_SetString(PyExc_TypeError, "a series view must be a memoryview of format 'd'");
+        return -1;
+    }
+    return 0;
+}
+
+/* ``values[i] += amount`` with Python's bounds check. */
+static int
+add_at_index(Py_buffer *values, Py_ssize_t i, double amount)
+{
+    if (i < 0 || i >= values->len / (Py_ssize_t)sizeof(double)) {
+        PyErr_SetString(PyExc_IndexError, "index outside its mapped file");
+        return -1;
+    }
+    ((double *)values->buf)[i] += amount;
+    return 0;
+}
+
+/* add_at_index with the index an int object (a series position). */
+static int
+add_at(Py_buffer *values, PyObject *index, double amount)
+{
+    Py_ssize_t i = PyLong_AsSsize_t(index);
+    if (i == -1 && PyErr_Occurred())
+        return -1;
+    return add_at_index(values, i, amount);
+}
+
+/* The bucket of ``x`` among ``bounds``: an element of the ``buckets`` tuple (bucket
+ * positions, +Inf last). */
+static PyObject *
+bucket(PyObject *buckets, const double *bounds, Py_ssize_t count, double x)
+{
+    Py_ssize_t i = bisect_left(bounds, count, x);
+    if (!PyTuple_Check(buckets) || i >= PyTuple_GET_SIZE(buckets)) {
+        PyErr_SetString(PyExc_IndexError, "series bucket positions do not match the bounds");
+        return NULL;
+    }
+    return PyTuple_GET_ITEM(buckets, i);
+}
+
+/* -- RequestWriter: Recorder.add ------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    double *duration_bounds;
+    Py_ssize_t duration_count;
+    double *size_bounds;
+    Py_ssize_t size_count;
+} RequestWriter;
+
+static int
+read_bounds(PyObject *sequence, const char *name, double **bounds, Py_ssize_t *count)
+{
+    PyObject *fast = PySequence_Fast(sequence, name);
+    if (fast == NULL)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    double *out = PyMem_New(double, n ? n : 1);
+    if (out == NULL) {
+        Py_DECREF(fast);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        out[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(fast, i));
+        if (out[i] == -1.0 && PyErr_Occurred()) {
+            PyMem_Free(out);
+            Py_DECREF(fast);
+            return -1;
+        }
+    }
+    Py_DECREF(fast);
+    *bounds = out;
+    *count = n;
+    return 0;
+}
+
+static int
+RequestWriter_init(RequestWriter *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"duration_bounds", "size_bounds", NULL};
+    PyObject *durations, *sizes;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO:RequestWriter", keywords,
+                                     &durations, &sizes))
+        return -1;
+    PyMem_Free(self->duration_bounds);
+    PyMem_Free(self->size_bounds);
+    self->duration_bounds = self->size_bounds = NULL;
+    if (read_bounds(durations, "duration_bounds must be a sequence of numbers",
+                    &self->duration_bounds, &self->duration_count) < 0)
+        return -1;
+    return read_bounds(sizes, "size_bounds must be a sequence of numbers",
+                       &self->size_bounds, &self->size_count);
+}
+
+static void
+RequestWriter_dealloc(RequestWriter *self)
+{
+    PyMem_Free(self->duration_bounds);
+    PyMem_Free(self->size_bounds);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* One size histogram: its bucket and, for a non-empty body, its sum. */
+static int
+add_size(RequestWriter *self, Py_buffer *h, PyObject *buckets, PyObject *sum, double size)
+{
+    PyObject *position = bucket(buckets, self->size_bounds, self->size_count, size);
+    if (position == NULL || add_at(h, position, 1.0) < 0)
+        return -1;
+    return size != 0.0 ? add_at(h, sum, size) : 0;
+}
+
+/* A size as Recorder.add takes it: an int, a float, or None (unknown: no body counted). */
+static double
+as_size(PyObject *value)
+{
+    if (value == Py_None)
+        return 0.0;
+    return PyLong_Check(value) ? PyLong_AsDouble(value) : PyFloat_AsDouble(value);
+}
+
+/* add(series, duration, request_bytes, response_bytes): what Recorder.add does. */
+static PyObject *
+RequestWriter_add(RequestWriter *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "add() takes 4 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *series = args[0];
+    if (!PyTuple_Check(series) || PyTuple_GET_SIZE(series) != 9) {
+        PyErr_SetString(PyExc_TypeError, "series must be the 9-tuple Recorder.series() gives");
+        return NULL;
+    }
+    double duration = PyFloat_AsDouble(args[1]);
+    if (duration == -1.0 && PyErr_Occurred())
+        return NULL;
+    double received = as_size(args[2]);
+    if (received == -1.0 && PyErr_Occurred())
+        return NULL;
+    double sent = as_size(args[3]);
+    if (sent == -1.0 && PyErr_Occurred())
+        return NULL;
+
+    PyObject **item = &PyTuple_GET_ITEM(series, 0);
+    Py_buffer counters, h;
+    if (get_values(item[0], &counters) < 0)
+        return NULL;
+    if (get_values(item[2], &h) < 0) {
+        PyBuffer_Release(&counters);
+        return NULL;
+    }
+    int failed = add_at(&counters, item[1], 1.0) < 0;
+    if (!failed) {
+        PyObject *position = bucket(item[3], self->duration_bounds, self->duration_count,
+                                    duration);
+        failed = position == NULL || add_at(&h, position, 1.0) < 0
+                 || add_at(&h, item[4], duration) < 0
+                 || add_size(self, &h, item[5], item[6], received) < 0
+                 || add_size(self, &h, item[7], item[8], sent) < 0;
+    }
+    PyBuffer_Release(&h);
+    PyBuffer_Release(&counters);
+    if (failed)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef RequestWriter_methods[] = {
+    {"add", (PyCFunction)(void (*)(void))RequestWriter_add, METH_FASTCALL,
+     "add(series, duration, request_bytes, response_bytes): one finished request."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject RequestWriterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "gunicorn_prometheus_exporter._speedups.RequestWriter",
+    .tp_basicsize = sizeof(RequestWriter),
+    .tp_dealloc = (destructor)RequestWriter_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "RequestWriter(duration_bounds, size_bounds): Recorder.add in C.",
+    .tp_methods = RequestWriter_methods,
+    .tp_init = (initproc)RequestWriter_init,
+    .tp_new = PyType_GenericNew,
+};
+
+
+/* -- the ASGI wrapper: frameworks/asgi.py's ASGIMetrics -------------------------------------
+ *
+ * MeteredApp(app, record, gone, gauges, index) is the application a worker serves. A call
+ * with an HTTP scope returns a MeteredCall: an awaitable that, when first driven, counts
+ * the request in flight, calls the application with a metered receive and send
+ * (RequestMeter) and hands every step on to it; when the application returns or raises it
+ * takes the request out of the in-flight gauge and calls ``record(scope, status,
+ * duration, received, sent, error_type)`` (ASGIMetrics.record: the labels and the stores).
+ * A request whose series is already known is recorded here (record_known); any other
+ * goes through ``record``. Other scopes go to the application untouched. Needs
+ * PyIter_Send (Python 3.10). */
+
+static PyObject *s_type, *s_status, *s_body, *s_more_body, *s_path, *s_get, *s_http;
+static PyObject *s_response_start, *s_response_body, *s_response_pathsend;
+static PyObject *s_throw, *s_close;
+static PyObject *s_method, *s_route, *s_router, *s_app_root_path, *s_route_key, *s_error_key;
+static PyObject *perf_counter;  /* time.perf_counter: the clock of the Python path */
+static PyObject *file_size;     /* frameworks.asgi._file_size, imported at the first pathsend */
+
+static int
+now(double *out)
+{
+    PyObject *t = PyObject_CallNoArgs(perf_counter);
+    if (t == NULL)
+        return -1;
+    *out = PyFloat_AsDouble(t);
+    Py_DECREF(t);
+    return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* ``gauges[index] += delta`` (the in-flight gauge of a single-threaded event loop). */
+static int
+add_to_gauge(PyObject *gauges, Py_ssize_t index, double delta)
+{
+    Py_buffer values;
+    if (get_values(gauges, &values) < 0)
+        return -1;
+    int rc = add_at_index(&values, index, delta);
+    PyBuffer_Release(&values);
+    return rc;
+}
+
+/* message.get(key): borrowed for a dict (what servers send), a new reference otherwise;
+ * ``*owned`` says which. NULL without an error: absent. */
+static PyObject *
+message_get(PyObject *message, PyObject *key, int *owned)
+{
+    if (PyDict_Check(message)) {
+        *owned = 0;
+        return PyDict_GetItemWithError(message, key);
+    }
+    *owned = 1;
+    PyObject *value = PyObject_CallMethodOneArg(message, s_get, key);
+    if (value == Py_None) {
+        Py_DECREF(value);
+        return NULL;
+    }
+    return value;
+}
+
+/* A truthy ``message.get(key)``: 1, 0, or -1 on error; ``*length`` gets its len() when
+ * ``length`` is not NULL. */
+static int
+truthy_get(PyObject *message, PyObject *key, Py_ssize_t *length)
+{
+    int owned;
+    PyObject *value = message_get(message, key, &owned);
+    if (value == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    int truth = PyObject_IsTrue(value);
+    if (truth > 0 && length != NULL) {
+        *length = PyObject_Size(value);
+        if (*length < 0)
+            truth = -1;
+    }
+    if (owned)
+        Py_DECREF(value);
+    return truth;
+}
+
+/* Ends an iteration with ``value`` as the awaited result (StopIteration(value)). */
+static void
+set_result(PyObject *value)
+{
+    PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, value);
+    if (stop != NULL) {
+        PyErr_SetObject(PyExc_StopIteration, stop);
+        Py_DECREF(stop);
+    }
+}
+
+/* The iterator that drives an awaitable, as ``await`` finds it. */
+static PyObject *
+await_iter(PyObject *awaitable)
+{
+    if (PyCoro_CheckExact(awaitable) || PyGen_CheckExact(awaitable))
+        return Py_NewRef(awaitable);
+    PyAsyncMethods *async = Py_TYPE(awaitable)->tp_as_async;
+    if (async == NULL || async->am_await == NULL) {
+        PyErr_Format(PyExc_TypeError, "object %.100s can't be used in 'await' expression",
+                     Py_TYPE(awaitable)->tp_name);
+        return NULL;
+    }
+    PyObject *it = async->am_await(awaitable);
+    if (it != NULL && !PyIter_Check(it)) {
+        PyErr_Format(PyExc_TypeError, "__await__() returned non-iterator of type '%.100s'",
+                     Py_TYPE(it)->tp_name);
+        Py_CLEAR(it);
+    }
+    return it;
+}
+
+/* inner.throw(*args) as a send result: a finished ``inner`` (it raised
+ * StopIteration) is PYGEN_RETURN with its value. */
+static PySendResult
+call_as_send(PyObject *inner, PyObject *name, PyObject *args, PyObject **result)
+{
+    PyObject *method = PyObject_GetAttr(inner, name);
+    *result = method == NULL ? NULL : PyObject_Call(method, args, NULL);
+    Py_XDECREF(method);
+    if (*result != NULL)
+        return PYGEN_NEXT;
+    if (!PyErr_ExceptionMatches(PyExc_StopIteration))
+        return PYGEN_ERROR;
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyErr_NormalizeException(&type, &value, &traceback);
+    *result = value == NULL ? Py_NewRef(Py_None)
+                            : PyObject_GetAttrString(value, "value");
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(traceback);
+    return *result == NULL ? PYGEN_ERROR : PYGEN_RETURN;
+}
+
+/* A send result as a method's return (send, throw): a yielded value, or StopIteration. */
+static PyObject *
+as_method_result(PySendResult status, PyObject *result)
+{
+    if (status == PYGEN_RETURN) {
+        set_result(result);
+        Py_DECREF(result);
+        return NULL;
+    }
+    return result;  /* NEXT: the value; ERROR: NULL with the exception set */
+}
+
+/* tp_iternext of the awaitables here, through their am_send: StopIteration(None) is NULL
+ * with nothing set. */
+static PyObject *
+awaitable_next(PyObject *self)
+{
+    PyObject *result;
+    PySendResult status = Py_TYPE(self)->tp_as_async->am_send(self, Py_None, &result);
+    if (status == PYGEN_RETURN && result == Py_None) {
+        Py_DECREF(result);
+        return NULL;
+    }
+    return as_method_result(status, result);
+}
+
+/* Their send(value) method, through am_send as well. */
+static PyObject *
+awaitable_send(PyObject *self, PyObject *value)
+{
+    PyObject *result;
+    PySendResult status = Py_TYPE(self)->tp_as_async->am_send(self, value, &result);
+    return as_method_result(status, result);
+}
+
+/* -- RequestMeter: the send (and receive) the application is given ---------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *send;      /* the server's send and receive */
+    PyObject *receive;
+    PyObject *status;    /* the status sent: 0 until http.response.start */
+    long long sent;
+    long long received;
+    double started;
+    double ended;        /* 0.0 until the last body message */
+} RequestMeter;
+
+static PyTypeObject RequestMeterType;
+static PyTypeObject ReceivingType;
+
+static int
+count_pathsend(RequestMeter *self, PyObject *message)
+{
+    if (file_size == NULL) {
+        PyObject *module = PyImport_ImportModule("gunicorn_prometheus_exporter.frameworks.asgi");
+        if (module == NULL)
+            return -1;
+        file_size = PyObject_GetAttrString(module, "_file_size");
+        Py_DECREF(module);
+        if (file_size == NULL)
+            return -1;
+    }
+    int owned;
+    PyObject *path = message_get(message, s_path, &owned);
+    if (path == NULL && PyErr_Occurred())
+        return -1;
+    PyObject *size = PyObject_CallOneArg(file_size, path ? path : Py_None);
+    if (owned)
+        Py_XDECREF(path);
+    if (size == NULL)
+        return -1;
+    long long n = PyLong_AsLongLong(size);
+    Py_DECREF(size);
+    if (n == -1 && PyErr_Occurred())
+        return -1;
+    self->sent += n;
+    return now(&self->ended);
+}
+
+/* Look at one message, as frameworks/asgi.py's counting_send does. */
+static int
+observe(RequestMeter *self, PyObject *message)
+{
+    PyObject *kind = PyObject_GetItem(message, s_type);
+    if (kind == NULL)
+        return -1;
+    int rc = 0, is;
+    if ((is = PyObject_RichCompareBool(kind, s_response_body, Py_EQ)) != 0) {
+        Py_ssize_t length = 0;
+        int more;
+        if (is < 0 || truthy_get(message, s_body, &length) < 0)
+            rc = -1;
+        else if ((more = truthy_get(message, s_more_body, NULL)) < 0)
+            rc = -1;
+        else {
+            self->sent += length;
+            if (!more)
+                rc = now(&self->ended);
+        }
+    } else if ((is = PyObject_RichCompareBool(kind, s_response_start, Py_EQ)) != 0) {
+        PyObject *status = is < 0 ? NULL : PyObject_GetItem(message, s_status);
+        if (status == NULL)
+            rc = -1;
+        else
+            Py_SETREF(self->status, status);
+    } else if ((is = PyObject_RichCompareBool(kind, s_response_pathsend, Py_EQ)) != 0) {
+        rc = is < 0 ? -1 : count_pathsend(self, message);
+    }
+    Py_DECREF(kind);
+    return rc;
+}
+
+/* meter(message): the application's send. */
+static PyObject *
+RequestMeter_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                        PyObject *kwnames)
+{
+    RequestMeter *self = (RequestMeter *)callable;
+    if (PyVectorcall_NARGS(nargsf) != 1 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "send() takes one message");
+        return NULL;
+    }
+    if (observe(self, args[0]) < 0)
+        return NULL;
+    return PyObject_Vectorcall(self->send, args, nargsf, NULL);
+}
+
+static RequestMeter *
+new_meter(PyObject *send, PyObject *receive)
+{
+    RequestMeter *self = PyObject_GC_New(RequestMeter, &RequestMeterType);
+    if (self == NULL)
+        return NULL;
+    self->vectorcall = RequestMeter_vectorcall;
+    self->send = Py_NewRef(send);
+    self->receive = Py_NewRef(receive);
+    self->status = PyLong_FromLong(0);
+    self->sent = self->received = 0;
+    self->started = self->ended = 0.0;
+    PyObject_GC_Track(self);
+    if (self->status == NULL || now(&self->started) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return self;
+}
+
+static int
+RequestMeter_traverse(RequestMeter *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->send);
+    Py_VISIT(self->receive);
+    Py_VISIT(self->status);
+    return 0;
+}
+
+static int
+RequestMeter_clear(RequestMeter *self)
+{
+    Py_CLEAR(self->send);
+    Py_CLEAR(self->receive);
+    Py_CLEAR(self->status);
+    return 0;
+}
+
+static void
+RequestMeter_dealloc(RequestMeter *self)
+{
+    PyObject_GC_UnTrack(self);
+    RequestMeter_clear(self);
+    PyObject_GC_Del(self);
+}
+
+/* Receiving: one ``await receive()`` of the application, counting the body it returns. */
+typedef struct {
+    PyObject_HEAD
+    RequestMeter *meter;
+    PyObject *inner;  /* the server's receive() awaitable, driven */
+} Receiving;
+
+/* meter.receive(): the application's receive. */
+static PyObject *
+RequestMeter_receive(RequestMeter *self, PyObject *unused)
+{
+    (void)unused;
+    PyObject *awaitable = PyObject_CallNoArgs(self->receive);
+    if (awaitable == NULL)
+        return NULL;
+    PyObject *inner = await_iter(awaitable);
+    Py_DECREF(awaitable);
+    if (inner == NULL)
+        return NULL;
+    Receiving *receiving = PyObject_GC_New(Receiving, &ReceivingType);
+    if (receiving == NULL) {
+        Py_DECREF(inner);
+        return NULL;
+    }
+    receiving->meter = (RequestMeter *)Py_NewRef(self);
+    receiving->inner = inner;
+    PyObject_GC_Track(receiving);
+    return (PyObject *)receiving;
+}
+
+static PyMethodDef RequestMeter_receive_def = {
+    "receive", (PyCFunction)RequestMeter_receive, METH_NOARGS,
+    "receive(): the server's receive, its body bytes counted."};
+
+/* The received message's body, counted; on a count that fails, the message is dropped. */
+static PySendResult
+count_received(Receiving *self, PySendResult status, PyObject **result)
+{
+    if (status != PYGEN_RETURN)
+        return status;
+    Py_ssize_t length = 0;
+    int has_body = truthy_get(*result, s_body, &length);
+    if (has_body < 0) {
+        Py_CLEAR(*result);
+        return PYGEN_ERROR;
+    }
+    self->meter->received += length;
+    return PYGEN_RETURN;
+}
+
+static PySendResult
+Receiving_am_send(Receiving *self, PyObject *value, PyObject **result)
+{
+    return count_received(self, PyIter_Send(self->inner, value, result), result);
+}
+
+static PyObject *
+Receiving_throw(Receiving *self, PyObject *args)
+{
+    PyObject *result;
+    PySendResult status = count_received(self, call_as_send(self->inner, s_throw, args, &result),
+                                         &result);
+    return as_method_result(status, result);
+}
+
+static PyObject *
+Receiving_close(Receiving *self, PyObject *unused)
+{
+    (void)unused;
+    return PyObject_CallMethodNoArgs(self->inner, s_close);
+}
+
+static int
+Receiving_traverse(Receiving *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->meter);
+    Py_VISIT(self->inner);
+    return 0;
+}
+
+static int
+Receiving_clear(Receiving *self)
+{
+    Py_CLEAR(self->meter);
+    Py_CLEAR(self->inner);
+    return 0;
+}
+
+static void
+Receiving_dealloc(Receiving *self)
+{
+    PyObject_GC_UnTrack(self);
+    Receiving_clear(self);
+    PyObject_GC_Del(self);
+}
+
+static PyObject *
+self_await(PyObject *self)
+{
+    return Py_NewRef(self);
+}
+
+static PyAsyncMethods Receiving_async = {
+    .am_await = self_await,
+    .am_send = (sendfunc)Receiving_am_send,
+};
+
+static PyMethodDef Receiving_methods[] = {
+    {"send", (PyCFunction)awaitable_send, METH_O, NULL},
+    {"throw", (PyCFunction)Receiving_throw, METH_VARARGS, NULL},
+    {"close", (PyCFunction)Receiving_close, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ReceivingType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "gunicorn_prometheus_exporter._speedups.Receiving",
+    .tp_basicsize = sizeof(Receiving),
+    .tp_dealloc = (destructor)Receiving_dealloc,
+    .tp_as_async = &Receiving_async,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "One await of the application's receive(), its body bytes counted.",
+    .tp_traverse = (traverseproc)Receiving_traverse,
+    .tp_clear = (inquiry)Receiving_clear,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = awaitable_next,
+    .tp_methods = Receiving_methods,
+};
+
+static PyTypeObject RequestMeterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "gunicorn_prometheus_exporter._speedups.RequestMeter",
+    .tp_basicsize = sizeof(RequestMeter),
+    .tp_dealloc = (destructor)RequestMeter_dealloc,
+    .tp_vectorcall_offset = offsetof(RequestMeter, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "The send an ASGI application is given: ASGIMetrics' counting_send.",
+    .tp_traverse = (traverseproc)RequestMeter_traverse,
+    .tp_clear = (inquiry)RequestMeter_clear,
+};
+
+/* -- MeteredApp and MeteredCall ------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *app;
+    PyObject *record;   /* ASGIMetrics.record: any request, labelled in Python */
+    PyObject *resolved; /* Instrumentation.resolved: request key -> series */
+    PyObject *add;      /* Recorder.add */
+    PyObject *gone;     /* exception classes of a client that went away (499) */
+    PyObject *gauges;   /* the in-flight gauge: view and index */
+    Py_ssize_t gauge_index;
+} MeteredApp;
+
+enum { CALL_NEW, CALL_RUNNING, CALL_DONE };
+
+typedef struct {
+    PyObject_HEAD
+    MeteredApp *owner;
+    PyObject *scope, *receive, *send;
+    RequestMeter *meter;  /* from the first step */
+    PyObject *inner;      /* the application's awaitable, driven */
+    int state;
+} MeteredCall;
+
+static PyTypeObject MeteredAppType;
+static PyTypeObject MeteredCallType;
+
+/* The common request in C: no exception, no route or error key of our own in the scope, no
+ * Starlette mount to resolve, and its series already known (Instrumentation.record and
+ * starlette.route_template decide the same way for it). 1: recorded; 0: not this kind,
+ * record() labels it; -1: an error. */
+static int
+record_known(MeteredApp *owner, PyObject *scope, RequestMeter *meter, PyObject *duration,
+             PyObject *received, PyObject *sent)
+{
+    if (!PyDict_CheckExact(scope))
+        return 0;
+    PyObject *method = PyDict_GetItemWithError(scope, s_method);
+    if (method == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (PyDict_GetItemWithError(scope, s_route_key) != NULL
+            || PyDict_GetItemWithError(scope, s_error_key) != NULL
+            || PyDict_GetItemWithError(scope, s_app_root_path) != NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    PyObject *key, *route = PyDict_GetItemWithError(scope, s_route);
+    if (route == NULL) {
+        if (PyErr_Occurred() || PyDict_GetItemWithError(scope, s_router) != NULL)
+            return PyErr_Occurred() ? -1 : 0;  /* no route matched: "unmatched" */
+        PyObject *path = PyDict_GetItemWithError(scope, s_path);
+        if (path == NULL)
+            return PyErr_Occurred() ? -1 : 0;
+        key = PyTuple_Pack(3, method, path, meter->status);
+    } else {
+        PyObject *template = PyObject_GetAttr(route, s_path);
+        if (template == NULL) {
+            PyErr_Clear();
+            return 0;
+        }
+        if (!PyUnicode_CheckExact(template) || PyUnicode_GET_LENGTH(template) == 0) {
+            Py_DECREF(template);
+            return 0;
+        }
+        key = PyTuple_Pack(3, method, meter->status, template);
+        Py_DECREF(template);
+    }
+    if (key == NULL)
+        return -1;
+    PyObject *series = PyDict_GetItemWithError(owner->resolved, key);
+    Py_DECREF(key);
+    if (series == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    PyObject *args[] = {series, duration, received, sent};
+    PyObject *done = PyObject_Vectorcall(owner->add, args, 4, NULL);
+    Py_XDECREF(done);
+    return done == NULL ? -1 : 1;
+}
+
+/* The request is over: out of the in-flight gauge, and recorded. ``error`` is what the
+ * application raised (NULL: it returned). Nothing here may replace that exception: a
+ * failure to record is reported as unraisable (ASGIMetrics.record logs its own). */
+static void
+conclude(MeteredCall *self, PyObject *error)
+{
+    MeteredApp *owner = self->owner;
+    RequestMeter *meter = self->meter;
+    self->state = CALL_DONE;
+    Py_CLEAR(self->inner);
+    if (add_to_gauge(owner->gauges, owner->gauge_index, -1.0) < 0) {
+        PyErr_WriteUnraisable((PyObject *)self);
+    }
+    double end = meter->ended;
+    PyObject *error_type = Py_None, *name = NULL;
+    if (error != NULL) {
+        int gone = PyObject_IsInstance(error, owner->gone);
+        int started = PyObject_IsTrue(meter->status);
+        if (gone < 0 || started < 0) {
+            PyErr_WriteUnraisable((PyObject *)self);
+            return;
+        }
+        if (!started) {
+            PyObject *status = PyLong_FromLong(gone ? 499 : 500);
+            if (status == NULL) {
+                PyErr_WriteUnraisable((PyObject *)self);
+                return;
+            }
+            Py_SETREF(meter->status, status);
+        }
+        if (!gone) {
+            name = PyObject_GetAttrString((PyObject *)Py_TYPE(error), "__name__");
+            if (name == NULL) {
+                PyErr_WriteUnraisable((PyObject *)self);
+                return;
+            }
+            error_type = name;
+        }
+    }
+    PyObject *duration = NULL, *received = NULL, *sent = NULL, *done = NULL;
+    if ((end != 0.0 || now(&end) == 0)
+            && (duration = PyFloat_FromDouble(end - meter->started)) != NULL
+            && (received = PyLong_FromLongLong(meter->received)) != NULL
+            && (sent = PyLong_FromLongLong(meter->sent)) != NULL) {
+        int known = error == NULL
+            ? record_known(owner, self->scope, meter, duration, received, sent) : 0;
+        if (known < 0)  /* record() tries again, and logs what fails */
+            PyErr_Clear();
+        if (known == 1) {
+            done = Py_NewRef(Py_None);
+        } else {
+            PyObject *args[] = {self->scope, meter->status, duration, received, sent,
+                                error_type};
+            done = PyObject_Vectorcall(owner->record, args, 6, NULL);
+        }
+    }
+    if (done == NULL)
+        PyErr_WriteUnraisable((PyObject *)self);
+    Py_XDECREF(done);
+    Py_XDECREF(sent);
+    Py_XDECREF(received);
+    Py_XDECREF(duration);
+    Py_XDECREF(name);
+}
+
+/* conclude() for a step that ended the application: its return, or the exception set. */
+static PySendResult
+end_of(MeteredCall *self, PySendResult status, PyObject **result)
+{
+    if (status == PYGEN_NEXT)
+        return status;
+    if (status == PYGEN_RETURN) {
+        conclude(self, NULL);
+        Py_SETREF(*result, Py_NewRef(Py_None));  /* the wrapper returns None, as in Python */
+        return status;
+    }
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyErr_NormalizeException(&type, &value, &traceback);
+    if (value != NULL && traceback != NULL)
+        PyException_SetTraceback(value, traceback);
+    conclude(self, value);
+    PyErr_Restore(type, value, traceback);
+    return status;
+}
+
+/* The first step: count the request in flight and call the application. */
+static int
+begin(MeteredCall *self)
+{
+    MeteredApp *owner = self->owner;
+    self->state = CALL_RUNNING;
+    self->meter = new_meter(self->send, self->receive);
+    if (self->meter == NULL || add_to_gauge(owner->gauges, owner->gauge_index, 1.0) < 0) {
+        self->state = CALL_DONE;  /* never counted: nothing to conclude */
+        return -1;
+    }
+    PyObject *receive = PyCFunction_New(&RequestMeter_receive_def, (PyObject *)self->meter);
+    PyObject *awaitable = NULL;
+    if (receive != NULL) {
+        PyObject *args[] = {self->scope, receive, (PyObject *)self->meter};
+        awaitable = PyObject_Vectorcall(owner->app, args, 3, NULL);
+        Py_DECREF(receive);
+    }
+    if (awaitable != NULL) {
+        self->inner = await_iter(awaitable);
+        Py_DECREF(awaitable);
+    }
+    Py_CLEAR(self->receive);  /* the meter holds them now */
+    Py_CLEAR(self->send);
+    return self->inner == NULL ? -1 : 0;
+}
+
+static PySendResult
+MeteredCall_am_send(MeteredCall *self, PyObject *value, PyObject **result)
+{
+    *result = NULL;
+    if (self->state == CALL_DONE) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
+        return PYGEN_ERROR;
+    }
+    if (self->state == CALL_NEW) {
+        if (value != Py_None) {
+            PyErr_SetString(PyExc_TypeError,
+                            "can't send non-None value to a just-started coroutine");
+            return PYGEN_ERROR;
+        }
+        if (begin(self) < 0)
+            return self->state == CALL_DONE ? PYGEN_ERROR : end_of(self, PYGEN_ERROR, result);
+    }
+    return end_of(self, PyIter_Send(self->inner, value, result), result);
+}
+
+/* throw(type[, value[, traceback]]): into the application where it waits; before the
+ * first step, or after the last, the exception is raised here as a coroutine would. */
+static PyObject *
+MeteredCall_throw(MeteredCall *self, PyObject *args)
+{
+    if (self->state != CALL_RUNNING) {
+        PyObject *type = NULL, *value = Py_None, *traceback = NULL;
+        self->state = CALL_DONE;
+        if (!PyArg_ParseTuple(args, "O|OO:throw", &type, &value, &traceback))
+            return NULL;
+        if (PyExceptionInstance_Check(type))
+            PyErr_SetObject((PyObject *)Py_TYPE(type), type);
+        else if (PyExceptionClass_Check(type))
+            PyErr_SetObject(type, value);
+        else
+            PyErr_SetString(PyExc_TypeError,
+                            "exceptions must be classes or instances deriving from BaseException");
+        return NULL;
+    }
+    PyObject *result;
+    PySendResult status = end_of(self, call_as_send(self->inner, s_throw, args, &result),
+                                 &result);
+    return as_method_result(status, result);
+}
+
+/* close(): the application is closed where it waits; the request is recorded as the
+ * Python wrapper records it, failed with GeneratorExit. */
+static PyObject *
+MeteredCall_close(MeteredCall *self, PyObject *unused)
+{
+    (void)unused;
+    if (self->state != CALL_RUNNING) {
+        self->state = CALL_DONE;
+        Py_RETURN_NONE;
+    }
+    PyObject *closed = PyObject_CallMethodNoArgs(self->inner, s_close);
+    if (closed == NULL) {
+        end_of(self, PYGEN_ERROR, &closed);
+        return NULL;
+    }
+    Py_DECREF(closed);
+    PyObject *exit = PyObject_CallNoArgs(PyExc_GeneratorExit);
+    if (exit == NULL)
+        return NULL;
+    conclude(self, exit);
+    Py_DECREF(exit);
+    Py_RETURN_NONE;
+}
+
+/* A call dropped while the application waits is closed, as a coroutine is. */
+static void
+MeteredCall_finalize(MeteredCall *self)
+{
+    if (self->state != CALL_RUNNING)
+        return;
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyObject *closed = MeteredCall_close(self, NULL);
+    if (closed == NULL)
+        PyErr_WriteUnraisable((PyObject *)self);
+    Py_XDECREF(closed);
+    PyErr_Restore(type, value, traceback);
+}
+
+static int
+MeteredCall_traverse(MeteredCall *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->owner);
+    Py_VISIT(self->scope);
+    Py_VISIT(self->receive);
+    Py_VISIT(self->send);
+    Py_VISIT(self->meter);
+    Py_VISIT(self->inner);
+    return 0;
+}
+
+static int
+MeteredCall_clear(MeteredCall *self)
+{
+    Py_CLEAR(self->owner);
+    Py_CLEAR(self->scope);
+    Py_CLEAR(self->receive);
+    Py_CLEAR(self->send);
+    Py_CLEAR(self->meter);
+    Py_CLEAR(self->inner);
+    return 0;
+}
+
+static void
+MeteredCall_dealloc(MeteredCall *self)
+{
+    /* finalized while still tracked, as CPython's generators are: a call resurrected by
+     * its finalizer stays known to the collector */
+    if (PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0)
+        return;  /* resurrected */
+    PyObject_GC_UnTrack(self);
+    MeteredCall_clear(self);
+    PyObject_GC_Del(self);
+}
+
+static PyAsyncMethods MeteredCall_async = {
+    .am_await = self_await,
+    .am_send = (sendfunc)MeteredCall_am_send,
+};
+
+static PyMethodDef MeteredCall_methods[] = {
+    {"send", (PyCFunction)awaitable_send, METH_O, NULL},
+    {"throw", (PyCFunction)MeteredCall_throw, METH_VARARGS, NULL},
+    {"close", (PyCFunction)MeteredCall_close, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject MeteredCallType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "gunicorn_prometheus_exporter._speedups.MeteredCall",
+    .tp_basicsize = sizeof(MeteredCall),
+    .tp_dealloc = (destructor)MeteredCall_dealloc,
+    .tp_as_async = &MeteredCall_async,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "One HTTP request through MeteredApp: an awaitable over the application's.",
+    .tp_traverse = (traverseproc)MeteredCall_traverse,
+    .tp_clear = (inquiry)MeteredCall_clear,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = awaitable_next,
+    .tp_methods = MeteredCall_methods,
+    .tp_finalize = (destructor)MeteredCall_finalize,
+};
+
+/* app(scope, receive, send) */
+static PyObject *
+MeteredApp_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                      PyObject *kwnames)
+{
+    MeteredApp *self = (MeteredApp *)callable;
+    if (PyVectorcall_NARGS(nargsf) != 3 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "an ASGI application takes (scope, receive, send)");
+        return NULL;
+    }
+    PyObject *kind = PyObject_GetItem(args[0], s_type);
+    if (kind == NULL)
+        return NULL;
+    int http = PyObject_RichCompareBool(kind, s_http, Py_EQ);
+    Py_DECREF(kind);
+    if (http < 0)
+        return NULL;
+    if (!http)  /* lifespan, websocket: the application's own awaitable */
+        return PyObject_Vectorcall(self->app, args, 3, NULL);
+    MeteredCall *call = PyObject_GC_New(MeteredCall, &MeteredCallType);
+    if (call == NULL)
+        return NULL;
+    call->owner = (MeteredApp *)Py_NewRef(self);
+    call->scope = Py_NewRef(args[0]);
+    call->receive = Py_NewRef(args[1]);
+    call->send = Py_NewRef(args[2]);
+    call->meter = NULL;
+    call->inner = NULL;
+    call->state = CALL_NEW;
+    PyObject_GC_Track(call);
+    return (PyObject *)call;
+}
+
+static PyObject *
+MeteredApp_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"app", "record", "resolved", "add", "gone", "gauges", "index",
+                               NULL};
+    PyObject *app, *record, *resolved, *add, *gone, *gauges;
+    Py_ssize_t index;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO!OOOn:MeteredApp", keywords, &app,
+                                     &record, &PyDict_Type, &resolved, &add, &gone, &gauges,
+                                     &index))
+        return NULL;
+    Py_buffer values;  /* checked once here; every request checks again */
+    if (get_values(gauges, &values) < 0)
+        return NULL;
+    PyBuffer_Release(&values);
+    MeteredApp *self = (MeteredApp *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->vectorcall = MeteredApp_vectorcall;
+    self->app = Py_NewRef(app);
+    self->record = Py_NewRef(record);
+    self->resolved = Py_NewRef(resolved);
+    self->add = Py_NewRef(add);
+    self->gone = Py_NewRef(gone);
+    self->gauges = Py_NewRef(gauges);
+    self->gauge_index = index;
+    return (PyObject *)self;
+}
+
+static int
+MeteredApp_traverse(MeteredApp *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->app);
+    Py_VISIT(self->record);
+    Py_VISIT(self->resolved);
+    Py_VISIT(self->add);
+    Py_VISIT(self->gone);
+    Py_VISIT(self->gauges);
+    return 0;
+}
+
+static int
+MeteredApp_clear(MeteredApp *self)
+{
+    Py_CLEAR(self->app);
+    Py_CLEAR(self->record);
+    Py_CLEAR(self->resolved);
+    Py_CLEAR(self->add);
+    Py_CLEAR(self->gone);
+    Py_CLEAR(self->gauges);
+    return 0;
+}
+
+static void
+MeteredApp_dealloc(MeteredApp *self)
+{
+    PyObject_GC_UnTrack(self);
+    MeteredApp_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMemberDef MeteredApp_members[] = {
+    {"app", T_OBJECT, offsetof(MeteredApp, app), READONLY, "The application wrapped."},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject MeteredAppType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "gunicorn_prometheus_exporter._speedups.MeteredApp",
+    .tp_basicsize = sizeof(MeteredApp),
+    .tp_dealloc = (destructor)MeteredApp_dealloc,
+    .tp_vectorcall_offset = offsetof(MeteredApp, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "MeteredApp(app, record, resolved, add, gone, gauges, index): ASGIMetrics in C.",
+    .tp_traverse = (traverseproc)MeteredApp_traverse,
+    .tp_clear = (inquiry)MeteredApp_clear,
+    .tp_members = MeteredApp_members,
+    .tp_new = MeteredApp_new,
+};
+
+/* -- module ------------------------------------------------------------------------------ */
+
+
+
+static struct PyModuleDef speedups_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "gunicorn_prometheus_exporter._speedups",
+    .m_doc = "The request path in C (optional; speedups.py falls back to Python).",
+    .m_size = -1,
+};
+
+static int
+intern_all(void)
+{
+    struct { PyObject **slot; const char *text; } names[] = {
+        {&s_type, "type"}, {&s_status, "status"}, {&s_body, "body"},
+        {&s_more_body, "more_body"}, {&s_path, "path"}, {&s_get, "get"}, {&s_http, "http"},
+        {&s_throw, "throw"}, {&s_close, "close"}, {&s_method, "method"},
+        {&s_route, "route"}, {&s_router, "router"}, {&s_app_root_path, "app_root_path"},
+        {&s_route_key, "gunicorn_prometheus_exporter.route"},
+        {&s_error_key, "gunicorn_prometheus_exporter.error"},
+        {&s_response_start, "http.response.start"},
+        {&s_response_body, "http.response.body"},
+        {&s_response_pathsend, "http.response.pathsend"},
+    };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if ((*names[i].slot = PyUnicode_InternFromString(names[i].text)) == NULL)
+            return -1;
+    }
+    PyObject *time = PyImport_ImportModule("time");
+    if (time == NULL)
+        return -1;
+    perf_counter = PyObject_GetAttrString(time, "perf_counter");
+    Py_DECREF(time);
+    return perf_counter == NULL ? -1 : 0;
+}
+
+static int
+add_type(PyObject *module, const char *name, PyTypeObject *type)
+{
+    if (PyType_Ready(type) < 0)
+        return -1;
+    Py_INCREF(type);
+    if (PyModule_AddObject(module, name, (PyObject *)type) < 0) {
+        Py_DECREF(type);
+        return -1;
+    }
+    return 0;
+}
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    if (intern_all() < 0)
+        return NULL;
+    PyObject *module = PyModule_Create(&speedups_module);
+    if (module == NULL)
+        return NULL;
+    if (add_type(module, "RequestWriter", &RequestWriterType) < 0
+            || PyType_Ready(&RequestMeterType) < 0 || PyType_Ready(&ReceivingType) < 0
+            || PyType_Ready(&MeteredCallType) < 0
+            || add_type(module, "MeteredApp", &MeteredAppType) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

@@ -1,0 +1,307 @@
+"""The compiled request path (``_speedups.c``) against its Python reference: the same inputs
+write the same bytes and report the same values, and bad inputs fail the same way. The
+whole suite runs on the compiled path where it is built (CI builds it); the real-gunicorn
+runs of the Python path are in tests/workers/test_worker_types.py."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from gunicorn_prometheus_exporter import metrics as catalogue
+from gunicorn_prometheus_exporter import speedups
+from gunicorn_prometheus_exporter.collector import DirectoryCollector
+from gunicorn_prometheus_exporter.frameworks import ERROR_ENVIRON_KEY, ROUTE_ENVIRON_KEY
+from gunicorn_prometheus_exporter.frameworks import asgi
+from gunicorn_prometheus_exporter.recorder import Recorder
+from gunicorn_prometheus_exporter.storage.store import ProcessStore
+
+native = speedups.load({})
+needs_native = pytest.mark.skipif(native is None, reason="the C speedups are not built here")
+
+DURATIONS = [0.005, 0.1, 1.0, 2.5]
+SIZES = [0.5, 100.0, 100.5, 1000.0]
+#: (duration, request bytes, response bytes): on, just below and just above every bound,
+#: empty bodies, beyond the last bound, NaN, an exact int duration, a huge size, None
+REQUESTS = [(d, r, s) for d in (0.0, 0.004, 0.005, 0.0051, 0.1, 2.5, 2.6, 1e9, math.nan, 1)
+            for r, s in ((0, 0), (1, 0), (100, 101), (1000, 1001), (2 ** 60, 7), (None, 0))]
+
+
+def test_the_speedups_are_built_where_a_compiler_is():
+    """CI installs with a compiler: a missing module there is a packaging bug."""
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler here: the Python path is the one installed")
+    assert native is not None, "setup.py did not build gunicorn_prometheus_exporter._speedups"
+    assert speedups.load({speedups.SWITCH_ENV: "1"}) is None
+    assert speedups.load({speedups.SWITCH_ENV: "0"}) is native
+
+
+def _write(directory: Path, compiled: bool, monkeypatch, threaded: bool) -> bytes:
+    monkeypatch.setattr(speedups, "native", native if compiled else None)
+    directory.mkdir()
+    store = ProcessStore(str(directory), "w0")
+    rec = Recorder(store, DURATIONS, SIZES, threaded=threaded)
+    routes = [rec.series("GET", "/a", "200"), rec.series("POST", "/b/{id}", "500")]
+    for i, (duration, received, sent) in enumerate(REQUESTS):
+        rec.add(routes[i % 2], duration, received, sent)
+    store.close()
+    return b"".join(p.read_bytes() for p in sorted(directory.iterdir()))
+
+
+@needs_native
+@pytest.mark.parametrize("threaded", [False, True], ids=["one-thread", "threaded"])
+def test_compiled_add_writes_the_bytes_python_writes(tmp_path, monkeypatch, threaded):
+    python = _write(tmp_path / "python", False, monkeypatch, threaded)
+    compiled = _write(tmp_path / "c", True, monkeypatch, threaded)
+    assert len(python) > 0 and compiled == python
+
+
+@needs_native
+def test_compiled_add_refuses_what_python_refuses(tmp_path):
+    store = ProcessStore(str(tmp_path), "w0")
+    writer = native.RequestWriter(DURATIONS, SIZES)
+    rec = Recorder(store, DURATIONS, SIZES, threaded=False)
+    series = rec.series("GET", "/a", "200")
+    with pytest.raises(TypeError):
+        writer.add(series[:8], 0.1, 0, 0)
+    with pytest.raises(TypeError):
+        writer.add(series, "slow", 0, 0)
+    with pytest.raises(IndexError):  # a position outside the file
+        writer.add((series[0], 10 ** 9) + series[2:], 0.1, 0, 0)
+    with pytest.raises(TypeError, match="format 'd'"):
+        writer.add((memoryview(bytearray(64)),) + series[1:], 0.1, 0, 0)
+    released = memoryview(bytearray(800)).cast("d")
+    released.release()
+    for add in (writer.add, rec.add):  # a released view is never written
+        with pytest.raises(ValueError, match="released"):
+            add((released,) + series[1:], 0.1, 0, 0)
+    store.close()
+    with pytest.raises(TypeError):
+        native.RequestWriter([0.1, "x"], SIZES)
+
+
+# -- the ASGI wrapper ------------------------------------------------------------------------
+class _Route:
+    """What Starlette leaves in ``scope["route"]``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+async def _app(scope: dict, receive, send):
+    """One behaviour per path: the cases both wrappers must record alike."""
+    if scope["type"] != "http":
+        return
+    path = scope["path"]
+    if path == "/upload":
+        while True:
+            message = await receive()
+            if not message.get("more_body"):
+                break
+    elif path == "/tasks":  # receive() driven as a Task of its own
+        await asyncio.create_task(receive())
+    elif path == "/boom":
+        raise ValueError("before the response started")
+    elif path == "/gone":
+        raise ConnectionResetError()
+    elif path == "/wait":
+        await asyncio.sleep(0)  # the wrapper hands a real suspension on
+    elif path == "/items/7":
+        scope["route"] = _Route("/items/{id}")
+    elif path == "/nowhere":
+        scope["router"] = object()  # Starlette ran and matched no route
+    elif path == "/handled":
+        scope[ERROR_ENVIRON_KEY] = "HandledError"
+    elif path == "/custom/9":
+        scope[ROUTE_ENVIRON_KEY] = "/custom/{n}"
+    elif path == "/mounted/1":
+        scope["route"], scope["app_root_path"] = _Route("/{n}"), "/mounted"
+    if path == "/pathsend":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.pathsend", "path": __file__})
+        return 42  # an ASGI app returns None; the wrapper does, whatever the app does
+    await send({"type": "http.response.start", "status": 404 if path == "/nowhere" else 200,
+                "headers": []})
+    await send({"type": "http.response.body", "body": b"abc", "more_body": True})
+    if path == "/late-boom":
+        raise KeyError("after the response started")
+    await send({"type": "http.response.body", "body": b"de"})
+
+
+PATHS = ["/ok", "/upload", "/tasks", "/boom", "/gone", "/wait", "/items/7", "/nowhere", "/handled",
+         "/custom/9", "/mounted/1", "/pathsend", "/late-boom"]
+
+
+def _instrumentation(directory: Path):
+    """The worker's Instrumentation, as far as recording goes, over real files."""
+    from gunicorn_prometheus_exporter.routes import RouteTable
+    from gunicorn_prometheus_exporter.workers.base import Instrumentation
+
+    inst = Instrumentation.__new__(Instrumentation)
+    inst.store = ProcessStore(str(directory), "w0")
+    inst.recorder = Recorder(inst.store, [60.0], SIZES, threaded=False)
+    inst.routes = RouteTable(str(directory), 100)
+    inst.resolved, inst.log = {}, logging.getLogger("test-speedups")
+    return inst
+
+
+async def _serve(wrapped, path: str) -> None:
+    chunks = [{"type": "http.request", "body": b"12345", "more_body": True},
+              {"type": "http.request", "body": b"678", "more_body": False}]
+
+    async def receive():
+        return chunks.pop(0)
+
+    async def send(message):
+        pass
+
+    scope = {"type": "http", "method": "POST" if path == "/upload" else "GET", "path": path}
+    call = wrapped(scope, receive, send)
+    result = await (asyncio.ensure_future(call) if path == "/tasks" else call)  # or a Task
+    assert result is None
+
+
+def _samples(directory: Path, compiled: bool, monkeypatch) -> dict:
+    """Every sample the mix leaves (twice: the second time from known series), plus what
+    interrupted requests leave; duration sums aside (the clock differs)."""
+    monkeypatch.setattr(speedups, "native", native if compiled else None)
+    directory.mkdir()
+    inst = _instrumentation(directory)
+    wrapped = asgi.instrument(_app, inst)
+    assert (type(wrapped).__name__ == "MeteredApp") is compiled
+
+    async def mix():
+        for path in PATHS * 2:
+            try:
+                await _serve(wrapped, path)
+            except (ValueError, KeyError, ConnectionResetError):
+                pass
+        await wrapped({"type": "lifespan"}, None, None)  # not recorded
+        waiting = asyncio.ensure_future(_serve(wrapped, "/wait"))
+        await asyncio.sleep(0)
+        waiting.cancel()  # the client went away while the application waited: a 499
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+
+    asyncio.run(mix())
+    for finish in ("close", "drop"):  # closed, or dropped, where the application waits
+        call = wrapped({"type": "http", "method": "GET", "path": f"/{finish}"},
+                       None, _never)
+        call.send(None)
+        call.close() if finish == "close" else None
+        del call
+    gauges, index = inst.recorder.in_flight_cell()
+    assert gauges[index] == 0.0
+    inst.store.close()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in DirectoryCollector(str(directory)).read() for s in f.samples
+            if not s.name.endswith("_duration_seconds_sum")}
+
+
+def _never(message):
+    """A send that never completes: the application waits in it."""
+    return asyncio.Future(loop=asyncio.new_event_loop())
+
+
+@needs_native
+def test_compiled_wrapper_records_what_python_records(tmp_path, monkeypatch):
+    python = _samples(tmp_path / "python", False, monkeypatch)
+    compiled = _samples(tmp_path / "c", True, monkeypatch)
+    requests = {labels: v for (name, labels), v in python.items()
+                if name == "gunicorn_http_requests_total"}
+    failed = {labels: v for (name, labels), v in python.items()
+              if name == "gunicorn_worker_failed_requests_total"}
+    assert requests == {
+        (("method", "GET"), ("route", "/ok"), ("status", "200")): 2,
+        (("method", "POST"), ("route", "/upload"), ("status", "200")): 2,
+        (("method", "GET"), ("route", "/tasks"), ("status", "200")): 2,
+        (("method", "GET"), ("route", "/boom"), ("status", "500")): 2,
+        (("method", "GET"), ("route", "/gone"), ("status", "499")): 2,
+        (("method", "GET"), ("route", "/wait"), ("status", "200")): 2,
+        (("method", "GET"), ("route", "/wait"), ("status", "499")): 1,
+        (("method", "GET"), ("route", "/items/{id}"), ("status", "200")): 2,
+        (("method", "GET"), ("route", "unmatched"), ("status", "404")): 2,
+        (("method", "GET"), ("route", "/handled"), ("status", "200")): 2,
+        (("method", "GET"), ("route", "/custom/{n}"), ("status", "200")): 2,
+        (("method", "GET"), ("route", "/{n}"), ("status", "200")): 2,  # no router to resolve
+        (("method", "GET"), ("route", "/pathsend"), ("status", "200")): 2,
+        (("method", "GET"), ("route", "/late-boom"), ("status", "200")): 2,
+        (("method", "GET"), ("route", "/close"), ("status", "200")): 1,
+        (("method", "GET"), ("route", "/drop"), ("status", "200")): 1,
+    }, requests
+    assert failed == {
+        (("endpoint", "/boom"), ("error_type", "ValueError"), ("method", "GET"),
+         ("worker_id", "0")): 2,
+        (("endpoint", "/handled"), ("error_type", "HandledError"), ("method", "GET"),
+         ("worker_id", "0")): 2,
+        (("endpoint", "/late-boom"), ("error_type", "KeyError"), ("method", "GET"),
+         ("worker_id", "0")): 2,
+        (("endpoint", "/close"), ("error_type", "GeneratorExit"), ("method", "GET"),
+         ("worker_id", "0")): 1,
+        (("endpoint", "/drop"), ("error_type", "GeneratorExit"), ("method", "GET"),
+         ("worker_id", "0")): 1,
+    }, failed
+    sent = {labels: v for (name, labels), v in python.items()
+            if name == "gunicorn_http_response_size_bytes_sum"}
+    received = {labels: v for (name, labels), v in python.items()
+                if name == "gunicorn_http_request_size_bytes_sum"}
+    assert (received[(("method", "POST"), ("route", "/upload"))],
+            received[(("method", "GET"), ("route", "/tasks"))]) == (2 * 8, 2 * 5)
+    file_size = Path(__file__).stat().st_size
+    assert sent[(("method", "GET"), ("route", "/pathsend"))] == 2 * file_size
+    assert compiled == python
+
+
+@needs_native
+@pytest.mark.parametrize("message,error", [
+    ({"status": 200}, KeyError),                                   # no type
+    ({"type": "http.response.start"}, KeyError),                   # no status
+    ({"type": "http.response.body", "body": 5}, TypeError),        # a body with no len()
+    ("not a message", TypeError),
+], ids=["no-type", "no-status", "body-without-len", "not-a-mapping"])
+def test_compiled_send_fails_like_python(tmp_path, monkeypatch, message, error):
+    """A bad message raises in the application, as the server would, and the request is
+    still recorded (a 500, the error's class) and leaves the in-flight gauge."""
+    results = []
+    for compiled in (False, True):
+        monkeypatch.setattr(speedups, "native", native if compiled else None)
+        (tmp_path / str(compiled)).mkdir()
+        inst = _instrumentation(tmp_path / str(compiled))
+
+        async def app(scope, receive, send):
+            await send(message)
+
+        async def send(message):
+            pass
+
+        wrapped = asgi.instrument(app, inst)
+        with pytest.raises(error):
+            asyncio.run(wrapped({"type": "http", "method": "GET", "path": "/"}, None, send))
+        gauges, index = inst.recorder.in_flight_cell()
+        results.append((gauges[index], inst.recorder.counter_value(
+            catalogue.FAILED_REQUESTS, ("GET", "/", error.__name__))))
+    assert results == [(0.0, 1.0), (0.0, 1.0)]
+
+
+@needs_native
+def test_compiled_wrapper_refuses_bad_calls(tmp_path):
+    inst = _instrumentation(tmp_path)
+    wrapped = native.MeteredApp(_app, print, {}, inst.recorder.add, asgi.GONE,
+                                *inst.recorder.in_flight_cell())
+    with pytest.raises(TypeError):
+        wrapped({"type": "http"}, None)
+    with pytest.raises(KeyError):
+        wrapped({}, None, None)
+    call = wrapped({"type": "http", "method": "GET", "path": "/"}, None, None)
+    with pytest.raises(TypeError, match="just-started"):
+        call.send(1)
+    with pytest.raises(TypeError):
+        native.MeteredApp(_app, print, [], inst.recorder.add, asgi.GONE,
+                          *inst.recorder.in_flight_cell())
+    with pytest.raises(TypeError, match="format 'd'"):
+        native.MeteredApp(_app, print, {}, inst.recorder.add, asgi.GONE,
+                          memoryview(bytearray(8)), 0)
