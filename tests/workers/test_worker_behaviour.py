@@ -101,6 +101,8 @@ STOPPING = [
      "gunicorn_prometheus_exporter.demo.app:app", ("gevent",)),
     ("asgi", "gunicorn_prometheus_exporter.PrometheusASGIWorker", "slow_asgi:app",
      ("gunicorn.workers.gasgi",)),
+    ("uvicorn", "gunicorn_prometheus_exporter.PrometheusUvicornWorker", "slow_asgi:app",
+     ("uvicorn", "uvicorn_worker")),
 ]
 
 
@@ -111,7 +113,7 @@ def test_a_terminated_worker_reports_stopping_while_it_drains(tmp_path, name, wo
     """TERM to a worker with a request in flight: while it finishes that request the worker
     is `stopping` (no longer `running`), the request is still counted, and the worker's
     own intent makes its restart one TERM'd exit, as for every worker type (the native
-    ASGI worker takes its signals through the event loop)."""
+    ASGI worker takes its signals through the event loop, uvicorn's through its server)."""
     require(*packages)
     (tmp_path / "slow_asgi.py").write_text(SLOW_ASGI)
     g = Gunicorn(tmp_path, app=app, worker_class=worker_class, workers=1,

@@ -7,10 +7,19 @@ handling, so everything comes from the ASGI messages. Capacity is reported as
 ``worker_connections``; uvicorn itself does not enforce it."""
 from __future__ import annotations
 
+import asyncio
+import functools
+import signal
+from typing import Any, Callable
+
 from uvicorn_worker import UvicornWorker
 
+from .. import exits
 from ..frameworks.asgi import instrument
 from .base import ConnectionsMixin
+
+#: the signals uvicorn's own server takes over while it serves (gunicorn's graceful stop)
+_SERVER_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class PrometheusUvicornWorker(ConnectionsMixin, UvicornWorker):
@@ -24,3 +33,20 @@ class PrometheusUvicornWorker(ConnectionsMixin, UvicornWorker):
             # the wrapper is ASGI 3; uvicorn would guess ASGI 2 for the compiled one (its
             # __call__ is not a coroutine function)
             self.config.interface = "asgi3"
+
+    def _install_sigquit_handler(self) -> None:
+        # Called by uvicorn-worker's _serve just before uvicorn's Server.serve(), which
+        # installs its own TERM/INT handlers synchronously on entry: a callback scheduled
+        # now runs after that, and puts ours in front so a draining worker is `stopping`.
+        UvicornWorker._install_sigquit_handler(self)
+        asyncio.get_running_loop().call_soon(self._chain_server_signals)
+
+    def _chain_server_signals(self) -> None:
+        for sig in _SERVER_SIGNALS:
+            theirs = signal.getsignal(sig)
+            if callable(theirs):
+                signal.signal(sig, functools.partial(self._server_signal, theirs))
+
+    def _server_signal(self, theirs: Callable[[int, Any], Any], sig: int, frame: Any) -> None:
+        self._stopping(exits.TERMINATED)
+        theirs(sig, frame)
