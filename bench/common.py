@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO, Dict, Optional, Sequence, Tuple, Union
+from typing import IO, Dict, List, Optional, Sequence, Tuple, Union
 
 import psutil
 
@@ -96,13 +96,17 @@ def wrk_cpu(proc: subprocess.Popen, port: int, duration: int, connections: int,
     return run["rps"], cpu / run["requests"] * 1e6
 
 
-def runnable(case: str, module: str) -> bool:
-    """Whether the benchmark case ``case`` can run: ``module`` can be imported (else one
-    line says the case is skipped)."""
-    try:
-        found = importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        found = False
-    if not found:
-        print(f"{case}: skipped, {module} is not installed")
+def runnable(cases: Dict[str, str]) -> List[str]:
+    """The benchmark cases (name -> the module each needs) that can run, in order; one
+    line for each case skipped because its module cannot be imported."""
+    found = []
+    for case, module in cases.items():
+        try:
+            ok = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            ok = False
+        if ok:
+            found.append(case)
+        else:
+            print(f"{case}: skipped, {module} is not installed")
     return found

@@ -132,10 +132,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         write_apps(tmp)
-        for name in args.workers:
-            plain, plugin, app, keep_alive, module = WORKERS[name]
-            if not runnable(name, module):
-                continue
+        for name in runnable({n: WORKERS[n][4] for n in args.workers}):
+            plain, plugin, app, keep_alive, _ = WORKERS[name]
             started = time.monotonic()
             base = per_request(plain, app, keep_alive, tuple(args.requests), tmp)
             ours = per_request(plugin, app, keep_alive, tuple(args.requests), tmp)

@@ -161,12 +161,8 @@ def main() -> None:
     summary = []
     with tempfile.TemporaryDirectory() as tmp:
         write_apps(tmp)
-        for name in args.workers:
-            module = WORKERS[name][3]
-            if not runnable(name, module):
-                continue
-            med = bench(name, args, tmp)
-            summary.append((name, med))
+        for name in runnable({n: WORKERS[n][3] for n in args.workers}):
+            summary.append((name, bench(name, args, tmp)))
     print(f"\n1 worker, wrk -t1 -c{args.connections} keep-alive, {args.rounds} rounds x "
           f"{args.duration}s interleaved, medians:")
     print(f"{'worker':8s} {'plain req/s':>12s} {'plugin req/s':>13s} {'ratio':>6s} "
