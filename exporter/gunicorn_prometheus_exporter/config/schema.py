@@ -40,7 +40,7 @@ PORT = Int(1, 65535)
 SETTINGS: Tuple[Setting, ...] = (
     # -- the metrics server ---------------------------------------------------------------
     _s("prometheus.metrics_port", PORT, 9091, "PROMETHEUS_METRICS_PORT",
-       doc="Port of the metrics server."),
+       doc="Port of the metrics server; never one of gunicorn's own (start-up stops)."),
     _s("prometheus.bind_address", Str(), "0.0.0.0", "PROMETHEUS_BIND_ADDRESS",
        doc="Address of the metrics server."),
     _s("prometheus.multiproc_dir", Str(), None, "PROMETHEUS_MULTIPROC_DIR",
