@@ -37,7 +37,7 @@ def test_prometheus_client_reads_our_files(tmp_path):
 
 
 def test_sizes_land_in_the_buckets_their_bounds_name(tmp_path):
-    """Sizes are compared with the bounds' ceilings (a cheaper int bisect): every size must
+    """Sizes are compared with the bounds' floors (a cheaper int bisect): every size must
     still fall where ``size <= bound`` puts it, fractional bounds included, and an empty body
     in the first bucket."""
     store = ProcessStore(str(tmp_path), "w0")

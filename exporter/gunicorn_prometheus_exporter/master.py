@@ -161,8 +161,10 @@ def _check_metrics_address(settings: config.Settings, binds: Sequence[Any]) -> N
     from .server.http import shares_port
 
     p = settings.prometheus
+    if not p.server:
+        return
     for bind in binds:
-        if p.server and shares_port(p.bind_address, p.metrics_port, bind):
+        if shares_port(p.bind_address, p.metrics_port, bind):
             raise config.ConfigError(
                 f"metrics address {p.bind_address}:{p.metrics_port} "
                 f"(PROMETHEUS_BIND_ADDRESS, PROMETHEUS_METRICS_PORT) takes the port of "

@@ -241,7 +241,7 @@ class Instrumentation:
         method = method_label(method)
         status = status_label(code)
         if template:
-            route = self.routes.template(str(template))
+            route = self.routes.template(template)  # record() made it a str
         else:
             route = self.routes.route(path or "/", status)
         series = self.recorder.series(method, route, status)
