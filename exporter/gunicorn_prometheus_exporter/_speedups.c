@@ -245,6 +245,7 @@ static PyTypeObject RequestWriterType = {
 static PyObject *s_type, *s_status, *s_body, *s_more_body, *s_path, *s_get, *s_http;
 static PyObject *s_response_start, *s_response_body, *s_response_pathsend;
 static PyObject *s_throw, *s_close;
+static PyObject *s_headers;
 static PyObject *s_method, *s_route, *s_router, *s_app_root_path, *s_route_key, *s_error_key;
 static PyObject *perf_counter;  /* time.perf_counter: the clock of the Python path */
 static PyObject *file_size;     /* frameworks.asgi._file_size, imported at the first pathsend */
@@ -694,6 +695,7 @@ typedef struct {
     PyObject *gone;     /* exception classes of a client that went away (499) */
     PyObject *gauges;   /* the in-flight gauge: view and index */
     Py_ssize_t gauge_index;
+    PyObject *wanted;   /* tuple of header names (bytes) whose requests record() takes */
 } MeteredApp;
 
 enum { CALL_NEW, CALL_RUNNING, CALL_DONE };
@@ -709,6 +711,36 @@ typedef struct {
 
 static PyTypeObject MeteredAppType;
 static PyTypeObject MeteredCallType;
+
+/* 1 when the scope's headers hold one of ``wanted`` (a proxy's queue stamp, a trace
+ * context): record() reads them. Lengths are compared first, so a request without any
+ * costs a few integer comparisons per header. 0: none (or headers not in the usual form). */
+static int
+has_wanted_header(PyObject *wanted, PyObject *scope)
+{
+    Py_ssize_t count = PyTuple_GET_SIZE(wanted);
+    if (count == 0)
+        return 0;
+    PyObject *headers = PyDict_GetItemWithError(scope, s_headers);
+    if (headers == NULL || !PyList_CheckExact(headers))
+        return headers == NULL && PyErr_Occurred() ? -1 : 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(headers); i++) {
+        PyObject *pair = PyList_GET_ITEM(headers, i);
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2)
+            continue;
+        PyObject *name = PyTuple_GET_ITEM(pair, 0);
+        if (!PyBytes_CheckExact(name))
+            continue;
+        Py_ssize_t length = PyBytes_GET_SIZE(name);
+        for (Py_ssize_t j = 0; j < count; j++) {
+            PyObject *want = PyTuple_GET_ITEM(wanted, j);
+            if (PyBytes_GET_SIZE(want) == length
+                    && memcmp(PyBytes_AS_STRING(want), PyBytes_AS_STRING(name), length) == 0)
+                return 1;
+        }
+    }
+    return 0;
+}
 
 /* The common request in C: no exception, no route or error key of our own in the scope, no
  * Starlette mount to resolve, and its series already known (Instrumentation.record and
@@ -727,6 +759,9 @@ record_known(MeteredApp *owner, PyObject *scope, RequestMeter *meter, PyObject *
             || PyDict_GetItemWithError(scope, s_error_key) != NULL
             || PyDict_GetItemWithError(scope, s_app_root_path) != NULL)
         return PyErr_Occurred() ? -1 : 0;
+    int wanted = has_wanted_header(owner->wanted, scope);
+    if (wanted != 0)
+        return wanted < 0 ? -1 : 0;
     PyObject *key, *route = PyDict_GetItemWithError(scope, s_route);
     if (route == NULL) {
         if (PyErr_Occurred() || PyDict_GetItemWithError(scope, s_router) != NULL)
@@ -1058,20 +1093,38 @@ static PyObject *
 MeteredApp_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"app", "record", "resolved", "add", "gone", "gauges", "index",
-                               NULL};
-    PyObject *app, *record, *resolved, *add, *gone, *gauges;
+                               "wanted", NULL};
+    PyObject *app, *record, *resolved, *add, *gone, *gauges, *wanted = NULL;
     Py_ssize_t index;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO!OOOn:MeteredApp", keywords, &app,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO!OOOn|O!:MeteredApp", keywords, &app,
                                      &record, &PyDict_Type, &resolved, &add, &gone, &gauges,
-                                     &index))
+                                     &index, &PyTuple_Type, &wanted))
         return NULL;
+    if (wanted == NULL) {
+        wanted = PyTuple_New(0);
+        if (wanted == NULL)
+            return NULL;
+    } else {
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(wanted); i++) {
+            if (!PyBytes_CheckExact(PyTuple_GET_ITEM(wanted, i))) {
+                PyErr_SetString(PyExc_TypeError, "MeteredApp: wanted must be a tuple of bytes");
+                return NULL;
+            }
+        }
+        Py_INCREF(wanted);
+    }
     Py_buffer values;  /* checked once here; every request checks again */
-    if (get_values(gauges, &values) < 0)
+    if (get_values(gauges, &values) < 0) {
+        Py_DECREF(wanted);
         return NULL;
+    }
     PyBuffer_Release(&values);
     MeteredApp *self = (MeteredApp *)type->tp_alloc(type, 0);
-    if (self == NULL)
+    if (self == NULL) {
+        Py_DECREF(wanted);
         return NULL;
+    }
+    self->wanted = wanted;
     self->vectorcall = MeteredApp_vectorcall;
     self->app = Py_NewRef(app);
     self->record = Py_NewRef(record);
@@ -1092,6 +1145,7 @@ MeteredApp_traverse(MeteredApp *self, visitproc visit, void *arg)
     Py_VISIT(self->add);
     Py_VISIT(self->gone);
     Py_VISIT(self->gauges);
+    Py_VISIT(self->wanted);
     return 0;
 }
 
@@ -1104,6 +1158,7 @@ MeteredApp_clear(MeteredApp *self)
     Py_CLEAR(self->add);
     Py_CLEAR(self->gone);
     Py_CLEAR(self->gauges);
+    Py_CLEAR(self->wanted);
     return 0;
 }
 
@@ -1128,7 +1183,8 @@ static PyTypeObject MeteredAppType = {
     .tp_vectorcall_offset = offsetof(MeteredApp, vectorcall),
     .tp_call = PyVectorcall_Call,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_doc = "MeteredApp(app, record, resolved, add, gone, gauges, index): ASGIMetrics in C.",
+    .tp_doc = "MeteredApp(app, record, resolved, add, gone, gauges, index, wanted=()): "
+              "ASGIMetrics in C; requests with a header named in wanted go to record().",
     .tp_traverse = (traverseproc)MeteredApp_traverse,
     .tp_clear = (inquiry)MeteredApp_clear,
     .tp_members = MeteredApp_members,
@@ -1153,6 +1209,7 @@ intern_all(void)
         {&s_type, "type"}, {&s_status, "status"}, {&s_body, "body"},
         {&s_more_body, "more_body"}, {&s_path, "path"}, {&s_get, "get"}, {&s_http, "http"},
         {&s_throw, "throw"}, {&s_close, "close"}, {&s_method, "method"},
+        {&s_headers, "headers"},
         {&s_route, "route"}, {&s_router, "router"}, {&s_app_root_path, "app_root_path"},
         {&s_route_key, "gunicorn_prometheus_exporter.route"},
         {&s_error_key, "gunicorn_prometheus_exporter.error"},

@@ -53,6 +53,13 @@ HTTP_REQUEST_SIZE = _f("gunicorn_http_request_size_bytes", "histogram",
                        "Request body bytes received.", ML, buckets="size")
 HTTP_RESPONSE_SIZE = _f("gunicorn_http_response_size_bytes", "histogram",
                         "Response body bytes sent.", ML, buckets="size")
+HTTP_QUEUE = _f("gunicorn_http_request_queue_duration_seconds", "histogram",
+                "Time a request waited between the front proxy stamping it (X-Request-Start "
+                "or X-Queue-Start) and a worker starting it; only stamped requests.",
+                buckets="queue")
+HTTP_QUEUE_INVALID = _f("gunicorn_http_request_queue_invalid", "counter",
+                        "Queue stamps not observed as sent: malformed (dropped), negative "
+                        "(clock skew, observed as 0), too_large (dropped).", ("reason",))
 FAILED_REQUESTS = _f("gunicorn_worker_failed_requests", "counter",
                      "Requests whose application raised an exception, by exception class.",
                      ERR, per_worker=True)

@@ -98,6 +98,8 @@ class Recorder(Writer):
         self._size_bounds = [math.floor(b) if math.isfinite(b) else b for b in size_bounds]
         self._empty_bucket = bisect_left(self._size_bounds, 0)
         self._series: Dict[Tuple[str, str, str], tuple] = {}
+        #: (method, route, status) of each series, by its counter's index (exemplars)
+        self.labels_of: Dict[int, Tuple[str, str, str]] = {}
         self._by_route: Dict[Tuple[str, str], tuple] = {}
         self._in_flight = scalar_position(self._gauges, catalogue.IN_FLIGHT, {})
         self._gauges.values[self._in_flight] = 0.0
@@ -164,6 +166,7 @@ class Recorder(Writer):
         # the views are taken after the appends, which may have grown the files
         series = (self._counters.values, count, self._histograms.values) + by_route
         self._series[(method, route, status)] = series
+        self.labels_of[count] = (method, route, status)
         return series
 
     def in_flight_cell(self) -> Tuple[memoryview, int]:

@@ -7,7 +7,11 @@ call to the last body message, and an exception that escaped the application as 
 request with its class name (the duration ends when the application hands over its last
 body message). The route is the template a framework left in the scope
 (Starlette and FastAPI: the matched route; anything else: ``ROUTE_ENVIRON_KEY``), else the
-path normalised like the WSGI workers do. Lifespan and websocket scopes pass through."""
+path normalised like the WSGI workers do. Lifespan and websocket scopes pass through.
+
+A request carrying a proxy's queue stamp or a trace context (``wanted_headers``) is
+recorded here in Python by the compiled wrapper too; so is every request when the
+OpenTelemetry span is read (at ``http.response.start``, inside the application's span)."""
 from __future__ import annotations
 
 import asyncio
@@ -15,7 +19,8 @@ import os
 from time import perf_counter
 from typing import Any, Awaitable, Callable, Optional
 
-from .. import speedups
+from .. import speedups, tracing
+from ..queue_time import HEADER_NAMES as QUEUE_HEADERS
 from . import ERROR_ENVIRON_KEY, ROUTE_ENVIRON_KEY
 from .starlette import route_template
 
@@ -30,10 +35,13 @@ class ASGIMetrics:
 
     def __init__(self, app: Callable, instrumentation: Any) -> None:
         self.app = app
+        self._instrumentation = instrumentation
         self._record = instrumentation.record
         self.gauges, self.in_flight = instrumentation.recorder.in_flight_cell()
         self._log = instrumentation.log
         self._failed_once = False
+        self.wanted = wanted_headers(instrumentation)
+        self._span = instrumentation.span
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -66,6 +74,10 @@ class ASGIMetrics:
                     ended = perf_counter()
             elif kind == "http.response.start":
                 status = message["status"]
+                if self._span is not None:
+                    trace = self._span()
+                    if trace is not None:
+                        scope[tracing.SPAN_KEY] = trace
             elif kind == "http.response.pathsend":
                 sent += _file_size(message.get("path"))
                 ended = perf_counter()
@@ -93,24 +105,53 @@ class ASGIMetrics:
         """One finished request, labelled from its scope; never raises (a failure to
         record is logged once, and the request goes on)."""
         try:
-            self._record(scope["method"], scope["path"], status, duration, received, sent,
-                         scope.get(ROUTE_ENVIRON_KEY) or route_template(scope),
-                         scope.get(ERROR_ENVIRON_KEY) or error_type)
+            series = self._record(scope["method"], scope["path"], status, duration, received,
+                                  sent, scope.get(ROUTE_ENVIRON_KEY) or route_template(scope),
+                                  scope.get(ERROR_ENVIRON_KEY) or error_type)
+            if self.wanted or tracing.SPAN_KEY in scope:
+                self._headers(scope, series, duration)
         except Exception:
             if not self._failed_once:
                 self._failed_once = True
                 self._log.exception("prometheus: could not record a request")
 
 
+    def _headers(self, scope: dict, series: Any, duration: float) -> None:
+        """The queue stamp and trace of a request (what ``wanted`` names)."""
+        inst = self._instrumentation
+        trace_header = inst.trace_header.encode()
+        trace = None
+        for name, value in scope.get("headers") or ():
+            if name in QUEUE_HEADERS and inst.queue is not None:
+                inst.observe_queue(value.decode("latin-1"), duration)
+            elif name == trace_header and inst.exemplars is not None:
+                trace = tracing.from_traceparent(value.decode("latin-1"))
+        trace = trace or scope.get(tracing.SPAN_KEY)
+        if trace is not None and inst.exemplars is not None:
+            inst.exemplars.observe(series, duration, trace)
+
+
+def wanted_headers(instrumentation: Any) -> tuple:
+    """Names of the request headers (ASGI: lower-case bytes) whose requests record more
+    than the request families: the queue stamps and the trace header, when on."""
+    names: tuple = ()
+    if instrumentation.queue is not None:
+        names += QUEUE_HEADERS
+    if instrumentation.exemplars is not None:
+        names += (instrumentation.trace_header.encode(),)
+    return names
+
+
 def instrument(app: Callable, instrumentation: Any) -> Callable:
     """``app`` with its requests recorded: the compiled wrapper (``_speedups.MeteredApp``)
-    where the speedups are built and on, else ``ASGIMetrics``. Both are ASGI 3 only."""
+    where the speedups are built and on, else ``ASGIMetrics``. Both are ASGI 3 only.
+    Reading the OpenTelemetry span needs the send messages in Python: ``ASGIMetrics``."""
     metrics = ASGIMetrics(app, instrumentation)
-    if speedups.native is None:
+    if speedups.native is None or instrumentation.span is not None:
         return metrics
     return speedups.native.MeteredApp(app, metrics.record, instrumentation.resolved,
                                       instrumentation.recorder.add, GONE, metrics.gauges,
-                                      metrics.in_flight)
+                                      metrics.in_flight, metrics.wanted)
 
 
 def _file_size(path: Optional[str]) -> int:

@@ -15,12 +15,14 @@ from __future__ import annotations
 import errno
 import os
 import sys
-from time import perf_counter
-from typing import Any, Dict, Iterable, Optional, Tuple
+from time import perf_counter, time
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
-from .. import config, exits, identity, logcount, master, redact
+from .. import config, exits, identity, logcount, master, redact, tracing
 from .. import metrics as catalogue
 from ..frameworks import ERROR_ENVIRON_KEY
+from ..exemplars import ExemplarRecorder
+from ..queue_time import QueueTime
 from ..recorder import Recorder, Series
 from ..routes import (ROUTE_ENVIRON_KEY, UNMATCHED, RouteTable, method_label,
                       status_label)
@@ -68,7 +70,10 @@ class BodyMeter:
             yield line
 
 
-def metered(app: Any) -> Any:
+def metered(app: Any, span: Optional[Callable[[], Optional[tracing.Trace]]] = None) -> Any:
+    """``app`` with chunked request bodies counted, and, given ``span`` (the OpenTelemetry
+    reader of ``tracing``), the span current when the application starts its response
+    left in the environ for the exemplar."""
     def app_with_body_meter(environ: dict, start_response: Any) -> Any:
         if "CONTENT_LENGTH" not in environ and "HTTP_TRANSFER_ENCODING" in environ:
             environ["wsgi.input"] = environ[BODY_METER_KEY] = BodyMeter(environ["wsgi.input"])
@@ -78,7 +83,19 @@ def metered(app: Any) -> Any:
             environ[FILE_BYTES_KEY] = _file_bytes(result)
         return result
 
-    return app_with_body_meter
+    if span is None:
+        return app_with_body_meter
+
+    def app_with_span(environ: dict, start_response: Any) -> Any:
+        def start_response_in_span(*args: Any) -> Any:
+            trace = span()
+            if trace is not None:
+                environ[tracing.SPAN_KEY] = trace
+            return start_response(*args)
+
+        return app_with_body_meter(environ, start_response_in_span)
+
+    return app_with_span
 
 
 def _file_bytes(wrapped: Any) -> Optional[int]:
@@ -132,6 +149,22 @@ class Instrumentation:
         self._gauges: Optional[memoryview] = None
         if not worker.threaded:
             self._gauges, self._in_flight = self.recorder.in_flight_cell()
+        #: set when queue time is on: observed for requests a proxy stamped
+        self.queue: Optional[QueueTime] = None
+        if settings.metrics.queue_time:
+            self.queue = QueueTime(self.recorder, settings.metrics.queue_buckets,
+                                   settings.metrics.queue_max_seconds)
+        #: set when exemplars are on: the trace of a request is kept on its samples
+        self.exemplars: Optional[ExemplarRecorder] = None
+        #: the OpenTelemetry span reader (None: off, or opentelemetry-api not installed)
+        self.span: Optional[Callable[[], Optional[tracing.Trace]]] = None
+        self.trace_header = settings.metrics.trace_header
+        self._trace_key = tracing.environ_key(self.trace_header)
+        if settings.metrics.exemplars:
+            self.exemplars = ExemplarRecorder(runtime.directory, claim.identity,
+                                              self.recorder, settings.metrics.duration_buckets)
+            if settings.metrics.opentelemetry:
+                self.span = tracing.opentelemetry_span()
         self.routes = RouteTable(runtime.directory, settings.metrics.route_cap,
                                  settings.metrics.route_rules)
         self.recorder.set_gauge(catalogue.WORKER_CAPACITY, float(worker.capacity))
@@ -210,17 +243,33 @@ class Instrumentation:
             sent = environ[FILE_BYTES_KEY] or 0  # sent by sendfile
             if resp.response_length is not None:
                 sent = min(sent, resp.response_length)
-        self.record(environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), code, duration,
-                    received, sent, environ.get(ROUTE_ENVIRON_KEY),
-                    str(error_type) if error_type else None)
+        series = self.record(environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), code,
+                             duration, received, sent, environ.get(ROUTE_ENVIRON_KEY),
+                             str(error_type) if error_type else None)
+        # what follows costs a few dict lookups unless the request carries the headers
+        if self.queue is not None:
+            stamp = environ.get("HTTP_X_REQUEST_START") or environ.get("HTTP_X_QUEUE_START")
+            if stamp is not None:
+                self.observe_queue(stamp, duration)
+        if self.exemplars is not None:
+            header = environ.get(self._trace_key)
+            trace = tracing.from_traceparent(header) if header is not None else None
+            if trace is not None or tracing.SPAN_KEY in environ:
+                self.exemplars.observe(series, duration, trace or environ[tracing.SPAN_KEY])
+
+    def observe_queue(self, stamp: str, duration: float) -> None:
+        """A stamped request that started ``duration`` ago: no clock is read per request
+        unless a proxy stamped it."""
+        self.queue.observe(stamp, time() - duration)  # type: ignore[union-attr]
 
     def record(self, method: Optional[str], path: Optional[str], code: Optional[int],
                duration: float, received: int, sent: int, template: Optional[str] = None,
-               error_type: Optional[str] = None) -> None:
+               error_type: Optional[str] = None) -> Series:
         """One finished request, whatever server loop handled it (the ASGI workers call
         this directly): ``code`` the status sent (None: 500), ``template`` a framework's
         matched route, else ``path`` is normalised; ``error_type`` counts one failed
-        request. A request like an earlier one is one dict lookup and the stores."""
+        request. A request like an earlier one is one dict lookup and the stores.
+        Returns the series recorded (for the exemplar)."""
         if not template:
             key = (method, path, code)
         else:
@@ -231,6 +280,7 @@ class Instrumentation:
         if series is None or error_type is not None:
             series = self._resolve(key, method, path, code, template, error_type)
         self.recorder.add(series, duration, received, sent)
+        return series
 
     def _resolve(self, key: tuple, method: Optional[str], path: Optional[str],
                  code: Optional[int], template: Optional[str],
@@ -306,7 +356,7 @@ class PrometheusWorkerMixin:
     def load_wsgi(self) -> None:
         super().load_wsgi()
         if self._prometheus is not None:
-            self.wsgi = metered(self.wsgi)
+            self.wsgi = metered(self.wsgi, self._prometheus.span)
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         if self._prometheus is not None:

@@ -1,0 +1,102 @@
+"""Request queue time from a proxy's X-Request-Start / X-Queue-Start, through real gunicorn:
+every header form real proxies send, exact bucket counts, bad stamps counted."""
+import time
+from pathlib import Path
+
+import pytest
+
+from gunicorn_prometheus_exporter.queue_time import stamp_seconds
+
+QUEUE = "gunicorn_http_request_queue_duration_seconds"
+INVALID = "gunicorn_http_request_queue_invalid_total"
+ASGI = "gunicorn_prometheus_exporter.PrometheusASGIWorker"
+TESTS = ["--chdir", str(Path(__file__).parent)]  # where apps.traced is imported from
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("t=1700000000.123", 1700000000.123),  # nginx t=${msec}
+    ("1700000000.123", 1700000000.123),
+    ("1700000000123", 1700000000.123),  # Heroku, HAProxy date(0,ms): milliseconds
+    ("t=1700000000123", 1700000000.123),
+    ("t=1700000000123456", 1700000000.123456),  # Apache %t: microseconds
+    ("1700000000123456", 1700000000.123456),
+    ("1700000000123456789", 1700000000.123456789),  # nanoseconds
+    ("t=1700000000123456 D=1234", 1700000000.123456),  # Apache "%t %D"
+    (" t=1700000000 ", 1700000000.0),  # whole seconds
+])
+def test_every_proxy_form_reads_as_unix_seconds(value, expected):
+    assert stamp_seconds(value) == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("value", ["", "t=", "abc", "t=-5", "0", "nan", "inf", "t=1e400"])
+def test_what_is_no_stamp_reads_as_none(value):
+    assert stamp_seconds(value) is None
+
+
+# waits chosen in the middle of their buckets (le 0.25, 0.5, 1, 2.5, 5, 10): a loaded
+# machine adds milliseconds, never the tenths that would move one
+def _forms(now: float):
+    return [
+        ("X-Request-Start", f"t={now - 0.17:.3f}"),  # nginx t=${msec}
+        ("X-Request-Start", f"{int((now - 0.37) * 1e3)}"),  # Heroku: ms
+        ("X-Request-Start", f"t={int((now - 0.7) * 1e6)}"),  # Apache %t: µs
+        ("X-Queue-Start", f"t={int((now - 1.7) * 1e3)}"),  # HAProxy t=%[date(0,ms)]
+        ("X-Queue-Start", f"{int((now - 3.5) * 1e6)}"),  # µs without t=
+        ("X-Request-Start", f"t={now - 7.0:.6f} D=12"),
+    ]
+
+
+def _check(g):
+    for name, value in _forms(time.time()):
+        assert g.request("/", headers={name: value})[0] == 200
+    # clock skew: stamped 5 s after the worker started it, observed as 0
+    assert g.request("/", headers={"X-Request-Start": f"t={time.time() + 5:.3f}"})[0] == 200
+    # absurd: an hour ago (over queue_max_seconds, 600 by default): dropped
+    assert g.request("/", headers={"X-Request-Start": f"{int((time.time() - 3600) * 1e3)}"}
+                     )[0] == 200
+    assert g.request("/", headers={"X-Queue-Start": "t=soon"})[0] == 200
+    assert g.request("/")[0] == 200  # no stamp: nothing observed
+    s = g.scrape_until(lambda s: s.total("gunicorn_http_requests_total") == 10)
+    buckets = {dict(ls)["le"]: v for ls, v in s.series(QUEUE + "_bucket").items()}
+    assert buckets == {
+        "0.001": 1.0, "0.0025": 1.0, "0.005": 1.0, "0.01": 1.0, "0.025": 1.0, "0.05": 1.0,
+        "0.1": 1.0, "0.25": 2.0, "0.5": 3.0, "1.0": 4.0, "2.5": 5.0, "5.0": 6.0,
+        "10.0": 7.0, "30.0": 7.0, "+Inf": 7.0}
+    assert s.value(QUEUE + "_count") == 7
+    assert s.value(QUEUE + "_sum") == pytest.approx(0.17 + 0.37 + 0.7 + 1.7 + 3.5 + 7.0,
+                                                    abs=0.5)
+    assert s.value(INVALID, reason="negative") == 1
+    assert s.value(INVALID, reason="too_large") == 1
+    assert s.value(INVALID, reason="malformed") == 1
+
+
+@pytest.mark.parametrize("worker_class,app,extra", [
+    ("sync", "apps.traced:app", []),
+    ("gthread", "apps.traced:app", ["--threads", "4"]),
+    (ASGI, "apps.traced:asgi_app", []),
+], ids=["sync", "gthread", "asgi"])
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+def test_queue_time_of_every_header_form(start_gunicorn, worker_class, app, extra, compiled):
+    env = {} if compiled else {"GUNICORN_PROMETHEUS_NO_SPEEDUPS": "1"}
+    g = start_gunicorn(app=app, worker_class=worker_class, workers=2, extra_args=extra + TESTS,
+                       env=env).wait_ready(workers=2)
+    _check(g)
+
+
+def test_switched_off_nothing_is_observed_and_the_family_is_absent(start_gunicorn):
+    g = start_gunicorn(app="apps.traced:app", workers=1, extra_args=TESTS,
+                       env={"PROMETHEUS_QUEUE_TIME": "false"}).wait_ready(workers=1)
+    assert g.request("/", headers={"X-Request-Start": f"t={time.time():.3f}"})[0] == 200
+    s = g.scrape_until(lambda s: s.total("gunicorn_http_requests_total") == 1)
+    assert QUEUE not in s.types and INVALID not in s.names()
+
+
+def test_queue_max_seconds_is_a_setting(start_gunicorn):
+    g = start_gunicorn(app="apps.traced:app", workers=1, extra_args=TESTS,
+                       env={"PROMETHEUS_QUEUE_MAX_SECONDS": "0.5"}).wait_ready(workers=1)
+    now = time.time()
+    g.request("/", headers={"X-Request-Start": f"t={now - 0.2:.3f}"})
+    g.request("/", headers={"X-Request-Start": f"t={now - 2:.3f}"})
+    s = g.scrape_until(lambda s: s.total("gunicorn_http_requests_total") == 2)
+    assert s.value(QUEUE + "_count") == 1
+    assert s.value(INVALID, reason="too_large") == 1
