@@ -5,6 +5,7 @@ otherwise)."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 from typing import Any, Callable, Optional, Tuple
 
 #: (trace id, span id) as lower-case hex: 32 and 16 digits, never all zeros
@@ -39,11 +40,21 @@ def from_traceparent(value: str) -> Optional[Trace]:
     return trace_id, span_id
 
 
-def opentelemetry_span() -> Optional[Callable[[], Optional[Trace]]]:
+def opentelemetry_span(mode: str) -> Optional[Callable[[], Optional[Trace]]]:
     """A function giving the current OpenTelemetry span's trace (None without a sampled
-    span), or None when opentelemetry-api is not installed (it is then not imported)."""
-    if importlib.util.find_spec("opentelemetry") is None \
-            or importlib.util.find_spec("opentelemetry.trace") is None:
+    span), or None when there is none to read. ``mode`` (setting
+    ``metrics.opentelemetry``): ``off``; ``on`` whenever opentelemetry-api is installed;
+    ``auto`` only when the loaded application has imported it and set a tracer provider
+    (opentelemetry-api comes with FastAPI: installed is not the same as used). Nothing is
+    imported when it is not used."""
+    if mode == "off":
+        return None
+    if mode == "auto":
+        otel = sys.modules.get("opentelemetry.trace")
+        if otel is None or type(otel.get_tracer_provider()).__name__ in (
+                "ProxyTracerProvider", "NoOpTracerProvider"):
+            return None
+    elif importlib.util.find_spec("opentelemetry") is None:
         return None
     from opentelemetry import trace as otel
 

@@ -1,9 +1,10 @@
 """Tiny WSGI and ASGI applications for the queue-time and exemplar tests.
 
-``app`` / ``asgi_app``: 200 with ``ok``; ``/sleep?ms=N`` waits N ms first (a chosen
+``app`` / ``asgi_app``: 200 with the worker's pid; ``/sleep?ms=N`` waits N ms first (a chosen
 duration bucket). ``otel_app`` / ``otel_asgi_app``: the same inside an OpenTelemetry span
 of the SDK (always sampled), answering with that span's trace id."""
 import asyncio
+import os
 import time
 from urllib.parse import parse_qs
 
@@ -14,17 +15,21 @@ def _ms(query: str) -> float:
 
 def app(environ, start_response):
     time.sleep(_ms(environ.get("QUERY_STRING", "")))
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3")])
-    return [b"ok\n"]
+    body = str(os.getpid()).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"),
+                              ("Content-Length", str(len(body)))])
+    return [body]
 
 
 async def asgi_app(scope, receive, send):
     if scope["type"] != "http":
         return
     await asyncio.sleep(_ms(scope.get("query_string", b"").decode()))
+    body = str(os.getpid()).encode()
     await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/plain"), (b"content-length", b"3")]})
-    await send({"type": "http.response.body", "body": b"ok\n"})
+                "headers": [(b"content-type", b"text/plain"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _tracer():

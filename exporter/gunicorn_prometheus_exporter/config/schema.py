@@ -89,9 +89,11 @@ SETTINGS: Tuple[Setting, ...] = (
            "(served in OpenMetrics only)."),
     _s("metrics.trace_header", HeaderName(), "traceparent", "PROMETHEUS_TRACE_HEADER",
        doc="Request header carrying the W3C trace context of exemplars (sampled ones only)."),
-    _s("metrics.opentelemetry", Bool(), True, "PROMETHEUS_OPENTELEMETRY",
-       doc="Without a trace header, take exemplars from the OpenTelemetry span current "
-           "while the application ran (when opentelemetry-api is installed)."),
+    _s("metrics.opentelemetry", Choice(("auto", "on", "off")), "auto",
+       "PROMETHEUS_OPENTELEMETRY",
+       doc="Without a trace header, take exemplars from the OpenTelemetry span current when "
+           "the application starts its response: auto (when the application set a tracer "
+           "provider), on, off."),
     _s("metrics.sample_interval", Float(0.1, 3600), 5.0, "PROMETHEUS_SAMPLE_INTERVAL",
        doc="Seconds between samples of worker memory, CPU and uptime."),
     # -- gunicorn values of the original YAML -----------------------------------------------

@@ -30,6 +30,7 @@ if ASGIWorker is not None:
         def load_wsgi(self) -> None:
             ASGIWorker.load_wsgi(self)
             if self._prometheus is not None:
+                self._prometheus.application_loaded()
                 self.asgi = instrument(self.asgi, self._prometheus)
 
         # the asyncio worker takes its signals through the event loop, not through

@@ -160,11 +160,10 @@ class Instrumentation:
         self.span: Optional[Callable[[], Optional[tracing.Trace]]] = None
         self.trace_header = settings.metrics.trace_header
         self._trace_key = tracing.environ_key(self.trace_header)
+        self._opentelemetry = settings.metrics.opentelemetry
         if settings.metrics.exemplars:
             self.exemplars = ExemplarRecorder(runtime.directory, claim.identity,
                                               self.recorder, settings.metrics.duration_buckets)
-            if settings.metrics.opentelemetry:
-                self.span = tracing.opentelemetry_span()
         self.routes = RouteTable(runtime.directory, settings.metrics.route_cap,
                                  settings.metrics.route_rules)
         self.recorder.set_gauge(catalogue.WORKER_CAPACITY, float(worker.capacity))
@@ -184,6 +183,12 @@ class Instrumentation:
             theirs = master.user_hook(worker.cfg, name)
             # no wrapper frame on the request path unless there is a user hook to call too
             worker.cfg.set(name, ours if theirs is None else master.chained(ours, theirs))
+
+    def application_loaded(self) -> None:
+        """Called once the worker has loaded the application: whether it uses
+        OpenTelemetry is known only now."""
+        if self.exemplars is not None:
+            self.span = tracing.opentelemetry_span(self._opentelemetry)
 
     def set_state(self, state: str) -> None:
         for name in ("running", "stopping"):
@@ -356,6 +361,7 @@ class PrometheusWorkerMixin:
     def load_wsgi(self) -> None:
         super().load_wsgi()
         if self._prometheus is not None:
+            self._prometheus.application_loaded()
             self.wsgi = metered(self.wsgi, self._prometheus.span)
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:

@@ -29,6 +29,7 @@ class PrometheusUvicornWorker(ConnectionsMixin, UvicornWorker):
     def load_wsgi(self) -> None:
         UvicornWorker.load_wsgi(self)
         if self._prometheus is not None:
+            self._prometheus.application_loaded()
             self.wsgi = instrument(self.wsgi, self._prometheus)
             # the wrapper is ASGI 3; uvicorn would guess ASGI 2 for the compiled one (its
             # __call__ is not a coroutine function)
