@@ -146,6 +146,8 @@ def _instrumentation(directory: Path):
     inst.recorder = Recorder(inst.store, [60.0], SIZES, threaded=False)
     inst.routes = RouteTable(str(directory), 100)
     inst.resolved, inst.log = {}, logging.getLogger("test-speedups")
+    # queue time and exemplars off (tests/test_queue_time.py, test_exemplars.py)
+    inst.queue, inst.exemplars, inst.span, inst.trace_header = None, None, None, "traceparent"
     return inst
 
 
