@@ -148,6 +148,7 @@ def _instrumentation(directory: Path):
     inst.resolved, inst.log = {}, logging.getLogger("test-speedups")
     # queue time and exemplars off (tests/test_queue_time.py, test_exemplars.py)
     inst.queue, inst.exemplars, inst.span, inst.trace_header = None, None, None, "traceparent"
+    inst.websocket_buckets = (1.0, 60.0)
     return inst
 
 

@@ -245,7 +245,7 @@ static PyTypeObject RequestWriterType = {
 static PyObject *s_type, *s_status, *s_body, *s_more_body, *s_path, *s_get, *s_http;
 static PyObject *s_response_start, *s_response_body, *s_response_pathsend;
 static PyObject *s_throw, *s_close;
-static PyObject *s_headers;
+static PyObject *s_headers, *s_http_version, *s_usual_version;
 static PyObject *s_method, *s_route, *s_router, *s_app_root_path, *s_route_key, *s_error_key;
 static PyObject *perf_counter;  /* time.perf_counter: the clock of the Python path */
 static PyObject *file_size;     /* frameworks.asgi._file_size, imported at the first pathsend */
@@ -696,6 +696,8 @@ typedef struct {
     PyObject *gauges;   /* the in-flight gauge: view and index */
     Py_ssize_t gauge_index;
     PyObject *wanted;   /* tuple of header names (bytes) whose requests record() takes */
+    PyObject *other;    /* what serves the other scopes (websocket, lifespan): the app, or
+                         * ASGIMetrics.other_scope */
 } MeteredApp;
 
 enum { CALL_NEW, CALL_RUNNING, CALL_DONE };
@@ -762,6 +764,16 @@ record_known(MeteredApp *owner, PyObject *scope, RequestMeter *meter, PyObject *
     int wanted = has_wanted_header(owner->wanted, scope);
     if (wanted != 0)
         return wanted < 0 ? -1 : 0;
+    /* a protocol other than HTTP/1.1 is counted by record() */
+    PyObject *version = PyDict_GetItemWithError(scope, s_http_version);
+    if (version == NULL) {
+        if (PyErr_Occurred())
+            return -1;
+    } else if (version != s_usual_version) {
+        int usual = PyObject_RichCompareBool(version, s_usual_version, Py_EQ);
+        if (usual <= 0)
+            return usual;
+    }
     PyObject *key, *route = PyDict_GetItemWithError(scope, s_route);
     if (route == NULL) {
         if (PyErr_Occurred() || PyDict_GetItemWithError(scope, s_router) != NULL)
@@ -1073,8 +1085,8 @@ MeteredApp_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
     Py_DECREF(kind);
     if (http < 0)
         return NULL;
-    if (!http)  /* lifespan, websocket: the application's own awaitable */
-        return PyObject_Vectorcall(self->app, args, 3, NULL);
+    if (!http)  /* lifespan, websocket: ASGIMetrics.other_scope, or the application's own */
+        return PyObject_Vectorcall(self->other, args, 3, NULL);
     MeteredCall *call = PyObject_GC_New(MeteredCall, &MeteredCallType);
     if (call == NULL)
         return NULL;
@@ -1093,12 +1105,12 @@ static PyObject *
 MeteredApp_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"app", "record", "resolved", "add", "gone", "gauges", "index",
-                               "wanted", NULL};
-    PyObject *app, *record, *resolved, *add, *gone, *gauges, *wanted = NULL;
+                               "wanted", "other", NULL};
+    PyObject *app, *record, *resolved, *add, *gone, *gauges, *wanted = NULL, *other = NULL;
     Py_ssize_t index;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO!OOOn|O!:MeteredApp", keywords, &app,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO!OOOn|O!O:MeteredApp", keywords, &app,
                                      &record, &PyDict_Type, &resolved, &add, &gone, &gauges,
-                                     &index, &PyTuple_Type, &wanted))
+                                     &index, &PyTuple_Type, &wanted, &other))
         return NULL;
     if (wanted == NULL) {
         wanted = PyTuple_New(0);
@@ -1125,6 +1137,7 @@ MeteredApp_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     self->wanted = wanted;
+    self->other = Py_NewRef(other != NULL && other != Py_None ? other : app);
     self->vectorcall = MeteredApp_vectorcall;
     self->app = Py_NewRef(app);
     self->record = Py_NewRef(record);
@@ -1146,6 +1159,7 @@ MeteredApp_traverse(MeteredApp *self, visitproc visit, void *arg)
     Py_VISIT(self->gone);
     Py_VISIT(self->gauges);
     Py_VISIT(self->wanted);
+    Py_VISIT(self->other);
     return 0;
 }
 
@@ -1159,6 +1173,7 @@ MeteredApp_clear(MeteredApp *self)
     Py_CLEAR(self->gone);
     Py_CLEAR(self->gauges);
     Py_CLEAR(self->wanted);
+    Py_CLEAR(self->other);
     return 0;
 }
 
@@ -1183,8 +1198,9 @@ static PyTypeObject MeteredAppType = {
     .tp_vectorcall_offset = offsetof(MeteredApp, vectorcall),
     .tp_call = PyVectorcall_Call,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_doc = "MeteredApp(app, record, resolved, add, gone, gauges, index, wanted=()): "
-              "ASGIMetrics in C; requests with a header named in wanted go to record().",
+    .tp_doc = "MeteredApp(app, record, resolved, add, gone, gauges, index, wanted=(), "
+              "other=app): ASGIMetrics in C; requests with a header named in wanted, or not "
+              "over HTTP/1.1, go to record(); scopes other than http to other().",
     .tp_traverse = (traverseproc)MeteredApp_traverse,
     .tp_clear = (inquiry)MeteredApp_clear,
     .tp_members = MeteredApp_members,
@@ -1209,7 +1225,8 @@ intern_all(void)
         {&s_type, "type"}, {&s_status, "status"}, {&s_body, "body"},
         {&s_more_body, "more_body"}, {&s_path, "path"}, {&s_get, "get"}, {&s_http, "http"},
         {&s_throw, "throw"}, {&s_close, "close"}, {&s_method, "method"},
-        {&s_headers, "headers"},
+        {&s_headers, "headers"}, {&s_http_version, "http_version"},
+        {&s_usual_version, "1.1"},
         {&s_route, "route"}, {&s_router, "router"}, {&s_app_root_path, "app_root_path"},
         {&s_route_key, "gunicorn_prometheus_exporter.route"},
         {&s_error_key, "gunicorn_prometheus_exporter.error"},

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from time import time
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 from prometheus_client.utils import floatToGoString
 
@@ -20,11 +20,13 @@ from .tracing import Trace
 
 class ExemplarRecorder:
     """One worker's exemplar slots; ``recorder`` gives the series' labels and the lock
-    that serialises threads (gthread)."""
+    that serialises threads (gthread). The file is created by the first traced request:
+    a worker that never sees one has none."""
 
     def __init__(self, directory: str, identity: str, recorder: Recorder,
                  duration_bounds: Sequence[float]) -> None:
-        self._file = files.ExemplarFile(files.path_of(directory, identity))
+        self._path = files.path_of(directory, identity)
+        self._file: Optional[files.ExemplarFile] = None
         self._recorder = recorder
         self._bounds = list(duration_bounds)
         self._le = [floatToGoString(b) for b in self._bounds] + ["+Inf"]
@@ -39,17 +41,20 @@ class ExemplarRecorder:
             slots = self._register(series[1], bucket)
         trace_id, span_id = bytes.fromhex(trace[0]), bytes.fromhex(trace[1])
         now = time()
+        file = self._file
         lock = self._recorder.lock
         if lock is not None:
             lock.acquire()
         try:
-            self._file.put(slots[0], 1.0, now, trace_id, span_id)
-            self._file.put(slots[1], duration, now, trace_id, span_id)
+            file.put(slots[0], 1.0, now, trace_id, span_id)  # type: ignore[union-attr]
+            file.put(slots[1], duration, now, trace_id, span_id)  # type: ignore[union-attr]
         finally:
             if lock is not None:
                 lock.release()
 
     def _register(self, count: int, bucket: int) -> Tuple[int, int]:
+        if self._file is None:
+            self._file = files.ExemplarFile(self._path)
         method, route, status = self._recorder.labels_of[count]
         requests, duration = catalogue.HTTP_REQUESTS, catalogue.HTTP_DURATION
         counter_key = sample_key(requests.name, requests.sample,
@@ -61,6 +66,3 @@ class ExemplarRecorder:
         slots = (self._file.slot(counter_key), self._file.slot(bucket_key))
         self._slots[(count, bucket)] = slots
         return slots
-
-    def close(self) -> None:
-        self._file.close()

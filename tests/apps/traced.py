@@ -1,6 +1,6 @@
 """Tiny WSGI and ASGI applications for the queue-time and exemplar tests.
 
-``app`` / ``asgi_app``: 200 with the worker's pid; ``/sleep?ms=N`` waits N ms first (a chosen
+``app`` / ``asgi_app``: 200 with the worker's pid (``asgi_app`` also echoes WebSockets); ``/sleep?ms=N`` waits N ms first (a chosen
 duration bucket). ``otel_app`` / ``otel_asgi_app``: the same inside an OpenTelemetry span
 of the SDK (always sampled), answering with that span's trace id."""
 import asyncio
@@ -22,6 +22,9 @@ def app(environ, start_response):
 
 
 async def asgi_app(scope, receive, send):
+    if scope["type"] == "websocket":
+        await _echo(scope, receive, send)
+        return
     if scope["type"] != "http":
         return
     await asyncio.sleep(_ms(scope.get("query_string", b"").decode()))
@@ -30,6 +33,21 @@ async def asgi_app(scope, receive, send):
                 "headers": [(b"content-type", b"text/plain"),
                             (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _echo(scope, receive, send):
+    """``/echo``: accepts and echoes text until the client closes; ``/refuse``: closes
+    before accepting (the server answers the upgrade with 403)."""
+    await receive()  # websocket.connect
+    if scope["path"] == "/refuse":
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    await send({"type": "websocket.accept"})
+    while True:
+        message = await receive()
+        if message["type"] != "websocket.receive":
+            return
+        await send({"type": "websocket.send", "text": message.get("text")})
 
 
 def _tracer():

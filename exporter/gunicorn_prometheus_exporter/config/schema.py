@@ -17,6 +17,9 @@ DEFAULT_DURATION_BUCKETS = (
 DEFAULT_QUEUE_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )
+#: WebSocket connection duration buckets: 1 s to 1 day.
+DEFAULT_WEBSOCKET_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0,
+                             21600.0, 86400.0)
 #: Body size buckets: 64 B to 64 MiB in powers of four.
 DEFAULT_SIZE_BUCKETS = tuple(float(64 * 4**i) for i in range(11))
 
@@ -84,6 +87,9 @@ SETTINGS: Tuple[Setting, ...] = (
     _s("metrics.queue_max_seconds", Float(0.001, 86400), 600.0,
        "PROMETHEUS_QUEUE_MAX_SECONDS",
        doc="Longer waits are clock errors: dropped and counted as too_large."),
+    _s("metrics.websocket_buckets", Buckets(), DEFAULT_WEBSOCKET_BUCKETS,
+       "PROMETHEUS_WEBSOCKET_BUCKETS",
+       doc="WebSocket connection duration histogram bounds, seconds (ASGI workers)."),
     _s("metrics.exemplars", Bool(), True, "PROMETHEUS_EXEMPLARS",
        doc="Attach the trace of a recent request to each duration bucket and request counter "
            "(served in OpenMetrics only)."),

@@ -7,7 +7,8 @@ call to the last body message, and an exception that escaped the application as 
 request with its class name (the duration ends when the application hands over its last
 body message). The route is the template a framework left in the scope
 (Starlette and FastAPI: the matched route; anything else: ``ROUTE_ENVIRON_KEY``), else the
-path normalised like the WSGI workers do. Lifespan and websocket scopes pass through.
+path normalised like the WSGI workers do. Lifespan scopes pass through; WebSocket scopes are
+measured as connections (``websocket_metrics``), never as requests.
 
 A request carrying a proxy's queue stamp or a trace context (``wanted_headers``) is
 recorded here in Python by the compiled wrapper too; so is every request when the
@@ -21,6 +22,7 @@ from typing import Any, Awaitable, Callable, Optional
 
 from .. import speedups, tracing
 from ..queue_time import HEADER_NAMES as QUEUE_HEADERS
+from ..websocket_metrics import WebSocketMetrics, other_scope
 from . import ERROR_ENVIRON_KEY, ROUTE_ENVIRON_KEY
 from .starlette import route_template
 
@@ -42,10 +44,13 @@ class ASGIMetrics:
         self._failed_once = False
         self.wanted = wanted_headers(instrumentation)
         self._span = instrumentation.span
+        #: serves the scopes that are not HTTP requests (WebSockets measured)
+        self.other_scope = other_scope(app, WebSocketMetrics(
+            instrumentation.recorder, instrumentation.websocket_buckets))
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            await self.other_scope(scope, receive, send)
             return
         started = perf_counter()
         status: Any = 0
@@ -110,6 +115,9 @@ class ASGIMetrics:
                                   scope.get(ERROR_ENVIRON_KEY) or error_type)
             if self.wanted or tracing.SPAN_KEY in scope:
                 self._headers(scope, series, duration)
+            version = scope.get("http_version")
+            if version != "1.1" and version is not None:
+                self._instrumentation.count_protocol(version)
         except Exception:
             if not self._failed_once:
                 self._failed_once = True
@@ -151,7 +159,7 @@ def instrument(app: Callable, instrumentation: Any) -> Callable:
         return metrics
     return speedups.native.MeteredApp(app, metrics.record, instrumentation.resolved,
                                       instrumentation.recorder.add, GONE, metrics.gauges,
-                                      metrics.in_flight, metrics.wanted)
+                                      metrics.in_flight, metrics.wanted, metrics.other_scope)
 
 
 def _file_size(path: Optional[str]) -> int:

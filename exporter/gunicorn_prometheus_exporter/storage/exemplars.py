@@ -63,9 +63,6 @@ class ExemplarFile:
         SLOT.pack_into(m, offset, 0.0, value, trace_id, span_id)
         _STAMP.pack_into(m, offset, timestamp)
 
-    def close(self) -> None:
-        self._file.close()
-
 
 class ExemplarReader:
     """The reading side: every complete slot of one file."""

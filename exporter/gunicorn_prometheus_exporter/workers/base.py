@@ -18,7 +18,7 @@ import sys
 from time import perf_counter, time
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
-from .. import config, exits, identity, logcount, master, redact, tracing
+from .. import config, exits, identity, logcount, master, protocols, redact, tracing
 from .. import metrics as catalogue
 from ..frameworks import ERROR_ENVIRON_KEY
 from ..exemplars import ExemplarRecorder
@@ -164,6 +164,10 @@ class Instrumentation:
         if settings.metrics.exemplars:
             self.exemplars = ExemplarRecorder(runtime.directory, claim.identity,
                                               self.recorder, settings.metrics.duration_buckets)
+        for protocol in protocols.PREPARED:  # every series exists from the start
+            self.recorder.prepare(catalogue.HTTP_PROTOCOL, (protocol,))
+        #: for the ASGI workers' WebSocket connections (frameworks.asgi)
+        self.websocket_buckets = settings.metrics.websocket_buckets
         self.routes = RouteTable(runtime.directory, settings.metrics.route_cap,
                                  settings.metrics.route_rules)
         self.recorder.set_gauge(catalogue.WORKER_CAPACITY, float(worker.capacity))
@@ -251,7 +255,11 @@ class Instrumentation:
         series = self.record(environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), code,
                              duration, received, sent, environ.get(ROUTE_ENVIRON_KEY),
                              str(error_type) if error_type else None)
-        # what follows costs a few dict lookups unless the request carries the headers
+        # what follows costs a few dict lookups unless the request carries the headers (or
+        # is not HTTP/1.1)
+        protocol = environ.get("SERVER_PROTOCOL")
+        if protocol != "HTTP/1.1" and protocol is not None:
+            self.count_protocol(protocol)
         if self.queue is not None:
             stamp = environ.get("HTTP_X_REQUEST_START") or environ.get("HTTP_X_QUEUE_START")
             if stamp is not None:
@@ -261,6 +269,10 @@ class Instrumentation:
             trace = tracing.from_traceparent(header) if header is not None else None
             if trace is not None or tracing.SPAN_KEY in environ:
                 self.exemplars.observe(series, duration, trace or environ[tracing.SPAN_KEY])
+
+    def count_protocol(self, version: str) -> None:
+        """A request not over HTTP/1.1 (``version``: SERVER_PROTOCOL or http_version)."""
+        self.recorder.count(catalogue.HTTP_PROTOCOL, (protocols.label(version),))
 
     def observe_queue(self, stamp: str, duration: float) -> None:
         """A stamped request that started ``duration`` ago: no clock is read per request
