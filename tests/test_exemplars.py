@@ -116,7 +116,8 @@ def test_switched_off_or_another_header(start_gunicorn):
     (ASGI, "apps.traced:otel_asgi_app"),
 ], ids=["sync", "asgi"])
 def test_opentelemetry_span_of_the_application(start_gunicorn, worker_class, app):
-    pytest.importorskip("opentelemetry.sdk.trace", reason="opentelemetry-sdk (tests/requirements.txt)")
+    pytest.importorskip("opentelemetry.sdk.trace",
+                        reason="opentelemetry-sdk (tests/requirements.txt)")
     g = start_gunicorn(app=app, worker_class=worker_class, workers=1,
                        extra_args=TESTS).wait_ready(workers=1)
     code, body = g.request("/")

@@ -11,7 +11,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 from prometheus_client.utils import floatToGoString
 
-from . import metrics as catalogue
+from . import families
 from .recorder import Recorder, Series
 from .storage import exemplars as files
 from .storage.mmap_file import sample_key
@@ -36,9 +36,9 @@ class ExemplarRecorder:
     def observe(self, series: Series, duration: float, trace: Trace) -> None:
         """The request of ``series`` that took ``duration`` belongs to ``trace``."""
         bucket = bisect_left(self._bounds, duration)
-        slots = self._slots.get((series[1], bucket))
+        slots = self._slots.get((series.requests, bucket))
         if slots is None:
-            slots = self._register(series[1], bucket)
+            slots = self._register(series.requests, bucket)
         trace_id, span_id = bytes.fromhex(trace[0]), bytes.fromhex(trace[1])
         now = time()
         file = self._file
@@ -56,7 +56,7 @@ class ExemplarRecorder:
         if self._file is None:
             self._file = files.ExemplarFile(self._path)
         method, route, status = self._recorder.labels_of[count]
-        requests, duration = catalogue.HTTP_REQUESTS, catalogue.HTTP_DURATION
+        requests, duration = families.HTTP_REQUESTS, families.HTTP_DURATION
         counter_key = sample_key(requests.name, requests.sample,
                                  {"method": method, "route": route, "status": status},
                                  requests.help)

@@ -11,8 +11,9 @@ import math
 from bisect import bisect_left
 from typing import Optional, Sequence
 
-from . import metrics as catalogue
-from .recorder import Writer, histogram_positions
+from . import families
+from .recorder import histogram_positions
+from .writer import Writer
 
 #: the headers read, in order of preference, as WSGI environ keys and ASGI header names
 ENVIRON_KEYS = ("HTTP_X_REQUEST_START", "HTTP_X_QUEUE_START")
@@ -58,24 +59,24 @@ class QueueTime:
         self._bounds = list(bounds)
         self._max = max_seconds
         histograms = writer.store.file("histogram")
-        self._buckets, self._sum = histogram_positions(histograms, catalogue.HTTP_QUEUE, {},
+        self._buckets, self._sum = histogram_positions(histograms, families.HTTP_QUEUE, {},
                                                        self._bounds)
         self._values = histograms.values  # after the appends, which may grow the file
         for reason in REASONS:  # every series exists from the start, at zero
-            writer.prepare(catalogue.HTTP_QUEUE_INVALID, (reason,))
+            writer.prepare(families.HTTP_QUEUE_INVALID, (reason,))
 
     def observe(self, header: str, started: float) -> None:
         """One request stamped ``header`` that a worker started at Unix time ``started``."""
         stamp = stamp_seconds(header)
         if stamp is None:
-            self._writer.count(catalogue.HTTP_QUEUE_INVALID, (MALFORMED,))
+            self._writer.count(families.HTTP_QUEUE_INVALID, (MALFORMED,))
             return
         waited = started - stamp
         if waited < 0.0:
-            self._writer.count(catalogue.HTTP_QUEUE_INVALID, (NEGATIVE,))
+            self._writer.count(families.HTTP_QUEUE_INVALID, (NEGATIVE,))
             waited = 0.0
         elif waited > self._max:
-            self._writer.count(catalogue.HTTP_QUEUE_INVALID, (TOO_LARGE,))
+            self._writer.count(families.HTTP_QUEUE_INVALID, (TOO_LARGE,))
             return
         lock = self._writer.lock
         if lock is None:

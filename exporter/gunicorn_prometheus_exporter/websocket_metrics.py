@@ -10,30 +10,30 @@ from bisect import bisect_left
 from time import perf_counter
 from typing import Any, Awaitable, Callable, Sequence
 
-from . import metrics as catalogue
-from . import protocols
-from .recorder import Writer, histogram_positions, scalar_position
+from . import families, protocols
+from .recorder import histogram_positions
+from .writer import Writer, scalar_position
 
 
 class WebSocketMetrics:
     def __init__(self, writer: Writer, bounds: Sequence[float]) -> None:
         self._writer = writer
         self._bounds = list(bounds)
-        gauges = writer.store.file("gauge", catalogue.WEBSOCKET_OPEN.mode)
-        self._open = scalar_position(gauges, catalogue.WEBSOCKET_OPEN, {})
+        gauges = writer.store.file("gauge", families.WEBSOCKET_OPEN.mode)
+        self._open = scalar_position(gauges, families.WEBSOCKET_OPEN, {})
         self._gauges = gauges.values
         self._gauges[self._open] = 0.0
         histograms = writer.store.file("histogram")
         self._buckets, self._sum = histogram_positions(
-            histograms, catalogue.WEBSOCKET_DURATION, {}, self._bounds)
+            histograms, families.WEBSOCKET_DURATION, {}, self._bounds)
         self._histograms = histograms.values
-        writer.prepare(catalogue.HTTP_PROTOCOL, (protocols.WEBSOCKET,))
+        writer.prepare(families.HTTP_PROTOCOL, (protocols.WEBSOCKET,))
 
     async def serve(self, app: Callable, scope: dict, receive: Callable,
                     send: Callable) -> None:
         """Run the application on one WebSocket scope, measuring the connection from the
         application's ``websocket.accept`` to its return."""
-        self._writer.count(catalogue.HTTP_PROTOCOL, (protocols.WEBSOCKET,))
+        self._writer.count(families.HTTP_PROTOCOL, (protocols.WEBSOCKET,))
         opened = 0.0
 
         def watching_send(message: dict) -> Awaitable[None]:

@@ -10,9 +10,10 @@ body message). The route is the template a framework left in the scope
 path normalised like the WSGI workers do. Lifespan scopes pass through; WebSocket scopes are
 measured as connections (``websocket_metrics``), never as requests.
 
-A request carrying a proxy's queue stamp or a trace context (``wanted_headers``) is
-recorded here in Python by the compiled wrapper too; so is every request when the
-OpenTelemetry span is read (at ``http.response.start``, inside the application's span)."""
+A request carrying a proxy's queue stamp or a trace context (``RequestExtras.wanted``), or
+not over HTTP/1.1, is recorded here in Python by the compiled wrapper too; so is every
+request when the OpenTelemetry span is read (at ``http.response.start``, inside the
+application's span)."""
 from __future__ import annotations
 
 import asyncio
@@ -20,33 +21,37 @@ import os
 from time import perf_counter
 from typing import Any, Awaitable, Callable, Optional
 
-from .. import speedups, tracing
-from ..queue_time import HEADER_NAMES as QUEUE_HEADERS
+from types import ModuleType
+
+from .. import tracing
+from ..frameworks import ERROR_ENVIRON_KEY, ROUTE_ENVIRON_KEY
+from ..frameworks.starlette import route_template
 from ..websocket_metrics import WebSocketMetrics, other_scope
-from . import ERROR_ENVIRON_KEY, ROUTE_ENVIRON_KEY
-from .starlette import route_template
+from .extras import RequestExtras
+from .labelling import RequestLabeller
 
 #: what a client that went away raises in the application: counted as a 499
 GONE = (asyncio.CancelledError, ConnectionError)
 
 
 class ASGIMetrics:
-    """Wraps the worker's ASGI application; ``instrumentation`` is the worker's
-    ``Instrumentation`` (its ``recorder`` and ``record()``). ``instrument()`` gives the
-    compiled equivalent where it is built; ``record`` serves both."""
+    """Wraps the worker's ASGI application; ``labeller`` is the worker's
+    ``RequestLabeller`` (its ``recorder`` and ``record()``), ``extras`` its
+    ``RequestExtras``. ``instrument()`` gives the compiled equivalent where it is built;
+    ``record`` serves both."""
 
-    def __init__(self, app: Callable, instrumentation: Any) -> None:
+    def __init__(self, app: Callable, labeller: RequestLabeller,
+                 extras: RequestExtras) -> None:
         self.app = app
-        self._instrumentation = instrumentation
-        self._record = instrumentation.record
-        self.gauges, self.in_flight = instrumentation.recorder.in_flight_cell()
-        self._log = instrumentation.log
+        self._record = labeller.record
+        self._extras = extras
+        self.gauges, self.in_flight = labeller.recorder.in_flight_cell()
+        self._log = labeller.log
         self._failed_once = False
-        self.wanted = wanted_headers(instrumentation)
-        self._span = instrumentation.span
+        self._span = extras.span
         #: serves the scopes that are not HTTP requests (WebSockets measured)
-        self.other_scope = other_scope(app, WebSocketMetrics(
-            instrumentation.recorder, instrumentation.websocket_buckets))
+        self.other_scope = other_scope(app, WebSocketMetrics(labeller.recorder,
+                                                             extras.websocket_buckets))
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -113,53 +118,25 @@ class ASGIMetrics:
             series = self._record(scope["method"], scope["path"], status, duration, received,
                                   sent, scope.get(ROUTE_ENVIRON_KEY) or route_template(scope),
                                   scope.get(ERROR_ENVIRON_KEY) or error_type)
-            if self.wanted or tracing.SPAN_KEY in scope:
-                self._headers(scope, series, duration)
-            version = scope.get("http_version")
-            if version != "1.1" and version is not None:
-                self._instrumentation.count_protocol(version)
+            self._extras.asgi(scope, series, duration)
         except Exception:
             if not self._failed_once:
                 self._failed_once = True
                 self._log.exception("prometheus: could not record a request")
 
 
-    def _headers(self, scope: dict, series: Any, duration: float) -> None:
-        """The queue stamp and trace of a request (what ``wanted`` names)."""
-        inst = self._instrumentation
-        trace_header = inst.trace_header.encode()
-        trace = None
-        for name, value in scope.get("headers") or ():
-            if name in QUEUE_HEADERS and inst.queue is not None:
-                inst.observe_queue(value.decode("latin-1"), duration)
-            elif name == trace_header and inst.exemplars is not None:
-                trace = tracing.from_traceparent(value.decode("latin-1"))
-        trace = trace or scope.get(tracing.SPAN_KEY)
-        if trace is not None and inst.exemplars is not None:
-            inst.exemplars.observe(series, duration, trace)
-
-
-def wanted_headers(instrumentation: Any) -> tuple:
-    """Names of the request headers (ASGI: lower-case bytes) whose requests record more
-    than the request families: the queue stamps and the trace header, when on."""
-    names: tuple = ()
-    if instrumentation.queue is not None:
-        names += QUEUE_HEADERS
-    if instrumentation.exemplars is not None:
-        names += (instrumentation.trace_header.encode(),)
-    return names
-
-
-def instrument(app: Callable, instrumentation: Any) -> Callable:
+def instrument(app: Callable, labeller: RequestLabeller, extras: RequestExtras,
+               native: Optional[ModuleType] = None) -> Callable:
     """``app`` with its requests recorded: the compiled wrapper (``_speedups.MeteredApp``)
-    where the speedups are built and on, else ``ASGIMetrics``. Both are ASGI 3 only.
-    Reading the OpenTelemetry span needs the send messages in Python: ``ASGIMetrics``."""
-    metrics = ASGIMetrics(app, instrumentation)
-    if speedups.native is None or instrumentation.span is not None:
+    where ``native`` (``speedups.load()``) is given, else ``ASGIMetrics``. Both are ASGI 3
+    only. Reading the OpenTelemetry span needs the send messages in Python:
+    ``ASGIMetrics``."""
+    metrics = ASGIMetrics(app, labeller, extras)
+    if native is None or extras.span is not None:
         return metrics
-    return speedups.native.MeteredApp(app, metrics.record, instrumentation.resolved,
-                                      instrumentation.recorder.add, GONE, metrics.gauges,
-                                      metrics.in_flight, metrics.wanted, metrics.other_scope)
+    return native.MeteredApp(app, metrics.record, labeller.resolved, labeller.recorder.add,
+                             GONE, metrics.gauges, metrics.in_flight, extras.wanted,
+                             metrics.other_scope)
 
 
 def _file_size(path: Optional[str]) -> int:
