@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Optional
 
-#: WSGI's SERVER_PROTOCOL of the usual request (the ASGI scope's http_version is "1.1")
+#: the usual request's WSGI SERVER_PROTOCOL, and ASGI scope key and value
 USUAL = "HTTP/1.1"
+ASGI_USUAL = ("http_version", "1.1")
 WEBSOCKET = "websocket"
 #: the series every worker has from the start, at zero
 PREPARED = ("HTTP/1.0", "HTTP/2")

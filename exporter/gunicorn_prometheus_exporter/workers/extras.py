@@ -53,7 +53,7 @@ class RequestExtras:
     def wsgi(self, environ: dict, series: Series, duration: float) -> None:
         """The extras of a finished WSGI request recorded under ``series``."""
         protocol = environ.get("SERVER_PROTOCOL")
-        if protocol != "HTTP/1.1" and protocol is not None:
+        if protocol != protocols.USUAL and protocol is not None:
             self.count_protocol(protocol)
         if self.queue is not None:
             stamp = environ.get("HTTP_X_REQUEST_START") or environ.get("HTTP_X_QUEUE_START")
@@ -68,8 +68,9 @@ class RequestExtras:
     def asgi(self, scope: dict, series: Series, duration: float) -> None:
         """The extras of a finished ASGI request: its headers are scanned only when some
         extra is on."""
-        version = scope.get("http_version")
-        if version != "1.1" and version is not None:
+        key, usual = protocols.ASGI_USUAL
+        version = scope.get(key)
+        if version != usual and version is not None:
             self.count_protocol(version)
         trace = None
         if self.wanted:
