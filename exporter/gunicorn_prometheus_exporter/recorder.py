@@ -1,7 +1,8 @@
 """The request path: turn one finished request into a handful of stores into the worker's
 mapped files. Everything that can be computed once (entry positions for a label set, bucket
 bounds, the views) is kept with the series, so a request costs at most three bisects and
-seven float stores (five without a body), plus the in-flight gauge's two."""
+seven float stores (five without a body), one more bucket search and store for the native
+duration histogram when it is on, plus the in-flight gauge's two."""
 from __future__ import annotations
 
 import math
@@ -14,13 +15,16 @@ from prometheus_client.utils import floatToGoString
 from . import metrics as catalogue
 from . import speedups
 from .metrics import Family
+from .storage import native
+from .storage.directory import NATIVE_MODE
 from .storage.mmap_file import MmapFile, sample_key
 from .storage.store import ProcessStore
 
 #: positions of one histogram series: (bucket positions incl. +Inf, sum position)
 HistPositions = Tuple[Tuple[int, ...], int]
 #: where one request series is recorded: (counter view, count index, histogram view,
-#: then bucket positions and sum index of duration, request size, response size)
+#: then bucket positions and sum index of duration, request size, response size, then the
+#: native histogram view and the index of the series' zero bucket, or None and 0)
 Series = tuple
 
 
@@ -87,9 +91,14 @@ class Recorder(Writer):
     """Writes the request families and the worker's own gauges of one process."""
 
     def __init__(self, store: ProcessStore, duration_bounds: Sequence[float],
-                 size_bounds: Sequence[float], threaded: bool) -> None:
+                 size_bounds: Sequence[float], threaded: bool,
+                 native_layout: Optional[native.Layout] = None) -> None:
         super().__init__(store, threaded)
         self._histograms = store.file("histogram")
+        #: the native duration histogram's buckets, None when it is off
+        self._native_layout = native_layout
+        self._native = store.file("histogram", NATIVE_MODE) if native_layout else None
+        self._native_slot = native_layout.slot if native_layout else None
         self._gauges = store.file("gauge", "livesum")
         self._duration_bounds = list(duration_bounds)
         # sizes are whole bytes, so ``size <= bound`` exactly when ``size <= floor(bound)``;
@@ -108,8 +117,11 @@ class Recorder(Writer):
             self._release = self.lock.release  # type: ignore[union-attr]
         if speedups.native is not None:
             # the same stores in C; it holds the GIL throughout, so threads need no lock
+            layout = native_layout
             self.add = speedups.native.RequestWriter(  # type: ignore[method-assign]
-                self._duration_bounds, self._size_bounds).add
+                self._duration_bounds, self._size_bounds,
+                None if layout is None else (layout.zero_threshold, layout.top,
+                                             layout.bounds, layout.lo, layout.hi)).add
         elif threaded:
             self.add = self._add_locked  # type: ignore[method-assign]
 
@@ -122,12 +134,15 @@ class Recorder(Writer):
     def add(self, series: Series, duration: float, request_bytes: int,
             response_bytes: int) -> None:
         """One finished request: seven float stores into the mapped files (five for a
-        request without a body: adding zero to a sum is skipped). The views in ``series``
-        may be older maps of a grown file, which still write the same pages."""
-        counters, count, h, dur_b, dur_s, req_b, req_s, resp_b, resp_s = series
+        request without a body: adding zero to a sum is skipped), and the native bucket's.
+        The views in ``series`` may be older maps of a grown file, which still write the
+        same pages."""
+        counters, count, h, dur_b, dur_s, req_b, req_s, resp_b, resp_s, nh, zero = series
         counters[count] += 1.0
         h[dur_b[bisect_left(self._duration_bounds, duration)]] += 1.0
         h[dur_s] += duration
+        if nh is not None:
+            nh[zero + self._native_slot(duration)] += 1.0
         if request_bytes:
             h[req_b[bisect_left(self._size_bounds, request_bytes)]] += 1.0
             h[req_s] += request_bytes
@@ -157,14 +172,25 @@ class Recorder(Writer):
                 + histogram_positions(h, catalogue.HTTP_REQUEST_SIZE, labels,
                                       self._size_label_bounds)
                 + histogram_positions(h, catalogue.HTTP_RESPONSE_SIZE, labels,
-                                      self._size_label_bounds))
+                                      self._size_label_bounds)
+                + (self._native_position(labels),))
             self._by_route[(method, route)] = by_route
         count = scalar_position(self._counters, catalogue.HTTP_REQUESTS,
                                 {"method": method, "route": route, "status": status})
         # the views are taken after the appends, which may have grown the files
-        series = (self._counters.values, count, self._histograms.values) + by_route
+        native_view = self._native.values if self._native is not None else None
+        series = ((self._counters.values, count, self._histograms.values) + by_route[:-1]
+                  + (native_view, by_route[-1]))
         self._series[(method, route, status)] = series
         return series
+
+    def _native_position(self, labels: Dict[str, str]) -> int:
+        """Index of the zero bucket of the series' native entry (0 when native is off)."""
+        if self._native is None or self._native_layout is None:
+            return 0
+        family = catalogue.HTTP_DURATION
+        return self._native.index(native.entry_key(family.name, labels, family.help,
+                                                    self._native_layout))
 
     def in_flight_cell(self) -> Tuple[memoryview, int]:
         """The in-flight gauge as (view, index), for a single-threaded event loop that

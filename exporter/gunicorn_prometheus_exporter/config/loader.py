@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import yaml
 
+from ..storage import native
 from .kinds import RedisUrl
 from .schema import BY_PATH, CONFIG_FILE_ENV, SETTINGS, Setting, children
 
@@ -250,9 +251,25 @@ def _check_consistency(settings: Settings) -> None:
             or settings.values["prometheus.ssl.client_capath"]):
         raise ConfigError(f"{where('prometheus.ssl.client_auth_required')}: client "
                           "certificates are required but no client CA file or path is set")
+    _check_native_range(settings, where)
     if settings.values["redis.scope"] == "node" and not settings.values["redis.node_name"]:
         raise ConfigError(f"{where('redis.scope')}: scope 'node' needs NODE_NAME "
                           "(exporter.redis.node_name)")
+
+
+def _check_native_range(settings: Settings, where: Callable[[str], str]) -> None:
+    """The native histogram's range must be a range, and its buckets few enough that one
+    series' entry stays small (``native.MAX_BUCKETS``)."""
+    v = settings.values
+    low, high = v["metrics.native_min_seconds"], v["metrics.native_max_seconds"]
+    if low >= high:
+        raise ConfigError(f"{where('metrics.native_min_seconds')}: {low:g} must be below "
+                          f"exporter.metrics.native_max_seconds ({high:g})")
+    layout = native.Layout.for_range(v["metrics.native_schema"], low, high)
+    if layout.buckets > native.MAX_BUCKETS:
+        raise ConfigError(f"{where('metrics.native_schema')}: schema {layout.schema} needs "
+                          f"{layout.buckets} buckets from {low:g}s to {high:g}s; at most "
+                          f"{native.MAX_BUCKETS} (lower the schema or narrow the range)")
 
 
 _state: Dict[str, Any] = {"yaml": None, "settings": None}

@@ -12,7 +12,7 @@ import mmap
 import os
 import struct
 import threading
-from typing import Dict, List, Mapping
+from typing import Callable, Dict, List, Mapping
 
 _INITIAL_SIZE = 1 << 16
 _HEADER = 8
@@ -22,6 +22,12 @@ _USED = struct.Struct("<i")
 def sample_key(family: str, sample: str, labels: Mapping[str, str], help_text: str) -> str:
     """The entry key prometheus_client uses for one sample."""
     return json.dumps([family, sample, dict(labels), help_text], sort_keys=True)
+
+
+def scalar_doubles(key: str) -> int:
+    """Doubles after a key in prometheus_client's format: the value and a timestamp. (Files
+    of wider entries, such as native histograms, pass their own function.)"""
+    return 2
 
 
 def padded_length(encoded_length: int) -> int:
@@ -38,8 +44,9 @@ class MmapFile:
     thread still holding the previous view writes to the same file pages, so nothing is
     lost and no lock is needed around growth. At most log2(size) maps are ever kept."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, doubles_of: Callable[[str], int] = scalar_doubles) -> None:
         self.path = path
+        self._doubles_of = doubles_of
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         self._fd = fd
         size = os.fstat(fd).st_size
@@ -68,10 +75,15 @@ class MmapFile:
         m = self._m
         while pos + 4 <= used:
             length = _USED.unpack_from(m, pos)[0]
-            end = pos + 4 + padded_length(length) + 16
-            if length <= 0 or end > used:
+            if length <= 0 or pos + 4 + length > used:
                 break  # a torn tail: the entries before it are intact
             key = bytes(m[pos + 4:pos + 4 + length]).decode("utf-8", "replace")
+            try:
+                end = pos + 4 + padded_length(length) + 8 * self._doubles_of(key)
+            except (ValueError, TypeError, IndexError):
+                break
+            if end > used:
+                break
             self._positions[key] = (pos + 4 + padded_length(length)) // 8
             pos = end
         return pos
@@ -88,14 +100,16 @@ class MmapFile:
     def _append(self, key: str) -> int:
         encoded = key.encode("utf-8")
         pad = padded_length(len(encoded))
-        size = 4 + pad + 16
+        doubles = self._doubles_of(key)
+        size = 4 + pad + 8 * doubles
         while self._used + size > self._capacity:
             new_size = self._capacity * 2
             os.ftruncate(self._fd, new_size)
             self._map(new_size)
         pos = self._used
-        struct.pack_into(f"<i{pad}sdd", self._m, pos, len(encoded),
-                         encoded.ljust(pad, b" "), 0.0, 0.0)
+        # zeroes every double: the space may hold an unpublished entry of a writer that died
+        struct.pack_into(f"<i{pad}s{8 * doubles}x", self._m, pos, len(encoded),
+                         encoded.ljust(pad, b" "))
         self._used = pos + size
         _USED.pack_into(self._m, 0, self._used)  # publish only a complete entry
         index = (pos + 4 + pad) // 8

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Dict, Tuple
 
-from .directory import db_path
-from .mmap_file import MmapFile
+from .directory import NATIVE_MODE, db_path
+from .mmap_file import MmapFile, scalar_doubles
+from .native import entry_doubles
 
 
 class ProcessStore:
@@ -18,7 +19,8 @@ class ProcessStore:
         key = (typ, mode)
         found = self._files.get(key)
         if found is None:
-            found = MmapFile(db_path(self.directory, typ, self.identity, mode))
+            doubles_of = entry_doubles if mode == NATIVE_MODE else scalar_doubles
+            found = MmapFile(db_path(self.directory, typ, self.identity, mode), doubles_of)
             self._files[key] = found
         return found
 

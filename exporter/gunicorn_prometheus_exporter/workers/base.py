@@ -25,6 +25,7 @@ from ..recorder import Recorder, Series
 from ..routes import (ROUTE_ENVIRON_KEY, UNMATCHED, RouteTable, method_label,
                       status_label)
 from ..sampler import ResourceSampler
+from ..storage import native
 from ..storage.store import ProcessStore
 
 BODY_METER_KEY = "gunicorn_prometheus_exporter.body_meter"
@@ -126,7 +127,8 @@ class Instrumentation:
         self.worker_id = claim.identity
         self.store = ProcessStore(runtime.directory, claim.identity)
         self.recorder = Recorder(self.store, settings.metrics.duration_buckets,
-                                 settings.metrics.size_buckets, threaded=worker.threaded)
+                                 settings.metrics.size_buckets, threaded=worker.threaded,
+                                 native_layout=native.layout_of(settings.metrics))
         # one request at a time per thread (sync; gevent and eventlet, whose recording
         # never switches): the hooks add to the in-flight gauge directly, no call
         self._gauges: Optional[memoryview] = None
