@@ -22,11 +22,11 @@ from typing import List
 
 import pytest
 
-import e2elib
-from e2elib import JOB, RedisServer, StandaloneExporter, redis_server_binary, wait_pid_gone
+import promapi
 from gunicorn_prometheus_exporter.storage import native
-from support.procs import Gunicorn
-from support.wait import until
+from promapi import JOB
+from support.procs import Exporter, Gunicorn, wait_pid_gone
+from support.redis import RedisServer, redis_env
 
 SCHEMA = 3
 #: what Prometheus 2.42's histogram_quantile can be off by: it interpolates linearly inside
@@ -43,10 +43,10 @@ DURATION = "gunicorn_http_request_duration_seconds"
 
 @pytest.fixture(scope="module")
 def native_prometheus(tmp_path_factory):
-    binary = e2elib.prometheus_binary()
+    binary = promapi.prometheus_binary()
     if binary is None:
         pytest.skip("prometheus is not installed (apt-get install prometheus; make system-deps)")
-    prom = e2elib.Prometheus(binary, tmp_path_factory.mktemp("prometheus-native"), None,
+    prom = promapi.Prometheus(binary, tmp_path_factory.mktemp("prometheus-native"), None,
                              features=("native-histograms",))
     yield prom
     prom.stop()
@@ -168,20 +168,15 @@ def test_native_histogram_counts_quantiles_and_sigkill(native_prometheus, tmp_pa
 def test_native_histogram_of_a_redis_mode_pair(native_prometheus, tmp_path):
     """Two instances ship their native buckets to Redis; the standalone exporter merges them
     and serves them to the protobuf scrape."""
-    binary = redis_server_binary()
-    if binary is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server; "
-                    "make system-deps)")
-    pytest.importorskip("redis", reason="redis-py is not installed (pip install redis)")
     prom = native_prometheus
     scenario = "native_redis"
     since = time.time()
     started: list = []
     try:
-        server = RedisServer(binary, tmp_path)
+        server = RedisServer(tmp_path)
         started.append(server)
-        env = {**server.env("native" + uuid.uuid4().hex[:8]),
-               "PROMETHEUS_NATIVE_SCHEMA": str(SCHEMA)}
+        env = redis_env(server, "native" + uuid.uuid4().hex[:8],
+                        PROMETHEUS_NATIVE_SCHEMA=SCHEMA)
         gs = []
         for i in range(2):
             directory = tmp_path / f"g{i}"
@@ -190,7 +185,7 @@ def test_native_histogram_of_a_redis_mode_pair(native_prometheus, tmp_path):
             started.append(g)
             g.wait_ready(workers=2)
             gs.append(g)
-        exporter = StandaloneExporter(env)
+        exporter = Exporter(env)
         started.append(exporter)
         prom.add_target(exporter.port, scenario)
         timed = Timed()
