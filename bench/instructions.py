@@ -12,10 +12,11 @@ the plugin adds, and the ratio plain/plugin, which is the throughput ratio a CPU
 worker would see if every instruction cost the same.
 
 ``asgi-shop`` is a realistic Starlette service (middleware, a dozen routes, a JSON POST);
-``--python`` adds the plugin with the C speedups switched off, in the same run.
+``--python`` adds the plugin with the C speedups switched off, ``--native-off`` the plugin
+without the native duration histogram (what its store costs), in the same run.
 
 Run: ``python bench/instructions.py [--workers sync gthread gevent asgi asgi-starlette
-asgi-shop uvicorn] [--requests 300 1300] [--python]``. Needs valgrind; several minutes (callgrind runs Python
+asgi-shop uvicorn] [--requests 300 1300] [--python] [--native-off]``. Needs valgrind; several minutes (callgrind runs Python
 about 50 times slower).
 """
 from __future__ import annotations
@@ -155,7 +156,14 @@ def main() -> None:
     parser.add_argument("--requests", nargs=2, type=int, default=[300, 1300])
     parser.add_argument("--python", action="store_true",
                         help=f"also the plugin with the C speedups off ({speedups.SWITCH_ENV})")
+    parser.add_argument("--native-off", action="store_true",
+                        help="also the plugin without native histograms "
+                             "(PROMETHEUS_NATIVE_HISTOGRAMS=false)")
     args = parser.parse_args()
+    variants = {"python": {speedups.SWITCH_ENV: "1"} if args.python else None,
+                "native-off": {"PROMETHEUS_NATIVE_HISTOGRAMS": "false"}
+                if args.native_off else None}
+    variants = {k: v for k, v in variants.items() if v is not None}
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (apt-get install valgrind)")
     rows = []
@@ -167,23 +175,23 @@ def main() -> None:
             started = time.monotonic()
             base = per_request(plain, name, counts, tmp)
             ours = per_request(plugin, name, counts, tmp)
-            python = (per_request(plugin, name, counts, tmp, {speedups.SWITCH_ENV: "1"})
-                      if args.python else None)
-            rows.append((name, base, ours, python))
-            print(_row(name, base, ours, python) + f"  ({time.monotonic() - started:.0f} s)",
+            extra = {k: per_request(plugin, name, counts, tmp, env)
+                     for k, env in variants.items()}
+            rows.append((name, base, ours, extra))
+            print(_row(name, base, ours, extra) + f"  ({time.monotonic() - started:.0f} s)",
                   flush=True)
     print(f"\ninstructions per request (callgrind, worker process, slope of "
           f"{args.requests[0]} and {args.requests[1]} requests):")
     print(f"{'worker':15s} {'plain':>9s} {'plugin':>9s} {'added':>8s} {'plain/plugin':>12s}"
-          + (f" {'python':>9s} {'added':>8s} {'plain/python':>12s}" if args.python else ""))
+          + "".join(f" {k:>10s} {'added':>8s} {'plain/' + k:>16s}" for k in variants))
     for row in rows:
         print(_row(*row))
 
 
-def _row(name: str, base: float, ours: float, python: Optional[float]) -> str:
+def _row(name: str, base: float, ours: float, extra: Dict[str, float]) -> str:
     text = f"{name:15s} {base:9.0f} {ours:9.0f} {ours - base:+8.0f} {base / ours:12.3f}"
-    if python is not None:
-        text += f" {python:9.0f} {python - base:+8.0f} {base / python:12.3f}"
+    for value in extra.values():
+        text += f" {value:10.0f} {value - base:+8.0f} {base / value:16.3f}"
     return text
 
 

@@ -724,3 +724,23 @@ def test_helm4_engine_renders_the_same_objects():
               for d in yaml.safe_load_all(text) if d]
         key = lambda o: (o["kind"], o["metadata"]["name"])  # noqa: E731
         assert sorted(v4, key=key) == sorted(render(values_file), key=key), values_file
+
+
+NATIVE_PROTOCOLS = ["PrometheusProto", "OpenMetricsText1.0.0", "OpenMetricsText0.0.1",
+                    "PrometheusText0.0.4"]
+
+
+def test_monitors_switch_native_histogram_scraping_on():
+    """Off by default (Prometheus's own protocol choice); on, the protobuf format is asked
+    for first, classic buckets kept unless told otherwise, scrapeNativeHistograms only when
+    set."""
+    spec = render("monitors-values.yaml", sets=("serviceMonitor.nativeHistograms.enabled=false",)
+                  ).get("ServiceMonitor")["spec"]
+    assert not {"scrapeProtocols", "scrapeClassicHistograms",
+                "scrapeNativeHistograms"} & set(spec)
+    spec = render("monitors-values.yaml").get("ServiceMonitor")["spec"]
+    assert spec["scrapeProtocols"] == NATIVE_PROTOCOLS
+    assert spec["scrapeClassicHistograms"] is True and "scrapeNativeHistograms" not in spec
+    spec = render("podmonitor-values.yaml").get("PodMonitor")["spec"]
+    assert spec["scrapeProtocols"] == NATIVE_PROTOCOLS
+    assert spec["scrapeClassicHistograms"] is False and spec["scrapeNativeHistograms"] is True

@@ -30,3 +30,20 @@ metricRelabelings:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}
+
+{{/* Spec fields of native-histogram scraping, shared by the ServiceMonitor and the PodMonitor. Call with the monitor's values. */}}
+{{- define "gpe.monitorNativeHistograms" -}}
+{{- with .nativeHistograms }}
+{{- if .enabled }}
+scrapeProtocols:
+  - PrometheusProto
+  - OpenMetricsText1.0.0
+  - OpenMetricsText0.0.1
+  - PrometheusText0.0.4
+scrapeClassicHistograms: {{ .keepClassic }}
+{{- if not (kindIs "invalid" .scrapeNativeHistograms) }}
+scrapeNativeHistograms: {{ .scrapeNativeHistograms }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
