@@ -27,6 +27,7 @@ import json
 import math
 from bisect import bisect_left
 from dataclasses import dataclass, field
+from functools import cached_property
 from operator import itemgetter
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -44,8 +45,9 @@ MAX_BUCKETS = 4096
 
 
 def relative_error(schema: int) -> float:
-    """Largest relative error of a value reported at its bucket's midpoint-in-ratio (what
-    ``histogram_quantile`` bounds): ``(base - 1) / (base + 1)``, ``base = 2^(2^-schema)``."""
+    """Largest relative error of a value estimated by the geometric middle of its bucket:
+    ``(base - 1) / (base + 1)``, ``base = 2^(2^-schema)`` (Prometheus's histogram_quantile
+    interpolates inside the bucket instead: at most one bucket, ``base - 1``, off)."""
     base = 2.0 ** (2.0 ** -schema)
     return (base - 1.0) / (base + 1.0)
 
@@ -91,7 +93,8 @@ class Layout:
         return cls(schema, bucket_index(min_value, schema), bucket_index(max_value, schema),
                    mantissa_bounds(schema))
 
-    @property
+    # computed once: ``slot`` runs per request on the Python path
+    @cached_property
     def buckets(self) -> int:
         return self.hi - self.lo + 1
 
@@ -100,15 +103,25 @@ class Layout:
         """Doubles of one series: the zero bucket and every bucket."""
         return self.buckets + 1
 
-    @property
+    @cached_property
     def zero_threshold(self) -> float:
         """Values at or below this go to the zero bucket: the lowest bucket's lower bound."""
         return upper_bound(self.schema, self.lo - 1)
 
-    @property
+    @cached_property
     def top(self) -> float:
         """Values above this are counted in the highest bucket."""
         return upper_bound(self.schema, self.hi)
+
+    @cached_property
+    def _per_octave(self) -> int:
+        return 1 << self.schema
+
+    @cached_property
+    def _offset(self) -> int:
+        """Slot of index 0 of the octave of exponent 0: ``index - lo + 1``, ``index =
+        search + (exp - 1) * per_octave``."""
+        return 1 - self.lo - self._per_octave
 
     def slot(self, value: float) -> int:
         """Offset of ``value``'s count in a series' doubles (0 is the zero bucket)."""
@@ -117,7 +130,7 @@ class Layout:
         if value > self.top:
             return self.buckets
         frac, exp = math.frexp(value)
-        return bisect_left(self.bounds, frac) + (exp - 1) * (1 << self.schema) - self.lo + 1
+        return bisect_left(self.bounds, frac) + exp * self._per_octave + self._offset
 
 
 def layout_of(metrics: Any) -> Optional[Layout]:
