@@ -237,3 +237,29 @@ def test_protobuf_encodes_a_histogram_without_observations_as_native(pb2):
 ])
 def test_spans_and_deltas(buckets, spans, deltas):
     assert protobuf.spans_and_deltas(buckets) == (spans, deltas)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"PROMETHEUS_NATIVE_SCHEMA": "9"},
+     "PROMETHEUS_NATIVE_SCHEMA='9': expected an integer from 0 to 8"),
+    ({"PROMETHEUS_NATIVE_MIN_SECONDS": "2", "PROMETHEUS_NATIVE_MAX_SECONDS": "1"},
+     "exporter.metrics.native_min_seconds (env PROMETHEUS_NATIVE_MIN_SECONDS): 2 must be "
+     "below exporter.metrics.native_max_seconds (1)"),
+    ({"PROMETHEUS_NATIVE_SCHEMA": "8", "PROMETHEUS_NATIVE_MIN_SECONDS": "1e-9",
+      "PROMETHEUS_NATIVE_MAX_SECONDS": "1e6"},
+     "schema 8 needs 12757 buckets from 1e-09s to 1e+06s; at most 4096"),
+])
+def test_native_settings_are_validated(env, message):
+    from gunicorn_prometheus_exporter.config.loader import ConfigError, build
+
+    with pytest.raises(ConfigError) as caught:
+        build(None, env)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_native_settings_default_and_off():
+    from gunicorn_prometheus_exporter.config.loader import build
+
+    assert native.layout_of(build(None, {}).metrics) == LAYOUT
+    assert native.layout_of(build(None, {"PROMETHEUS_NATIVE_HISTOGRAMS": "false"}).metrics) is None
