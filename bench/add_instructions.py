@@ -7,7 +7,7 @@ Each variant runs a child Python under callgrind that records N and then M reque
 temporary worker store; the slope (M - N requests) cancels start-up. Durations cycle over
 a spread from 50 µs to 20 s, so the bucket search takes every path.
 
-Run: ``python bench/add_instructions.py [--requests 2000 12000]``. Needs valgrind; about a
+Run: ``python bench/add_instructions.py [--requests 2000 12000] [--variants ...]``. Needs valgrind; about a
 minute per variant.
 """
 from __future__ import annotations
@@ -69,6 +69,7 @@ def count(variant: str, requests: int, tmp: str) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", nargs=2, type=int, default=[2000, 12000])
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -79,7 +80,7 @@ def main() -> None:
     low, high = args.requests
     print(f"instructions per Recorder.add (callgrind, slope of {low} and {high} requests):")
     with tempfile.TemporaryDirectory() as tmp:
-        for variant in VARIANTS:
+        for variant in args.variants:
             per = (count(variant, high, tmp) - count(variant, low, tmp)) / (high - low)
             print(f"{variant:20s} {per:8.0f}", flush=True)
 

@@ -29,7 +29,7 @@ from bisect import bisect_left
 from dataclasses import dataclass, field
 from functools import cached_property
 from operator import itemgetter
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .reader import FileReader
 
@@ -114,23 +114,24 @@ class Layout:
         return upper_bound(self.schema, self.hi)
 
     @cached_property
-    def _per_octave(self) -> int:
-        return 1 << self.schema
+    def slot(self) -> Callable[[float], int]:
+        """``slot(value)``: offset of ``value``'s count in a series' doubles (0 is the zero
+        bucket). A closure over the layout's constants: it runs per request on the Python
+        path, where every attribute lookup counts."""
+        zero, top, last, bounds = self.zero_threshold, self.top, self.buckets, self.bounds
+        per_octave = 1 << self.schema
+        # index = search + (exp - 1) * per_octave; slot = index - lo + 1
+        offset = 1 - self.lo - per_octave
+        frexp = math.frexp
 
-    @cached_property
-    def _offset(self) -> int:
-        """Slot of index 0 of the octave of exponent 0: ``index - lo + 1``, ``index =
-        search + (exp - 1) * per_octave``."""
-        return 1 - self.lo - self._per_octave
-
-    def slot(self, value: float) -> int:
-        """Offset of ``value``'s count in a series' doubles (0 is the zero bucket)."""
-        if not value > self.zero_threshold:  # zero, negative, NaN
-            return 0
-        if value > self.top:
-            return self.buckets
-        frac, exp = math.frexp(value)
-        return bisect_left(self.bounds, frac) + exp * self._per_octave + self._offset
+        def slot(value: float) -> int:
+            if not value > zero:  # zero, negative, NaN
+                return 0
+            if value > top:
+                return last
+            frac, exp = frexp(value)
+            return bisect_left(bounds, frac) + exp * per_octave + offset
+        return slot
 
 
 def layout_of(metrics: Any) -> Optional[Layout]:
