@@ -69,7 +69,9 @@ class SeriesRegistry:
             group = self.histograms[(family, base)] = {"buckets": [], "sum": None,
                                                        "labels": dict(base), "native": []}
         if sample.endswith(native.SAMPLE_SUFFIX):
-            group["native"].append((dict(labels).get(native.BUCKET_LABEL, ""), sid))
+            bucket = native.parse_bucket(dict(labels).get(native.BUCKET_LABEL, ""))
+            if bucket is not None:
+                group["native"].append((bucket, sid))
         elif sample.endswith("_bucket"):
             le = dict(labels).get("le", "+Inf")
             group["buckets"].append((_bound(le), le, sid))
@@ -200,7 +202,7 @@ class Merger:
             if not buckets:
                 continue
             metric = family(name)
-            natives = [(label, sums[sid]) for label, sid in group["native"] if sid in present]
+            natives = [(bucket, sums[sid]) for bucket, sid in group["native"] if sid in present]
             if natives:
                 merged = native.merge(natives)
                 if merged is not None:

@@ -240,13 +240,22 @@ class NativeReader:
         self._file.close()
 
 
-def parse_bucket(label: str) -> Tuple[int, Optional[int], float]:
-    """``(schema, index, 0.0)`` of a bucket label, ``(schema, None, threshold)`` of a zero
-    bucket's."""
+#: a parsed bucket label: (schema, index, 0.0), or (schema, None, threshold) for a zero bucket
+Bucket = Tuple[int, Optional[int], float]
+
+
+def parse_bucket(label: str) -> Optional[Bucket]:
+    """The bucket a virtual entry's label names; None for a label that names none (parsed
+    once, when the collector first sees the entry)."""
     parts = label.split("/")
-    if len(parts) == 3 and parts[1] == "z":
-        return int(parts[0]), None, float(parts[2])
-    return int(parts[0]), int(parts[1]), 0.0
+    try:
+        if len(parts) == 3 and parts[1] == "z":
+            return int(parts[0]), None, float(parts[2])
+        if len(parts) == 2:
+            return int(parts[0]), int(parts[1]), 0.0
+    except ValueError:
+        pass
+    return None
 
 
 @dataclass
@@ -263,32 +272,31 @@ class NativeHistogram:
         return self.zero_count + sum(self.buckets.values())
 
 
-def merge(entries: Sequence[Tuple[str, float]]) -> Optional[NativeHistogram]:
-    """Sum ``(bucket label, count)`` pairs of one series into one histogram. Entries
-    written under different layouts (a configuration change while a slot's file lives on)
-    are brought to the coarsest schema and the widest zero bucket among them, as Prometheus
-    merges histograms: every count stays counted."""
-    parsed = []
-    for label, value in entries:
-        try:
-            parsed.append(parse_bucket(label) + (value,))
-        except ValueError:
-            continue
-    if not parsed:
+def merge(entries: Sequence[Tuple[Bucket, float]]) -> Optional[NativeHistogram]:
+    """Sum ``(bucket, count)`` pairs of one series into one histogram. Entries written under
+    different layouts (a configuration change while a slot's file lives on) are brought to
+    the coarsest schema and the widest zero bucket among them, as Prometheus merges
+    histograms: every count stays counted."""
+    if not entries:
         return None
-    schema = min(p[0] for p in parsed)
-    zero_threshold = max((p[2] for p in parsed if p[1] is None), default=0.0)
+    schemas = {bucket[0] for bucket, _ in entries}
+    thresholds = {bucket[2] for bucket, _ in entries if bucket[1] is None}
+    schema = min(schemas)
+    zero_threshold = max(thresholds, default=0.0)
+    # one layout: its buckets all lie above its zero bucket, nothing to convert
+    uniform = len(schemas) == 1 and len(thresholds) <= 1
     zero = 0.0
     buckets: Dict[int, float] = {}
-    for own_schema, index, _, value in parsed:
+    for (own_schema, index, _), value in entries:
         if index is None:
             zero += value
             continue
-        shift = own_schema - schema
-        if shift:
-            index = -((-index) >> shift)  # ceil(index / 2^shift): the bucket holding it
-        if upper_bound(schema, index) <= zero_threshold:
-            zero += value
-        else:
-            buckets[index] = buckets.get(index, 0.0) + value
+        if not uniform:
+            shift = own_schema - schema
+            if shift:
+                index = -((-index) >> shift)  # ceil(index / 2^shift): the bucket holding it
+            if upper_bound(schema, index) <= zero_threshold:
+                zero += value
+                continue
+        buckets[index] = buckets.get(index, 0.0) + value
     return NativeHistogram(schema, zero_threshold, zero, buckets)
