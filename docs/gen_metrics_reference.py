@@ -1,4 +1,4 @@
-"""Render docs/metrics.md from the metric catalogue (``metrics.py``).
+"""Render docs/metrics.md from the metric catalogue (``families.py``).
 
 Run: ``python docs/gen_metrics_reference.py`` (``--check`` exits 1 when the file is stale)."""
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from gunicorn_prometheus_exporter import metrics as catalogue
+from gunicorn_prometheus_exporter import families
 from gunicorn_prometheus_exporter.config.schema import BY_PATH
 from gunicorn_prometheus_exporter.storage import native
 
@@ -19,7 +19,7 @@ ORIGINS = [
 ]
 INTRO = """# Metric reference
 
-Generated from `exporter/gunicorn_prometheus_exporter/metrics.py` by
+Generated from `exporter/gunicorn_prometheus_exporter/families.py` by
 `docs/gen_metrics_reference.py`; `tests/test_docs.py` checks that this list and a real scrape
 of gunicorn with the plugin hold exactly the same families.
 
@@ -32,7 +32,7 @@ churn. Histograms use the buckets of `exporter.metrics.duration_buckets` (defaul
 """
 
 
-def labels(family: catalogue.Family) -> str:
+def labels(family: families.Family) -> str:
     names = list(family.labels)
     if family.per_worker:
         names = ["worker_id", *names]
@@ -49,7 +49,7 @@ def native_section() -> str:
                                      d["native_max_seconds"])
     s = layout.schema
     return f"""
-## Native histogram (`{catalogue.HTTP_DURATION.name}`)
+## Native histogram (`{families.HTTP_DURATION.name}`)
 
 Besides its classic buckets, the request duration is recorded as a Prometheus *native
 histogram* (sparse exponential buckets), on by default (`exporter.metrics.native_histograms`,
@@ -59,7 +59,7 @@ later; in Prometheus 3, where native histograms became stable, see its documenta
 setting of your version); text and OpenMetrics scrapes are unchanged. In the same protobuf message the classic buckets
 come along: Prometheus 2.42 with the feature flag ingests the native part only (from 2.45,
 `scrape_classic_histograms: true` keeps both), so queries on `_bucket` series of this family
-need `histogram_quantile(0.99, sum by (route) (rate({catalogue.HTTP_DURATION.name}[5m])))`
+need `histogram_quantile(0.99, sum by (route) (rate({families.HTTP_DURATION.name}[5m])))`
 on the native series instead. The request and response size histograms stay classic (a
 second and third bucket search per request for little use).
 
@@ -90,7 +90,7 @@ def render() -> str:
     lines = [INTRO]
     for origin, title in ORIGINS:
         lines += [f"\n## {title}\n", "| metric | type | labels | meaning |", "|---|---|---|---|"]
-        for family in catalogue.ALL:
+        for family in families.ALL:
             if family.origin == origin:
                 lines.append(f"| `{family.sample}` | {family.typ} | {labels(family)} | "
                              f"{family.help} |")

@@ -5,14 +5,15 @@ name the file and line of the offending key; nothing read here is copied into
 ``os.environ`` except the ``exporter.gunicorn`` values that user config files read back."""
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import yaml
 
-from ..storage import native
 from .kinds import RedisUrl
+from .redis_url import parse_url
 from .schema import BY_PATH, CONFIG_FILE_ENV, SETTINGS, Setting, children
 
 
@@ -91,8 +92,6 @@ def mask(value: Any) -> str:
 
 def mask_url(url: str) -> str:
     """A Redis URL with its password masked: ``rediss://user:********@host:6379/0``."""
-    from ..redis_storage.connection import parse_url
-
     t = parse_url(url)
     userinfo = ""
     if t.password is not None:
@@ -257,19 +256,27 @@ def _check_consistency(settings: Settings) -> None:
                           "(exporter.redis.node_name)")
 
 
+#: most native histogram buckets per series (32 KiB a series); schema 3 from 1 µs to 1 h
+#: needs 255 (storage/native.py lays them out)
+MAX_NATIVE_BUCKETS = 4096
+
+
 def _check_native_range(settings: Settings, where: Callable[[str], str]) -> None:
     """The native histogram's range must be a range, and its buckets few enough that one
-    series' entry stays small (``native.MAX_BUCKETS``)."""
+    series' entry stays small. Buckets ``ceil(log2(v) * 2^schema)`` of both ends, counted
+    with a float ``log2`` (the storage's exact count differs by one at most)."""
     v = settings.values
     low, high = v["metrics.native_min_seconds"], v["metrics.native_max_seconds"]
     if low >= high:
         raise ConfigError(f"{where('metrics.native_min_seconds')}: {low:g} must be below "
                           f"exporter.metrics.native_max_seconds ({high:g})")
-    layout = native.Layout.for_range(v["metrics.native_schema"], low, high)
-    if layout.buckets > native.MAX_BUCKETS:
-        raise ConfigError(f"{where('metrics.native_schema')}: schema {layout.schema} needs "
-                          f"{layout.buckets} buckets from {low:g}s to {high:g}s; at most "
-                          f"{native.MAX_BUCKETS} (lower the schema or narrow the range)")
+    schema = v["metrics.native_schema"]
+    buckets = (math.ceil(math.log2(high) * 2 ** schema)
+               - math.ceil(math.log2(low) * 2 ** schema) + 1)
+    if buckets > MAX_NATIVE_BUCKETS:
+        raise ConfigError(f"{where('metrics.native_schema')}: schema {schema} needs "
+                          f"{buckets} buckets from {low:g}s to {high:g}s; at most "
+                          f"{MAX_NATIVE_BUCKETS} (lower the schema or narrow the range)")
 
 
 _state: Dict[str, Any] = {"yaml": None, "settings": None}

@@ -40,8 +40,6 @@ SAMPLE_SUFFIX = "_native"
 BUCKET_LABEL = "__native__"
 #: schema range: 0 (buckets double) to 8 (Prometheus's finest)
 MIN_SCHEMA, MAX_SCHEMA = 0, 8
-#: most buckets per series (32 KiB a series); schema 3 from 1 µs to 1 h needs 255
-MAX_BUCKETS = 4096
 
 
 def relative_error(schema: int) -> float:
