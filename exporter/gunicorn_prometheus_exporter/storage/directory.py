@@ -166,7 +166,7 @@ def prepare(directory: str, cleanup: bool) -> bool:
         return False
     if any(live_identities(directory).values()):
         return False
-    for pattern in ("*.db", "*" + NATIVE_EXTENSION, "*.lock", "routes"):
+    for pattern in ("*.db", "*" + NATIVE_EXTENSION, "*.lock", "routes", "exemplars/*.db"):
         for path in glob.glob(os.path.join(glob.escape(directory), pattern)):
             try:
                 os.unlink(path)

@@ -12,7 +12,7 @@ import mmap
 import os
 import struct
 import threading
-from typing import Callable, Dict, List, Mapping
+from typing import Callable, Dict, List, Mapping, Union
 
 _INITIAL_SIZE = 1 << 16
 _HEADER = 8
@@ -24,10 +24,15 @@ def sample_key(family: str, sample: str, labels: Mapping[str, str], help_text: s
     return json.dumps([family, sample, dict(labels), help_text], sort_keys=True)
 
 
-def scalar_doubles(key: str) -> int:
-    """Doubles after a key in prometheus_client's format: the value and a timestamp. (Files
-    of wider entries, such as native histograms, pass their own function.)"""
-    return 2
+#: bytes after each key: the same for every entry of a file (16: a value and a timestamp),
+#: or a function of the key for files whose entries differ (native histograms, whose key
+#: names its bucket layout); a multiple of 8, so that the next entry stays aligned
+Payload = Union[int, Callable[[str], int]]
+
+
+def payload_of(payload: Payload, key: str) -> int:
+    """Bytes after ``key`` (ValueError or TypeError from a function that finds no entry)."""
+    return payload if isinstance(payload, int) else payload(key)
 
 
 def padded_length(encoded_length: int) -> int:
@@ -44,9 +49,11 @@ class MmapFile:
     thread still holding the previous view writes to the same file pages, so nothing is
     lost and no lock is needed around growth. At most log2(size) maps are ever kept."""
 
-    def __init__(self, path: str, doubles_of: Callable[[str], int] = scalar_doubles) -> None:
+    def __init__(self, path: str, payload: Payload = 16) -> None:
         self.path = path
-        self._doubles_of = doubles_of
+        #: bytes after each key: a value and a timestamp (16), or a larger record of one's
+        #: own (exemplars), a multiple of 8 so that the next entry stays aligned
+        self.payload = payload
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         self._fd = fd
         size = os.fstat(fd).st_size
@@ -79,7 +86,7 @@ class MmapFile:
                 break  # a torn tail: the entries before it are intact
             key = bytes(m[pos + 4:pos + 4 + length]).decode("utf-8", "replace")
             try:
-                end = pos + 4 + padded_length(length) + 8 * self._doubles_of(key)
+                end = pos + 4 + padded_length(length) + payload_of(self.payload, key)
             except (ValueError, TypeError, IndexError):
                 break
             if end > used:
@@ -100,21 +107,27 @@ class MmapFile:
     def _append(self, key: str) -> int:
         encoded = key.encode("utf-8")
         pad = padded_length(len(encoded))
-        doubles = self._doubles_of(key)
-        size = 4 + pad + 8 * doubles
+        payload = payload_of(self.payload, key)
+        size = 4 + pad + payload
         while self._used + size > self._capacity:
             new_size = self._capacity * 2
             os.ftruncate(self._fd, new_size)
             self._map(new_size)
         pos = self._used
-        # zeroes every double: the space may hold an unpublished entry of a writer that died
-        struct.pack_into(f"<i{pad}s{8 * doubles}x", self._m, pos, len(encoded),
+        # zeroes the whole payload: the space may hold an unpublished entry of a writer
+        # that died
+        struct.pack_into(f"<i{pad}s{payload}x", self._m, pos, len(encoded),
                          encoded.ljust(pad, b" "))
         self._used = pos + size
         _USED.pack_into(self._m, 0, self._used)  # publish only a complete entry
         index = (pos + 4 + pad) // 8
         self._positions[key] = index
         return index
+
+    @property
+    def buffer(self) -> mmap.mmap:
+        """The newest map of the file, which holds every entry appended so far."""
+        return self._m
 
     def set_timestamp(self, index: int, timestamp: float) -> None:
         """For ``mostrecent`` gauges: the timestamp double follows the value."""

@@ -147,13 +147,14 @@ def entry_key(family: str, labels: Mapping[str, str], help_text: str, layout: La
                        layout.schema, layout.lo, layout.hi], sort_keys=True)
 
 
-def entry_doubles(key: str) -> int:
-    """Doubles that follow a native entry's key (ValueError for a key that is not one)."""
+def entry_payload(key: str) -> int:
+    """Bytes that follow a native entry's key, its zero bucket and buckets (ValueError for
+    a key that is not one): the ``payload`` of native files (``mmap_file.Payload``)."""
     parts = json.loads(key)
     schema, lo, hi = (int(x) for x in parts[4:7])
     if not (MIN_SCHEMA <= schema <= MAX_SCHEMA and lo <= hi and hi - lo < 1 << 16):
         raise ValueError(f"not a native histogram entry: {key[:80]!r}")
-    return hi - lo + 2
+    return 8 * (hi - lo + 2)
 
 
 def _virtual_key(parts: list, bucket: str) -> str:
@@ -171,7 +172,7 @@ class NativeReader:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._file = FileReader(path, doubles_of=entry_doubles)
+        self._file = FileReader(path, payload=entry_payload)
         self._generation = -1
         self._reset()
 
@@ -201,7 +202,7 @@ class NativeReader:
             self._add(n, 0)  # the zero bucket: a series is native from its first scrape
         for n, span in enumerate(self._spans):
             start = f.offsets[n] + 8  # the first bucket (slot 1)
-            block = m[start:start + 8 * (f.widths[n] - 1)]
+            block = m[start:start + f.sizes[n] - 8]
             low = len(block) - len(block.lstrip(b"\0"))
             if low == len(block):
                 continue

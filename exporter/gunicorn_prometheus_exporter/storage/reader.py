@@ -8,9 +8,9 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-from typing import Callable, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
-from .mmap_file import padded_length, scalar_doubles
+from .mmap_file import Payload, padded_length, payload_of
 
 _USED = struct.Struct("<i")
 
@@ -19,13 +19,14 @@ class FileReader:
     """Values of one file; ``keys`` grows as writers append entries."""
 
     def __init__(self, path: str, with_timestamps: bool = False,
-                 doubles_of: Callable[[str], int] = scalar_doubles) -> None:
+                 payload: Payload = 16) -> None:
         self.path = path
         self.with_timestamps = with_timestamps
-        self.doubles_of = doubles_of
+        self.payload = payload  # bytes after each key (``MmapFile.payload``)
         self.keys: List[str] = []
-        self.offsets: List[int] = []  # byte offset of each entry's first double
-        self.widths: List[int] = []  # doubles of each entry
+        #: byte offset of each key's payload in the file, and its size
+        self.offsets: List[int] = []
+        self.sizes: List[int] = []
         #: counts the times the file was found replaced (its entries read afresh)
         self.generation = 0
         self._parsed_to = 8
@@ -47,7 +48,7 @@ class FileReader:
             self._map = mmap.mmap(fd, st.st_size, prot=mmap.PROT_READ)
             identity = (st.st_dev, st.st_ino)
             if identity != self._ino:
-                self.keys, self.offsets, self.widths, self._parsed_to = [], [], [], 8
+                self.keys, self.offsets, self.sizes, self._parsed_to = [], [], [], 8
                 self._struct = struct.Struct("<")
                 self.generation += 1
             self._ino = identity
@@ -87,16 +88,16 @@ class FileReader:
                 break
             key = bytes(m[pos + 4:pos + 4 + length]).decode("utf-8", "replace")
             try:
-                doubles = self.doubles_of(key)
+                size = payload_of(self.payload, key)
             except (ValueError, TypeError, IndexError):
-                doubles = -1
-            end = pos + 4 + padded_length(length) + 8 * doubles
-            if doubles < 1 or end > limit:
+                size = -1
+            end = pos + 4 + padded_length(length) + size
+            if size < 8 or end > limit:
                 self.torn = True
                 break
             self.keys.append(key)
             self.offsets.append(pos + 4 + padded_length(length))
-            self.widths.append(doubles)
+            self.sizes.append(size)
             pos = end
         self._parsed_to = pos
         self._struct = struct.Struct(self._format())
@@ -111,6 +112,11 @@ class FileReader:
             parts.append(f"{gap}x{item}" if gap else item)
             cursor = offset + width
         return "".join(parts)
+
+    @property
+    def map(self) -> Optional[mmap.mmap]:
+        """The file as last mapped by ``read`` (for payloads other than doubles)."""
+        return self._map
 
     def close(self) -> None:
         if self._map is not None:

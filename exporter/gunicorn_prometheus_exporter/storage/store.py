@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Dict, Tuple
 
 from .directory import NATIVE_MODE, db_path
-from .mmap_file import MmapFile, scalar_doubles
-from .native import entry_doubles
+from .mmap_file import MmapFile
+from .native import entry_payload
 
 
 class ProcessStore:
@@ -19,8 +19,8 @@ class ProcessStore:
         key = (typ, mode)
         found = self._files.get(key)
         if found is None:
-            doubles_of = entry_doubles if mode == NATIVE_MODE else scalar_doubles
-            found = MmapFile(db_path(self.directory, typ, self.identity, mode), doubles_of)
+            payload = entry_payload if mode == NATIVE_MODE else 16
+            found = MmapFile(db_path(self.directory, typ, self.identity, mode), payload)
             self._files[key] = found
         return found
 
