@@ -263,3 +263,30 @@ def test_native_settings_default_and_off():
 
     assert native.layout_of(build(None, {}).metrics) == LAYOUT
     assert native.layout_of(build(None, {"PROMETHEUS_NATIVE_HISTOGRAMS": "false"}).metrics) is None
+
+
+def test_protobuf_carries_exemplars_of_counters_and_buckets(pb2):
+    """A protobuf scrape (asked for by a Prometheus with native histograms on) keeps the
+    exemplars that OpenMetrics would carry, +Inf bucket included."""
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.samples import Exemplar
+
+    from gunicorn_prometheus_exporter.collector import HistogramFamily
+
+    trace = {"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"}
+    counter = Metric("c", "help", "counter")
+    counter.add_sample("c_total", {"route": "/a"}, 3.0,
+                       exemplar=Exemplar(trace, 1.0, 1700000000.25))
+    histogram = HistogramFamily("h", "help", "histogram")
+    histogram.add_sample("h_bucket", {"le": "0.1"}, 1.0, exemplar=Exemplar(trace, 0.05, None))
+    histogram.add_sample("h_bucket", {"le": "+Inf"}, 2.0, exemplar=Exemplar(trace, 7.0, None))
+    histogram.add_sample("h_count", {}, 2.0)
+    histogram.add_sample("h_sum", {}, 7.05)
+    c, h = protodecode.decode(pb2, protobuf.encode([counter, histogram]))
+    e = c.metric[0].counter.exemplar
+    assert (e.label[0].name, e.label[0].value, e.value) == ("trace_id", trace["trace_id"], 1.0)
+    assert (e.timestamp.seconds, e.timestamp.nanos) == (1700000000, 250000000)
+    buckets = h.metric[0].histogram.bucket
+    assert [(b.upper_bound, b.cumulative_count, b.exemplar.value) for b in buckets] == [
+        (0.1, 1, 0.05), (math.inf, 2, 7.0)]
+    assert not buckets[0].exemplar.HasField("timestamp")

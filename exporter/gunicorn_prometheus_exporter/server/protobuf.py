@@ -5,9 +5,9 @@ Written by hand from the public field numbers of ``metrics.proto`` (client_model
 varint and length-delimited fields do not justify a protobuf runtime dependency, and
 tests/test_protobuf.py decodes the output with the ``protobuf`` package and a schema
 compiled from an independent copy of the field numbers. Every family of a scrape is
-encoded (counters, gauges, summaries, classic histograms); a histogram that has a merged
-native histogram (``collector.HistogramFamily.native``) carries it in the same message
-next to its classic buckets."""
+encoded (counters, gauges, summaries, classic histograms, with their exemplars); a histogram
+that has a merged native histogram (``collector.HistogramFamily.native``) carries it in the
+same message next to its classic buckets."""
 from __future__ import annotations
 
 import math
@@ -116,6 +116,19 @@ def _native_fields(histogram) -> bytes:
     return b"".join(out)
 
 
+def _exemplar(number: int, exemplar) -> bytes:
+    """An ``Exemplar`` (labels, value, ``google.protobuf.Timestamp``) as field ``number``;
+    nothing for a sample without one."""
+    if exemplar is None:
+        return b""
+    body = _labels(exemplar.labels) + _double(2, exemplar.value)
+    if exemplar.timestamp is not None:
+        seconds = math.floor(exemplar.timestamp)
+        nanos = int(round((exemplar.timestamp - seconds) * 1e9))
+        body += _bytes(3, _uint(1, seconds) + _uint(2, min(nanos, 999_999_999)))
+    return _bytes(number, body)
+
+
 def _labels(labels: Dict[str, str], skip: Sequence[str] = ()) -> bytes:
     return b"".join(_bytes(1, _string(1, name) + _string(2, value))
                     for name, value in sorted(labels.items()) if name not in skip)
@@ -140,8 +153,9 @@ def _histograms(metric) -> List[bytes]:
         suffix = sample.name[len(metric.name):]
         if suffix == "_bucket":
             bound = float(sample.labels["le"])
-            if not math.isinf(bound):
-                group["buckets"].append((bound, sample.value))
+            # +Inf is implied by the count; sent only to carry an exemplar
+            if not math.isinf(bound) or sample.exemplar is not None:
+                group["buckets"].append((bound, sample.value, sample.exemplar))
         elif suffix == "_count":
             group["count"] = sample.value
         elif suffix == "_sum":
@@ -153,8 +167,8 @@ def _histograms(metric) -> List[bytes]:
         # not atomically, and Prometheus expects the native buckets to add up to the count
         count = native.count if native is not None else group["count"]
         fields = [_uint(1, _count(count)), _double(2, group["sum"])]
-        fields += [_bytes(3, _uint(1, _count(c)) + _double(2, b))
-                   for b, c in sorted(group["buckets"])]
+        fields += [_bytes(3, _uint(1, _count(c)) + _double(2, b) + _exemplar(3, e))
+                   for b, c, e in sorted(group["buckets"], key=lambda bucket: bucket[0])]
         if native is not None:
             fields.append(_native_fields(native))
         out.append(_labels(dict(base)) + _bytes(7, b"".join(fields)))
@@ -187,7 +201,8 @@ def _scalars(metric, typ: int) -> Dict[str, List[bytes]]:
     for sample in metric.samples:
         if sample.name.endswith(_SKIPPED):
             continue
-        value = _bytes(field, _double(1, sample.value))
+        exemplar = _exemplar(2, sample.exemplar) if typ == COUNTER else b""
+        value = _bytes(field, _double(1, sample.value) + exemplar)
         by_name.setdefault(sample.name, []).append(_labels(sample.labels) + value)
     return by_name
 
