@@ -179,10 +179,12 @@ class BasicAuth:
 
         if not self._users:
             return True
-        if not header or not header.startswith("Basic "):
+        scheme, _, credentials = (header or "").strip().partition(" ")
+        if scheme.lower() != "basic":  # RFC 7617 (and 9110 11.1): case-insensitive
             return False
         try:
-            user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
+            user, _, password = base64.b64decode(credentials.strip(), validate=True) \
+                .decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             return False
         hashed = self._users.get(user)
