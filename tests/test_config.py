@@ -102,7 +102,7 @@ YAML_CASES = {
         "{f}:3: exporter.metrics.sample_interval: expected a number from 0.1 to 3600, got 0"),
     "bad buckets": (
         "exporter:\n  metrics:\n    duration_buckets: [0.1, 0.05]\n",
-        "{f}:3: exporter.metrics.duration_buckets: expected a list of increasing positive "
+        "{f}:3: exporter.metrics.duration_buckets: expected a list of at most 1000 increasing positive "
         "numbers, got [0.1, 0.05]"),
     "bad choice": (
         "exporter:\n  redis:\n    scope: planet\n",
@@ -184,7 +184,7 @@ ENV_CASES = {
                 "4096, got '0'"),
     "buckets": ({"PROMETHEUS_DURATION_BUCKETS": "0.1,x"},
                 "environment variable PROMETHEUS_DURATION_BUCKETS='0.1,x': expected a list "
-                "of increasing positive numbers, got '0.1,x'"),
+                "of at most 1000 increasing positive numbers, got '0.1,x'"),
     "not a number": ({"PROMETHEUS_SAMPLE_INTERVAL": "nan"},
                      "environment variable PROMETHEUS_SAMPLE_INTERVAL='nan': expected a number "
                      "from 0.1 to 3600, got 'nan'"),
