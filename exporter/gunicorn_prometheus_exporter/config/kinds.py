@@ -109,7 +109,7 @@ class Str(Kind):
     def parse(self, raw: Any) -> Optional[str]:
         if raw is None:
             return None
-        if isinstance(raw, (dict, list, bool)):
+        if isinstance(raw, (dict, list, set, bool, bytes)):
             raise self.fail(raw)
         value = str(raw)
         if not value and not self.allow_empty:

@@ -13,6 +13,7 @@ import yaml
 
 from . import yamldoc
 from .kinds import RedisUrl
+from .kinds import shown as show_raw
 from .schema import BY_PATH, CONFIG_FILE_ENV, SETTINGS, Setting, children
 
 
@@ -192,8 +193,8 @@ def read_environment(environ: Mapping[str, str]) -> Dict[str, Tuple[Any, str]]:
             if not _is_utf8(raw):
                 raise ConfigError(f"environment variable {name}: not valid UTF-8; expected "
                                   f"{setting.kind.expected}")
-            shown = mask(raw) if setting.secret else repr(raw)
-            value = _parse(setting, raw, f"environment variable {name}={shown}")
+            value = _parse(setting, raw, f"environment variable {name}="
+                                         f"{mask(raw) if setting.secret else show_raw(raw)}")
             found[setting.path] = (value, name)
     return found
 

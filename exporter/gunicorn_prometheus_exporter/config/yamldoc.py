@@ -16,11 +16,15 @@ import yaml
 MAX_NODES = 20_000
 #: Deepest nesting of collections: a configuration needs five or six levels.
 MAX_DEPTH = 32
+#: libyaml's parser when PyYAML has it (its wheels do): linear where the pure-Python
+#: scanner is quadratic in nesting depth, and it stops at 1000 levels by itself.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 Fail = Callable[[str], BaseException]
 
 
-def compose(path: str, fail: Fail, what: str = "config file") -> Tuple[yaml.SafeLoader, Optional[yaml.Node]]:
+def compose(path: str, fail: Fail,
+            what: str = "config file") -> Tuple[yaml.SafeLoader, Optional[yaml.Node]]:
     """The loader and root node of the file at ``path`` (None for an empty file). Every
     problem raises ``fail(message)`` with a one-line message that starts with the file."""
     try:
@@ -35,17 +39,16 @@ def compose(path: str, fail: Fail, what: str = "config file") -> Tuple[yaml.Safe
         raise fail(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
                    f"{exc.start}); expected a UTF-8 YAML file") from None
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _Loader(text)
     except yaml.reader.ReaderError as exc:  # a character YAML does not allow, e.g. NUL
         line = text.count("\n", 0, exc.position) + 1
         raise fail(f"{path}:{line}: invalid YAML: character {_char(exc.character)} at "
                    f"offset {exc.position} is not allowed in YAML") from None
     try:
         root = loader.get_single_node()
-    except RecursionError:
-        line = loader.get_mark().line + 1
+    except RecursionError:  # the pure-Python composer, some hundred levels down
         loader.dispose()
-        raise fail(f"{path}:{line}: invalid YAML: nested deeper than {MAX_DEPTH} levels")
+        raise fail(f"{path}: invalid YAML: nested deeper than {MAX_DEPTH} levels") from None
     except yaml.YAMLError as exc:
         loader.dispose()
         mark = getattr(exc, "problem_mark", None)
@@ -78,13 +81,14 @@ def check(root: yaml.Node, path: str, fail: Fail) -> None:
     sizes: Dict[int, Tuple[int, int]] = {}  # id(node) -> (expanded nodes, depth)
     _measure(root, sizes)
     trail: List[str] = []
-    node = root
+    node, visited = root, set()
     while True:  # the key path to the part that is too large or too deep, for the message
         size, depth = sizes[id(node)]
         if size <= MAX_NODES and depth <= MAX_DEPTH:
             break
+        visited.add(id(node))
         child = _largest_child(node, sizes)
-        if child is None:
+        if child is None or id(child[1]) in visited:  # a leaf of the excess, or a cycle
             problem = (f"more than {MAX_NODES} values once its aliases are expanded"
                        if size > MAX_NODES else f"nested deeper than {MAX_DEPTH} levels")
             key = ".".join(trail) or "the document"
