@@ -32,6 +32,13 @@ class MasterRuntime:
         try:
             self.settings = config.settings()
             _check_metrics_address(self.settings, binds)
+            # the web config too, before gunicorn listens or forks (a bad certificate, a
+            # header with a line break): one line, and nothing started
+            from .server import webconfig
+
+            self.web = webconfig.from_settings(self.settings)
+            if self.settings.prometheus.server:
+                self.web.tls_context()
         except config.ConfigError as exc:
             log.error("%s", exc)
             raise SystemExit(1) from None
@@ -130,7 +137,7 @@ class MasterRuntime:
         from .server.monitor import Monitor
 
         listeners = getattr(self.arbiter, "LISTENERS", ())
-        monitor = Monitor(self.settings, self.directory, self.log, listeners)
+        monitor = Monitor(self.settings, self.web, self.directory, self.log, listeners)
         if monitor.needed:
             self.monitor = monitor
             monitor.start()

@@ -38,19 +38,20 @@ def compose(path: str, fail: Fail,
         line = data.count(b"\n", 0, exc.start) + 1
         raise fail(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
                    f"{exc.start}); expected a UTF-8 YAML file") from None
+    loader = None
     try:
         loader = _Loader(text)
+        root = loader.get_single_node()
     except yaml.reader.ReaderError as exc:  # a character YAML does not allow, e.g. NUL
+        _dispose(loader)
         line = text.count("\n", 0, exc.position) + 1
         raise fail(f"{path}:{line}: invalid YAML: character {_char(exc.character)} at "
                    f"offset {exc.position} is not allowed in YAML") from None
-    try:
-        root = loader.get_single_node()
     except RecursionError:  # the pure-Python composer, some hundred levels down
-        loader.dispose()
+        _dispose(loader)
         raise fail(f"{path}: invalid YAML: nested deeper than {MAX_DEPTH} levels") from None
     except yaml.YAMLError as exc:
-        loader.dispose()
+        _dispose(loader)
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else path
         problem = getattr(exc, "problem", None) or str(exc)
@@ -172,6 +173,11 @@ def _no_duplicate_keys(root: yaml.Node, path: str, fail: Fail) -> None:
                 stack.append((value_node, name))
         elif isinstance(node, yaml.SequenceNode):
             stack.extend((child, f"{trail}[{i}]") for i, child in enumerate(node.value))
+
+
+def _dispose(loader: Optional[yaml.SafeLoader]) -> None:
+    if loader is not None:
+        loader.dispose()
 
 
 def _char(character: object) -> str:

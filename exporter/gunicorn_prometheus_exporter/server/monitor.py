@@ -24,8 +24,8 @@ STOP_GRACE = 1.5
 
 
 class Monitor:
-    def __init__(self, settings: Settings, directory: str, log: Any,
-                 listeners: Sequence[Any] = ()) -> None:
+    def __init__(self, settings: Settings, web: webconfig.WebConfig, directory: str,
+                 log: Any, listeners: Sequence[Any] = ()) -> None:
         self.settings = settings
         self.listeners = listeners
         self.directory = directory
@@ -33,8 +33,7 @@ class Monitor:
         self.pid: Optional[int] = None
         self.sock: Optional[socket.socket] = None
         self.stopping = False
-        self.web = webconfig.from_settings(settings)
-        self.web.tls_context()  # fail now, in the master, on a bad certificate or key
+        self.web = web  # checked by the master before it listens (certificate and key too)
 
     @property
     def address(self) -> str:

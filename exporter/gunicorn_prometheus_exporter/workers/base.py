@@ -25,6 +25,7 @@ from ..recorder import Recorder, Series
 from ..routes import (ROUTE_ENVIRON_KEY, UNMATCHED, RouteTable, method_label,
                       status_label)
 from ..sampler import ResourceSampler
+from ..server import webconfig
 from ..storage.store import ProcessStore
 
 BODY_METER_KEY = "gunicorn_prometheus_exporter.body_meter"
@@ -341,7 +342,11 @@ class ConnectionsMixin(PrometheusWorkerMixin):
 
 
 def _prepare_process() -> None:
-    identity.route_prometheus_client(config.settings().multiproc_dir)
+    settings = config.settings()
+    # gunicorn imports the worker class before it listens: a bad web config (like a bad
+    # setting) stops it here with one line, before anything is started
+    webconfig.from_settings(settings)
+    identity.route_prometheus_client(settings.multiproc_dir)
     logcount.counter()
     redact.install()
 
