@@ -19,10 +19,11 @@ import time
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from prometheus_client.metrics_core import Metric
-from prometheus_client.samples import Sample
+from prometheus_client.samples import Exemplar, Sample
 
-from . import metrics as catalogue
+from . import families
 from .storage import directory as storage_dir
+from .storage import exemplars as exemplar_files
 from .storage.reader import FileReader
 from .version import __version__
 
@@ -112,7 +113,7 @@ class Merger:
         worker_id = shard.worker_id
         for position in range(len(shard.targets), len(keys)):
             family, sample, labels, help_text = self._parse_key(keys[position])
-            known = catalogue.BY_NAME.get(family)
+            known = families.BY_NAME.get(family)
             extra = shard.extra
             if known is not None and known.per_worker and worker_id is not None:
                 extra = extra + (("worker_id", worker_id),)
@@ -122,7 +123,7 @@ class Merger:
             sid = self.registry.add(family, shard.typ, help_text, sample, merged)
             shard.targets.append(sid)
             shard.series.add(sid)
-            derived = catalogue.DERIVED.get(family)
+            derived = families.DERIVED.get(family)
             if derived is not None and worker_id is not None:
                 suffix = "_total" if derived.typ == "counter" else sample[len(family):]
                 kept = (tuple(kv for kv in labels if kv[0] == "le") + shard.extra
@@ -144,9 +145,28 @@ class Merger:
             self._parsed_keys[key] = found
         return found
 
-    def merge(self, batches: List[Tuple[Shard, tuple]]) -> List[Metric]:
+    def newest_exemplars(self, found: Iterable[exemplar_files.Exemplar],
+                         extra: Labels = ()) -> Dict[int, Exemplar]:
+        """The most recent exemplar of each series among ``found`` (every worker's slots),
+        by series number; ``extra`` labels as the shard's (``instance`` in Redis). Slots of
+        series not (yet) seen in the value files are left out."""
+        newest: Dict[int, Tuple[float, Exemplar]] = {}
+        ids = self.registry.ids
+        for key, timestamp, value, trace_id, span_id in found:
+            family, sample, labels, _ = self._parse_key(key)
+            merged = tuple(sorted(labels + extra)) if extra else labels
+            sid = ids.get((family, sample, merged))
+            if sid is None or (sid in newest and newest[sid][0] >= timestamp):
+                continue
+            newest[sid] = (timestamp, Exemplar({"trace_id": trace_id, "span_id": span_id},
+                                               value, timestamp))
+        return {sid: exemplar for sid, (_, exemplar) in newest.items()}
+
+    def merge(self, batches: List[Tuple[Shard, tuple]],
+              exemplars: Optional[Dict[int, Exemplar]] = None) -> List[Metric]:
         """Families from (shard, values) pairs; values as the shard's keys are numbered
-        (value and timestamp interleaved for ``mostrecent`` gauges)."""
+        (value and timestamp interleaved for ``mostrecent`` gauges). ``exemplars`` by
+        series number (``newest_exemplars``) go on their samples."""
         sums = [0.0] * len(self.registry.keys)
         present = set().union(*(shard.series for shard, _ in batches))
         extremes: Dict[int, float] = {}
@@ -171,9 +191,10 @@ class Merger:
             sums[sid] = value
         for sid, (value, _) in recent.items():
             sums[sid] = value
-        return self._families(sums, present)
+        return self._families(sums, present, exemplars or {})
 
-    def _families(self, sums: List[float], present: set) -> List[Metric]:
+    def _families(self, sums: List[float], present: set,
+                  exemplars: Dict[int, Exemplar]) -> List[Metric]:
         reg = self.registry
         labels_of = reg.label_dicts
         out: Dict[str, Metric] = {}
@@ -188,7 +209,8 @@ class Merger:
         keys = reg.keys
         for sid in sorted(present - reg.histogram_ids):
             name, sample, _ = keys[sid]
-            family(name).samples.append(Sample(sample, labels_of[sid], sums[sid]))
+            family(name).samples.append(Sample(sample, labels_of[sid], sums[sid], None,
+                                               exemplars.get(sid)))
         for (name, _), group in reg.histograms.items():
             buckets = [sid for _, _, sid in group["buckets"] if sid in present]
             if not buckets:
@@ -198,7 +220,8 @@ class Merger:
             running = 0.0
             for sid in buckets:
                 running += sums[sid]
-                samples.append(Sample(bucket_name, labels_of[sid], running))
+                samples.append(Sample(bucket_name, labels_of[sid], running, None,
+                                      exemplars.get(sid)))
             samples.append(Sample(name + "_count", group["labels"], running))
             if group["sum"] is not None:
                 samples.append(Sample(name + "_sum", group["labels"], sums[group["sum"]]))
@@ -223,11 +246,11 @@ def gc_paused():
 
 def _add_worker_states(out: Dict[str, Metric]) -> None:
     """``gunicorn_workers{state}``: live workers with and without a request in flight."""
-    in_flight = out.get(catalogue.IN_FLIGHT.name)
+    in_flight = out.get(families.IN_FLIGHT.name)
     if in_flight is None:
         return
     busy = sum(1 for s in in_flight.samples if s.value > 0)
-    spec = catalogue.WORKERS
+    spec = families.WORKERS
     metric = Metric(spec.name, spec.help, "gauge")
     metric.add_sample(spec.name, {"state": "busy"}, busy)
     metric.add_sample(spec.name, {"state": "idle"}, len(in_flight.samples) - busy)
@@ -254,6 +277,7 @@ class DirectoryCollector(ReadStats):
         self.directory = directory
         self.merger = Merger()
         self._files: Dict[str, Tuple[Shard, FileReader]] = {}
+        self._exemplar_readers: Dict[str, exemplar_files.ExemplarReader] = {}
         self._lock = threading.Lock()
         self._torn_reported: set = set()
 
@@ -309,7 +333,20 @@ class DirectoryCollector(ReadStats):
             values_read += len(values)
         self.last_files = len(batches)
         self.last_values = values_read
-        return self.merger.merge(batches)
+        return self.merger.merge(batches, self.merger.newest_exemplars(self.exemplars()))
+
+    def exemplars(self) -> Iterable[exemplar_files.Exemplar]:
+        """Every exemplar slot of every worker, live or gone (the newest wins anyway). Also
+        what the Redis flusher ships."""
+        seen = set()
+        for path, _, inode in exemplar_files.files(self.directory):
+            seen.add(path)
+            reader = self._exemplar_readers.get(path)
+            if reader is None:
+                reader = self._exemplar_readers[path] = exemplar_files.ExemplarReader(path)
+            yield from reader.read(inode)
+        for gone in set(self._exemplar_readers) - seen:
+            self._exemplar_readers.pop(gone).close()
 
 
 def _distribution_version(name: str) -> str:
@@ -325,19 +362,19 @@ def health_families(collector: ReadStats, source: str) -> Iterable[Metric]:
     """The exporter's own metrics, from the state of a collector (directory or Redis)."""
     import gunicorn
 
-    def gauge(spec: catalogue.Family, value: float, labels: Optional[dict] = None) -> Metric:
+    def gauge(spec: families.Family, value: float, labels: Optional[dict] = None) -> Metric:
         metric = Metric(spec.name, spec.help, spec.typ)
         metric.add_sample(spec.sample, labels or {}, value)
         return metric
 
-    yield gauge(catalogue.BUILD_INFO, 1, {
+    yield gauge(families.BUILD_INFO, 1, {
         "version": __version__, "gunicorn": gunicorn.__version__,
         "prometheus_client": _distribution_version("prometheus_client"),
         "python": platform.python_version()})
-    yield gauge(catalogue.SCRAPE_DURATION, collector.last_duration)
-    yield gauge(catalogue.FILES_READ, collector.last_files)
-    yield gauge(catalogue.SAMPLES_READ, collector.last_values)
-    yield gauge(catalogue.READ_ERRORS, collector.read_errors)
-    yield gauge(catalogue.SOURCE_UP, collector.source_up, {"source": source})
+    yield gauge(families.SCRAPE_DURATION, collector.last_duration)
+    yield gauge(families.FILES_READ, collector.last_files)
+    yield gauge(families.SAMPLES_READ, collector.last_values)
+    yield gauge(families.READ_ERRORS, collector.read_errors)
+    yield gauge(families.SOURCE_UP, collector.source_up, {"source": source})
     if collector.last_success is not None:
-        yield gauge(catalogue.LAST_READ, collector.last_success)
+        yield gauge(families.LAST_READ, collector.last_success)

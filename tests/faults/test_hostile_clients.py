@@ -113,8 +113,8 @@ def server(request) -> Iterator[Tuple[int, _Records]]:
     user -> password), one collect function with one exact sample."""
     from prometheus_client.core import CounterMetricFamily
 
-    from gunicorn_prometheus_exporter.server.http import (Exposition, MetricsServer,
-                                                           listening_socket)
+    from gunicorn_prometheus_exporter.server.http import Exposition, MetricsServer
+    from gunicorn_prometheus_exporter.server.sockets import listening_socket
     from gunicorn_prometheus_exporter.server.webconfig import WebConfig
 
     def collect():

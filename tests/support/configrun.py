@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from .procs import DEMO_APP, _has_control_socket, free_port, gunicorn_bin
+from .gunicorn_flags import control_socket_args
+from .procs import DEMO_APP, free_port, gunicorn_bin
 
 EXE = str(Path(sys.executable).with_name("gunicorn-prometheus-exporter"))
 PREFIX = "gunicorn-prometheus-exporter: config error: "
@@ -17,8 +18,7 @@ WORKER = "gunicorn_prometheus_exporter.PrometheusWorker"
 
 
 def ctl(path: Path) -> List[str]:
-    """gunicorn >= 25.1 opens a control socket; give each run its own (older: nothing)."""
-    return ["--control-socket", str(path)] if _has_control_socket(None) else []
+    return control_socket_args(str(path))
 
 
 def clean_env(**extra: str) -> Dict[str, str]:

@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
+from .redis_url import parse_url
+
 #: Most bounds of one histogram: each is a series for every label set.
 MAX_BUCKETS = 1000
 _TRUE = {"1", "true", "yes", "on"}
@@ -118,6 +120,22 @@ class Str(Kind):
 
 
 @dataclass(frozen=True)
+class HeaderName(Kind):
+    """An HTTP header name (letters, digits and ``-``), kept in lower case."""
+
+    @property
+    def expected(self) -> str:  # type: ignore[override]
+        return "an HTTP header name (letters, digits and -)"
+
+    def parse(self, raw: Any) -> str:
+        import re
+
+        if isinstance(raw, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]*", raw.strip()):
+            return raw.strip().lower()
+        raise self.fail(raw)
+
+
+@dataclass(frozen=True)
 class RedisUrl(Kind):
     """``redis://[[user]:password@]host[:port][/db]`` or ``rediss://``, checked by the same
     lenient parser that connects (a raw ``@``, ``#`` or ``/`` in the password is fine)."""
@@ -127,8 +145,6 @@ class RedisUrl(Kind):
         return "a redis:// or rediss:// URL"
 
     def parse(self, raw: Any) -> Optional[str]:
-        from ..redis_storage.connection import parse_url
-
         if raw is None or raw == "":
             return None
         if not isinstance(raw, str):

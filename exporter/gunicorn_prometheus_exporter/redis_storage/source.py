@@ -29,10 +29,11 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from prometheus_client.metrics_core import Metric
 
-from .. import metrics as catalogue
+from .. import families
 from ..collector import Merger, ReadStats, Shard, gc_paused, health_families
 from . import connection, scripts
-from .keys import META_FIELD, SEPARATOR, TOMBSTONE_SECONDS, Layout, Timing, parse_shard
+from .keys import (EXEMPLAR_SHARD, META_FIELD, SEPARATOR, TOMBSTONE_SECONDS, Layout, Timing,
+                   parse_shard)
 
 _PLUGIN_IDENTITY = re.compile(r"^[wm]\d+(\.monitor)?$")
 
@@ -53,6 +54,19 @@ def _extra(typ: str, mode: str, identity: str, incarnation: str) -> Tuple[Tuple[
     if typ == "gauge" and (mode in ("all", "liveall") or _PLUGIN_IDENTITY.match(identity)):
         return (("instance", incarnation),)
     return ()
+
+
+def _exemplars(entries: Dict[str, str]) -> List[tuple]:
+    """The exemplars of an instance's exemplar shard (unreadable fields left out)."""
+    out = []
+    for key, text in entries.items():
+        parts = text.split(" ")
+        if len(parts) == 4:
+            try:
+                out.append((key, float(parts[0]), float(parts[1]), parts[2], parts[3]))
+            except ValueError:
+                continue
+    return out
 
 
 class RedisSource:
@@ -157,6 +171,7 @@ class RedisSource:
             self.log.info("folded %d vanished instance(s) of prefix %r into its totals",
                           folded, self.layout.prefix)
         batches: List[Tuple[Shard, list]] = []
+        self._exemplars: list = []  # filled by _add from the instances' exemplar shards
         seen = set()
         values_read = 0
         totals: Dict[str, str] = {}
@@ -181,7 +196,7 @@ class RedisSource:
         self.instances = instances
         self.state.last_files = len(batches)
         self.state.last_values = values_read
-        families = self.merger.merge(batches)
+        families = self.merger.merge(batches, self.merger.newest_exemplars(self._exemplars))
         if len(self.merger.registry.keys) > 4 * values_read + 10000:
             self.merger = Merger()  # forget series of long-gone instances
             self._views.clear()
@@ -236,6 +251,9 @@ class RedisSource:
             shard, _, key = name.partition(SEPARATOR)
             grouped.setdefault(shard, {})[key] = value
         count = 0
+        exemplars = grouped.pop(EXEMPLAR_SHARD, None)
+        if exemplars:
+            self._exemplars += _exemplars(exemplars)
         for shard_name, entries in grouped.items():
             view = self._view(kind, owner, incarnation, shard_name, entries)
             if view is None:
@@ -281,23 +299,23 @@ class RedisSource:
 
     # -- health ----------------------------------------------------------------------------
     def _health(self) -> Iterator[Metric]:
-        def metric(spec: catalogue.Family) -> Metric:
+        def metric(spec: families.Family) -> Metric:
             return Metric(spec.name, spec.help, spec.typ)
 
-        served = metric(catalogue.REDIS_INSTANCES)
-        served.add_sample(catalogue.REDIS_INSTANCES.sample, {}, len(self.instances))
+        served = metric(families.REDIS_INSTANCES)
+        served.add_sample(families.REDIS_INSTANCES.sample, {}, len(self.instances))
         yield served
         if self.instances:
-            age = metric(catalogue.REDIS_FLUSH_AGE)
+            age = metric(families.REDIS_FLUSH_AGE)
             for incarnation, seconds in sorted(self.instances.items()):
-                age.add_sample(catalogue.REDIS_FLUSH_AGE.sample, {"instance": incarnation},
+                age.add_sample(families.REDIS_FLUSH_AGE.sample, {"instance": incarnation},
                                round(seconds, 3))
             yield age
-        trips = metric(catalogue.REDIS_ROUND_TRIPS)
-        trips.add_sample(catalogue.REDIS_ROUND_TRIPS.sample, {}, self.round_trips)
+        trips = metric(families.REDIS_ROUND_TRIPS)
+        trips.add_sample(families.REDIS_ROUND_TRIPS.sample, {}, self.round_trips)
         yield trips
-        folded = metric(catalogue.REDIS_FOLDED)
-        folded.add_sample(catalogue.REDIS_FOLDED.sample, {}, self.folded)
+        folded = metric(families.REDIS_FOLDED)
+        folded.add_sample(families.REDIS_FOLDED.sample, {}, self.folded)
         yield folded
 
     def _safe(self, exc: BaseException) -> str:

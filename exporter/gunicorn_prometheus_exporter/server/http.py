@@ -16,7 +16,6 @@ import io
 import os
 import socket
 import ssl
-import stat
 import struct
 import termios
 import threading
@@ -24,7 +23,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Callable, Collection, Dict, Iterable, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
@@ -38,9 +37,6 @@ MAX_CONNECTIONS = 32
 #: How long the accept loop waits for a slot for a new connection (for a connection it
 #: closed to end, or for one that can be closed) before refusing it.
 EVICT_WAIT = 1.0
-#: Kernel queue of connections not yet accepted: room for a flood of reconnecting clients
-#: without dropping a scraper's SYN (a dropped SYN costs the scraper a second or more).
-LISTEN_BACKLOG = 1024
 #: A connection whose client leaves this many bytes of answers unread (it pipelines
 #: scrapes and does not read them) is the first closed when a newcomer needs its slot.
 UNREAD_ANSWERS = 256 * 1024
@@ -430,58 +426,3 @@ _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7f)}
 def _printable(text: str) -> str:
     """A client's bytes as one log line: control characters escaped."""
     return text.translate(_CONTROL)
-
-
-#: hosts that bind every address of their family, so they share a port with any host
-_WILDCARDS = ("", "0.0.0.0", "::")
-
-
-def shares_port(host: str, port: int, address: Any) -> bool:
-    """Whether serving metrics on ``host:port`` would need the port of ``address`` (one
-    of gunicorn's listeners: a (host, port, ...) tuple, or a unix socket path)."""
-    if not isinstance(address, tuple) or address[1] != port:
-        return False
-    return host == address[0] or host in _WILDCARDS or address[0] in _WILDCARDS
-
-
-def listening_socket(host: str, port: int, taken: Collection[int] = ()) -> socket.socket:
-    """The metrics socket: one inherited from the previous master of a USR2 upgrade if it
-    left one bound to this address (so the port answers throughout the upgrade), otherwise
-    a new one. ``taken`` are descriptors never to adopt (gunicorn's own listeners). Raises
-    OSError (e.g. address in use)."""
-    inherited = _inherited(host, port, taken)
-    if inherited is not None:
-        return inherited
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
-    sock.set_inheritable(True)
-    return sock
-
-
-def _inherited(host: str, port: int, taken: Collection[int]) -> Optional[socket.socket]:
-    try:
-        fds = [int(name) for name in os.listdir("/proc/self/fd")]
-    except OSError:
-        return None
-    for fd in fds:
-        if fd <= 2 or fd in taken:
-            continue
-        try:
-            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
-                continue
-            candidate = socket.socket(fileno=os.dup(fd))
-        except OSError:
-            continue
-        try:
-            name = candidate.getsockname()
-            listening = candidate.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-            if (listening and candidate.type == socket.SOCK_STREAM
-                    and isinstance(name, tuple) and name[1] == port
-                    and name[0] in (host, "::ffff:" + host)):
-                os.close(fd)
-                candidate.set_inheritable(True)
-                return candidate
-        except OSError:
-            pass
-        candidate.close()
-    return None
