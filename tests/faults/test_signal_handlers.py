@@ -119,6 +119,6 @@ def test_signal_handlers_of_the_master_only_record(start_gunicorn, tmp_path):
     forks = _forks(record)
     # first worker, metrics process, the TTIN worker, the restart, the reload's worker
     assert len(forks) >= 5, forks
-    for name in ("start_monitor", "handle_ttin", "restart_if_gone", "handle_hup"):
+    for name in ("start_metrics_process", "handle_ttin", "restart_if_gone", "handle_hup"):
         assert forked_by(name), name
     assert [r for r in forks.values() if r["in_handler"]] == []

@@ -38,20 +38,15 @@ def compose(path: str, fail: Fail,
         line = data.count(b"\n", 0, exc.start) + 1
         raise fail(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
                    f"{exc.start}); expected a UTF-8 YAML file") from None
-    loader = None
     try:
-        loader = _Loader(text)
-        root = loader.get_single_node()
+        loader, root = _parse(text)
     except yaml.reader.ReaderError as exc:  # a character YAML does not allow, e.g. NUL
-        _dispose(loader)
         line = text.count("\n", 0, exc.position) + 1
         raise fail(f"{path}:{line}: invalid YAML: character {_char(exc.character)} at "
                    f"offset {exc.position} is not allowed in YAML") from None
     except RecursionError:  # the pure-Python composer, some hundred levels down
-        _dispose(loader)
         raise fail(f"{path}: invalid YAML: nested deeper than {MAX_DEPTH} levels") from None
     except yaml.YAMLError as exc:
-        _dispose(loader)
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else path
         problem = getattr(exc, "problem", None) or str(exc)
@@ -63,6 +58,25 @@ def compose(path: str, fail: Fail,
             loader.dispose()
             raise
     return loader, root
+
+
+def _parse(text: str) -> Tuple[yaml.SafeLoader, Optional[yaml.Node]]:
+    """The loader and root node; libyaml's parser first (linear, and it stops at 1000
+    levels), the pure-Python one when libyaml finds a problem other than depth, because its
+    messages say more ("expected ',' or ']', but got '<stream end>'")."""
+    loader = _Loader(text)
+    try:
+        return loader, loader.get_single_node()
+    except yaml.YAMLError as exc:
+        loader.dispose()
+        if _Loader is yaml.SafeLoader or "depth" in str(getattr(exc, "problem", "")):
+            raise
+    loader = yaml.SafeLoader(text)
+    try:
+        return loader, loader.get_single_node()
+    except BaseException:
+        loader.dispose()
+        raise
 
 
 def construct(loader: yaml.SafeLoader, node: yaml.Node, where: str, fail: Fail) -> object:
@@ -173,11 +187,6 @@ def _no_duplicate_keys(root: yaml.Node, path: str, fail: Fail) -> None:
                 stack.append((value_node, name))
         elif isinstance(node, yaml.SequenceNode):
             stack.extend((child, f"{trail}[{i}]") for i, child in enumerate(node.value))
-
-
-def _dispose(loader: Optional[yaml.SafeLoader]) -> None:
-    if loader is not None:
-        loader.dispose()
 
 
 def _char(character: object) -> str:
