@@ -30,10 +30,10 @@ class Case:
 
 def alias_bomb(levels: int = 9, width: int = 9) -> str:
     """Nested anchors: ``width ** levels`` values once expanded (387 million here)."""
-    lines = ["[&a0 x, x, x, x, x, x, x, x, x]"]
+    lines = ["&a0 [" + ", ".join(["x"] * width) + "]"]
     for i in range(1, levels):
-        lines.append(f"[&a{i} " + ", ".join([f"*a{i - 1}"] * width) + "]")
-    return "[" + ", ".join(lines) + f", *a{levels - 1}]"
+        lines.append(f"&a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]")
+    return "[" + ", ".join(lines) + "]"
 
 
 def deep(levels: int = DEEP) -> str:

@@ -95,15 +95,19 @@ def check(root: yaml.Node, path: str, fail: Fail) -> None:
     """Refuse a graph too large once expanded, too deep, or with a repeated key."""
     sizes: Dict[int, Tuple[int, int]] = {}  # id(node) -> (expanded nodes, depth)
     _measure(root, sizes)
+    size, depth = sizes[id(root)]
+    if size <= MAX_NODES and depth <= MAX_DEPTH:
+        _no_duplicate_keys(root, path, fail)
+        return
     trail: List[str] = []
     node, visited = root, set()
-    while True:  # the key path to the part that is too large or too deep, for the message
+    while True:  # down to the smallest part that is too large or too deep, for the message
         size, depth = sizes[id(node)]
-        if size <= MAX_NODES and depth <= MAX_DEPTH:
-            break
         visited.add(id(node))
         child = _largest_child(node, sizes)
-        if child is None or id(child[1]) in visited:  # a leaf of the excess, or a cycle
+        if (child is None or id(child[1]) in visited  # a leaf of the excess, or a cycle
+                or (size > MAX_NODES and sizes[id(child[1])][0] <= MAX_NODES)
+                or (size <= MAX_NODES and sizes[id(child[1])][1] <= MAX_DEPTH)):
             problem = (f"more than {MAX_NODES} values once its aliases are expanded"
                        if size > MAX_NODES else f"nested deeper than {MAX_DEPTH} levels")
             key = ".".join(trail) or "the document"
@@ -111,7 +115,6 @@ def check(root: yaml.Node, path: str, fail: Fail) -> None:
         key, node = child
         if key is not None:
             trail.append(key)
-    _no_duplicate_keys(root, path, fail)
 
 
 def _measure(root: yaml.Node, sizes: Dict[int, Tuple[int, int]]) -> None:
