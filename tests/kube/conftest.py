@@ -1,6 +1,7 @@
 """Fixtures of the kube play tests (tests/kube): the container runtime and the images come from
 tests/support/container_fixtures.py (built once per session, shared with tests/image); the
-chart is rendered with tests/chart/chartlib.py."""
+chart is rendered with tests/chart/chartlib.py; the request mix and its ledger are the e2e
+suite's (e2e/traffic.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "chart"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "e2e"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from support.container_fixtures import (  # noqa: E402,F401 - pytest finds fixtures and hooks here

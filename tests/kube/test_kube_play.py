@@ -15,9 +15,10 @@ from typing import Iterator, Optional
 import pytest
 
 from kubeplay import Node, Played, for_kube_play, load_manifests, render
-from support.containers import Runtime, container_marks, wait_until
+from support.containers import Runtime, container_marks
 from support.scrape import Scrape
-from support.traffic import MIX, Ledger
+from support.wait import until
+from traffic import MIX, Ledger  # e2e/traffic.py: the demo's request mix and the ledger
 
 pytestmark = container_marks()
 
@@ -53,8 +54,9 @@ class Topology:
             for c in spec["containers"]:
                 self.pods[c["name"]] = pod
         for name in ("app", "exporter"):
-            wait_until(lambda n=name: self._answers(n), 90, f"{name} container answers",
-                       abort=lambda n=name: self.runtime.exited(self.container(n)))
+            until(lambda n=name: self._answers(n), timeout=90, interval=0.2,
+                  message=f"{name} container answers",
+                  abort=lambda n=name: self.runtime.exited(self.container(n)))
         return self
 
     def _answers(self, name: str) -> bool:
@@ -98,7 +100,8 @@ class Topology:
         Redis topology flushes off the request path)."""
         want = self.ledger.by_key()
         try:
-            wait_until(lambda: self.counted() == want, timeout, "exact counts")
+            until(lambda: self.counted() == want, timeout=timeout, interval=0.2,
+                  message="exact counts")
         except TimeoutError:
             assert self.counted() == want
 
@@ -224,16 +227,18 @@ def test_sidecar_sigkilled_worker_and_restarted_exporter_lose_nothing(
     before = _workers(runtime, app)
     victim = min(before)
     sidecar.played.run("exec", app, "sh", "-c", f"kill -KILL {victim}")
-    after = wait_until(lambda: (w := _workers(runtime, app)) and victim not in w
-                       and len(w) == len(before) and w, 30, "the killed worker replaced")
+    after = until(lambda: (w := _workers(runtime, app)) and victim not in w
+                  and len(w) == len(before) and w, timeout=30, interval=0.2,
+                  message="the killed worker replaced")
     assert len(after - before) == 1
     sidecar.send()
     sidecar.assert_counted_exactly()
 
     exporter = sidecar.container("exporter")
     sidecar.played.run("restart", exporter, timeout=60)
-    wait_until(lambda: sidecar.node.request(f"http://127.0.0.1:{METRICS_PORT}/metrics")[0] == 200,
-               30, "restarted exporter answers", abort=lambda: runtime.exited(exporter))
+    until(lambda: sidecar.node.request(f"http://127.0.0.1:{METRICS_PORT}/metrics")[0] == 200,
+          timeout=30, interval=0.2, message="restarted exporter answers",
+          abort=lambda: runtime.exited(exporter))
     sidecar.assert_counted_exactly(timeout=1)
     sidecar.send()
     sidecar.assert_counted_exactly()

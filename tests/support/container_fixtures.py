@@ -22,7 +22,8 @@ from typing import Iterator, Optional
 
 import pytest
 
-from support.containers import BUILD_SH, EXIT_MISSING, REPO, Runtime, wait_until
+from support.containers import BUILD_SH, EXIT_MISSING, REPO, Runtime
+from support.wait import until
 
 
 def _build_sh(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -159,7 +160,7 @@ def docker_host(
 
     try:
         try:
-            wait_until(ping, 30, "podman system service answers")
+            until(ping, timeout=30, message="podman system service answers")
         except (TimeoutError, RuntimeError) as exc:
             pytest.skip(f"podman system service cannot be started: {exc}")
         yield url
