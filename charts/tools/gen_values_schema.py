@@ -205,7 +205,7 @@ SLO = obj({
     "byRoute": BOOL,
     "availability": obj({"enabled": BOOL, "objective": PERCENT}),
     "latency": obj({"enabled": BOOL, "objective": PERCENT,
-                    "threshold": {"type": "number", "exclusiveMinimum": 0}}),
+                    "threshold": dict(NUM, description="Seconds; one of the duration buckets.")}),
     "fastBurn": burn("Multiple of the error budget's rate (14.4: 2% of a 30-day budget in 1 hour)."),
     "slowBurn": burn("Multiple of the error budget's rate (6: 5% of a 30-day budget in 6 hours)."),
 })
