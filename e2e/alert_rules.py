@@ -66,7 +66,7 @@ def saturation_query(selector: str) -> str:
     """The PromQL the chart's KEDA ScaledObject scales on, for series matching ``selector``."""
     obj = render_object("scaledobject.yaml", "ScaledObject", (
         "autoscaling.enabled=true", "autoscaling.force=true",
-        f"prometheusRule.selector={selector}"))
+        "prometheusRule.selector=" + selector.replace(",", "\\,")))  # --set splits on commas
     return obj["spec"]["triggers"][0]["metadata"]["query"]
 
 
@@ -84,7 +84,7 @@ def _values_from_sets(sets: Iterable[str]) -> dict:
         elif raw in ("true", "false"):
             value = raw == "true"
         else:
-            value = raw
+            value = raw.replace("\\,", ",")  # helm's escaped comma
         node[leaf] = value
     return values
 
