@@ -4,8 +4,8 @@ The node is a network namespace of the test's own (``ip netns add``, loopback on
 in it (``nsenter --net``) and plays every pod with ``--network host``, i.e. into the node's
 namespace (podman 4.3 refuses ``--network ns:PATH`` for pods). The pods reach each other on
 127.0.0.1 as pods on one node reach each other through Services, and the rendered ports (8000,
-9091, 6379) never meet the host's or another test's. The test talks to the pods from inside the namespace
-(``Node.request``: the calling thread enters it with setns(2) for the duration of one request).
+9091, 6379) never meet the host's or another test's. The test talks to the pods from inside the
+namespace (``Node.request``: the calling thread enters it with setns(2) for one request).
 
 podman 4.3 plays Pod and Deployment objects only. ``for_kube_play`` adapts the rendered objects
 the least it can; each adaptation is listed in ``ADAPTATIONS`` with why it is needed, and
@@ -33,7 +33,6 @@ import yaml
 
 from support.containers import Runtime
 
-HERE = Path(__file__).resolve().parent
 CLONE_NEWNET = 0x40000000
 
 # What the tests change in a rendered object before playing it, and why (kube play's limits).
@@ -64,14 +63,15 @@ ADAPTATIONS = {
     "pod annotations longer than 63 characters": "dropped (the chart's checksum/* annotations, "
                                                  "which only trigger rollouts): podman 4.3 "
                                                  "applies the label value limit to annotations",
-    "fieldRef spec.nodeName": "becomes the node's name as a value: kube play 4.3 resolves "
-                              "metadata fields only",
+    "fieldRef spec.nodeName": "becomes the node's name as a value: kube play 4.3 refuses it "
+                              "(\"fieldPath spec.nodeName is either not valid or not "
+                              "supported\")",
     "image (raw k8s/ manifests only)": "localhost/NAME:TAG, where podman finds the images "
                                        "`make image` built (the chart renders take "
                                        "app.image.registry=localhost instead)",
 }
 
-_SUPPORTED_ELSEWHERE = {"NetworkPolicy", "PodDisruptionBudget", "ServiceAccount", "Service",
+_DROPPED = {"NetworkPolicy", "PodDisruptionBudget", "ServiceAccount", "Service",
                         "Secret"}
 
 
@@ -157,7 +157,7 @@ def for_kube_play(objects: list[dict], node: Node,
     play = []
     for obj in objects:
         kind = obj["kind"]
-        if kind in _SUPPORTED_ELSEWHERE:
+        if kind in _DROPPED:
             continue
         obj = copy.deepcopy(obj)
         if kind == "DaemonSet":

@@ -219,6 +219,16 @@ def _workers(runtime: Runtime, ctr: str) -> set[int]:
     return {int(pid) for pid, ppid in rows if int(ppid) == master[0]}
 
 
+def _restart_exporter(runtime: Runtime, topology: Topology) -> None:
+    exporter = topology.container("exporter")
+    started = runtime.inspect(exporter)["State"]["StartedAt"]
+    topology.played.run("restart", exporter, timeout=60)
+    assert runtime.inspect(exporter)["State"]["StartedAt"] != started
+    until(lambda: topology.node.request(f"http://127.0.0.1:{METRICS_PORT}/metrics")[0] == 200,
+          timeout=30, interval=0.2, message="restarted exporter answers",
+          abort=lambda: runtime.exited(exporter))
+
+
 def test_sidecar_sigkilled_worker_and_restarted_exporter_lose_nothing(
         runtime: Runtime, sidecar: Topology) -> None:
     sidecar.send()
@@ -234,11 +244,7 @@ def test_sidecar_sigkilled_worker_and_restarted_exporter_lose_nothing(
     sidecar.send()
     sidecar.assert_counted_exactly()
 
-    exporter = sidecar.container("exporter")
-    sidecar.played.run("restart", exporter, timeout=60)
-    until(lambda: sidecar.node.request(f"http://127.0.0.1:{METRICS_PORT}/metrics")[0] == 200,
-          timeout=30, interval=0.2, message="restarted exporter answers",
-          abort=lambda: runtime.exited(exporter))
+    _restart_exporter(runtime, sidecar)
     sidecar.assert_counted_exactly(timeout=1)
     sidecar.send()
     sidecar.assert_counted_exactly()
@@ -246,11 +252,16 @@ def test_sidecar_sigkilled_worker_and_restarted_exporter_lose_nothing(
 
 # -- daemonset ---------------------------------------------------------------------------------
 
-def test_daemonset_pod_counts_every_request_exactly_through_redis(daemonset: Topology) -> None:
+def test_daemonset_pod_counts_every_request_exactly_through_redis(
+        runtime: Runtime, daemonset: Topology) -> None:
     daemonset.send()
     daemonset.assert_counted_exactly()
     scrape = daemonset.scrape()
     assert scrape.value("gunicorn_exporter_source_up", source="redis") == 1.0
+    # the node's exporter restarted: Redis still holds every count
+    _restart_exporter(runtime, daemonset)
+    daemonset.send()
+    daemonset.assert_counted_exactly()
 
 
 @pytest.mark.parametrize("name", ["app", "exporter", "redis"])
