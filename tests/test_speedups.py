@@ -20,6 +20,7 @@ from gunicorn_prometheus_exporter.recorder import Recorder
 from gunicorn_prometheus_exporter.routes import RouteTable
 from gunicorn_prometheus_exporter.storage.store import ProcessStore
 from gunicorn_prometheus_exporter.workers import asgi_metrics as asgi
+from gunicorn_prometheus_exporter.workers import labelling
 from gunicorn_prometheus_exporter.workers.labelling import RequestLabeller
 
 native = speedups.load({})
@@ -290,7 +291,7 @@ def test_compiled_send_fails_like_python(tmp_path, message, error):
 def test_compiled_wrapper_refuses_bad_calls(tmp_path):
     inst = _instrumentation(tmp_path)
     wrapped = native.MeteredApp(_app, print, {}, inst.recorder.add, asgi.GONE,
-                                *inst.recorder.in_flight_cell())
+                                *inst.recorder.in_flight_cell(), asgi.KNOWN_REQUEST)
     with pytest.raises(TypeError):
         wrapped({"type": "http"}, None)
     with pytest.raises(KeyError):
@@ -300,7 +301,59 @@ def test_compiled_wrapper_refuses_bad_calls(tmp_path):
         call.send(1)
     with pytest.raises(TypeError):
         native.MeteredApp(_app, print, [], inst.recorder.add, asgi.GONE,
-                          *inst.recorder.in_flight_cell())
+                          *inst.recorder.in_flight_cell(), asgi.KNOWN_REQUEST)
     with pytest.raises(TypeError, match="format 'd'"):
         native.MeteredApp(_app, print, {}, inst.recorder.add, asgi.GONE,
-                          memoryview(bytearray(8)), 0)
+                          memoryview(bytearray(8)), 0, asgi.KNOWN_REQUEST)
+
+
+# -- the fast path is taken ------------------------------------------------------------------
+@needs_native
+def test_a_worker_with_the_speedups_records_through_the_compiled_writer(tmp_path):
+    """Recorder and ASGI wrapper built with the module take the compiled path: their add is
+    a RequestWriter's, the wrapper a MeteredApp (the Python twins run where it is None)."""
+    labeller = _instrumentation(tmp_path, compiled=True)
+    assert type(labeller.recorder.add.__self__) is native.RequestWriter
+    assert type(asgi.instrument(_app, labeller, native)) is native.MeteredApp
+    (tmp_path / "python").mkdir()
+    python = _instrumentation(tmp_path / "python", compiled=False)
+    assert python.recorder.add.__func__ is Recorder._add
+    assert type(asgi.instrument(_app, python, None)) is asgi.ASGIMetrics
+
+
+def test_record_builds_the_key_layouts_it_hands_to_the_compiled_wrapper(tmp_path):
+    """The keys of ``resolved`` follow KEY_BY_PATH and KEY_BY_TEMPLATE, the layouts the
+    compiled wrapper is handed: positions in (method, path, status, template)."""
+    labeller = _instrumentation(tmp_path)
+    labeller.record("GET", "/ok", 200, 0.1, 0, 3)
+    labeller.record("GET", "/items/7", 200, 0.1, 0, 3, "/items/{id}")
+    fields = {"by_path": ("GET", "/ok", 200, None), "by_template": ("GET", None, 200,
+                                                                   "/items/{id}")}
+    assert set(labeller.resolved) == {
+        tuple(fields["by_path"][i] for i in labelling.KEY_BY_PATH),
+        tuple(fields["by_template"][i] for i in labelling.KEY_BY_TEMPLATE)}
+    labeller.recorder.store.close()
+
+
+@needs_native
+def test_a_known_request_is_recorded_in_c_without_calling_python(tmp_path):
+    """The compiled wrapper records a request whose series is known without calling back
+    into Python: a second request of each kind never reaches ``record``. Fails when the
+    compiled wrapper's keys stop matching the ones Python stores (every request would
+    then fall back to Python, with the same numbers)."""
+    labeller = _instrumentation(tmp_path, compiled=True)
+    labelled = []
+    record = labeller.record
+    labeller.record = lambda *args: (labelled.append(args[1]), record(*args))
+    wrapped = asgi.instrument(_app, labeller, native)
+
+    async def mix():
+        for path in ["/ok", "/items/7", "/custom/9"] * 3:
+            await _serve(wrapped, path)
+
+    asyncio.run(mix())
+    # /custom/9 carries our own route key in the scope: labelled in Python every time
+    assert labelled == ["/ok", "/items/7", "/custom/9", "/custom/9", "/custom/9"]
+    assert labeller.recorder.counter_value(
+        catalogue.HTTP_REQUESTS, ("GET", "/items/{id}", "200")) == 3
+    labeller.recorder.store.close()

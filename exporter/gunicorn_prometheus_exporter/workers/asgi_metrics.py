@@ -17,12 +17,20 @@ from typing import Any, Awaitable, Callable, Optional
 
 from types import ModuleType
 
-from ..frameworks import ERROR_ENVIRON_KEY, ROUTE_ENVIRON_KEY
+from ..frameworks import ERROR_ENVIRON_KEY, ROUTE_ENVIRON_KEY, starlette
 from ..frameworks.starlette import route_template
-from .labelling import RequestLabeller
+from .labelling import KEY_BY_PATH, KEY_BY_TEMPLATE, RequestLabeller
 
 #: what a client that went away raises in the application: counted as a 499
 GONE = (asyncio.CancelledError, ConnectionError)
+#: what the compiled wrapper needs to record a request whose series is known exactly as
+#: ``ASGIMetrics.record`` would, handed to it rather than re-derived in C: the scope keys
+#: that leave a request to ``record`` (our route and error keys, a Starlette mount to
+#: resolve), the key of a router that matched nothing, where the matched route and its
+#: template are, and the two key layouts of ``RequestLabeller.resolved``
+KNOWN_REQUEST = ((ROUTE_ENVIRON_KEY, ERROR_ENVIRON_KEY, starlette.MOUNT_ROOT),
+                 starlette.ROUTER, starlette.ROUTE, starlette.TEMPLATE_ATTR,
+                 KEY_BY_PATH, KEY_BY_TEMPLATE)
 
 
 class ASGIMetrics:
@@ -113,7 +121,7 @@ def instrument(app: Callable, labeller: RequestLabeller,
     if native is None:
         return metrics
     return native.MeteredApp(app, metrics.record, labeller.resolved, labeller.recorder.add,
-                             GONE, metrics.gauges, metrics.in_flight)
+                             GONE, metrics.gauges, metrics.in_flight, KNOWN_REQUEST)
 
 
 def _file_size(path: Optional[str]) -> int:

@@ -16,6 +16,11 @@ from ..routes import UNMATCHED, RouteTable, method_label, status_label
 COUNTED = "_gunicorn_prometheus_counted"
 #: requests remembered by (method, path or template, status) before starting afresh
 _RESOLVED_LIMIT = 8192
+#: the two layouts of a request key in ``resolved``, as positions in (method, path,
+#: status, template): without a framework's template, and with one. ``record`` builds its
+#: keys so; the compiled ASGI wrapper is handed these and builds the same keys.
+KEY_BY_PATH = (0, 1, 2)
+KEY_BY_TEMPLATE = (0, 2, 3)
 
 
 class RequestLabeller:
@@ -37,11 +42,11 @@ class RequestLabeller:
         matched route, else ``path`` is normalised; ``error_type`` counts one failed
         request. A request like an earlier one is one dict lookup and the stores."""
         if not template:
-            key = (method, path, code)
+            key = (method, path, code)  # KEY_BY_PATH
         else:
             if template.__class__ is not str:  # an app's own object: its text (hashable)
                 template = str(template)
-            key = (method, code, template)
+            key = (method, code, template)  # KEY_BY_TEMPLATE
         series = self.resolved.get(key)
         if series is None or error_type is not None:
             series = self._resolve(key, method, path, code, template, error_type)
