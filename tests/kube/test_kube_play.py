@@ -8,6 +8,7 @@ assertion reads the exporter container's /metrics, or inspects the containers po
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 from typing import Iterator, Optional
@@ -212,11 +213,22 @@ def test_sidecar_liveness_probe_passes(runtime: Runtime, sidecar: Topology, name
 
 
 def _workers(runtime: Runtime, ctr: str) -> set[int]:
+    """PIDs of the gunicorn workers alive in the app container: the children of the master
+    that gunicorn logged booting (the master has another child, the plugin's metrics process)."""
     rows = [line.split() for line in
             runtime.run("top", ctr, "pid", "ppid").stdout.splitlines()[1:] if line.strip()]
     master = [int(pid) for pid, ppid in rows if ppid == "0"]
     assert len(master) == 1, rows
-    return {int(pid) for pid, ppid in rows if int(ppid) == master[0]}
+    children = {int(pid) for pid, ppid in rows if int(ppid) == master[0]}
+    booted = {int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)", runtime.logs(ctr))}
+    return children & booted
+
+
+def _killed(topology: Topology) -> float:
+    """Worker restarts the exporter serves with reason killed, by how the worker ended."""
+    series = topology.scrape().series("gunicorn_worker_restart_count_total")
+    return sum(v for labels, v in series.items()
+               if dict(labels)["reason"] == "killed" and dict(labels)["restart_type"] == "SIGKILL")
 
 
 def _restart_exporter(runtime: Runtime, topology: Topology) -> None:
@@ -243,11 +255,14 @@ def test_sidecar_sigkilled_worker_and_restarted_exporter_lose_nothing(
     assert len(after - before) == 1
     sidecar.send()
     sidecar.assert_counted_exactly()
+    # the master saw it: one restart with reason killed, by SIGKILL
+    until(lambda: _killed(sidecar) == 1, timeout=10, interval=0.2, message="restart counted")
 
     _restart_exporter(runtime, sidecar)
     sidecar.assert_counted_exactly(timeout=1)
     sidecar.send()
     sidecar.assert_counted_exactly()
+    assert _killed(sidecar) == 1
 
 
 # -- daemonset ---------------------------------------------------------------------------------
