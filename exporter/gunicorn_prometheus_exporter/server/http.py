@@ -3,18 +3,21 @@ text by ``Accept``, gzip by ``Accept-Encoding``), a landing page at ``/``, ``/-/
 and ``/-/ready``, with
 optional TLS and basic auth.
 
-It is hardened for being exposed: a bounded number of connections (and so of threads) at
-once; when all are taken, a new connection closes the one that has waited longest on its
-client (idle, trickling its headers or not reading its answer), as mature servers do, so
-hostile clients cannot keep a scraper out; a socket timeout and a header deadline; TLS
-handshakes in the connection's thread rather than the accept loop; and every failure of one
-connection logged and contained."""
+It is hardened for being exposed. The accept loop holds each new connection in a waiting
+room (waiting.py) until its request head is in, so idle and trickling clients cost no
+thread; a bounded number of connections with a request to serve get a thread each, and when
+all are taken the one that has waited longest on its client (idle between keep-alive
+requests, or not reading its answer) is closed for the next, as mature servers do, so
+hostile clients cannot keep a scraper out. A socket timeout, a header deadline and a send
+deadline; TLS handshakes in the connection's thread rather than the accept loop; and every
+failure of one connection logged and contained."""
 from __future__ import annotations
 
 import fcntl
 import gzip
 import io
 import os
+import selectors
 import socket
 import ssl
 import struct
@@ -24,25 +27,29 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Optional, Set, Tuple
 
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
 from ..version import __version__
 from . import protobuf
+from .waiting import Arrival, WaitingRoom
 from .webconfig import BasicAuth, WebConfig
 
-#: Connections served at once (one thread each). A connection beyond it closes the one that
-#: has waited longest on its client, or is refused when every connection is being answered.
+#: Connections served at once (one thread each), and connections held waiting for their
+#: request head (no thread): beyond it, a newcomer closes the one that has waited longest.
 MAX_CONNECTIONS = 32
-#: How long the accept loop waits for a slot for a new connection (for a connection it
-#: closed to end, or for one that can be closed) before refusing it.
-EVICT_WAIT = 1.0
+#: New connections accepted per turn of the accept loop, so that the connections already
+#: held are read between bursts of a flood.
+ACCEPT_BATCH = 16
 #: A connection whose client leaves this many bytes of answers unread (it pipelines
 #: scrapes and does not read them) is the first closed when a newcomer needs its slot.
 UNREAD_ANSWERS = 256 * 1024
 SOCKET_TIMEOUT = 30.0
+#: The longest one write of an answer may take (Python bounds a whole sendall by the
+#: socket's timeout): a client that reads too slowly is cut after it.
+SEND_TIMEOUT = 10.0
 #: From accepting a connection (or finishing a request on it) to the end of the next request's
 #: headers, TLS handshake included: a client that trickles bytes or idles holds a slot no
 #: longer than this, whatever SOCKET_TIMEOUT allows for each single read.
@@ -100,20 +107,117 @@ class MetricsServer(ThreadingHTTPServer):
         self.auth = BasicAuth(web.users)
         self.headers = web.headers
         self.tls = web.tls_context()
-        self._open = 0  # connections accepted and not yet closed (each holds a thread)
+        self._open = 0  # connections handed to a thread and not yet closed
         self._slots = threading.Condition()  # notified whenever a connection closes
-        #: file descriptor -> the current request of each connection: since when, its
-        #: header deadline (until the headers are in), whether its thread waits on the client
+        #: file descriptor -> the current request of each connection in a thread: since
+        #: when, its header deadline (until the headers are in), whether its thread waits
+        #: on the client
         self._waits: Dict[int, _Wait] = {}
         self._waits_lock = threading.Lock()
+        self._cutting: Set[int] = set()  # connections cut whose thread has not ended yet
+        self._heads: Dict[int, bytes] = {}  # what the accept loop read of each request
         self._turned_away = {"refused": 0, "closed": 0}
         self._turned_away_logged = -REFUSED_LOG_INTERVAL
+        self._last_client: Any = ("",)
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._stopped.set()
+        self._wake_loop, self._waker = socket.socketpair()
+        for end in (self._wake_loop, self._waker):
+            end.setblocking(False)
         super().__init__(sock.getsockname()[:2], MetricsHandler, bind_and_activate=False)
         self.socket.close()
         self.socket = sock
         self.address_family = sock.family
         self.server_address = sock.getsockname()[:2]
         self.server_name, self.server_port = self.server_address
+
+    # -- the accept loop ---------------------------------------------------------------------
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Accept connections into the waiting room, hand those whose request is in to a
+        thread each (closing one that waits on its client when all are taken), and end
+        connections past their header deadline, until ``shutdown``. The listening socket is
+        non-blocking: a process sharing it (across a USR2 upgrade) may take a connection
+        first."""
+        self._stopped.clear()
+        self.socket.setblocking(False)
+        with selectors.DefaultSelector() as selector:
+            room = WaitingRoom(selector, MAX_CONNECTIONS, HEADER_TIMEOUT, self.tls is not None)
+            selector.register(self.socket, selectors.EVENT_READ)
+            selector.register(self._wake_loop, selectors.EVENT_READ)
+            try:
+                while not self._stopping.is_set():
+                    self._turn(selector, room, poll_interval)
+            finally:
+                room.close()
+                self._stopped.set()
+
+    def _turn(self, selector: selectors.BaseSelector, room: WaitingRoom,
+              poll_interval: float) -> None:
+        now = time.monotonic()
+        deadline = room.next_deadline()
+        timeout = poll_interval if deadline is None else max(0.0, min(poll_interval,
+                                                                     deadline - now))
+        for key, _ in selector.select(timeout):
+            if key.fileobj is self.socket:
+                self._accept(room)
+            elif key.fileobj is self._wake_loop:
+                _drain(self._wake_loop)
+            else:
+                self._turn_away(*room.readable(key.data))
+        self._dispatch(room)
+        room.expire(time.monotonic())
+        self.service_actions()
+
+    def _accept(self, room: WaitingRoom) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, address = self.socket.accept()
+            except OSError:  # none left (or taken by a process sharing the socket)
+                return
+            self._last_client = address
+            self._turn_away(*room.admit(sock, address, time.monotonic()))
+
+    def _dispatch(self, room: WaitingRoom) -> None:
+        """Hand each connection whose request is in to a thread of its own while fewer
+        than MAX_CONNECTIONS are taken; when all are, close connections waiting on their
+        client (one for each connection waiting for a thread, counting those already
+        closing), and leave the rest for when a thread ends."""
+        while room.ready_count():
+            with self._slots:
+                full = self._open >= MAX_CONNECTIONS
+                if not full:
+                    self._open += 1
+            if not full:
+                self._start(room.next_ready())
+                continue
+            with self._waits_lock:
+                wanted = room.ready_count() - len(self._cutting)
+            while wanted > 0 and self._close_longest_waiting():
+                wanted -= 1
+            return
+
+    def _start(self, arrival: Arrival) -> None:
+        if arrival.head:
+            self._heads[arrival.sock.fileno()] = bytes(arrival.head)
+        try:
+            super().process_request(arrival.sock, arrival.address)
+        except Exception:  # no thread could start: the connection is closed, not leaked
+            self._heads.pop(arrival.sock.fileno(), None)
+            self._closed()
+            self.shutdown_request(arrival.sock)
+            self.log.exception("metrics server: serving %s failed", arrival.address[0])
+
+    def shutdown(self) -> None:
+        """Stop the accept loop (the connections it holds are closed) and wait for it."""
+        self._stopping.set()
+        self._wake()
+        self._stopped.wait()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._wake_loop.close()
+        self._waker.close()
 
     def stop(self, grace: float) -> None:
         """Stop accepting, then let the connections already accepted finish (at most
@@ -124,41 +228,17 @@ class MetricsServer(ThreadingHTTPServer):
         with self._slots:
             self._slots.wait_for(lambda: self._open == 0, timeout=grace)
 
+    def _wake(self) -> None:
+        try:
+            self._waker.send(b"\0")
+        except OSError:  # already awake (the pipe is full), or closed
+            pass
+
     def _closed(self) -> None:
         with self._slots:
             self._open -= 1
             self._slots.notify_all()
-
-    # -- connection slots ------------------------------------------------------------------------
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._take_slot(client_address):
-            self.shutdown_request(request)
-            self._turn_away("refused", client_address)
-            return
-        try:
-            super().process_request(request, client_address)
-        except Exception:
-            self._closed()
-            raise
-
-    def _take_slot(self, client_address: Any) -> bool:
-        """A slot for a new connection: a free one, or the one of a connection closed for
-        it (see _close_longest_waiting). False when none frees within EVICT_WAIT (every
-        connection is being answered)."""
-        deadline = time.monotonic() + EVICT_WAIT
-        closed = False
-        with self._slots:
-            while self._open >= MAX_CONNECTIONS:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                if not closed:
-                    closed = self._close_longest_waiting()
-                self._slots.wait(min(remaining, 0.05))
-            self._open += 1
-        if closed:
-            self._turn_away("closed", client_address)
-        return True
+        self._wake()  # a thread is free for a connection waiting for one
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
@@ -166,14 +246,19 @@ class MetricsServer(ThreadingHTTPServer):
         finally:
             self._closed()
 
-    def _turn_away(self, how: str, client_address: Any) -> None:
-        self._turned_away[how] += 1
+    def _turn_away(self, closed: int, refused: int) -> None:
+        """Count connections closed to make room (the longest waiting) and refused (their
+        request was in, but no thread freed before the waiting room overflowed)."""
+        if not closed and not refused:
+            return
+        self._turned_away["closed"] += closed
+        self._turned_away["refused"] += refused
         now = time.monotonic()
         if now - self._turned_away_logged >= REFUSED_LOG_INTERVAL:
             self.log.warning("metrics server: %d connections open; closed %d that waited "
                              "longest on their client and refused %d connection(s), the "
                              "last from %s", MAX_CONNECTIONS, self._turned_away["closed"],
-                             self._turned_away["refused"], client_address[0])
+                             self._turned_away["refused"], self._last_client[0])
             self._turned_away = {"refused": 0, "closed": 0}
             self._turned_away_logged = now
 
@@ -195,6 +280,10 @@ class MetricsServer(ThreadingHTTPServer):
                 self.shutdown_request(tls)
         finally:
             self.forget(fd)  # before the socket is closed: its number may be reused
+
+    def take_head(self, fd: int) -> bytes:
+        """What the accept loop read of the connection's first request."""
+        return self._heads.pop(fd, b"")
 
     # -- connections waiting on their client -------------------------------------------------------
     def arm(self, fd: int, blocked: bool = False) -> None:
@@ -221,6 +310,7 @@ class MetricsServer(ThreadingHTTPServer):
     def forget(self, fd: int) -> None:
         with self._waits_lock:
             self._waits.pop(fd, None)
+            self._cutting.discard(fd)
 
     def service_actions(self) -> None:
         """Called by serve_forever every poll interval: end connections past their header
@@ -256,6 +346,7 @@ class MetricsServer(ThreadingHTTPServer):
         thread closes it, and the lock keeps it from being closed (and its number reused)
         while we act on it."""
         del self._waits[fd]
+        self._cutting.add(fd)
         try:
             with socket.socket(fileno=os.dup(fd)) as conn:
                 conn.shutdown(socket.SHUT_RDWR)
@@ -281,14 +372,21 @@ class _Wait:
 
 
 class _WatchedReads(socket.SocketIO):
-    """A connection's raw reads, reported to the server as blocking on the client."""
+    """A connection's raw reads, reported to the server as blocking on the client; first
+    what the accept loop already read (``head``)."""
 
-    def __init__(self, sock: socket.socket, server: "MetricsServer") -> None:
+    def __init__(self, sock: socket.socket, server: "MetricsServer", head: bytes) -> None:
         super().__init__(sock, "rb")
         self._fd = sock.fileno()
         self._server = server
+        self._head = memoryview(head)
 
     def readinto(self, b: Any) -> Optional[int]:
+        if self._head:
+            n = min(len(b), len(self._head))
+            b[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
         self._server.blocked(self._fd, True)
         try:
             return super().readinto(b)
@@ -297,7 +395,8 @@ class _WatchedReads(socket.SocketIO):
 
 
 class _WatchedWriter(io.BufferedIOBase):
-    """A connection's writes (unbuffered, like http.server's own), reported likewise."""
+    """A connection's writes (unbuffered, like http.server's own), reported likewise, each
+    bounded by SEND_TIMEOUT."""
 
     def __init__(self, sock: socket.socket, server: "MetricsServer") -> None:
         self._sock = sock
@@ -309,12 +408,23 @@ class _WatchedWriter(io.BufferedIOBase):
 
     def write(self, b: Any) -> int:
         self._server.blocked(self._fd, True)
+        self._sock.settimeout(SEND_TIMEOUT)
         try:
             self._sock.sendall(b)
         finally:
+            self._sock.settimeout(SOCKET_TIMEOUT)
             self._server.blocked(self._fd, False)
         with memoryview(b) as view:
             return view.nbytes
+
+
+def _drain(sock: socket.socket) -> None:
+    """Empty a non-blocking socket of what has been sent to it."""
+    try:
+        while sock.recv(4096):
+            pass
+    except OSError:
+        pass
 
 
 def _unread(fd: int) -> int:
@@ -350,7 +460,8 @@ class MetricsHandler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.rfile.close()  # replaced by buffered reads the server can watch
-        self.rfile = io.BufferedReader(_WatchedReads(self.connection, self.server))
+        head = self.server.take_head(self.connection.fileno())
+        self.rfile = io.BufferedReader(_WatchedReads(self.connection, self.server, head))
         self.wfile = _WatchedWriter(self.connection, self.server)
 
     def handle_one_request(self) -> None:
