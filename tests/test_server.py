@@ -27,6 +27,7 @@ from support.wait import until
 TEXT = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 MAX_CONNECTIONS = 32  # server.http.MAX_CONNECTIONS, the documented limit
+MAX_WAITING = 512  # server.http.MAX_WAITING: connections held waiting for their request
 
 
 def get(port: int, path: str = "/metrics", headers: Optional[dict] = None,
@@ -283,13 +284,13 @@ def test_tls_client_hello_to_plain_server(plain):
 
 
 def test_more_connections_than_the_limit_close_the_longest_waiting(plain):
-    """Beyond MAX_CONNECTIONS, each newcomer takes the slot of the connection that has
+    """Beyond MAX_WAITING, each newcomer takes the slot of the connection that has
     waited longest on its client: the first ``extra`` idle ones are closed, the newest
-    MAX_CONNECTIONS are held, and a scrape still gets in at once."""
+    MAX_WAITING are held, and a scrape still gets in at once."""
     pid = plain.monitor_pid()
     extra = 8
     socks = []
-    for _ in range(MAX_CONNECTIONS + extra):
+    for _ in range(MAX_WAITING + extra):
         socks.append(socket.create_connection(("127.0.0.1", plain.metrics_port), timeout=5))
         time.sleep(0.01)  # the clients' own pace: a distinct age for each connection
 
@@ -319,9 +320,9 @@ def test_more_connections_than_the_limit_close_the_longest_waiting(plain):
             s.close()
     _still_serving(plain, pid)
     # a flood is one log line, not one per connection
-    lines = [line for line in plain.output().splitlines() if "connections open" in line]
+    lines = [line for line in plain.output().splitlines() if "connections waiting" in line]
     assert len(lines) == 1, lines
-    assert lines[0].endswith(f"[WARNING] metrics server: {MAX_CONNECTIONS} connections open; "
+    assert lines[0].endswith(f"[WARNING] metrics server: {MAX_WAITING} connections waiting; "
                              "closed 1 that waited longest on their client and refused 0 "
                              "connection(s), the last from 127.0.0.1")
 

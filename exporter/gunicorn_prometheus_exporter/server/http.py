@@ -17,6 +17,7 @@ import fcntl
 import gzip
 import io
 import os
+import resource
 import selectors
 import socket
 import ssl
@@ -37,9 +38,13 @@ from . import protobuf
 from .waiting import Arrival, WaitingRoom
 from .webconfig import BasicAuth, WebConfig
 
-#: Connections served at once (one thread each), and connections held waiting for their
-#: request head (no thread): beyond it, a newcomer closes the one that has waited longest.
+#: Connections served at once (one thread each): when all are taken and more have their
+#: request in, the one that has waited longest on its client is closed.
 MAX_CONNECTIONS = 32
+#: Connections held waiting for their request head or for a thread (no thread each, a file
+#: descriptor and a small buffer): beyond it, a newcomer closes the one that has waited
+#: longest. At most half the process's file descriptor limit.
+MAX_WAITING = 512
 #: New connections accepted per turn of the accept loop, so that the connections already
 #: held are read between bursts of a flood.
 ACCEPT_BATCH = 16
@@ -119,6 +124,7 @@ class MetricsServer(ThreadingHTTPServer):
         self._turned_away = {"refused": 0, "closed": 0}
         self._turned_away_logged = -REFUSED_LOG_INTERVAL
         self._last_client: Any = ("",)
+        self._capacity = waiting_capacity()
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._stopped.set()
@@ -142,7 +148,8 @@ class MetricsServer(ThreadingHTTPServer):
         self._stopped.clear()
         self.socket.setblocking(False)
         with selectors.DefaultSelector() as selector:
-            room = WaitingRoom(selector, MAX_CONNECTIONS, HEADER_TIMEOUT, self.tls is not None)
+            room = WaitingRoom(selector, self._capacity, HEADER_TIMEOUT,
+                               self.tls is not None)
             selector.register(self.socket, selectors.EVENT_READ)
             selector.register(self._wake_loop, selectors.EVENT_READ)
             try:
@@ -164,7 +171,7 @@ class MetricsServer(ThreadingHTTPServer):
             elif key.fileobj is self._wake_loop:
                 _drain(self._wake_loop)
             else:
-                self._turn_away(*room.readable(key.data))
+                room.readable(key.data)
         self._dispatch(room)
         room.expire(time.monotonic())
         self.service_actions()
@@ -255,9 +262,9 @@ class MetricsServer(ThreadingHTTPServer):
         self._turned_away["refused"] += refused
         now = time.monotonic()
         if now - self._turned_away_logged >= REFUSED_LOG_INTERVAL:
-            self.log.warning("metrics server: %d connections open; closed %d that waited "
+            self.log.warning("metrics server: %d connections waiting; closed %d that waited "
                              "longest on their client and refused %d connection(s), the "
-                             "last from %s", MAX_CONNECTIONS, self._turned_away["closed"],
+                             "last from %s", self._capacity, self._turned_away["closed"],
                              self._turned_away["refused"], self._last_client[0])
             self._turned_away = {"refused": 0, "closed": 0}
             self._turned_away_logged = now
@@ -416,6 +423,13 @@ class _WatchedWriter(io.BufferedIOBase):
             self._server.blocked(self._fd, False)
         with memoryview(b) as view:
             return view.nbytes
+
+
+def waiting_capacity() -> int:
+    """MAX_WAITING, or half the file descriptors this process may open if that is less
+    (accepting must never fail for want of one)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return MAX_WAITING if soft == resource.RLIM_INFINITY else min(MAX_WAITING, soft // 2)
 
 
 def _drain(sock: socket.socket) -> None:

@@ -8,9 +8,11 @@ headers (slowloris) holds a file descriptor and a small buffer, never a thread. 
 bytes are encrypted: a connection is ready as soon as its client has sent anything (the
 handshake then runs in the connection's thread, under the header deadline).
 
-The room is bounded: a newcomer beyond ``capacity`` closes the connection that has waited
+The room is bounded: a newcomer beyond its capacity closes the connection that has waited
 longest (unless what it has sent completes its request), and every connection that has not
-sent its head by the header deadline is closed."""
+sent its head by the header deadline is closed. A connection in the room costs a file
+descriptor and at most HEAD_LIMIT bytes, so the room holds many more connections than there
+are threads: a flood of idle clients is held, not churned."""
 from __future__ import annotations
 
 import selectors
@@ -47,8 +49,8 @@ def head_complete(head: bytearray) -> bool:
 
 class WaitingRoom:
     """Connections waiting for their request head (``waiting``, oldest first) and those
-    whose head is in, waiting for a thread (``ready``, first come first served). Both are
-    bounded by ``capacity``. Not thread-safe: the accept loop alone uses it."""
+    whose head is in, waiting for a thread (``ready``, first come first served), at most
+    ``capacity`` in all. Not thread-safe: the accept loop alone uses it."""
 
     def __init__(self, selector: selectors.BaseSelector, capacity: int,
                  header_timeout: float, tls: bool) -> None:
@@ -60,9 +62,9 @@ class WaitingRoom:
         self._ready: Deque[Arrival] = deque()
 
     def admit(self, sock: socket.socket, address: Any, now: float) -> Tuple[int, int]:
-        """Take a new connection; how many connections were closed to make room for it
-        (the longest waiting), and how many ready ones were closed (refused) because more
-        than ``capacity`` wait for a thread."""
+        """Take a new connection; how many connections were closed to make room for it:
+        waiting ones (the longest waiting first), and ready ones (refused: the room holds
+        nothing but connections waiting for a thread)."""
         sock.setblocking(False)
         arrival = Arrival(sock, address, now + self._header_timeout)
         state = self._receive(arrival)
@@ -71,27 +73,21 @@ class WaitingRoom:
             return 0, 0
         if state is _READY:
             self._make_ready(arrival)
-            return 0, self._trim_ready()
-        closed = 0
-        while len(self._waiting) >= self._capacity:
-            closed += self._close_oldest_waiting()
-        self._waiting[sock.fileno()] = arrival
-        self._selector.register(sock, selectors.EVENT_READ, arrival)
-        return closed, self._trim_ready()
+        else:
+            self._waiting[sock.fileno()] = arrival
+            self._selector.register(sock, selectors.EVENT_READ, arrival)
+        return self._make_room()
 
-    def readable(self, arrival: Arrival) -> Tuple[int, int]:
-        """The selector reports bytes (or an end) on a waiting connection; as ``admit``,
-        the connections closed and refused for lack of room."""
+    def readable(self, arrival: Arrival) -> None:
+        """The selector reports bytes (or an end) on a waiting connection."""
         if self._waiting.get(arrival.sock.fileno()) is not arrival:
-            return 0, 0  # closed earlier in this turn of the loop (its event was stale)
+            return  # closed earlier in this turn of the loop (its event was stale)
         state = self._receive(arrival)
         if state is _GONE:
             self._drop(arrival)
         elif state is _READY:
             self._drop(arrival, close=False)
             self._make_ready(arrival)
-            return 0, self._trim_ready()
-        return 0, 0
 
     def next_ready(self) -> Optional[Arrival]:
         return self._ready.popleft() if self._ready else None
@@ -141,13 +137,17 @@ class WaitingRoom:
         arrival.sock.setblocking(True)
         self._ready.append(arrival)
 
-    def _trim_ready(self) -> int:
-        """Close the longest-ready connections beyond capacity; how many."""
-        closed = 0
-        while len(self._ready) > self._capacity:
-            self._close(self._ready.popleft())
-            closed += 1
-        return closed
+    def _make_room(self) -> Tuple[int, int]:
+        """Close connections beyond capacity: the longest waiting first, else (all have
+        their request in) the longest ready; how many of each."""
+        closed = refused = 0
+        while len(self._waiting) + len(self._ready) > self._capacity:
+            if self._waiting:
+                closed += self._close_oldest_waiting()
+            else:
+                self._close(self._ready.popleft())
+                refused += 1
+        return closed, refused
 
     def _close_oldest_waiting(self) -> int:
         """Close the connection that has waited longest, unless what it has sent meanwhile
