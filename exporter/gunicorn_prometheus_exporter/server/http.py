@@ -28,7 +28,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Callable, Dict, Iterable, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
@@ -48,9 +48,9 @@ MAX_WAITING = 512
 #: New connections accepted per turn of the accept loop, so that the connections already
 #: held are read between bursts of a flood.
 ACCEPT_BATCH = 16
-#: A connection whose client leaves this many bytes of answers unread (it pipelines
-#: scrapes and does not read them) is the first closed when a newcomer needs its slot.
-UNREAD_ANSWERS = 256 * 1024
+#: How often the accept loop looks for a thread that has ended while connections wait for
+#: one (a thread wakes the loop when it closes its connection, just before it ends).
+THREAD_END_POLL = 0.01
 SOCKET_TIMEOUT = 30.0
 #: The longest one write of an answer may take (Python bounds a whole sendall by the
 #: socket's timeout): a client that reads too slowly is cut after it.
@@ -59,6 +59,11 @@ SEND_TIMEOUT = 10.0
 #: headers, TLS handshake included: a client that trickles bytes or idles holds a slot no
 #: longer than this, whatever SOCKET_TIMEOUT allows for each single read.
 HEADER_TIMEOUT = 15.0
+#: Bytes of answers a connection may leave waiting for its client's window (Linux
+#: TCP_NOTSENT_LOWAT) before its writes block.
+NOT_SENT_LIMIT = 16 * 1024
+TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux's number
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets
 #: Refused and closed connections are logged at most once per this many seconds (a flood is
 #: one line).
 REFUSED_LOG_INTERVAL = 10.0
@@ -120,7 +125,8 @@ class MetricsServer(ThreadingHTTPServer):
         self._waits: Dict[int, _Wait] = {}
         self._waits_lock = threading.Lock()
         self._cutting: Set[int] = set()  # connections cut whose thread has not ended yet
-        self._heads: Dict[int, bytes] = {}  # what the accept loop read of each request
+        self._heads: Dict[int, bytes] = {}
+        self._threads: List[threading.Thread] = []  # threads serving connections  # what the accept loop read of each request
         self._turned_away = {"refused": 0, "closed": 0}
         self._turned_away_logged = -REFUSED_LOG_INTERVAL
         self._last_client: Any = ("",)
@@ -163,6 +169,8 @@ class MetricsServer(ThreadingHTTPServer):
               poll_interval: float) -> None:
         now = time.monotonic()
         deadline = room.next_deadline()
+        if room.ready_count():  # waiting for a thread to end: it wakes us, or may not yet
+            poll_interval = min(poll_interval, THREAD_END_POLL)
         timeout = poll_interval if deadline is None else max(0.0, min(poll_interval,
                                                                      deadline - now))
         for key, _ in selector.select(timeout):
@@ -190,9 +198,11 @@ class MetricsServer(ThreadingHTTPServer):
         than MAX_CONNECTIONS are taken; when all are, close connections waiting on their
         client (one for each connection waiting for a thread, counting those already
         closing), and leave the rest for when a thread ends."""
+        self._threads = [thread for thread in self._threads if thread.is_alive()]
         while room.ready_count():
             with self._slots:
-                full = self._open >= MAX_CONNECTIONS
+                # a thread counts until it has really ended, not only closed its connection
+                full = max(self._open, len(self._threads)) >= MAX_CONNECTIONS
                 if not full:
                     self._open += 1
             if not full:
@@ -207,8 +217,11 @@ class MetricsServer(ThreadingHTTPServer):
     def _start(self, arrival: Arrival) -> None:
         if arrival.head:
             self._heads[arrival.sock.fileno()] = bytes(arrival.head)
+        thread = threading.Thread(target=self.process_request_thread,
+                                  args=(arrival.sock, arrival.address), daemon=True)
         try:
-            super().process_request(arrival.sock, arrival.address)
+            thread.start()
+            self._threads.append(thread)
         except Exception:  # no thread could start: the connection is closed, not leaked
             self._heads.pop(arrival.sock.fileno(), None)
             self._closed()
@@ -271,6 +284,7 @@ class MetricsServer(ThreadingHTTPServer):
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         request.settimeout(SOCKET_TIMEOUT)
+        _limit_unsent(request)
         fd = request.fileno()
         self.arm(fd, blocked=self.tls is not None)  # a TLS handshake waits on the client
         try:
@@ -298,18 +312,20 @@ class MetricsServer(ThreadingHTTPServer):
         deadline. Its entry stays until the connection ends (``forget``)."""
         now = time.monotonic()
         with self._waits_lock:
-            self._waits[fd] = _Wait(now, now + HEADER_TIMEOUT, blocked)
+            self._waits[fd] = _Wait(now, now + HEADER_TIMEOUT, blocked, False)
 
     def headers_in(self, fd: int) -> None:
-        """The request's headers are in: the deadline is met."""
+        """The request's headers are in: the deadline is met. If the client has not taken
+        the answers sent before (it pipelines requests it does not read), it lags."""
         wait = self._waits.get(fd)
         if wait is not None:
             wait.deadline = None
+            wait.lagging = _unsent(fd) > 0
 
     def blocked(self, fd: int, blocked: bool) -> None:
-        """The connection's thread enters (True) or leaves (False) a read or write of its
-        socket: only a thread blocked on its client is worth closing for a newcomer, not
-        one about to parse a request that has arrived or waiting for the interpreter."""
+        """The connection's thread enters (True) or leaves (False) a read of its socket:
+        only a thread blocked on its client is worth closing for a newcomer, not one about
+        to parse a request that has arrived or waiting for the interpreter."""
         wait = self._waits.get(fd)
         if wait is not None:
             wait.blocked = blocked
@@ -330,15 +346,15 @@ class MetricsServer(ThreadingHTTPServer):
                 self._cut(fd)
 
     def _close_longest_waiting(self) -> bool:
-        """Close a connection whose client holds it without use: first one that leaves
-        UNREAD_ANSWERS of answers unread (pipelining scrapes it does not read), else the one
-        that has waited longest on its client of those whose thread is blocked on it,
-        passing over those waiting for headers that have already arrived (a scraper's
-        request, about to be read). False if there is none."""
+        """Close a connection whose client holds it without use: first one whose client
+        sent a request before taking the answers to its earlier ones (pipelining scrapes it
+        does not read), else the one that has waited longest on its client of those whose
+        thread is blocked on it, passing over those waiting for headers that have already
+        arrived (a scraper's request, about to be read). False if there is none."""
         with self._waits_lock:
             candidates = []
             for fd, wait in self._waits.items():
-                if _unsent(fd) >= UNREAD_ANSWERS:
+                if wait.lagging:
                     candidates.append((0, wait.since, fd))
                 elif wait.blocked and not (wait.deadline is not None and _unread(fd)):
                     candidates.append((1, wait.since, fd))
@@ -351,11 +367,15 @@ class MetricsServer(ThreadingHTTPServer):
         """End a waiting connection (the caller holds the lock). shutdown() wakes the thread
         blocked on it (it reads EOF, or its write fails); the socket stays open until that
         thread closes it, and the lock keeps it from being closed (and its number reused)
-        while we act on it."""
-        del self._waits[fd]
+        while we act on it. A connection whose client does not take its answers is reset
+        when closed (as nginx's reset_timedout_connection): its unsent bytes are dropped at
+        once rather than kept by the kernel, and the client learns it was closed."""
+        wait = self._waits.pop(fd)
         self._cutting.add(fd)
         try:
             with socket.socket(fileno=os.dup(fd)) as conn:
+                if wait.lagging:
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
                 conn.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
@@ -375,7 +395,8 @@ class MetricsServer(ThreadingHTTPServer):
 class _Wait:
     since: float  # monotonic time the request began (the connection, for its first)
     deadline: Optional[float]  # for the request's headers; None once they are in
-    blocked: bool  # the connection's thread is in a read or write of its socket
+    blocked: bool  # the connection's thread is in a read of its socket (or TLS handshake)
+    lagging: bool  # the request came before the client took the answers sent before it
 
 
 class _WatchedReads(socket.SocketIO):
@@ -401,28 +422,36 @@ class _WatchedReads(socket.SocketIO):
             self._server.blocked(self._fd, False)
 
 
-class _WatchedWriter(io.BufferedIOBase):
-    """A connection's writes (unbuffered, like http.server's own), reported likewise, each
-    bounded by SEND_TIMEOUT."""
+class _DeadlineWriter(io.BufferedIOBase):
+    """A connection's writes (unbuffered, like http.server's own), each bounded by
+    SEND_TIMEOUT. A thread writing is never closed for a newcomer (its answer would be
+    lost) unless its client lags (see MetricsServer.headers_in)."""
 
-    def __init__(self, sock: socket.socket, server: "MetricsServer") -> None:
+    def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
-        self._fd = sock.fileno()
-        self._server = server
 
     def writable(self) -> bool:
         return True
 
     def write(self, b: Any) -> int:
-        self._server.blocked(self._fd, True)
         self._sock.settimeout(SEND_TIMEOUT)
         try:
             self._sock.sendall(b)
         finally:
             self._sock.settimeout(SOCKET_TIMEOUT)
-            self._server.blocked(self._fd, False)
         with memoryview(b) as view:
             return view.nbytes
+
+
+def _limit_unsent(sock: socket.socket) -> None:
+    """Writes block once NOT_SENT_LIMIT bytes wait for the client's window (bytes in flight
+    do not count, so a client that reads gets the same throughput): a client that does not
+    read its answers blocks its thread at once, which makes it the one to close, instead of
+    having the kernel take dozens of pipelined answers, each rendered at a CPU cost."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, NOT_SENT_LIMIT)
+    except OSError:  # not TCP, or a kernel without it: the kernel's own buffer limits
+        pass
 
 
 def waiting_capacity() -> int:
@@ -476,7 +505,7 @@ class MetricsHandler(BaseHTTPRequestHandler):
         self.rfile.close()  # replaced by buffered reads the server can watch
         head = self.server.take_head(self.connection.fileno())
         self.rfile = io.BufferedReader(_WatchedReads(self.connection, self.server, head))
-        self.wfile = _WatchedWriter(self.connection, self.server)
+        self.wfile = _DeadlineWriter(self.connection)
 
     def handle_one_request(self) -> None:
         self.server.arm(self.connection.fileno())  # waiting for (the rest of) a request
