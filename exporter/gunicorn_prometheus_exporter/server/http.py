@@ -125,8 +125,8 @@ class MetricsServer(ThreadingHTTPServer):
         self._waits: Dict[int, _Wait] = {}
         self._waits_lock = threading.Lock()
         self._cutting: Set[int] = set()  # connections cut whose thread has not ended yet
-        self._heads: Dict[int, bytes] = {}
-        self._threads: List[threading.Thread] = []  # threads serving connections  # what the accept loop read of each request
+        self._heads: Dict[int, bytes] = {}  # what the accept loop read of each request
+        self._serving: List[threading.Thread] = []  # threads serving connections
         self._turned_away = {"refused": 0, "closed": 0}
         self._turned_away_logged = -REFUSED_LOG_INTERVAL
         self._last_client: Any = ("",)
@@ -198,11 +198,11 @@ class MetricsServer(ThreadingHTTPServer):
         than MAX_CONNECTIONS are taken; when all are, close connections waiting on their
         client (one for each connection waiting for a thread, counting those already
         closing), and leave the rest for when a thread ends."""
-        self._threads = [thread for thread in self._threads if thread.is_alive()]
+        self._serving = [thread for thread in self._serving if thread.is_alive()]
         while room.ready_count():
             with self._slots:
                 # a thread counts until it has really ended, not only closed its connection
-                full = max(self._open, len(self._threads)) >= MAX_CONNECTIONS
+                full = max(self._open, len(self._serving)) >= MAX_CONNECTIONS
                 if not full:
                     self._open += 1
             if not full:
@@ -221,7 +221,7 @@ class MetricsServer(ThreadingHTTPServer):
                                   args=(arrival.sock, arrival.address), daemon=True)
         try:
             thread.start()
-            self._threads.append(thread)
+            self._serving.append(thread)
         except Exception:  # no thread could start: the connection is closed, not leaked
             self._heads.pop(arrival.sock.fileno(), None)
             self._closed()
