@@ -192,6 +192,11 @@ class Instrumentation:
             code = None
         error_type = environ.get(ERROR_ENVIRON_KEY)  # a framework rendered it: counted once
         exc = current_exception()  # post_request runs in the finally of an escaping one
+        if exc.__class__ is StopIteration:
+            # the async workers' (gevent, eventlet) "close this connection", raised after
+            # the response; raised while handling the application's exception, that is
+            # its context
+            exc = exc.__context__
         if exc is not None:
             code, escaped = _escaped(exc, resp, code)
             error_type = error_type or escaped
