@@ -16,7 +16,8 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
-from support.procs import DEMO_APP, Process, _has_control_socket, free_port, gunicorn_bin
+from support.gunicorn_flags import control_socket_args
+from support.procs import DEMO_APP, Process, free_port, gunicorn_bin
 from support.scrape import Scrape, scrape
 from support.wait import until
 
@@ -146,9 +147,7 @@ class OriginalSetUp:
         (tmp / "gunicorn-prometheus-exporter.yml").write_text(yaml_text.format(
             metrics_port=self.metrics_port, multiproc_dir=self.directory, **paths))
         (tmp / "gunicorn.conf.py").write_text(OPTION_A_CONF.format(port=self.port))
-        args = [gunicorn_bin(), "-c", "gunicorn.conf.py"]
-        if _has_control_socket(None):
-            args += ["--control-socket", str(tmp / "ctl.sock")]
+        args = [gunicorn_bin(), "-c", "gunicorn.conf.py", *control_socket_args(str(tmp / "c.sock"))]
         self.process = Process(args + [DEMO_APP], _clean_env(), cwd=str(tmp))
 
     def get(self, path: str) -> int:

@@ -9,7 +9,6 @@ is a no-op otherwise, so a missing environment is built, never skipped."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import urllib.request
 import uuid
@@ -19,6 +18,7 @@ from typing import Dict, List, Optional, Tuple
 import pytest
 
 from support.procs import REPO, Process, free_port
+from support.redis import RedisServer, redis_env
 from support.scrape import scrape
 from support.wait import until
 
@@ -113,21 +113,13 @@ def test_extra_installs_alone_and_its_workers_count(tmp_path, name):
     assert set(needs) <= set(have), (name, sorted(have))
     if name in ("eventlet", "async"):
         assert int(have["gunicorn"].split(".")[0]) < 26  # the eventlet worker's gunicorn
-    redis: Optional[Process] = None
-    env: Dict[str, str] = {}
-    if "redis" in needs:
-        server = shutil.which("redis-server")
-        assert server, "redis-server is not installed (make system-deps installs it)"
-        redis_port = free_port()
-        redis = Process([server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save",
-                         "", "--appendonly", "no", "--dir", str(tmp_path)], dict(os.environ))
+    redis = RedisServer(tmp_path) if "redis" in needs else None
     try:
         for cls, app in workers:
+            env = None
             if redis is not None and cls == "PrometheusWorker":
-                env = {"REDIS_ENABLED": "true", "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-                       "REDIS_KEY_PREFIX": "x" + uuid.uuid4().hex[:8],
-                       "REDIS_FLUSH_INTERVAL": "0.2"}
-            _boot_and_count(path, tmp_path, cls, app, env if cls == "PrometheusWorker" else None)
+                env = redis_env(redis, "x" + uuid.uuid4().hex[:8])
+            _boot_and_count(path, tmp_path, cls, app, env)
     finally:
         if redis is not None:
             redis.stop()
