@@ -103,6 +103,7 @@ def _boot_and_count(path: Path, tmp: Path, cls: str, app: str,
         g.stop()
 
 
+@pytest.mark.timeout(900)  # it may build its environment first
 @pytest.mark.parametrize("name", list(EXTRAS))
 def test_extra_installs_alone_and_its_workers_count(tmp_path, name):
     path = venv(name)
@@ -125,6 +126,7 @@ def test_extra_installs_alone_and_its_workers_count(tmp_path, name):
             redis.stop()
 
 
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("cls,extra,missing", [
     ("PrometheusGeventWorker", "gevent", "gevent"),
     ("PrometheusUvicornWorker", "asgi", "uvicorn_worker"),
