@@ -22,7 +22,7 @@ except (ImportError, RuntimeError) as exc:  # gunicorn's module raises RuntimeEr
         "PrometheusGeventWorker",
         f"PrometheusGeventWorker needs gevent ({exc}): {install_hint('gevent')}")
 else:
-    from .base import ConnectionsMixin
+    from .mixin import ConnectionsMixin
 
     class PrometheusGeventWorker(ConnectionsMixin, GeventWorker):  # type: ignore[no-redef]
         threaded = False
