@@ -42,7 +42,7 @@ class MasterRuntime:
 
         identity.route_prometheus_client(self.directory)
         self.claim = storage_dir.claim(self.directory, "m")
-        self.writer = Writer(ProcessStore(self.directory, self.claim.identity))
+        self.writer = Writer(ProcessStore(self.directory, self.claim.identity), log=log)
         self.witness = exits.ExitWitness()
         logcount.counter().use(self.writer, self.witness.observe_log)
         self.worker_claims: Dict[str, Claim] = {}

@@ -339,6 +339,7 @@ def _health_writer(directory: str) -> Any:
     if runtime is None:
         return None
     try:
-        return Writer(ProcessStore(directory, runtime.claim.identity + HEALTH_SUFFIX))
+        return Writer(ProcessStore(directory, runtime.claim.identity + HEALTH_SUFFIX),
+                      log=runtime.log)
     except OSError:
         return None

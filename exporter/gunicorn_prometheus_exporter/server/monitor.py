@@ -159,7 +159,7 @@ def _serve(sock: Optional[socket.socket], settings: Settings, web: webconfig.Web
     from ..recorder import Writer
     from ..storage.store import ProcessStore
 
-    writer = Writer(ProcessStore(directory, _identity(directory)), threaded=True)
+    writer = Writer(ProcessStore(directory, _identity(directory)), threaded=True, log=log)
     logcount.counter().use(writer)
     scheduler = Scheduler(background_tasks(settings, directory, log, listeners, writer), log)
     while os.getppid() == master:

@@ -25,6 +25,7 @@ from ..recorder import Recorder, Series
 from ..routes import (ROUTE_ENVIRON_KEY, UNMATCHED, RouteTable, method_label,
                       status_label)
 from ..sampler import ResourceSampler
+from ..storage.mmap_file import StorageFull
 from ..storage.store import ProcessStore
 
 BODY_METER_KEY = "gunicorn_prometheus_exporter.body_meter"
@@ -126,7 +127,8 @@ class Instrumentation:
         self.worker_id = claim.identity
         self.store = ProcessStore(runtime.directory, claim.identity)
         self.recorder = Recorder(self.store, settings.metrics.duration_buckets,
-                                 settings.metrics.size_buckets, threaded=worker.threaded)
+                                 settings.metrics.size_buckets, threaded=worker.threaded,
+                                 log=worker.log)
         # one request at a time per thread (sync; gevent and eventlet, whose recording
         # never switches): the hooks add to the in-flight gauge directly, no call
         self._gauges: Optional[memoryview] = None
@@ -240,12 +242,16 @@ class Instrumentation:
         until another response makes its route known."""
         method = method_label(method)
         status = status_label(code)
-        if template:
-            route = self.routes.template(template)  # record() made it a str
-        else:
-            route = self.routes.route(path or "/", status)
+        try:
+            if template:
+                route = self.routes.template(template)  # record() made it a str
+            else:
+                route = self.routes.route(path or "/", status)
+        except StorageFull as fault:  # the shared route table could not grow
+            self.recorder.unstored(fault)
+            return self.recorder.dropped
         series = self.recorder.series(method, route, status)
-        if route != UNMATCHED:
+        if route != UNMATCHED and series is not self.recorder.dropped:
             if len(self.resolved) >= _RESOLVED_LIMIT:
                 self.resolved.clear()
             self.resolved[key] = series
