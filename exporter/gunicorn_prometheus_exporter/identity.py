@@ -32,7 +32,10 @@ def route_prometheus_client(directory: str) -> None:
     """Point prometheus_client's multiprocess values at ``directory`` under our identity.
     Called before the application is imported (gunicorn loads the worker class first),
     so the order of imports in the user's code never matters."""
-    os.makedirs(directory, exist_ok=True)
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError:
+        pass  # the master's storage set-up says why, in one line, before any worker
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
     from prometheus_client import values
 

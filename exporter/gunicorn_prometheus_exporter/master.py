@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from . import config, exits, logcount, signals, speedups
 from . import metrics as catalogue
@@ -36,13 +36,11 @@ class MasterRuntime:
             log.error("%s", exc)
             raise SystemExit(1) from None
         self.directory = self.settings.multiproc_dir
-        if storage_dir.prepare(self.directory, self.settings.cleanup.db_files):
-            log.info("prometheus: emptied the multiprocess directory %s", self.directory)
-        from . import identity
-
-        identity.route_prometheus_client(self.directory)
-        self.claim = storage_dir.claim(self.directory, "m")
-        self.writer = Writer(ProcessStore(self.directory, self.claim.identity), log=log)
+        try:
+            self.claim, self.writer = self._open_storage(log)
+        except OSError as exc:
+            log.error("%s", storage_dir.unusable(self.directory, exc))
+            raise SystemExit(1) from None
         self.witness = exits.ExitWitness()
         logcount.counter().use(self.writer, self.witness.observe_log)
         self.worker_claims: Dict[str, Claim] = {}
@@ -50,6 +48,15 @@ class MasterRuntime:
         self.monitor: Optional[Any] = None
         self.arbiter: Optional[Any] = None
         self._signals_installed = False
+
+    def _open_storage(self, log: Any) -> Tuple[Claim, Writer]:
+        if storage_dir.prepare(self.directory, self.settings.cleanup.db_files):
+            log.info("prometheus: emptied the multiprocess directory %s", self.directory)
+        from . import identity
+
+        identity.route_prometheus_client(self.directory)
+        claim = storage_dir.claim(self.directory, "m")
+        return claim, Writer(ProcessStore(self.directory, claim.identity), log=log)
 
     # -- hooks ---------------------------------------------------------------------------------
     def when_ready(self, server: Any) -> None:

@@ -109,3 +109,71 @@ def test_full_directory_serves_every_request_and_records_again_when_space_return
         assert g.proc.poll() is None and g.worker_pids() == workers
         assert len(FULL_LINE.findall(g.output())) == len(lines)  # no further line
         g.stop()
+
+
+UNUSABLE = re.compile(r"prometheus: cannot use the multiprocess directory (\S+) "
+                      r"\(PROMETHEUS_MULTIPROC_DIR\): (.+); expected a directory that user "
+                      r"(\S+) \(uid \d+\) can create and write files in")
+
+
+def _start_up_refused(args, env, cwd: str, timeout: float = 30.0) -> str:
+    """Run gunicorn until it exits; its output (it must exit 1, quickly, without a
+    traceback)."""
+    started = time.monotonic()
+    done = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert time.monotonic() - started < timeout
+    assert "Traceback" not in output and "PermissionError" not in output, output
+    return output
+
+
+def _gunicorn_args(port: int) -> list:
+    return [gunicorn_bin(), "--bind", f"127.0.0.1:{port}", "--workers", "1",
+            "--no-control-socket", "--worker-class",
+            "gunicorn_prometheus_exporter.PrometheusWorker", "apps.routed:app"]
+
+
+def _env(directory: str) -> dict:
+    from support.ports import free_port
+
+    return {**os.environ, "PROMETHEUS_MULTIPROC_DIR": directory,
+            "PROMETHEUS_METRICS_PORT": str(free_port()), "PYTHONPATH": TESTS}
+
+
+def test_a_read_only_directory_stops_start_up_with_one_line():
+    from support.ports import free_port
+
+    with tmpfs.mounted("1m", "ro") as where:
+        for directory in (where, os.path.join(where, "mp")):  # existing, and to create
+            output = _start_up_refused(_gunicorn_args(free_port()), _env(directory),
+                                       cwd=TESTS)
+            lines = UNUSABLE.findall(output)
+            assert len(lines) == 1, output
+            assert lines[0][0] == directory and "Read-only file system" in lines[0][1]
+
+
+def test_a_directory_the_user_cannot_write_stops_start_up_with_one_line(tmp_path):
+    """As nobody (root ignores permissions), in a directory only root may write."""
+    from support.ports import free_port
+
+    if os.geteuid() != 0:
+        pytest.skip("switching to the user nobody needs root (CI runs as root)")
+    import tempfile
+
+    base = tempfile.mkdtemp(prefix="gpe-unwritable-")  # 0700 root: made readable below
+    try:
+        os.chmod(base, 0o755)
+        directory = os.path.join(base, "mp")
+        os.mkdir(directory, 0o755)
+        args = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                *_gunicorn_args(free_port())]
+        output = _start_up_refused(args, _env(directory), cwd=TESTS)
+        lines = UNUSABLE.findall(output)
+        assert len(lines) == 1, output
+        assert lines[0][0] == directory and lines[0][2] == "nobody"
+        assert "Permission denied" in lines[0][1]
+        assert os.listdir(directory) == []
+    finally:
+        subprocess.run(["rm", "-rf", base], timeout=30)

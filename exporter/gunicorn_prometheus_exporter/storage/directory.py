@@ -140,6 +140,24 @@ def db_files(directory: str) -> Iterator[Tuple[DbFile, int]]:
                     yield parsed, entry.inode()
 
 
+def unusable(directory: str, exc: OSError) -> str:
+    """The one line that says why a writer cannot use ``directory`` and what it needs."""
+    where = f" ({exc.filename})" if exc.filename and exc.filename != directory else ""
+    return (f"prometheus: cannot use the multiprocess directory {directory} "
+            f"(PROMETHEUS_MULTIPROC_DIR): {exc.strerror or exc}{where}; expected a "
+            f"directory that user {_user()} (uid {os.geteuid()}) can create and write "
+            f"files in, on a writable file system with free space")
+
+
+def _user() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):
+        return "?"
+
+
 def prepare(directory: str, cleanup: bool) -> bool:
     """Create the directory; when ``cleanup`` and no identity in it is live, empty it.
     Returns True when it was emptied. Never removes a live process's files (a USR2 upgrade
