@@ -23,7 +23,7 @@ from prometheus_client.samples import Sample
 
 from . import metrics as catalogue
 from .storage import directory as storage_dir
-from .storage.reader import FileReader
+from .storage.reader import FileReader, Unreadable
 from .version import __version__
 
 Labels = Tuple[Tuple[str, str], ...]
@@ -97,6 +97,12 @@ class Shard:
         self.targets: List[int] = []
         self.derived: List[Tuple[int, int]] = []  # (series, value position)
         self.series: set = set()  # every series this shard feeds
+        self.generation = 0  # of the keys ``targets`` number (FileReader.generation)
+
+    def renumber(self, generation: int) -> None:
+        """The file under this name is another file now: its keys are numbered anew."""
+        self.targets, self.derived, self.series = [], [], set()
+        self.generation = generation
 
 
 class Merger:
@@ -256,6 +262,7 @@ class DirectoryCollector(ReadStats):
         self._files: Dict[str, Tuple[Shard, FileReader]] = {}
         self._lock = threading.Lock()
         self._torn_reported: set = set()
+        self._refused: set = set()  # names that hold no regular file
 
     def read(self) -> List[Metric]:
         """Collect the directory into families (thread-safe; one read at a time)."""
@@ -289,15 +296,24 @@ class DirectoryCollector(ReadStats):
             shard, reader = entry
             if shard.live_only and not live.get(db.owner, False):
                 continue
-            values = reader.read(inode)
+            try:
+                values = reader.read(inode)
+            except Unreadable:
+                if db.path not in self._refused:  # counted once while it stays there
+                    self._refused.add(db.path)
+                    self.read_errors += 1
+                continue
             if values is None:
                 continue
+            if shard.generation != reader.generation:
+                shard.renumber(reader.generation)
             if reader.torn and db.path not in self._torn_reported:
                 self._torn_reported.add(db.path)
                 self.read_errors += 1
             out.append((shard, reader, values))
         for gone in set(self._files) - seen:
             self._files.pop(gone)[1].close()
+        self._refused &= seen
         return out
 
     def _read(self) -> List[Metric]:

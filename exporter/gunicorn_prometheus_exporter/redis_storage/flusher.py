@@ -67,7 +67,8 @@ class Flusher:
         self._client: Any = None
         self._sent: Dict[str, Dict[str, str]] = {}
         self._last_values: Dict[str, tuple] = {}
-        self._names: Dict[str, List[str]] = {}
+        #: shard name -> (generation of the file's keys, field names of those keys)
+        self._names: Dict[str, Tuple[int, List[str]]] = {}
         self._need_full = True
         #: the prefix's epoch of our last flush: when it changes, Redis lost what we sent
         self._epoch = ""
@@ -208,9 +209,10 @@ class Flusher:
         return pairs, deletes, staged, gone
 
     def _fields(self, name: str, shard: Any, keys: List[str], values: tuple) -> Dict[str, str]:
-        names = self._names.get(name)
-        if names is None or len(names) > len(keys):
-            names = self._names[name] = []
+        cached = self._names.get(name)
+        if cached is None or cached[0] != shard.generation or len(cached[1]) > len(keys):
+            cached = self._names[name] = (shard.generation, [])  # a new file: new keys
+        names = cached[1]
         prefix = name + "\n"
         names.extend(prefix + key for key in keys[len(names):])
         if shard.op == "recent":

@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass
 from typing import Dict, Iterator, Optional, Tuple
 
+from .reader import open_regular
+
 MAX_SLOTS = 4096
 _FILE = re.compile(r"^(counter|histogram|summary|gauge)(?:_(\w+?))?_([^_]+)\.db$")
 _WORKER = re.compile(r"^w(\d+)$")
@@ -104,9 +106,9 @@ def is_live(directory: str, identity: str) -> bool:
     """True while some process holds ``identity``'s lock."""
     path = os.path.join(directory, identity + ".lock")
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        return False
+        fd = open_regular(path)  # a FIFO named like a lock must not block the reader
+    except OSError:
+        return False  # gone, or no lock file of ours
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError:
