@@ -51,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     _config_flag(check)
     sub.add_parser("version", help="print the version")
     health = sub.add_parser("healthcheck",
-                            help="exit 0 if the local metrics server answers /-/healthy")
+                            help="exit 0 if the local metrics server answers /-/ready "
+                                 "(it serves, and reads of its storage finish)")
     _config_flag(health)
     health.add_argument("--url", help="URL to probe (default: this config's address)")
     health.add_argument("--timeout", type=float, default=3.0)
@@ -130,7 +131,7 @@ def _healthcheck(args: argparse.Namespace) -> int:
             host = f"[{host}]"
         # TLS may come from PROMETHEUS_SSL_* or from the web config file
         scheme = "https" if webconfig.from_settings(settings).cert_file else "http"
-        url = f"{scheme}://{host}:{p.metrics_port}/-/healthy"
+        url = f"{scheme}://{host}:{p.metrics_port}/-/ready"  # 503: reads do not finish
     context = ssl._create_unverified_context()  # a local liveness probe of our own server
     try:
         with urllib.request.urlopen(url, timeout=args.timeout, context=context) as resp:
@@ -164,7 +165,8 @@ def _serve(args: argparse.Namespace) -> int:
         log.error("cannot listen on %s:%s: %s", p.bind_address, p.metrics_port,
                   exc.strerror or exc)
         return 1
-    server = MetricsServer(sock, Exposition(source.collect, source.description), web, log)
+    server = MetricsServer(sock, Exposition(source.collect, source.description, source.ready),
+                           web, log)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
                               daemon=True)
     thread.start()

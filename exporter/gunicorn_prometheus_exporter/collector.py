@@ -22,6 +22,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample
 
 from . import metrics as catalogue
+from .bounded import BoundedCall
 from .storage import directory as storage_dir
 from .storage.reader import FileReader, Unreadable
 from .version import __version__
@@ -252,30 +253,49 @@ class ReadStats:
         self.source_up = 0
 
 
-class DirectoryCollector(ReadStats):
-    """Reads one multiprocess directory: a reader per file, merged by a ``Merger``."""
+#: seconds a scrape waits for the directory to be read (Prometheus's default scrape timeout)
+READ_DEADLINE = 10.0
 
-    def __init__(self, directory: str) -> None:
+
+class DirectoryCollector(ReadStats):
+    """Reads one multiprocess directory: a reader per file, merged by a ``Merger``.
+
+    A read never holds a scrape longer than ``deadline`` seconds: past it the scrape gets
+    the health families only (``source_up`` 0) and ``stuck`` is True until the read
+    finishes (a readiness probe reports it)."""
+
+    def __init__(self, directory: str, deadline: Optional[float] = None) -> None:
         super().__init__()
         self.directory = directory
+        self.deadline = READ_DEADLINE if deadline is None else deadline
         self.merger = Merger()
         self._files: Dict[str, Tuple[Shard, FileReader]] = {}
         self._lock = threading.Lock()
         self._torn_reported: set = set()
         self._refused: set = set()  # names that hold no regular file
+        self._bounded = BoundedCall(self._read_once, self.deadline, f"reading {directory}")
 
     def read(self) -> List[Metric]:
         """Collect the directory into families (thread-safe; one read at a time)."""
+        started = time.perf_counter()
+        try:
+            families = self._bounded()
+        except OSError:  # the directory is gone or unreadable, or the read is overdue
+            families = []
+            self.source_up = 0
+        self.last_duration = time.perf_counter() - started
+        return families
+
+    @property
+    def stuck(self) -> bool:
+        """A read is running past the deadline."""
+        return self._bounded.overdue
+
+    def _read_once(self) -> List[Metric]:
         with self._lock, gc_paused():
-            started = time.perf_counter()
-            try:
-                families = self._read()
-                self.source_up = 1
-                self.last_success = time.time()
-            except OSError:
-                families = []
-                self.source_up = 0
-            self.last_duration = time.perf_counter() - started
+            families = self._read()
+            self.source_up = 1
+            self.last_success = time.time()
             return families
 
     def shards(self) -> List[Tuple[Shard, FileReader, tuple]]:

@@ -18,6 +18,7 @@ from .wait import until
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_APP = "gunicorn_prometheus_exporter.demo.app:app"
+EXE = str(Path(sys.executable).with_name("gunicorn-prometheus-exporter"))
 
 
 def gunicorn_bin() -> str:
@@ -154,6 +155,34 @@ class Gunicorn(Process):
         monitor = self.monitor_pid()
         return sorted(c.pid for c in children
                       if c.pid != monitor and c.status() != psutil.STATUS_ZOMBIE)
+
+
+def base_env(port: int, directory: Path, **extra: str) -> Dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PROMETHEUS_", "REDIS_", "GUNICORN_"))}
+    return {**env, "PROMETHEUS_METRICS_PORT": str(port), "PROMETHEUS_BIND_ADDRESS": "127.0.0.1",
+            "PROMETHEUS_MULTIPROC_DIR": str(directory), "PYTHONUNBUFFERED": "1", **extra}
+
+
+class Serve(Process):
+    """The standalone exporter (``serve``) over ``directory``; ``command`` runs it another
+    way than the installed script (it must take the same arguments)."""
+
+    def __init__(self, tmp: Path, directory: Path, args: Optional[List[str]] = None,
+                 command: Optional[List[str]] = None, **env: str) -> None:
+        self.port = free_port()
+        super().__init__([*(command or [EXE]), "serve", *(args or [])],
+                         base_env(self.port, directory, **env), cwd=str(tmp))
+
+    def wait_listening(self, timeout: float = 20.0) -> "Serve":
+        def up():
+            if self.proc.poll() is not None:
+                return "exited"
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return "up"
+        if until(up, timeout=timeout, message="serve to listen") == "exited":
+            raise AssertionError(f"serve exited {self.proc.returncode}:\n{self.output()}")
+        return self
 
 
 def _has_control_socket(gunicorn: Optional[str]) -> bool:

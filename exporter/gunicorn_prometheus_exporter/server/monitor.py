@@ -130,7 +130,7 @@ def _reap(pid: int, timeout: float) -> None:
 
 def _serve(sock: Optional[socket.socket], settings: Settings, web: webconfig.WebConfig,
            directory: str, log: Any, listeners: Sequence[Any]) -> None:
-    from ..collector import DirectoryCollector, health_families
+    from ..sources import DirectorySource
     from .tasks import Scheduler, background_tasks
 
     master = os.getppid()
@@ -146,13 +146,9 @@ def _serve(sock: Optional[socket.socket], settings: Settings, web: webconfig.Web
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     server = None
     if sock is not None:
-        collector = DirectoryCollector(directory)
-
-        def collect():
-            yield from collector.read()
-            yield from health_families(collector, "directory")
-
-        server = MetricsServer(sock, Exposition(collect, f"directory {directory}"), web, log)
+        source = DirectorySource(directory, log)
+        exposition = Exposition(source.collect, source.description, ready=source.ready)
+        server = MetricsServer(sock, exposition, web, log)
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
                          name="metrics-server", daemon=True).start()
     from .. import logcount
