@@ -56,7 +56,9 @@ class MasterRuntime:
 
         identity.route_prometheus_client(self.directory)
         claim = storage_dir.claim(self.directory, "m")
-        return claim, Writer(ProcessStore(self.directory, claim.identity), log=log)
+        writer = Writer(ProcessStore(self.directory, claim.identity), log=log)
+        identity.report_unstored(writer.unstored)  # a preloaded app's own metrics
+        return claim, writer
 
     # -- hooks ---------------------------------------------------------------------------------
     def when_ready(self, server: Any) -> None:

@@ -177,3 +177,41 @@ def test_a_directory_the_user_cannot_write_stops_start_up_with_one_line(tmp_path
         assert os.listdir(directory) == []
     finally:
         subprocess.run(["rm", "-rf", base], timeout=30)
+
+
+def test_the_apps_own_metrics_on_a_full_directory_never_kill_a_worker(start_gunicorn):
+    """prometheus_client's files too: every request served, every value either stored or
+    counted as unstored; a value that could not be stored is kept in memory and stored,
+    exactly, by its next update once space returns (one worker: one memory)."""
+    n = 700
+    pad = "k" * 1000  # ~1 KiB per series: the directory fills after a few hundred
+
+    def keyed(i: int) -> str:
+        return f"/app?k={pad}{i}"
+
+    with tmpfs.mounted("1m") as where:
+        g = start_gunicorn(app="apps.app_series:app", workers=1,
+                           env={"PROMETHEUS_MULTIPROC_DIR": os.path.join(where, "mp")},
+                           extra_args=["--chdir", TESTS]).wait_ready(workers=1)
+        workers = g.worker_pids()
+        for i in range(n):
+            assert g.request(keyed(i)) == (200, b"ok\n")
+        assert g.proc.poll() is None and g.worker_pids() == workers, g.output()
+        s = g.scrape_until(lambda s: s.total(REQUESTS) == n)
+        stored = s.series("app_hits_total")
+        assert set(stored.values()) == {1.0}
+        unstored = s.total(UNSTORED)
+        assert unstored > 0 and len(stored) + unstored == n
+        lost = next(i for i in range(n)
+                    if frozenset({("key", pad + str(i))}) not in stored)
+
+        tmpfs.resize(where, "16m")
+        hits = [1]  # the hit that was not stored
+
+        def stored_again():
+            assert g.request(keyed(lost)) == (200, b"ok\n")
+            hits[0] += 1
+            return g.scrape().value("app_hits_total", key=pad + str(lost)) is not None
+        until(stored_again, timeout=10, message="the kept value to be stored")
+        assert g.scrape().value("app_hits_total", key=pad + str(lost)) == hits[0]
+        assert g.worker_pids() == workers and "Traceback" not in g.output()

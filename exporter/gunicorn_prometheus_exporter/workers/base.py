@@ -129,6 +129,7 @@ class Instrumentation:
         self.recorder = Recorder(self.store, settings.metrics.duration_buckets,
                                  settings.metrics.size_buckets, threaded=worker.threaded,
                                  log=worker.log)
+        identity.report_unstored(self.recorder.unstored)  # the app's own metrics
         # one request at a time per thread (sync; gevent and eventlet, whose recording
         # never switches): the hooks add to the in-flight gauge directly, no call
         self._gauges: Optional[memoryview] = None
