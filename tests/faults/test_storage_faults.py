@@ -183,7 +183,7 @@ def test_the_apps_own_metrics_on_a_full_directory_never_kill_a_worker(start_guni
     """prometheus_client's files too: every request served, every value either stored or
     counted as unstored; a value that could not be stored is kept in memory and stored,
     exactly, by its next update once space returns (one worker: one memory)."""
-    n = 700
+    n = 1000
     pad = "k" * 1000  # ~1 KiB per series: the directory fills after a few hundred
 
     def keyed(i: int) -> str:
