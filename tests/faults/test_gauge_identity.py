@@ -7,9 +7,13 @@ a second, with no scrape in between. The plugin's metrics server, which keeps a 
 per file, must serve exactly what a fresh reader of the directory serves."""
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import sys
 from pathlib import Path
+
+import pytest
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics import Gauge
@@ -79,3 +83,55 @@ def test_a_recreated_file_is_read_with_its_own_keys(start_gunicorn):
     # recorded before each response: the first scrape must already be exact
     assert app_samples(g.scrape()) == want
     assert app_samples(fresh_reader(g.directory)) == want
+
+
+# -- the same through Redis: the flusher ships a re-created file's keys anew --------------------
+sys.path.insert(0, str(Path(TESTS) / "redis"))  # the Redis test helpers (no package there)
+from redis_procs import prefix, redis_server  # noqa: E402,F401
+
+
+@pytest.mark.redis
+def test_the_redis_flusher_ships_a_recreated_file_with_its_own_keys(redis_server, prefix,
+                                                                    tmp_path):
+    """In process, so that no flush can fall between the file's removal and its new
+    entries: a worker slot's live gauge file with keys (running, stopping) is replaced by
+    one with (stopping, running)."""
+    from gunicorn_prometheus_exporter import metrics as catalogue
+    from gunicorn_prometheus_exporter.config.loader import build
+    from gunicorn_prometheus_exporter.recorder import Writer
+    from gunicorn_prometheus_exporter.redis_storage.flusher import Flusher
+    from gunicorn_prometheus_exporter.redis_storage.source import RedisSource
+    from gunicorn_prometheus_exporter.storage import directory as storage_dir
+    from gunicorn_prometheus_exporter.storage.store import ProcessStore
+
+    server = redis_server()
+    settings = build(None, {"REDIS_ENABLED": "true", "REDIS_PORT": str(server.port),
+                            "REDIS_KEY_PREFIX": prefix, "REDIS_INSTANCE_ID": "solo",
+                            "REDIS_SOCKET_TIMEOUT": "1"})
+    directory = str(tmp_path / "mp")
+    storage_dir.prepare(directory, cleanup=True)
+    claim = storage_dir.claim(directory, "w")  # the slot's lock: its live gauges are served
+    assert claim.identity == "w0"
+    log = logging.getLogger("test-gauge-identity")
+    flusher, source = Flusher(settings, directory, log), RedisSource(settings, log)
+
+    def served() -> dict:
+        return {s.labels["state"]: s.value for f in source.read()
+                if f.name == catalogue.WORKER_STATE.name for s in f.samples}
+
+    first = ProcessStore(directory, "w0")
+    Writer(first).set_gauge(catalogue.WORKER_STATE, 1.0, ("running",))
+    Writer(first).set_gauge(catalogue.WORKER_STATE, 2.0, ("stopping",))
+    flusher.run()
+    assert served() == {"running": 1.0, "stopping": 2.0}
+
+    first.close()
+    storage_dir.remove_live_gauges(directory, "w0")  # the worker died
+    second = ProcessStore(directory, "w0")
+    Writer(second).set_gauge(catalogue.WORKER_STATE, 20.0, ("stopping",))
+    Writer(second).set_gauge(catalogue.WORKER_STATE, 10.0, ("running",))
+    flusher.run()
+    assert served() == {"running": 10.0, "stopping": 20.0}
+    second.close()
+    source.close()
+    claim.release()
