@@ -7,7 +7,7 @@ GUNICORN_OLDEST ?= 23.0.0
 VENV_OLDEST ?= .venv-gunicorn-$(GUNICORN_OLDEST)
 PYTEST_ARGS ?=
 
-.PHONY: venv demo system-deps test-deps test test-core test-oldest e2e bench bench-instructions clean
+.PHONY: venv demo system-deps test-deps test test-core test-oldest lint-imports e2e bench bench-instructions clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,9 +35,14 @@ test-deps: system-deps venv
 	$(MAKE) --no-print-directory chart-tools CHART_PYTHON=$(abspath $(BIN)/python)
 	-INSTALL_PY=0 $(MAKE) --no-print-directory image-tools
 
-## test: everything CI runs: unit, integration, chart, image (skips without a runtime), e2e
-test: test-deps test-oldest
+## test: everything CI runs: the import contracts (.importlinter), unit, integration, chart,
+## image (skips without a runtime), e2e
+test: test-deps test-oldest lint-imports
 	$(CHART_HELM_ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## lint-imports: the layering of the package (.importlinter; docs/architecture.md)
+lint-imports: $(BIN)/python
+	$(BIN)/lint-imports
 
 ## test-oldest: the request tests again on the oldest supported gunicorn
 test-oldest: $(BIN)/python

@@ -14,9 +14,11 @@ from typing import Dict, List, Optional
 
 import pytest
 
-from support.procs import EXE, Process, Serve, base_env, free_port
+from support.procs import Process, Serve, base_env, exporter_bin, free_port
 from support.scrape import scrape
 from support.wait import until
+
+EXE = exporter_bin()
 
 SUBCOMMANDS = ["serve", "check-config", "version", "healthcheck"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gunicorn_prometheus_exporter import metrics as catalogue
+from gunicorn_prometheus_exporter import families as catalogue
 
 ROOT = Path(__file__).resolve().parents[1]
 

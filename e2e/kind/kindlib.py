@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence
 
+from support.helm import find_helm
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "gunicorn-prometheus-exporter"
 KIND_CONFIG = ROOT / "kind-config.yaml"
@@ -42,13 +44,6 @@ def run(args: Sequence[str], *, check: bool = True, timeout: float = 600,
         raise RuntimeError(f"{shlex.join(args)} exited {proc.returncode}:\n"
                            f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
-
-
-def find_helm() -> Optional[str]:
-    if os.environ.get("HELM"):
-        return os.environ["HELM"]
-    cached = ROOT / ".cache" / "helm" / "node_modules" / ".bin" / "helm"
-    return str(cached) if cached.exists() else shutil.which("helm")
 
 
 def missing_tools() -> List[str]:

@@ -1,4 +1,4 @@
-/* The request path in C: an optional accelerator of recorder.py and frameworks/asgi.py.
+/* The request path in C: an optional accelerator of recorder.py and workers/asgi_metrics.py.
  *
  * The Python code stays the reference: speedups.py loads this module when it was built and
  * not switched off, and tests/test_speedups.py checks that both write the same bytes and
@@ -230,7 +230,7 @@ static PyTypeObject RequestWriterType = {
 };
 
 
-/* -- the ASGI wrapper: frameworks/asgi.py's ASGIMetrics -------------------------------------
+/* -- the ASGI wrapper: workers/asgi_metrics.py's ASGIMetrics -------------------------------------
  *
  * MeteredApp(app, record, gone, gauges, index) is the application a worker serves. A call
  * with an HTTP scope returns a MeteredCall: an awaitable that, when first driven, counts
@@ -247,7 +247,7 @@ static PyObject *s_response_start, *s_response_body, *s_response_pathsend;
 static PyObject *s_throw, *s_close;
 static PyObject *s_method, *s_route, *s_router, *s_app_root_path, *s_route_key, *s_error_key;
 static PyObject *perf_counter;  /* time.perf_counter: the clock of the Python path */
-static PyObject *file_size;     /* frameworks.asgi._file_size, imported at the first pathsend */
+static PyObject *file_size;     /* workers.asgi_metrics._file_size, imported at the first pathsend */
 
 static int
 now(double *out)
@@ -421,7 +421,7 @@ static int
 count_pathsend(RequestMeter *self, PyObject *message)
 {
     if (file_size == NULL) {
-        PyObject *module = PyImport_ImportModule("gunicorn_prometheus_exporter.frameworks.asgi");
+        PyObject *module = PyImport_ImportModule("gunicorn_prometheus_exporter.workers.asgi_metrics");
         if (module == NULL)
             return -1;
         file_size = PyObject_GetAttrString(module, "_file_size");
@@ -446,7 +446,7 @@ count_pathsend(RequestMeter *self, PyObject *message)
     return now(&self->ended);
 }
 
-/* Look at one message, as frameworks/asgi.py's counting_send does. */
+/* Look at one message, as workers/asgi_metrics.py's counting_send does. */
 static int
 observe(RequestMeter *self, PyObject *message)
 {
@@ -689,7 +689,7 @@ typedef struct {
     vectorcallfunc vectorcall;
     PyObject *app;
     PyObject *record;   /* ASGIMetrics.record: any request, labelled in Python */
-    PyObject *resolved; /* Instrumentation.resolved: request key -> series */
+    PyObject *resolved; /* RequestLabeller.resolved: request key -> series */
     PyObject *add;      /* Recorder.add */
     PyObject *gone;     /* exception classes of a client that went away (499) */
     PyObject *gauges;   /* the in-flight gauge: view and index */
@@ -711,7 +711,7 @@ static PyTypeObject MeteredAppType;
 static PyTypeObject MeteredCallType;
 
 /* The common request in C: no exception, no route or error key of our own in the scope, no
- * Starlette mount to resolve, and its series already known (Instrumentation.record and
+ * Starlette mount to resolve, and its series already known (RequestLabeller.record and
  * starlette.route_template decide the same way for it). 1: recorded; 0: not this kind,
  * record() labels it; -1: an error. */
 static int

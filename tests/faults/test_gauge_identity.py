@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 from pathlib import Path
 
 import pytest
@@ -86,27 +85,25 @@ def test_a_recreated_file_is_read_with_its_own_keys(start_gunicorn):
 
 
 # -- the same through Redis: the flusher ships a re-created file's keys anew --------------------
-sys.path.insert(0, str(Path(TESTS) / "redis"))  # the Redis test helpers (no package there)
-from redis_procs import prefix, redis_server  # noqa: E402,F401
-
-
 @pytest.mark.redis
-def test_the_redis_flusher_ships_a_recreated_file_with_its_own_keys(redis_server, prefix,
-                                                                    tmp_path):
+def test_the_redis_flusher_ships_a_recreated_file_with_its_own_keys(tmp_path):
     """In process, so that no flush can fall between the file's removal and its new
     entries: a worker slot's live gauge file with keys (running, stopping) is replaced by
     one with (stopping, running)."""
-    from gunicorn_prometheus_exporter import metrics as catalogue
+    from gunicorn_prometheus_exporter import families
     from gunicorn_prometheus_exporter.config.loader import build
-    from gunicorn_prometheus_exporter.recorder import Writer
+    from gunicorn_prometheus_exporter.writer import Writer
     from gunicorn_prometheus_exporter.redis_storage.flusher import Flusher
     from gunicorn_prometheus_exporter.redis_storage.source import RedisSource
     from gunicorn_prometheus_exporter.storage import directory as storage_dir
     from gunicorn_prometheus_exporter.storage.store import ProcessStore
 
-    server = redis_server()
+    from support.redis import RedisServer, redis_server_bin
+
+    redis_server_bin()  # or skip, saying how to install it
+    server = RedisServer(tmp_path)
     settings = build(None, {"REDIS_ENABLED": "true", "REDIS_PORT": str(server.port),
-                            "REDIS_KEY_PREFIX": prefix, "REDIS_INSTANCE_ID": "solo",
+                            "REDIS_KEY_PREFIX": "identity", "REDIS_INSTANCE_ID": "solo",
                             "REDIS_SOCKET_TIMEOUT": "1"})
     directory = str(tmp_path / "mp")
     storage_dir.prepare(directory, cleanup=True)
@@ -117,21 +114,22 @@ def test_the_redis_flusher_ships_a_recreated_file_with_its_own_keys(redis_server
 
     def served() -> dict:
         return {s.labels["state"]: s.value for f in source.read()
-                if f.name == catalogue.WORKER_STATE.name for s in f.samples}
+                if f.name == families.WORKER_STATE.name for s in f.samples}
 
     first = ProcessStore(directory, "w0")
-    Writer(first).set_gauge(catalogue.WORKER_STATE, 1.0, ("running",))
-    Writer(first).set_gauge(catalogue.WORKER_STATE, 2.0, ("stopping",))
+    Writer(first).set_gauge(families.WORKER_STATE, 1.0, ("running",))
+    Writer(first).set_gauge(families.WORKER_STATE, 2.0, ("stopping",))
     flusher.run()
     assert served() == {"running": 1.0, "stopping": 2.0}
 
     first.close()
     storage_dir.remove_live_gauges(directory, "w0")  # the worker died
     second = ProcessStore(directory, "w0")
-    Writer(second).set_gauge(catalogue.WORKER_STATE, 20.0, ("stopping",))
-    Writer(second).set_gauge(catalogue.WORKER_STATE, 10.0, ("running",))
+    Writer(second).set_gauge(families.WORKER_STATE, 20.0, ("stopping",))
+    Writer(second).set_gauge(families.WORKER_STATE, 10.0, ("running",))
     flusher.run()
     assert served() == {"running": 10.0, "stopping": 20.0}
     second.close()
     source.close()
     claim.release()
+    server.stop()

@@ -17,7 +17,7 @@ import time
 import urllib.error
 from pathlib import Path
 
-from support.procs import EXE, Serve, base_env
+from support.procs import Serve, base_env, exporter_bin
 from support.scrape import Scrape, fetch
 from support.wait import until
 
@@ -110,7 +110,7 @@ def test_names_that_are_not_regular_files_are_refused_without_blocking(
 
 def _healthcheck(port: int) -> int:
     env = base_env(port, Path("/nonexistent"))
-    return subprocess.run([EXE, "healthcheck", "--timeout", "5"], env=env,
+    return subprocess.run([exporter_bin(), "healthcheck", "--timeout", "5"], env=env,
                           capture_output=True, timeout=30).returncode
 
 

@@ -218,23 +218,23 @@ def test_the_apps_own_metrics_on_a_full_directory_never_kill_a_worker(start_guni
 
 
 @pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
-def test_a_dropped_series_writes_nothing_to_the_storage(monkeypatch, compiled):
+def test_a_dropped_series_writes_nothing_to_the_storage(compiled):
     """In process, on a full tmpfs: once a new series cannot be stored, ``series`` gives
     the dropped series, counted once per request, and ``add`` (the C ``RequestWriter.add``
     where it is built: this test fails if it is not taken) writes only into its scratch
     doubles, never into a mapped file."""
     from gunicorn_prometheus_exporter import speedups
-    from gunicorn_prometheus_exporter import metrics as catalogue
+    from gunicorn_prometheus_exporter import families
     from gunicorn_prometheus_exporter.recorder import Recorder
     from gunicorn_prometheus_exporter.storage.store import ProcessStore
 
     native = speedups.load({})
     if compiled:
         assert native is not None, "the C speedups are not built"
-    monkeypatch.setattr(speedups, "native", native if compiled else None)
     with tmpfs.mounted("512k") as where:
         store = ProcessStore(where, "w0")
-        recorder = Recorder(store, [0.1, 1.0], [100.0], threaded=False)
+        recorder = Recorder(store, [0.1, 1.0], [100.0], threaded=False,
+                            native=native if compiled else None)
         if compiled:
             assert isinstance(recorder.add.__self__, native.RequestWriter)
         assert tmpfs.fill(os.path.join(where, "filler")) > 0
@@ -254,5 +254,5 @@ def test_a_dropped_series_writes_nothing_to_the_storage(monkeypatch, compiled):
         scratch = recorder.dropped[0]
         # per request: count, duration, request and response buckets at 0; sums at 1
         assert (scratch[0], scratch[1]) == (400.0, 100 * (0.5 + 10 + 20))
-        assert recorder.counter_value(catalogue.UNSTORED) == 3
+        assert recorder.counter_value(families.UNSTORED) == 3
         store.close()

@@ -12,6 +12,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import yaml
 
 from .kinds import RedisUrl
+from .redis_url import parse_url
 from .schema import BY_PATH, CONFIG_FILE_ENV, SETTINGS, Setting, children
 
 
@@ -90,8 +91,6 @@ def mask(value: Any) -> str:
 
 def mask_url(url: str) -> str:
     """A Redis URL with its password masked: ``rediss://user:********@host:6379/0``."""
-    from ..redis_storage.connection import parse_url
-
     t = parse_url(url)
     userinfo = ""
     if t.password is not None:

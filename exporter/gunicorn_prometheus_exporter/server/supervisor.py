@@ -1,35 +1,33 @@
-"""The metrics server process of a gunicorn master (and home of its background tasks).
+"""The master's side of its metrics process: bind the metrics socket, fork the process
+that serves it, start it again when it dies, stop it with the master.
 
-The master binds the metrics socket itself (so a port conflict is one clear log line at
-start-up and never delays a worker), then forks a small process that serves it. Scrapes
-never run in the master, which stays single-threaded as gunicorn expects before each fork,
-and a slow or abusive scraper cannot disturb worker management. The process ends with the
-master (``PR_SET_PDEATHSIG`` where Linux offers it, and a parent check every second)."""
+The master binds the socket itself (so a port conflict is one clear log line at start-up
+and never delays a worker), then forks a small process that serves it
+(``metrics_process.for_master``). Scrapes never run in the master, which stays
+single-threaded as gunicorn expects before each fork, and a slow or abusive scraper cannot
+disturb worker management."""
 from __future__ import annotations
 
 import os
 import signal
 import socket
-import sys
-import threading
+import time
 from typing import Any, Optional, Sequence
 
 from ..config import Settings
-from . import webconfig
-from .http import Exposition, MetricsServer, listening_socket
-
-_PR_SET_PDEATHSIG = 1
-#: seconds a stopping metrics process gives scrapes in progress; the master waits longer
-STOP_GRACE = 1.5
+from ..master_id import MasterId
+from . import metrics_process, webconfig
+from .sockets import listening_socket
 
 
-class Monitor:
-    def __init__(self, settings: Settings, directory: str, log: Any,
+class MetricsSupervisor:
+    def __init__(self, settings: Settings, directory: str, log: Any, master: MasterId,
                  listeners: Sequence[Any] = ()) -> None:
         self.settings = settings
         self.listeners = listeners
         self.directory = directory
         self.log = log
+        self.master = master
         self.pid: Optional[int] = None
         self.sock: Optional[socket.socket] = None
         self.stopping = False
@@ -67,8 +65,8 @@ class Monitor:
         if pid == 0:
             code = 0
             try:
-                _serve(self.sock, self.settings, self.web, self.directory, self.log,
-                       self.listeners)
+                metrics_process.for_master(self.sock, self.settings, self.web, self.directory,
+                                           self.log, self.listeners, self.master)
             except BaseException:  # the child must never return into gunicorn's code
                 self.log.exception("prometheus: metrics server failed")
                 code = 1
@@ -97,7 +95,7 @@ class Monitor:
         if self.pid is not None:
             try:
                 os.kill(self.pid, signal.SIGTERM)
-                _reap(self.pid, timeout=STOP_GRACE + 1.5)
+                _reap(self.pid, timeout=metrics_process.MASTER_STOP_GRACE + 1.5)
             except ProcessLookupError:
                 pass
             self.pid = None
@@ -114,8 +112,6 @@ class Monitor:
 
 
 def _reap(pid: int, timeout: float) -> None:
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -126,66 +122,3 @@ def _reap(pid: int, timeout: float) -> None:
             return
         time.sleep(0.02)
     os.kill(pid, signal.SIGKILL)
-
-
-def _serve(sock: Optional[socket.socket], settings: Settings, web: webconfig.WebConfig,
-           directory: str, log: Any, listeners: Sequence[Any]) -> None:
-    from ..sources import DirectorySource
-    from .tasks import Scheduler, background_tasks
-
-    master = os.getppid()
-    _die_with_parent()
-    for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN,
-                signal.SIGTTOU, signal.SIGWINCH, signal.SIGINT, signal.SIGQUIT):
-        signal.signal(sig, signal.SIG_IGN)
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    # SIGTERM is blocked (in every thread started below too) and taken by sigtimedwait in
-    # the loop: a Python handler that set a threading.Event could deadlock on the Event's
-    # lock if the signal arrived while this thread held it inside Event.wait
-    stop_signals = {signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-    server = None
-    if sock is not None:
-        source = DirectorySource(directory, log)
-        exposition = Exposition(source.collect, source.description, ready=source.ready)
-        server = MetricsServer(sock, exposition, web, log)
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                         name="metrics-server", daemon=True).start()
-    from .. import logcount
-    from ..recorder import Writer
-    from ..storage.store import ProcessStore
-
-    writer = Writer(ProcessStore(directory, _identity(directory)), threaded=True, log=log)
-    logcount.counter().use(writer)
-    scheduler = Scheduler(background_tasks(settings, directory, log, listeners, writer), log)
-    while os.getppid() == master:
-        received = signal.sigtimedwait(stop_signals, min(1.0, scheduler.tick()))
-        # a stop/continue (SIGSTOP, a debugger) interrupts the wait with no signal: go on
-        if received is not None and received.si_signo in stop_signals:
-            break
-    if server is not None:
-        server.stop(grace=STOP_GRACE)
-    scheduler.close()
-
-
-def _identity(directory: str) -> str:
-    """The metrics process writes under its master's identity plus ``.monitor``: its own
-    files, alive exactly as long as the master's lock is held."""
-    from .. import master
-
-    runtime = master.current()
-    return (runtime.claim.identity if runtime is not None else "x") + ".monitor"
-
-
-def _die_with_parent() -> None:
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-

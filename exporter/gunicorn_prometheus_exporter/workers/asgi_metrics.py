@@ -15,24 +15,26 @@ import os
 from time import perf_counter
 from typing import Any, Awaitable, Callable, Optional
 
-from .. import speedups
-from . import ERROR_ENVIRON_KEY, ROUTE_ENVIRON_KEY
-from .starlette import route_template
+from types import ModuleType
+
+from ..frameworks import ERROR_ENVIRON_KEY, ROUTE_ENVIRON_KEY
+from ..frameworks.starlette import route_template
+from .labelling import RequestLabeller
 
 #: what a client that went away raises in the application: counted as a 499
 GONE = (asyncio.CancelledError, ConnectionError)
 
 
 class ASGIMetrics:
-    """Wraps the worker's ASGI application; ``instrumentation`` is the worker's
-    ``Instrumentation`` (its ``recorder`` and ``record()``). ``instrument()`` gives the
+    """Wraps the worker's ASGI application; ``labeller`` is the worker's
+    ``RequestLabeller`` (its ``recorder`` and ``record()``). ``instrument()`` gives the
     compiled equivalent where it is built; ``record`` serves both."""
 
-    def __init__(self, app: Callable, instrumentation: Any) -> None:
+    def __init__(self, app: Callable, labeller: RequestLabeller) -> None:
         self.app = app
-        self._record = instrumentation.record
-        self.gauges, self.in_flight = instrumentation.recorder.in_flight_cell()
-        self._log = instrumentation.log
+        self._record = labeller.record
+        self.gauges, self.in_flight = labeller.recorder.in_flight_cell()
+        self._log = labeller.log
         self._failed_once = False
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -102,15 +104,16 @@ class ASGIMetrics:
                 self._log.exception("prometheus: could not record a request")
 
 
-def instrument(app: Callable, instrumentation: Any) -> Callable:
+def instrument(app: Callable, labeller: RequestLabeller,
+               native: Optional[ModuleType] = None) -> Callable:
     """``app`` with its requests recorded: the compiled wrapper (``_speedups.MeteredApp``)
-    where the speedups are built and on, else ``ASGIMetrics``. Both are ASGI 3 only."""
-    metrics = ASGIMetrics(app, instrumentation)
-    if speedups.native is None:
+    where ``native`` (``speedups.load()``) is given, else ``ASGIMetrics``. Both are ASGI 3
+    only."""
+    metrics = ASGIMetrics(app, labeller)
+    if native is None:
         return metrics
-    return speedups.native.MeteredApp(app, metrics.record, instrumentation.resolved,
-                                      instrumentation.recorder.add, GONE, metrics.gauges,
-                                      metrics.in_flight)
+    return native.MeteredApp(app, metrics.record, labeller.resolved, labeller.recorder.add,
+                             GONE, metrics.gauges, metrics.in_flight)
 
 
 def _file_size(path: Optional[str]) -> int:
