@@ -51,7 +51,7 @@ class MasterRuntime:
         logcount.counter().use(self.writer, self.witness.observe_log)
         self.worker_claims: Dict[str, Claim] = {}
         self.workers: Dict[str, Any] = {}
-        self.monitor: Optional[MetricsSupervisor] = None
+        self.supervisor: Optional[MetricsSupervisor] = None
         self.arbiter: Optional[Any] = None
         self._signals_installed = False
 
@@ -77,8 +77,8 @@ class MasterRuntime:
             self._signals_installed = True
             server.log.info("prometheus: request path %s", speedups.describe(speedups.load()))
             signals.install(self.writer, self._on_signal)
-            self._watch_monitor()
-        self.start_monitor()
+            self._watch_metrics_process()
+        self.start_metrics_process()
 
     def nworkers_changed(self, server: Any, new_value: int, old_value: Any) -> None:
         self.writer.set_gauge(families.WORKERS_DESIRED, float(new_value))
@@ -88,7 +88,7 @@ class MasterRuntime:
         worker._gunicorn_prometheus_claim = claim
         self.worker_claims[claim.identity] = claim
         self.workers[claim.identity] = worker
-        self.ensure_monitor()
+        self.restart_metrics_process_if_gone()
 
     def worker_gone(self, server: Any, worker: Any) -> None:
         """``child_exit`` (and ``worker_exit`` when the master finds a worker vanished)."""
@@ -112,9 +112,9 @@ class MasterRuntime:
         for worker in list(self.workers.values()):
             if self.witness.ended(getattr(worker, "pid", None)):
                 self.worker_gone(server, worker)  # reaped, but gunicorn halted before child_exit
-        if self.monitor is not None:
-            self.monitor.stop()
-            self.monitor = None
+        if self.supervisor is not None:
+            self.supervisor.stop()
+            self.supervisor = None
 
     def _on_signal(self, name: str) -> None:
         """Called from the master's signal handlers, before gunicorn's own."""
@@ -123,15 +123,15 @@ class MasterRuntime:
         elif name in ("INT", "TERM", "QUIT"):
             self.witness.stopping = True
 
-    def _watch_monitor(self) -> None:
+    def _watch_metrics_process(self) -> None:
         """Start the metrics server again as soon as it dies (SIGCHLD, chained in front of
         gunicorn's handler), not only at the next worker spawn."""
         theirs = signal.getsignal(signal.SIGCHLD)
 
         def on_child(signum: int, frame: Any) -> None:
             try:
-                if self.monitor is not None:
-                    self.monitor.restart_if_gone()
+                if self.supervisor is not None:
+                    self.supervisor.restart_if_gone()
             except Exception:  # noqa: BLE001 - never break gunicorn's reaping
                 pass
             if callable(theirs):
@@ -140,19 +140,20 @@ class MasterRuntime:
         signal.signal(signal.SIGCHLD, on_child)
 
     # -- the metrics server ----------------------------------------------------------------------
-    def start_monitor(self) -> None:
-        if self.monitor is not None:
+    def start_metrics_process(self) -> None:
+        if self.supervisor is not None:
             return
         listeners = getattr(self.arbiter, "LISTENERS", ())
-        monitor = MetricsSupervisor(self.settings, self.directory, self.log, self.id, listeners)
-        if monitor.needed:
-            self.monitor = monitor
-            monitor.start()
+        supervisor = MetricsSupervisor(self.settings, self.directory, self.log, self.id,
+                                       listeners)
+        if supervisor.needed:
+            self.supervisor = supervisor
+            supervisor.start()
 
-    def ensure_monitor(self) -> None:
+    def restart_metrics_process_if_gone(self) -> None:
         """Start the metrics server again if it died (checked at each worker spawn)."""
-        if self.monitor is not None:
-            self.monitor.restart_if_gone()
+        if self.supervisor is not None:
+            self.supervisor.restart_if_gone()
 
     # -- in a freshly forked worker --------------------------------------------------------------
     def enter_worker(self, own: Claim) -> None:
@@ -164,9 +165,9 @@ class MasterRuntime:
         self.worker_claims = {own.identity: own}
         self.workers = {}
         self.claim.release()
-        if self.monitor is not None:
-            self.monitor.forget()
-            self.monitor = None
+        if self.supervisor is not None:
+            self.supervisor.forget()
+            self.supervisor = None
         for sig in (signal.SIGCHLD,):
             signal.signal(sig, signal.SIG_DFL)
 

@@ -86,8 +86,11 @@ class MmapFile:
     A file that could not get its first blocks is not mapped at all (``values`` is a sink
     and ``index`` raises ``StorageFull``) until a later attempt succeeds."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, payload: int = 16) -> None:
         self.path = path
+        #: bytes after each key: a value and a timestamp (16), or a larger record of one's
+        #: own (exemplars), a multiple of 8 so that the next entry stays aligned
+        self.payload = payload
         self._fd = -1
         self._first_size = _INITIAL_SIZE
         self._maps: List[mmap.mmap] = []
@@ -138,7 +141,7 @@ class MmapFile:
         used = min(used, len(m))
         while pos + 4 <= used:
             length = _USED.unpack_from(m, pos)[0]
-            end = pos + 4 + padded_length(length) + 16
+            end = pos + 4 + padded_length(length) + self.payload
             if length <= 0 or end > used:
                 break  # a torn tail: the entries before it are intact
             key = bytes(m[pos + 4:pos + 4 + length]).decode("utf-8", "replace")
@@ -159,17 +162,22 @@ class MmapFile:
     def _append(self, key: str) -> int:
         encoded = key.encode("utf-8")
         pad = padded_length(len(encoded))
-        size = 4 + pad + 16
+        size = 4 + pad + self.payload
         while self._used + size > self._capacity:  # (the first map may load entries)
             self._grow(self._capacity * 2)
         pos = self._used
-        struct.pack_into(f"<i{pad}sdd", self._m, pos, len(encoded),
-                         encoded.ljust(pad, b" "), 0.0, 0.0)
+        struct.pack_into(f"<i{pad}s{self.payload}x", self._m, pos, len(encoded),
+                         encoded.ljust(pad, b" "))
         self._used = pos + size
         _USED.pack_into(self._m, 0, self._used)  # publish only a complete entry
         index = (pos + 4 + pad) // 8
         self._positions[key] = index
         return index
+
+    @property
+    def buffer(self) -> mmap.mmap:
+        """The newest map of the file, which holds every entry appended so far."""
+        return self._m
 
     def set_timestamp(self, index: int, timestamp: float) -> None:
         """For ``mostrecent`` gauges: the timestamp double follows the value."""

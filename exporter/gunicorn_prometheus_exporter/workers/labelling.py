@@ -17,6 +17,11 @@ from ..storage.mmap_file import StorageFull
 COUNTED = "_gunicorn_prometheus_counted"
 #: requests remembered by (method, path or template, status) before starting afresh
 _RESOLVED_LIMIT = 8192
+#: the two layouts of a request key in ``resolved``, as positions in (method, path,
+#: status, template): without a framework's template, and with one. ``record`` builds its
+#: keys so; the compiled ASGI wrapper is handed these and builds the same keys.
+KEY_BY_PATH = (0, 1, 2)
+KEY_BY_TEMPLATE = (0, 2, 3)
 
 
 class RequestLabeller:
@@ -32,21 +37,23 @@ class RequestLabeller:
 
     def record(self, method: Optional[str], path: Optional[str], code: Optional[int],
                duration: float, received: int, sent: int, template: Optional[str] = None,
-               error_type: Optional[str] = None) -> None:
+               error_type: Optional[str] = None) -> Series:
         """One finished request, whatever server loop handled it (the ASGI workers call
         this directly): ``code`` the status sent (None: 500), ``template`` a framework's
         matched route, else ``path`` is normalised; ``error_type`` counts one failed
-        request. A request like an earlier one is one dict lookup and the stores."""
+        request. A request like an earlier one is one dict lookup and the stores.
+        Returns the series recorded (for the extras: the exemplar)."""
         if not template:
-            key = (method, path, code)
+            key = (method, path, code)  # KEY_BY_PATH
         else:
             if template.__class__ is not str:  # an app's own object: its text (hashable)
                 template = str(template)
-            key = (method, code, template)
+            key = (method, code, template)  # KEY_BY_TEMPLATE
         series = self.resolved.get(key)
         if series is None or error_type is not None:
             series = self._resolve(key, method, path, code, template, error_type)
         self.recorder.add(series, duration, received, sent)
+        return series
 
     def _resolve(self, key: tuple, method: Optional[str], path: Optional[str],
                  code: Optional[int], template: Optional[str],
