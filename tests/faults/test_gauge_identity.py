@@ -116,17 +116,21 @@ def test_the_redis_flusher_ships_a_recreated_file_with_its_own_keys(tmp_path):
         return {s.labels["state"]: s.value for f in source.read()
                 if f.name == families.WORKER_STATE.name for s in f.samples}
 
-    first = ProcessStore(directory, "w0")
-    Writer(first).set_gauge(families.WORKER_STATE, 1.0, ("running",))
-    Writer(first).set_gauge(families.WORKER_STATE, 2.0, ("stopping",))
+    def worker(*states) -> ProcessStore:
+        """Slot 0's files, its ``(state, value)`` gauges set in this order."""
+        store = ProcessStore(directory, "w0")
+        writer = Writer(store)
+        for state, value in states:
+            writer.set_gauge(families.WORKER_STATE, value, (state,))
+        return store
+
+    first = worker(("running", 1.0), ("stopping", 2.0))
     flusher.run()
     assert served() == {"running": 1.0, "stopping": 2.0}
 
     first.close()
     storage_dir.remove_live_gauges(directory, "w0")  # the worker died
-    second = ProcessStore(directory, "w0")
-    Writer(second).set_gauge(families.WORKER_STATE, 20.0, ("stopping",))
-    Writer(second).set_gauge(families.WORKER_STATE, 10.0, ("running",))
+    second = worker(("stopping", 20.0), ("running", 10.0))
     flusher.run()
     assert served() == {"running": 10.0, "stopping": 20.0}
     second.close()
