@@ -16,7 +16,7 @@ import os
 import signal
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-from . import config, exits, families, hookchain, identity, logcount, signals, speedups
+from . import config, dirty, exits, families, hookchain, identity, logcount, signals, speedups
 from .master_id import MasterId
 from .server.sockets import shares_port
 from .server.supervisor import MetricsSupervisor
@@ -47,6 +47,9 @@ class MasterRuntime:
         except OSError as exc:
             log.error("%s", storage_dir.unusable(self.directory, exc))
             raise SystemExit(1) from None
+        #: gunicorn 27's dirty arbiter and workers (forked from here) measure through it
+        self.dirty_pool = dirty.DirtyPool(self.directory,
+                                          self.settings.metrics.duration_buckets)
         self.witness = exits.ExitWitness()
         logcount.counter().use(self.writer, self.witness.observe_log)
         self.worker_claims: Dict[str, Claim] = {}
@@ -159,8 +162,8 @@ class MasterRuntime:
     def enter_worker(self, own: Claim) -> None:
         """Drop what the worker inherited but must not hold: other slots' locks (they
         would keep dead slots 'live'), the master's identity and the metrics socket."""
-        for identity, claim in list(self.worker_claims.items()):
-            if identity != own.identity:
+        for slot, claim in list(self.worker_claims.items()):
+            if slot != own.identity:
                 claim.release()
         self.worker_claims = {own.identity: own}
         self.workers = {}
@@ -218,4 +221,7 @@ def install_hooks(cfg: Any, runtime: MasterRuntime) -> None:
     hookchain.chain(cfg, "on_exit", lambda server: runtime.on_exit(server))
     hookchain.chain(cfg, "nworkers_changed",
                     lambda server, new, old: runtime.nworkers_changed(server, new, old))
+    if "dirty_worker_init" in cfg.settings:  # gunicorn >= 27: the dirty-worker pool
+        for name, hook in dirty.hooks(runtime.dirty_pool).items():
+            hookchain.chain(cfg, name, hook)
     setattr(cfg, hookchain.MARK, True)

@@ -20,7 +20,7 @@ import os
 import struct
 import threading
 import time
-from typing import Dict, List, Mapping
+from typing import Callable, Dict, List, Mapping, Union
 
 _INITIAL_SIZE = 1 << 16
 _HEADER = 8
@@ -69,6 +69,17 @@ def sample_key(family: str, sample: str, labels: Mapping[str, str], help_text: s
     return json.dumps([family, sample, dict(labels), help_text], sort_keys=True)
 
 
+#: bytes after each key: the same for every entry of a file (16: a value and a timestamp),
+#: or a function of the key for files whose entries differ (native histograms, whose key
+#: names its bucket layout); a multiple of 8, so that the next entry stays aligned
+Payload = Union[int, Callable[[str], int]]
+
+
+def payload_of(payload: Payload, key: str) -> int:
+    """Bytes after ``key`` (ValueError or TypeError from a function that finds no entry)."""
+    return payload if isinstance(payload, int) else payload(key)
+
+
 def padded_length(encoded_length: int) -> int:
     """Key bytes plus the 1 to 8 spaces that align the value that follows."""
     return encoded_length + (8 - (encoded_length + 4) % 8)
@@ -86,7 +97,7 @@ class MmapFile:
     A file that could not get its first blocks is not mapped at all (``values`` is a sink
     and ``index`` raises ``StorageFull``) until a later attempt succeeds."""
 
-    def __init__(self, path: str, payload: int = 16) -> None:
+    def __init__(self, path: str, payload: Payload = 16) -> None:
         self.path = path
         #: bytes after each key: a value and a timestamp (16), or a larger record of one's
         #: own (exemplars), a multiple of 8 so that the next entry stays aligned
@@ -141,10 +152,15 @@ class MmapFile:
         used = min(used, len(m))
         while pos + 4 <= used:
             length = _USED.unpack_from(m, pos)[0]
-            end = pos + 4 + padded_length(length) + self.payload
-            if length <= 0 or end > used:
+            if length <= 0 or pos + 4 + length > used:
                 break  # a torn tail: the entries before it are intact
             key = bytes(m[pos + 4:pos + 4 + length]).decode("utf-8", "replace")
+            try:
+                end = pos + 4 + padded_length(length) + payload_of(self.payload, key)
+            except (ValueError, TypeError, IndexError):
+                break
+            if end > used:
+                break
             self._positions[key] = (pos + 4 + padded_length(length)) // 8
             pos = end
         return pos
@@ -162,11 +178,14 @@ class MmapFile:
     def _append(self, key: str) -> int:
         encoded = key.encode("utf-8")
         pad = padded_length(len(encoded))
-        size = 4 + pad + self.payload
+        payload = payload_of(self.payload, key)
+        size = 4 + pad + payload
         while self._used + size > self._capacity:  # (the first map may load entries)
             self._grow(self._capacity * 2)
         pos = self._used
-        struct.pack_into(f"<i{pad}s{self.payload}x", self._m, pos, len(encoded),
+        # zeroes the whole payload: the space may hold an unpublished entry of a writer
+        # that died
+        struct.pack_into(f"<i{pad}s{payload}x", self._m, pos, len(encoded),
                          encoded.ljust(pad, b" "))
         self._used = pos + size
         _USED.pack_into(self._m, 0, self._used)  # publish only a complete entry
