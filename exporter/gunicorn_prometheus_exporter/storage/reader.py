@@ -66,8 +66,6 @@ class FileReader:
         self._map: Optional[mmap.mmap] = None
         self._struct = struct.Struct("<")
         self.torn = False
-        #: which file ``keys`` describe: changes when the name holds a new file
-        self.generation = 0
 
     def _reopen(self) -> bool:
         try:
