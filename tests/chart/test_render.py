@@ -599,7 +599,9 @@ def test_podmonitor_selects_the_exporter_pods():
 
 
 def alerts_of(objs):
-    return {r["alert"]: r for g in objs.get("PrometheusRule")["spec"]["groups"] for r in g["rules"]}
+    """The alerts of the chart's first rule group (the SLO group's are tested in test_alerts.py)."""
+    group = objs.get("PrometheusRule")["spec"]["groups"][0]
+    return {r["alert"]: r for r in group["rules"] if "alert" in r}
 
 
 def test_prometheusrule_alerts():
@@ -744,6 +746,38 @@ def test_helm4_engine_renders_the_same_objects():
               for d in yaml.safe_load_all(text) if d]
         key = lambda o: (o["kind"], o["metadata"]["name"])  # noqa: E731
         assert sorted(v4, key=key) == sorted(render(values_file), key=key), values_file
+
+
+def test_scaled_object_on_saturation():
+    objs = render("monitors-values.yaml")
+    so = objs.get("ScaledObject")
+    deployment = objs.get("Deployment", component="app")
+    assert so["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                            "name": deployment["metadata"]["name"]}
+    assert "replicas" not in deployment["spec"]  # the HPA KEDA creates owns it
+    (trigger,) = so["spec"]["triggers"]
+    assert trigger["type"] == "prometheus" and trigger["metricType"] == "Value"
+    job = f'job="{FULL}-metrics"'
+    assert trigger["metadata"]["query"] == (f"sum(gunicorn_worker_in_flight_requests{{{job}}}) / "
+                                            f"sum(gunicorn_worker_capacity{{{job}}})")
+    assert trigger["metadata"]["threshold"] == "0.7"
+    assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (2, 10)
+    assert "authenticationRef" not in trigger
+
+
+def test_scaled_object_is_off_by_default_and_needs_the_keda_api():
+    default = render()
+    assert not default.kind("ScaledObject")
+    assert default.get("Deployment", component="app")["spec"]["replicas"] == 2
+    assert not render(sets=("autoscaling.enabled=true",)).kind("ScaledObject")
+    assert render(sets=("autoscaling.enabled=true",), api_versions=("keda.sh/v1alpha1",)).kind("ScaledObject")
+    so = render(sets=("autoscaling.enabled=true", "autoscaling.force=true",
+                      "autoscaling.prometheus.authenticationRef=prom-auth",
+                      "autoscaling.prometheus.authModes=bearer",
+                      "autoscaling.query=sum(x)")).get("ScaledObject")
+    trigger = so["spec"]["triggers"][0]
+    assert trigger["authenticationRef"] == {"name": "prom-auth"}
+    assert trigger["metadata"]["authModes"] == "bearer" and trigger["metadata"]["query"] == "sum(x)"
 
 
 def test_monitors_switch_native_histogram_scraping_on():

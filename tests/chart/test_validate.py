@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 import chartlib
+import crd_schemas
 
 pytestmark = pytest.mark.needs_helm
 
@@ -19,20 +20,6 @@ CRD_FILES = {
     "PodMonitor": "monitoring.coreos.com_podmonitors.yaml",
     "PrometheusRule": "monitoring.coreos.com_prometheusrules.yaml",
 }
-
-
-def _strict(node):
-    """additionalProperties: false wherever a CRD schema lists properties, as the API server's
-    pruning would otherwise drop a misspelt field silently."""
-    if isinstance(node, dict):
-        node = {k: _strict(v) for k, v in node.items()}
-        if ("properties" in node and "additionalProperties" not in node
-                and not node.get("x-kubernetes-preserve-unknown-fields")):
-            node["additionalProperties"] = False
-        return node
-    if isinstance(node, list):
-        return [_strict(v) for v in node]
-    return node
 
 
 @functools.lru_cache(maxsize=None)
@@ -44,7 +31,7 @@ def crd_validator(kind: str):
         pytest.skip(f"CRD schemas not found at {base} (the shared/ directory beside the repository)")
     crd = yaml.safe_load((dirs[-1] / CRD_FILES[kind]).read_text())
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
-    schema = _strict(copy.deepcopy(version["schema"]["openAPIV3Schema"]))
+    schema = crd_schemas.strict(copy.deepcopy(version["schema"]["openAPIV3Schema"]))
     return jsonschema.Draft7Validator(schema)
 
 
@@ -63,7 +50,9 @@ def test_rendered_objects_are_valid(values_file, kube_version):
     objs = chartlib.render(values_file, kube_version=f"v{kube_version}", api_versions=(chartlib.MONITORING_API,))
     assert objs
     for obj in objs:
-        if obj["kind"] not in CRD_FILES:
+        if obj["kind"] in crd_schemas.MODELS:
+            assert not crd_schemas.errors(obj), crd_schemas.errors(obj)
+        elif obj["kind"] not in CRD_FILES:
             k8s_validate(obj, kube_version)
     # prometheus-operator kinds last, so that a missing shared/schemas skips only them
     for obj in objs:
@@ -78,14 +67,21 @@ def test_all_kinds_are_covered():
     for values_file in chartlib.CI_FILES:
         kinds |= {o["kind"] for o in chartlib.render(values_file)}
     assert kinds == {"ConfigMap", "DaemonSet", "Deployment", "NetworkPolicy", "PersistentVolumeClaim",
-                     "Pod", "PodDisruptionBudget", "PodMonitor", "PrometheusRule", "Secret", "Service",
-                     "ServiceAccount", "ServiceMonitor"}
+                     "Pod", "PodDisruptionBudget", "PodMonitor", "PrometheusRule", "ScaledObject", "Secret",
+                     "Service", "ServiceAccount", "ServiceMonitor"}
 
 
 def test_crd_validation_catches_a_bad_field():
     obj = copy.deepcopy(chartlib.render("monitors-values.yaml").get("ServiceMonitor"))
     obj["spec"]["endpoints"][0]["intervall"] = "30s"
     assert list(crd_validator("ServiceMonitor").iter_errors(obj))
+
+
+def test_scaled_object_validation_catches_a_bad_field():
+    obj = copy.deepcopy(chartlib.render("monitors-values.yaml").get("ScaledObject"))
+    assert not crd_schemas.errors(obj)
+    obj["spec"]["minReplicas"] = 2
+    assert any("minReplicas" in e for e in crd_schemas.errors(obj))
 
 
 def test_kube_version_below_support_is_refused():

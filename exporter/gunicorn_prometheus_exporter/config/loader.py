@@ -12,7 +12,9 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import yaml
 
+from . import yamldoc
 from .kinds import RedisUrl
+from .kinds import shown as show_raw
 from .redis_url import parse_url
 from .schema import BY_PATH, CONFIG_FILE_ENV, SETTINGS, Setting, children
 
@@ -114,31 +116,20 @@ def _show(value: Any) -> str:
 
 def read_yaml(path: str) -> Dict[str, Tuple[Any, int]]:
     """Parse and check a YAML file; returns {setting path: (value, line)}."""
+    loader, root = yamldoc.compose(path, ConfigError)
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
-    loader = yaml.SafeLoader(text)
-    try:
-        root = loader.get_single_node()
         if root is None:
             return {}
         if not isinstance(root, yaml.MappingNode):
             raise ConfigError(f"{path}:{_line(root)}: expected a mapping with an 'exporter' key")
         found: Dict[str, Tuple[Any, int]] = {}
-        for key_node, value_node in _pairs(path, root, None):
+        for key_node, value_node in _pairs(path, root):
             if key_node.value != "exporter":
                 raise ConfigError(
                     f"{path}:{_line(key_node)}: {key_node.value}: unknown key; "
                     "expected 'exporter' at the top level")
             _walk(path, loader, value_node, "", found)
         return found
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else path
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
     finally:
         loader.dispose()
 
@@ -147,37 +138,29 @@ def _line(node: yaml.Node) -> int:
     return node.start_mark.line + 1
 
 
-def _pairs(path: str, node: yaml.MappingNode, prefix: Optional[str]):
-    """Key and value nodes of a mapping; ``prefix`` is the setting path of the mapping
-    below ``exporter`` (``''`` for ``exporter`` itself, None for the document's top)."""
-    seen = set()
+def _pairs(path: str, node: yaml.MappingNode):
+    """Key and value nodes of a mapping (yamldoc has refused repeated keys already)."""
     for key_node, value_node in node.value:
         if not isinstance(key_node, yaml.ScalarNode):
             raise ConfigError(f"{path}:{_line(key_node)}: keys must be plain strings")
-        if key_node.value in seen:
-            if prefix is None:
-                full = key_node.value
-            else:
-                full = ".".join(x for x in ("exporter", prefix, key_node.value) if x)
-            raise ConfigError(f"{path}:{_line(key_node)}: {full}: duplicate key")
-        seen.add(key_node.value)
         yield key_node, value_node
 
 
 def _walk(path: str, loader: yaml.SafeLoader, node: yaml.Node, prefix: str,
           found: Dict[str, Tuple[Any, int]]) -> None:
     where = f"exporter.{prefix}" if prefix else "exporter"
-    if isinstance(node, yaml.ScalarNode) and loader.construct_object(node) is None:
+    if isinstance(node, yaml.ScalarNode) and yamldoc.construct(loader, node, where,
+                                                                ConfigError) is None:
         return  # an empty section
     if not isinstance(node, yaml.MappingNode):
         raise ConfigError(f"{path}:{_line(node)}: {where}: expected a mapping of settings")
-    for key_node, value_node in _pairs(path, node, prefix):
+    for key_node, value_node in _pairs(path, node):
         sub = f"{prefix}.{key_node.value}" if prefix else key_node.value
         setting = BY_PATH.get(sub)
         if setting is not None:
-            raw = loader.construct_object(value_node, deep=True)
-            found[sub] = (_parse(setting, raw, f"{path}:{_line(value_node)}: exporter.{sub}"),
-                          _line(value_node))
+            where = f"{path}:{_line(value_node)}: exporter.{sub}"
+            raw = yamldoc.construct(loader, value_node, where, ConfigError)
+            found[sub] = (_parse(setting, raw, where), _line(value_node))
         elif children(sub):
             _walk(path, loader, value_node, sub, found)
         else:
@@ -207,10 +190,23 @@ def read_environment(environ: Mapping[str, str]) -> Dict[str, Tuple[Any, str]]:
             raw = environ.get(name)
             if raw is None or raw == "":
                 continue
-            shown = mask(raw) if setting.secret else repr(raw)
-            value = _parse(setting, raw, f"environment variable {name}={shown}")
+            if not _is_utf8(raw):
+                raise ConfigError(f"environment variable {name}: not valid UTF-8; expected "
+                                  f"{setting.kind.expected}")
+            value = _parse(setting, raw, f"environment variable {name}="
+                                         f"{mask(raw) if setting.secret else show_raw(raw)}")
             found[setting.path] = (value, name)
     return found
+
+
+def _is_utf8(value: str) -> bool:
+    """Whether an environment value was valid UTF-8 (Python keeps undecodable bytes as
+    lone surrogates, which fail later, far from the variable that held them)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # -- assembly -------------------------------------------------------------------------------

@@ -5,10 +5,11 @@ The file is ``exemplars/<identity>.db`` below the directory (a folder of its own
 prometheus_client's ``MultiProcessCollector``, should a user point it at the directory,
 never reads these slots as values), in the same key-table format (``MmapFile``) with a 40-byte slot as the payload::
 
-    [double timestamp][double value][16 bytes trace id][8 bytes span id]
+    [double timestamp][double value][16 bytes trace id, 8 bytes span id]
 
 so its size is bounded by the series of the worker, whatever the traffic. The writer
-zeroes the timestamp first and writes it last; a reader takes a slot only when the
+writes the slot with a zero timestamp first (struct packs in field order), then the
+timestamp; a reader takes a slot only when the
 timestamp it read before and after copying the slot is the same and not zero, so it
 never pairs one request's trace with another's value."""
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Iterator, Optional, Tuple
 from .mmap_file import MmapFile
 from .reader import FileReader
 
-SLOT = struct.Struct("<dd16s8s")
+SLOT = struct.Struct("<dd24s")
 _STAMP = struct.Struct("<d")
 FOLDER = "exemplars"
 
@@ -55,12 +56,10 @@ class ExemplarFile:
         """Byte offset of the slot of the sample ``key`` (appended when new)."""
         return self._file.index(key) * 8
 
-    def put(self, offset: int, value: float, timestamp: float, trace_id: bytes,
-            span_id: bytes) -> None:
-        """Replace the slot's exemplar (ids as raw bytes, 16 and 8)."""
+    def put(self, offset: int, value: float, timestamp: float, ids: bytes) -> None:
+        """Replace the slot's exemplar (``ids``: the raw trace id and span id, 24 bytes)."""
         m = self._file.buffer  # the newest map: every slot lies within it
-        _STAMP.pack_into(m, offset, 0.0)
-        SLOT.pack_into(m, offset, 0.0, value, trace_id, span_id)
+        SLOT.pack_into(m, offset, 0.0, value, ids)
         _STAMP.pack_into(m, offset, timestamp)
 
 
@@ -78,10 +77,10 @@ class ExemplarReader:
         for key, offset, stamp in zip(self._reader.keys, self._reader.offsets, stamps):
             if stamp <= 0.0:
                 continue
-            timestamp, value, trace_id, span_id = SLOT.unpack_from(m, offset)
+            timestamp, value, ids = SLOT.unpack_from(m, offset)
             if _STAMP.unpack_from(m, offset)[0] != timestamp or timestamp <= 0.0:
                 continue  # being rewritten: the next scrape has it
-            yield key, timestamp, value, trace_id.hex(), span_id.hex()
+            yield key, timestamp, value, ids[:16].hex(), ids[16:].hex()
 
     def close(self) -> None:
         self._reader.close()
