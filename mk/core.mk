@@ -7,7 +7,7 @@ GUNICORN_OLDEST ?= 23.0.0
 VENV_OLDEST ?= .venv-gunicorn-$(GUNICORN_OLDEST)
 PYTEST_ARGS ?=
 
-.PHONY: venv demo system-deps test-deps test test-core test-oldest e2e bench bench-instructions clean
+.PHONY: venv demo system-deps test-deps test test-quick test-core test-oldest e2e bench bench-instructions clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,14 @@ test-deps: system-deps venv
 ## test: everything CI runs: unit, integration, chart, image (skips without a runtime), e2e
 test: test-deps test-oldest
 	$(CHART_HELM_ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## test-quick: no root, no containers, no cluster: the plugin's tests under real gunicorn and real
+## redis-server processes (tests/ without tests/chart and tests/image; no e2e). Needs python3 with
+## venv, a C compiler (for the C speedups) and redis-server + redis-cli on PATH (the Redis tests
+## start their own on free loopback ports; without them those tests skip with one line).
+test-quick: venv
+	bash tests/workers/eventlet-venv.sh
+	$(BIN)/python -m pytest tests --ignore=tests/chart --ignore=tests/image $(PYTEST_ARGS)
 
 ## test-oldest: the request tests again on the oldest supported gunicorn
 test-oldest: $(BIN)/python
