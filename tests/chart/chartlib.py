@@ -13,7 +13,6 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "gunicorn-prometheus-exporter"
 CI_DIR = CHART / "ci"
-SCHEMAS = ROOT.parent / "shared" / "schemas"
 RELEASE = "gpe"
 NAMESPACE = "shop"
 MONITORING_API = "monitoring.coreos.com/v1"
