@@ -26,8 +26,7 @@ import kindlib
 
 _missing = kindlib.missing_tools()
 if _missing:
-    pytest.skip("kind suite needs " + ", ".join(_missing) + " (run `make e2e-kind` where they "
-                "are installed)", allow_module_level=True)
+    pytest.skip(kindlib.skip_reason(_missing), allow_module_level=True)
 
 import e2elib  # noqa: E402  (after the skip: imports test support)
 from support.scrape import scrape  # noqa: E402
