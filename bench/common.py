@@ -15,6 +15,7 @@ from typing import IO, Dict, List, Optional, Sequence, Tuple, Union
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support.gunicorn_flags import control_socket_args  # noqa: E402
 from support.ports import free_port  # noqa: E402  (re-exported to the benchmarks)
 
 
@@ -78,7 +79,7 @@ def start_gunicorn(worker_class: str, app: str, tmp: str, *, workers: int = 1,
     gunicorn = str(Path(sys.executable).with_name("gunicorn"))
     command = [*prefix, sys.executable, gunicorn, "-b", f"127.0.0.1:{port}",
                "-w", str(workers), "-k", worker_class, "--chdir", chdir or tmp,
-               "--control-socket", os.path.join(tmp, f"ctl-{port}"), *args, app]
+               *control_socket_args(os.path.join(tmp, f"ctl-{port}")), *args, app]
     proc = subprocess.Popen(command, env=full_env, stdout=output, stderr=subprocess.STDOUT,
                             start_new_session=new_session)
     return proc, port

@@ -11,8 +11,11 @@ gives it separately). Reported: instructions per request plain and with the plug
 the plugin adds, and the ratio plain/plugin, which is the throughput ratio a CPU-bound
 worker would see if every instruction cost the same.
 
+``asgi-shop`` is a realistic Starlette service (middleware, a dozen routes, a JSON POST);
+``--python`` adds the plugin with the C speedups switched off, in the same run.
+
 Run: ``python bench/instructions.py [--workers sync gthread gevent asgi asgi-starlette
-uvicorn] [--requests 300 1300]``. Needs valgrind; several minutes (callgrind runs Python
+asgi-shop uvicorn] [--requests 300 1300] [--python]``. Needs valgrind; several minutes (callgrind runs Python
 about 50 times slower).
 """
 from __future__ import annotations
@@ -26,43 +29,48 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 from common import runnable, start_gunicorn, wait_port
+from gunicorn_prometheus_exporter import speedups
 from worker_bench import write_apps
 
-#: name -> (plain worker class, plugin worker class, app, keep-alive, module needed)
-WORKERS: Dict[str, Tuple[str, str, str, bool, str]] = {
+GET_USER = b"GET /users/42 HTTP/1.1\r\nHost: bench\r\n%s\r\n"
+_ORDER = (b'{"lines": [{"sku": "A-1", "qty": 2, "price": 9.5}, '
+          b'{"sku": "B-7", "qty": 1, "price": 24.0}], "note": "leave at the door"}')
+POST_ORDER = (b"POST /api/v1/users/42/orders HTTP/1.1\r\nHost: bench\r\n"
+              b"Origin: https://shop.example\r\nContent-Type: application/json\r\n"
+              b"Content-Length: " + str(len(_ORDER)).encode() + b"\r\n%s\r\n" + _ORDER)
+
+#: name -> (plain worker class, plugin worker class, app, keep-alive, module needed, request)
+WORKERS: Dict[str, Tuple[str, str, str, bool, str, bytes]] = {
     "sync": ("sync", "gunicorn_prometheus_exporter.PrometheusWorker", "hello_wsgi:app",
-             False, "gunicorn"),
+             False, "gunicorn", GET_USER),
     "gthread": ("gthread", "gunicorn_prometheus_exporter.PrometheusThreadWorker",
-                "hello_wsgi:app", True, "gunicorn"),
+                "hello_wsgi:app", True, "gunicorn", GET_USER),
     "gevent": ("gevent", "gunicorn_prometheus_exporter.PrometheusGeventWorker",
-               "hello_wsgi:app", True, "gevent"),
+               "hello_wsgi:app", True, "gevent", GET_USER),
     "asgi": ("asgi", "gunicorn_prometheus_exporter.PrometheusASGIWorker", "hello_asgi:app",
-             True, "gunicorn.workers.gasgi"),
+             True, "gunicorn.workers.gasgi", GET_USER),
     "asgi-starlette": ("asgi", "gunicorn_prometheus_exporter.PrometheusASGIWorker",
-                       "hello_starlette:app", True, "starlette"),
+                       "hello_starlette:app", True, "starlette", GET_USER),
+    # a realistic service: middleware, a routed JSON POST (worker_bench.SHOP_STARLETTE)
+    "asgi-shop": ("asgi", "gunicorn_prometheus_exporter.PrometheusASGIWorker",
+                  "shop_starlette:app", True, "starlette", POST_ORDER),
     "uvicorn": ("uvicorn_worker.UvicornWorker",
                 "gunicorn_prometheus_exporter.PrometheusUvicornWorker", "hello_asgi:app",
-                True, "uvicorn_worker"),
+                True, "uvicorn_worker", GET_USER),
 }
-REQUEST = b"GET /users/42 HTTP/1.1\r\nHost: bench\r\n%s\r\n"
 
 
-def send_requests(port: int, count: int, keep_alive: bool) -> None:
-    """``count`` serial requests, each read to the end of its 12-byte body."""
+def send_requests(port: int, count: int, keep_alive: bool, request: bytes) -> None:
+    """``count`` serial requests, each read to the end of its body (Content-Length)."""
     sock = None
     for _ in range(count):
         if sock is None:
             sock = socket.create_connection(("127.0.0.1", port), timeout=120)
-        sock.sendall(REQUEST % (b"" if keep_alive else b"Connection: close\r\n"))
-        buf = b""
-        while not buf.endswith(b"Hello world\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise RuntimeError(f"connection closed after {buf!r}")
-            buf += chunk
+        sock.sendall(request % (b"" if keep_alive else b"Connection: close\r\n"))
+        _read_response(sock)
         if not keep_alive:
             sock.close()
             sock = None
@@ -70,8 +78,25 @@ def send_requests(port: int, count: int, keep_alive: bool) -> None:
         sock.close()
 
 
-def count_run(worker_class: str, app: str, keep_alive: bool, requests: int,
-              tmp: str) -> int:
+def _read_response(sock: socket.socket) -> None:
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        buf += _recv(sock, buf)
+    head, _, body = buf.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))
+    while len(body) < length:
+        body += _recv(sock, head + body)
+
+
+def _recv(sock: socket.socket, so_far: bytes) -> bytes:
+    chunk = sock.recv(65536)
+    if not chunk:
+        raise RuntimeError(f"connection closed after {so_far!r}")
+    return chunk
+
+
+def count_run(worker_class: str, app: str, keep_alive: bool, request: bytes, requests: int,
+              tmp: str, env: Dict[str, str]) -> int:
     """Instructions of the worker process (all its threads: gthread serves requests in a
     pool) over its life with ``requests`` requests."""
     out = Path(tempfile.mkdtemp(prefix="cg-", dir=tmp))
@@ -82,11 +107,11 @@ def count_run(worker_class: str, app: str, keep_alive: bool, requests: int,
             prefix=["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/out.%p"],
             args=["--keep-alive", "300", "--timeout", "600", "--graceful-timeout", "120"],
             env={"PROMETHEUS_SAMPLE_INTERVAL": "3600",
-                 "PYTHONHASHSEED": "0"})  # the same dict layouts in every run
+                 "PYTHONHASHSEED": "0", **env})  # the same dict layouts in every run
     try:
         wait_port(port, timeout=300, proc=proc)
-        send_requests(port, 1, keep_alive)  # the worker is up and has answered once
-        send_requests(port, requests, keep_alive)
+        send_requests(port, 1, keep_alive, request)  # the worker is up and answered once
+        send_requests(port, requests, keep_alive, request)
     finally:
         proc.terminate()
         proc.wait(300)
@@ -113,39 +138,53 @@ def _total(path: Path) -> int:
     raise RuntimeError(f"no totals in {path}")
 
 
-def per_request(worker_class: str, app: str, keep_alive: bool, counts: Tuple[int, int],
-                tmp: str) -> float:
+def per_request(worker_class: str, case: str, counts: Tuple[int, int], tmp: str,
+                env: Optional[Dict[str, str]] = None) -> float:
+    _, _, app, keep_alive, _, request = WORKERS[case]
     low, high = counts
-    return (count_run(worker_class, app, keep_alive, high, tmp)
-            - count_run(worker_class, app, keep_alive, low, tmp)) / (high - low)
+    runs = [count_run(worker_class, app, keep_alive, request, n, tmp, env or {})
+            for n in (high, low)]
+    return (runs[0] - runs[1]) / (high - low)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", nargs="+", choices=sorted(WORKERS),
                         default=["sync", "gthread", "gevent", "asgi", "asgi-starlette",
-                                 "uvicorn"])
+                                 "asgi-shop", "uvicorn"])
     parser.add_argument("--requests", nargs=2, type=int, default=[300, 1300])
+    parser.add_argument("--python", action="store_true",
+                        help=f"also the plugin with the C speedups off ({speedups.SWITCH_ENV})")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (apt-get install valgrind)")
     rows = []
+    counts = tuple(args.requests)
     with tempfile.TemporaryDirectory() as tmp:
         write_apps(tmp)
         for name in runnable({n: WORKERS[n][4] for n in args.workers}):
-            plain, plugin, app, keep_alive, _ = WORKERS[name]
+            plain, plugin = WORKERS[name][:2]
             started = time.monotonic()
-            base = per_request(plain, app, keep_alive, tuple(args.requests), tmp)
-            ours = per_request(plugin, app, keep_alive, tuple(args.requests), tmp)
-            rows.append((name, base, ours))
-            print(f"{name:15s} plain {base:9.0f}  plugin {ours:9.0f}  added {ours - base:+8.0f}"
-                  f"  ratio {base / ours:.3f}  ({time.monotonic() - started:.0f} s)",
+            base = per_request(plain, name, counts, tmp)
+            ours = per_request(plugin, name, counts, tmp)
+            python = (per_request(plugin, name, counts, tmp, {speedups.SWITCH_ENV: "1"})
+                      if args.python else None)
+            rows.append((name, base, ours, python))
+            print(_row(name, base, ours, python) + f"  ({time.monotonic() - started:.0f} s)",
                   flush=True)
     print(f"\ninstructions per request (callgrind, worker process, slope of "
           f"{args.requests[0]} and {args.requests[1]} requests):")
-    print(f"{'worker':15s} {'plain':>9s} {'plugin':>9s} {'added':>8s} {'plain/plugin':>12s}")
-    for name, base, ours in rows:
-        print(f"{name:15s} {base:9.0f} {ours:9.0f} {ours - base:+8.0f} {base / ours:12.3f}")
+    print(f"{'worker':15s} {'plain':>9s} {'plugin':>9s} {'added':>8s} {'plain/plugin':>12s}"
+          + (f" {'python':>9s} {'added':>8s} {'plain/python':>12s}" if args.python else ""))
+    for row in rows:
+        print(_row(*row))
+
+
+def _row(name: str, base: float, ours: float, python: Optional[float]) -> str:
+    text = f"{name:15s} {base:9.0f} {ours:9.0f} {ours - base:+8.0f} {base / ours:12.3f}"
+    if python is not None:
+        text += f" {python:9.0f} {python - base:+8.0f} {base / python:12.3f}"
+    return text
 
 
 if __name__ == "__main__":

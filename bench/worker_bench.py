@@ -54,6 +54,71 @@ async def hello(request):
 
 app = Starlette(routes=[Route("/", hello), Route("/users/{user_id}", hello)])
 '''
+#: a Starlette service as applications are written: a pure ASGI middleware and
+#: Starlette's CORS middleware in front, a router of a dozen routes with path parameters
+#: and a Mount, a JSON request body parsed and a JSON response built per request
+SHOP_STARLETTE = '''
+import time
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import JSONResponse
+from starlette.routing import Mount, Route
+
+
+class ServerTiming:
+    """A pure ASGI middleware as many apps have one: a header on every response."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+
+        async def timed_send(message):
+            if message["type"] == "http.response.start":
+                spent = (time.perf_counter() - started) * 1000
+                message["headers"] = list(message.get("headers", [])) + [
+                    (b"server-timing", f"app;dur={spent:.2f}".encode())]
+            await send(message)
+
+        await self.app(scope, receive, timed_send)
+
+
+async def listing(request):
+    return JSONResponse({"items": [], "page": int(request.query_params.get("page", 1))})
+
+
+async def user(request):
+    return JSONResponse({"id": request.path_params["user_id"], "name": "Ada"})
+
+
+async def create_order(request):
+    order = await request.json()
+    total = sum(line["qty"] * line["price"] for line in order["lines"])
+    return JSONResponse({"user": request.path_params["user_id"], "lines": len(order["lines"]),
+                         "total": round(total, 2), "status": "accepted"}, status_code=201)
+
+
+api = [
+    Route("/users", listing),
+    Route("/users/{user_id:int}", user),
+    Route("/users/{user_id:int}/orders", create_order, methods=["POST"]),
+    Route("/products", listing),
+    Route("/products/{sku}", user),
+    Route("/carts/{cart_id}", user),
+    Route("/carts/{cart_id}/items", listing),
+]
+app = Starlette(
+    routes=[Route("/health", listing), Route("/", listing), Mount("/api/v1", routes=api),
+            Route("/static/{path:path}", listing)],
+    middleware=[Middleware(CORSMiddleware, allow_origins=["https://shop.example"],
+                           allow_methods=["GET", "POST"]),
+                Middleware(ServerTiming)])
+'''
 
 #: worker type -> (plain class, plugin class, app module, module that must be importable)
 WORKERS = {
@@ -70,9 +135,10 @@ WORKERS = {
 
 
 def write_apps(tmp: str) -> None:
-    """The hello apps as modules in ``tmp``, which gunicorn runs in."""
+    """The benchmark apps as modules in ``tmp``, which gunicorn runs in."""
     for module, text in (("hello_wsgi", HELLO_WSGI), ("hello_asgi", HELLO_ASGI),
-                         ("hello_starlette", HELLO_STARLETTE)):
+                         ("hello_starlette", HELLO_STARLETTE),
+                         ("shop_starlette", SHOP_STARLETTE)):
         Path(tmp, f"{module}.py").write_text(text)
 
 

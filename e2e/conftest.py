@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-import e2elib
+import alert_rules
+import promapi
 from support.procs import Gunicorn
 
 
@@ -19,17 +20,17 @@ def rule_file(tmp_path_factory):
     """The chart's PrometheusRule rendered for this run (None when no renderer is found)."""
     directory = tmp_path_factory.mktemp("rules")
     try:
-        return e2elib.render_rules(directory)
+        return alert_rules.render_rules(directory)
     except LookupError:
         return None
 
 
 @pytest.fixture(scope="session")
 def prometheus(tmp_path_factory, rule_file):
-    binary = e2elib.prometheus_binary()
+    binary = promapi.prometheus_binary()
     if binary is None:
         pytest.skip("prometheus is not installed (apt-get install prometheus; make system-deps)")
-    prom = e2elib.Prometheus(binary, tmp_path_factory.mktemp("prometheus"), rule_file)
+    prom = promapi.Prometheus(binary, tmp_path_factory.mktemp("prometheus"), rule_file)
     yield prom
     prom.stop()
 

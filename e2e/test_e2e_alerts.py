@@ -14,8 +14,10 @@ import time
 
 import pytest
 
-from e2elib import (JOB, MIX, Ledger, Req, as_expected, assert_no_resets, assert_totals, burst,
-                    live_input_series, promtool_binary, promtool_test, send)
+from alert_rules import as_expected, live_input_series, promtool_test
+from promapi import JOB, promtool_binary
+from promql_checks import assert_no_resets, assert_totals
+from traffic import MIX, Ledger, Req, burst, send
 from support.wait import until
 
 

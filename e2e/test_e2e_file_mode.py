@@ -8,8 +8,10 @@ import os
 import signal
 import time
 
-from e2elib import (JOB, MIX, Background, Ledger, Req, assert_no_resets, assert_totals, burst,
-                    counters_by, send, wait_pid_gone)
+from promapi import JOB
+from promql_checks import assert_no_resets, assert_totals, counters_by
+from support.procs import wait_pid_gone
+from traffic import MIX, Background, Ledger, Req, burst, send
 from support.wait import until
 
 

@@ -10,10 +10,11 @@ import uuid
 
 import pytest
 
-from e2elib import (JOB, SCRAPE_INTERVAL as SCRAPE, Background, Ledger, RedisServer,
-                    StandaloneExporter, assert_no_resets, assert_totals, burst,
-                    redis_server_binary, wait_pid_gone)
-from support.procs import Gunicorn
+from promapi import JOB, SCRAPE_INTERVAL as SCRAPE
+from promql_checks import assert_no_resets, assert_totals
+from support.procs import Exporter, Gunicorn, wait_pid_gone
+from support.redis import RedisServer, redis_env, redis_server_bin
+from traffic import Background, Ledger, burst
 from support.scrape import scrape
 from support.wait import until
 
@@ -24,21 +25,17 @@ pytestmark = pytest.mark.redis
 def redis_stack(scenario, prometheus, tmp_path):
     """start(n_instances, **gunicorn kwargs) -> (redis, [gunicorn...], exporter); the exporter
     is the one target Prometheus scrapes for this scenario."""
-    binary = redis_server_binary()
-    if binary is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server; "
-                    "make system-deps)")
-    pytest.importorskip("redis", reason="redis-py is not installed (pip install redis)")
+    redis_server_bin()
     started = []
 
     def start(instances=2, extra_args=None, **kwargs):
-        server = RedisServer(binary, tmp_path)
+        server = RedisServer(tmp_path)
         started.append(server)
-        env = server.env("e2e" + uuid.uuid4().hex[:8])
+        env = redis_env(server, "e2e" + uuid.uuid4().hex[:8])
         gs = [scenario(workers=2, scraped=False, env=env, label=f"{scenario.name}_g{i}",
                        extra_args=(extra_args or {}).get(i), **kwargs)
               for i in range(instances)]
-        exporter = StandaloneExporter(env)
+        exporter = Exporter(env)
         started.append(exporter)
         exporter.label = scenario.name
         prometheus.add_target(exporter.port, scenario.name)
@@ -106,16 +103,14 @@ def test_redis_restart_never_serves_a_partial_aggregate(tmp_path):
     paused for 1.5 s across the restart (less than the 3 s after which an instance counts as
     dead), which only widens the window in which it has not re-flushed yet. The exporter's
     total must never be below the 40 it served before the outage."""
-    binary = redis_server_binary()
-    if binary is None:
-        pytest.skip("redis-server is not installed (make system-deps)")
-    server = RedisServer(binary, tmp_path)
-    env = server.env("e2e" + uuid.uuid4().hex[:8])
+    redis_server_bin()
+    server = RedisServer(tmp_path)
+    env = redis_env(server, "e2e" + uuid.uuid4().hex[:8])
     gs, exporter, paused = [], None, None
     try:
         for _ in range(2):  # one after the other: see test_two_instances_started_together
             gs.append(Gunicorn(tmp_path, workers=1, env=env).wait_ready(workers=1))
-        exporter = StandaloneExporter(env)
+        exporter = Exporter(env)
         burst([g.port for g in gs], Ledger(), 40)
         until(lambda: exporter_total(exporter) == 40, timeout=15, message="40 requests served")
         server.stop()
@@ -147,17 +142,15 @@ def test_two_instances_started_together_are_two_instances(tmp_path):
     may be), 20 requests each: the exporter serves 2 instances and 40 requests. (Their Redis
     instance ids once collided when both starts fell in one clock tick; fixed in e85c84e by
     adding the master's pid.)"""
-    binary = redis_server_binary()
-    if binary is None:
-        pytest.skip("redis-server is not installed (make system-deps)")
-    server = RedisServer(binary, tmp_path)
-    env = server.env("e2e" + uuid.uuid4().hex[:8])
+    redis_server_bin()
+    server = RedisServer(tmp_path)
+    env = redis_env(server, "e2e" + uuid.uuid4().hex[:8])
     gs, exporter = [], None
     try:
         gs = [Gunicorn(tmp_path, workers=1, env=env) for _ in range(2)]  # no wait between
         for g in gs:
             g.wait_ready(workers=1)
-        exporter = StandaloneExporter(env)
+        exporter = Exporter(env)
         burst([g.port for g in gs], Ledger(), 40)
         assert recorded(gs) == 40
         until(lambda: exporter_total(exporter) == 40, timeout=10,

@@ -20,7 +20,7 @@ e2e: test-deps
 
 # Without a Docker engine, kind or kubectl: one line, exit 0, nothing installed.
 e2e-kind:
-	@reason="$$($(PYTHON) e2e/kind/kindlib.py)" || exit 1; \
+	@reason="$$(PYTHONPATH=tests $(PYTHON) e2e/kind/kindlib.py)" || exit 1; \
 	if [ -n "$$reason" ]; then echo "make e2e-kind: skipped: $$reason"; exit 0; fi; \
 	$(MAKE) --no-print-directory e2e-kind-run
 

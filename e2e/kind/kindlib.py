@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence
 
+from support.helm import find_helm
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "gunicorn-prometheus-exporter"
 KIND_CONFIG = ROOT / "kind-config.yaml"
@@ -44,17 +46,10 @@ def run(args: Sequence[str], *, check: bool = True, timeout: float = 600,
     return proc
 
 
-def find_helm() -> Optional[str]:
-    if os.environ.get("HELM"):
-        return os.environ["HELM"]
-    cached = ROOT / ".cache" / "helm" / "node_modules" / ".bin" / "helm"
-    return str(cached) if cached.exists() else shutil.which("helm")
-
-
 def missing_system_tools() -> List[str]:
     """What this machine lacks for the kind suite among the tools `make` cannot install (a Docker
-    engine, kind, kubectl), in words (empty: all there). Standard library only: `make e2e-kind`
-    asks before it installs anything (`python3 e2e/kind/kindlib.py`)."""
+    engine, kind, kubectl), in words (empty: all there). Needs no package beyond tests/support: `make e2e-kind`
+    asks before it installs anything (`PYTHONPATH=tests python3 e2e/kind/kindlib.py`)."""
     missing = []
     docker = shutil.which("docker")
     if docker is None:

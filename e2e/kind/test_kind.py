@@ -28,7 +28,7 @@ _missing = kindlib.missing_tools()
 if _missing:
     pytest.skip(kindlib.skip_reason(_missing), allow_module_level=True)
 
-import e2elib  # noqa: E402  (after the skip: imports test support)
+import traffic  # noqa: E402  (after the skip: imports test support)
 from support.scrape import scrape  # noqa: E402
 from support.wait import until  # noqa: E402
 
@@ -57,10 +57,10 @@ def images(cluster):
 
 # -- traffic and exact counts ---------------------------------------------------------------------
 
-def drive(cluster, namespace: str, service: str, ledger: e2elib.Ledger, count: int = REQUESTS):
+def drive(cluster, namespace: str, service: str, ledger: traffic.Ledger, count: int = REQUESTS):
     """``count`` requests of the mix to the app Service, through a port-forward."""
     with kindlib.port_forward(cluster, namespace, f"service/{service}", 8000) as port:
-        e2elib.burst([port], ledger, count, threads=2, deadline=180)
+        traffic.burst([port], ledger, count, threads=2, deadline=180)
     assert not ledger.failures, ledger.failures[:10]
     kindlib.log.info("sent %d requests to %s/%s: %s", ledger.total, namespace, service,
                      dict(ledger.counts))
@@ -79,7 +79,7 @@ def scrape_pods(cluster, namespace: str, selector: str) -> dict:
     return dict(totals)
 
 
-def assert_exact(cluster, namespace: str, selector: str, ledger: e2elib.Ledger,
+def assert_exact(cluster, namespace: str, selector: str, ledger: traffic.Ledger,
                  timeout: float = 60) -> None:
     want = ledger.by_key()
     last = {}
@@ -116,7 +116,7 @@ def test_sidecar_topology_exact_counts(cluster, images):
     helm_install(cluster, images, release, ns, "--set", "topology=sidecar")
     kindlib.wait_rollout(cluster, ns, f"deployment/{release}")
     cluster.helm("test", release, "--namespace", ns, "--logs", timeout=300)
-    ledger = e2elib.Ledger()
+    ledger = traffic.Ledger()
     drive(cluster, ns, release, ledger)
     # each pod's sidecar serves only its own workers: the pods' sum is the total
     assert_exact(cluster, ns, APP_PODS, ledger)
@@ -132,7 +132,7 @@ def test_daemonset_topology_redis_exact_counts_and_network_policies(cluster, ima
                  "--set", f"redis.bundled.auth.existingSecret={redis_auth}")
     kindlib.wait_rollout(cluster, ns, f"deployment/{release}", f"daemonset/{release}-exporter",
                          f"deployment/{release}-redis")
-    ledger = e2elib.Ledger()
+    ledger = traffic.Ledger()
     drive(cluster, ns, release, ledger)
     # one exporter per node, each serving the instances of its node (REDIS_SCOPE=node)
     exporters = kindlib.pod_names(cluster, ns, EXPORTER_PODS)
@@ -175,7 +175,7 @@ def test_raw_manifests_sidecar(cluster, images):
     cluster.kubectl("apply", "-n", ns, "-f", "-",
                     input=retag(kindlib.ROOT / "k8s" / "sidecar-deployment.yaml", images))
     kindlib.wait_rollout(cluster, ns, "deployment/gunicorn-sidecar")
-    ledger = e2elib.Ledger()
+    ledger = traffic.Ledger()
     drive(cluster, ns, "gunicorn-sidecar", ledger)
     assert_exact(cluster, ns, APP_PODS, ledger)
 
@@ -190,6 +190,6 @@ def test_raw_manifests_daemonset(cluster, images):
     cluster.kubectl("apply", "-n", ns, "-f", "-", input=manifests)
     kindlib.wait_rollout(cluster, ns, "deployment/gunicorn-redis", "deployment/gunicorn",
                          "daemonset/gunicorn-exporter")
-    ledger = e2elib.Ledger()
+    ledger = traffic.Ledger()
     drive(cluster, ns, "gunicorn", ledger)
     assert_exact(cluster, ns, EXPORTER_PODS, ledger)

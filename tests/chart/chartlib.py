@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import functools
-import os
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import yaml
+
+from support.helm import find_helm, helm_env  # noqa: F401 (the chart tests use both)
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "gunicorn-prometheus-exporter"
@@ -21,23 +20,6 @@ MONITORING_API = "monitoring.coreos.com/v1"
 KUBE_VERSIONS = ("1.25.0", "1.37.0")
 
 CI_FILES = sorted(p.name for p in CI_DIR.glob("*-values.yaml"))
-
-
-def find_helm() -> str | None:
-    if os.environ.get("HELM"):
-        return os.environ["HELM"]
-    cached = ROOT / ".cache" / "helm" / "node_modules" / ".bin" / "helm"
-    if cached.exists():
-        return str(cached)
-    return shutil.which("helm")
-
-
-def helm_env() -> dict:
-    env = dict(os.environ)
-    home = Path(tempfile.gettempdir()) / "gpe-helm-home"
-    for var in ("HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME"):
-        env.setdefault(var, str(home / var.lower()))
-    return env
 
 
 class RenderError(Exception):

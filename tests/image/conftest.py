@@ -22,7 +22,8 @@ from typing import Iterator, Optional
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from image_helpers import BUILD_SH, EXIT_MISSING, REPO, Runtime, wait_until  # noqa: E402
+from image_helpers import BUILD_SH, EXIT_MISSING, REPO, Runtime  # noqa: E402
+from support.wait import until  # noqa: E402
 
 
 def _build_sh(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -145,7 +146,7 @@ def docker_host(
 
     try:
         try:
-            wait_until(ping, 30, "podman system service answers")
+            until(ping, timeout=30, message="podman system service answers")
         except (TimeoutError, RuntimeError) as exc:
             pytest.skip(f"podman system service cannot be started: {exc}")
         yield url

@@ -7,18 +7,15 @@ import json
 import os
 import re
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Callable, Iterator, Optional, TypeVar
+from typing import Iterator, Optional
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE_DIR = REPO / "image"
 BUILD_SH = IMAGE_DIR / "build.sh"
 EXIT_MISSING = 3  # build.sh: a prerequisite is missing (runtime, debootstrap, root)
-
-T = TypeVar("T")
 
 
 def container_marks() -> list:
@@ -37,36 +34,6 @@ def container_marks() -> list:
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-def wait_until(
-    predicate: Callable[[], T],
-    timeout: float,
-    what: str,
-    interval: float = 0.2,
-    abort: Optional[Callable[[], Optional[str]]] = None,
-) -> T:
-    """Call ``predicate`` until it returns a true value; raise after ``timeout`` seconds.
-
-    ``abort`` (e.g. "the container exited") is checked on every round and ends the wait at once
-    with an AssertionError carrying its message.
-    """
-    deadline = time.monotonic() + timeout
-    last: Optional[BaseException] = None
-    while True:
-        if abort is not None:
-            reason = abort()
-            if reason:
-                raise AssertionError(f"{what}: {reason}")
-        try:
-            result = predicate()
-            if result:
-                return result
-        except Exception as exc:  # noqa: BLE001 - retried until the deadline
-            last = exc
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"{what}: not within {timeout}s (last error: {last!r})")
-        time.sleep(interval)
-
-
 def http_get(url: str, timeout: float = 3.0) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback only
@@ -179,10 +146,11 @@ class Runtime:
         return int(self.inspect(ref, "image")["Size"])
 
 
-def skip_if_feature_missing(runtime: Runtime, cid: str, feature: str) -> None:
-    """Skip when the package in the image lacks a module of its own (not written yet)."""
+def fail_if_feature_missing(runtime: Runtime, cid: str, feature: str) -> None:
+    """Fail, naming the module, when the package in the image lacks one of its own modules:
+    exactly the packaging fault these tests exist to catch (a skip would hide it)."""
     import pytest
 
     for line in runtime.logs(cid).splitlines():
         if "ModuleNotFoundError: No module named 'gunicorn_prometheus_exporter." in line:
-            pytest.skip(f"the package has no {feature} support yet: {line.strip()}")
+            pytest.fail(f"the image's package has no {feature} support: {line.strip()}")

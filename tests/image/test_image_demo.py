@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -15,14 +12,15 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from support.ports import free_port  # noqa: E402
+from support.redis import RedisServer  # noqa: E402
 from image_helpers import (  # noqa: E402
     Runtime,
     container_marks,
     http_get,
     samples,
-    skip_if_feature_missing,
-    wait_until,
+    fail_if_feature_missing,
 )
+from support.wait import until  # noqa: E402
 
 pytestmark = container_marks()
 
@@ -47,7 +45,7 @@ def wait_for_app(port: int, abort: Callable[[], Optional[str]]) -> int:
             return True
         return False
 
-    wait_until(ready, 30, "demo app answers on :8000", abort=abort)
+    until(ready, timeout=30, message="demo app answers on :8000", abort=abort)
     return served
 
 
@@ -79,10 +77,10 @@ def send_and_count(runtime: Runtime, app_port: int, metrics_port: int, *cids: st
     expected = served + REQUESTS
     # The count reaches exactly what was sent (bounded wait, then exact).
     try:
-        wait_until(
+        until(
             lambda: get_200_count(metrics_port) >= expected,
-            20,
-            "requests counted on :9091",
+            timeout=20,
+            message="requests counted on :9091",
             abort=abort,
         )
     except TimeoutError as exc:
@@ -154,27 +152,8 @@ def test_daemonset_topology_with_redis(
     A redis-server of the test's own on a loopback port; both containers use the host's network
     namespace and bind 127.0.0.1 only.
     """
-    redis_server = shutil.which("redis-server")
-    if not redis_server:
-        pytest.skip("redis-server not installed (apt-get install redis-server)")
-    redis_port, app_port, metrics_port = free_port(), free_port(), free_port()
-    redis = subprocess.Popen(
-        [
-            redis_server,
-            "--port",
-            str(redis_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    redis = RedisServer(tmp_path)
+    redis_port, app_port, metrics_port = redis.port, free_port(), free_port()
     redis_env = [
         "-e",
         "REDIS_ENABLED=true",
@@ -186,11 +165,6 @@ def test_daemonset_topology_with_redis(
         "NODE_NAME=node-a",
     ]
     try:
-        wait_until(
-            lambda: socket.create_connection(("127.0.0.1", redis_port), 1).close() or True,
-            10,
-            "redis-server listens",
-        )
         with (
             runtime.container(
                 images["demo"],
@@ -218,9 +192,8 @@ def test_daemonset_topology_with_redis(
             try:
                 send_and_count(runtime, app_port, metrics_port, app, exporter)
             except Exception:
-                skip_if_feature_missing(runtime, exporter, "Redis")
-                skip_if_feature_missing(runtime, app, "Redis")
+                fail_if_feature_missing(runtime, exporter, "Redis")
+                fail_if_feature_missing(runtime, app, "Redis")
                 raise
     finally:
-        redis.terminate()
-        redis.wait(timeout=10)
+        redis.stop()

@@ -15,9 +15,9 @@ from image_helpers import (  # noqa: E402
     http_get,
     package_version,
     samples,
-    skip_if_feature_missing,
-    wait_until,
+    fail_if_feature_missing,
 )
+from support.wait import until  # noqa: E402
 
 pytestmark = container_marks()
 
@@ -46,7 +46,8 @@ def metrics_ready(port: int) -> str:
 
 def wait_metrics(runtime: Runtime, cid: str, port: int, what: str) -> str:
     """The body of the first 200 from /metrics; fails at once if the container exits."""
-    return wait_until(lambda: metrics_ready(port), 20, what, abort=lambda: runtime.exited(cid))
+    return until(lambda: metrics_ready(port), timeout=20, message=what,
+                 abort=lambda: runtime.exited(cid))
 
 
 def test_default_run_serves_metrics(runtime: Runtime, images: dict[str, str]) -> None:
@@ -133,7 +134,7 @@ def test_unreachable_redis_is_a_metric(runtime: Runtime, images: dict[str, str])
         try:
             body = wait_metrics(runtime, cid, port, "exporter /metrics without Redis")
         except (TimeoutError, AssertionError):
-            skip_if_feature_missing(runtime, cid, "Redis")
+            fail_if_feature_missing(runtime, cid, "Redis")
             raise
         up = [
             value
@@ -157,10 +158,10 @@ def test_healthcheck(runtime: Runtime, images: dict[str, str]) -> None:
     health = cfg.get("Healthcheck") or cfg["Config"].get("Healthcheck") or {}
     assert health.get("Test") == ["CMD", "gunicorn-prometheus-exporter", "healthcheck"], cfg
     with runtime.container(images["exporter"], *runtime.read_only_args()) as cid:
-        wait_until(
+        until(
             lambda: runtime.healthcheck_passes(cid, images["exporter"]),
-            20,
-            "healthcheck passes",
+            timeout=20,
+            message="healthcheck passes",
             abort=lambda: runtime.exited(cid),
         )
 

@@ -20,8 +20,8 @@ from image_helpers import (  # noqa: E402
     http_get,
     package_version,
     samples,
-    wait_until,
 )
+from support.wait import until  # noqa: E402
 
 pytestmark = container_marks()
 
@@ -54,7 +54,7 @@ def test_exporter_through_testcontainers(
             status, body = http_get(f"http://127.0.0.1:{port}/metrics")
             return body if status == 200 else ""
 
-        body = wait_until(scrape, 30, "exporter /metrics through testcontainers")
+        body = until(scrape, timeout=30, message="exporter /metrics through testcontainers")
         assert any(
             f'version="{package_version()}"' in labels
             for labels, _ in samples(body, "gunicorn_exporter_build_info")

@@ -12,8 +12,9 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from .gunicorn_flags import control_socket_args
 from .ports import free_port
-from .scrape import Scrape, scrape
+from .scrape import Scrape, scrape, scrape_until
 from .wait import until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -81,8 +82,8 @@ class Gunicorn(Process):
         args = [gunicorn or gunicorn_bin(), "--bind", f"127.0.0.1:{self.port}",
                 "--workers", str(workers), "--worker-class",
                 classes.get(worker_class, worker_class), "--graceful-timeout", "5"]
-        if _has_control_socket(gunicorn):
-            args += ["--control-socket", str(tmp / f"ctl-{self.port}.sock")]
+        if gunicorn is None:  # the flag fits the installed gunicorn, not another binary
+            args += control_socket_args(str(tmp / f"ctl-{self.port}.sock"))
         if config:
             args += ["--config", config]
         args += (extra_args or []) + [app]
@@ -119,21 +120,8 @@ class Gunicorn(Process):
     def scrape(self) -> Scrape:
         return scrape(self.metrics_port)
 
-    def scrape_until(self, condition, timeout: float = 10.0) -> Scrape:
-        """Requests are recorded after their last byte is sent, so a client can be faster
-        than the record: poll the metrics until ``condition(scrape)`` holds."""
-        last = []
-
-        def check():
-            s = self.scrape()
-            last[:] = [s]
-            return s if condition(s) else None
-
-        try:
-            return until(check, timeout=timeout, message="the expected metrics")
-        except AssertionError:
-            raise AssertionError("metrics never matched; last scrape:\n"
-                                 + (last[0].text if last else "(none)")) from None
+    def scrape_until(self, condition, timeout: float = 10.0, message: str = "") -> Scrape:
+        return scrape_until(self.metrics_port, condition, timeout, message, self.output)
 
     def monitor_pid(self) -> Optional[int]:
         """The metrics server process (from the master's log line)."""
@@ -156,15 +144,48 @@ class Gunicorn(Process):
                       if c.pid != monitor and c.status() != psutil.STATUS_ZOMBIE)
 
 
-def _has_control_socket(gunicorn: Optional[str]) -> bool:
-    """gunicorn >= 25.1 opens a control socket in the home directory by default; tests
-    give each instance its own path instead."""
-    from importlib import metadata
+class Exporter(Process):
+    """``gunicorn-prometheus-exporter serve`` on a free loopback port (Redis storage: the
+    tests give it ``REDIS_*`` in ``env``)."""
 
-    if gunicorn is not None:
-        return False
+    def __init__(self, env: Dict[str, str]) -> None:
+        self.port = free_port()
+        full = {**os.environ, "PYTHONUNBUFFERED": "1", "REDIS_ENABLED": "true", **env}
+        super().__init__([exporter_bin(), "serve", "--port", str(self.port),
+                          "--bind", "127.0.0.1"], full)
+        until(self._answers, timeout=20, message="the exporter to listen")
+
+    def _answers(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"exporter exited: {self.output()}")
+        socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+        return True
+
+    def scrape(self) -> Scrape:
+        return scrape(self.port)
+
+    def scrape_until(self, condition, timeout: float = 20.0, message: str = "") -> Scrape:
+        return scrape_until(self.port, condition, timeout, message, self.output)
+
+
+def exporter_bin() -> str:
+    return str(Path(sys.executable).with_name("gunicorn-prometheus-exporter"))
+
+
+def wait_pid_gone(pid: int, timeout: float = 30.0) -> None:
+    """Until process ``pid`` has exited (a zombie counts as exited)."""
+    import psutil
+
+    def gone() -> bool:
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+    until(gone, timeout=timeout, message=f"process {pid} to exit")
+
+
+def kill_group(pid: int) -> None:
     try:
-        major, minor = (int(x) for x in metadata.version("gunicorn").split(".")[:2])
-    except (metadata.PackageNotFoundError, ValueError):
-        return False
-    return (major, minor) >= (25, 1)
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

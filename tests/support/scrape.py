@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import urllib.request
-from typing import Dict, FrozenSet, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, Optional, Tuple
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from .wait import until
 
 SampleKey = Tuple[str, FrozenSet[Tuple[str, str]]]
 
@@ -44,3 +46,22 @@ def fetch(url: str, timeout: float = 10.0, headers: Optional[dict] = None) -> st
 
 def scrape(port: int, host: str = "127.0.0.1") -> Scrape:
     return Scrape(fetch(f"http://{host}:{port}/metrics"))
+
+
+def scrape_until(port: int, condition: Callable[[Scrape], object], timeout: float = 10.0,
+                 message: str = "", output: Callable[[], str] = lambda: "") -> Scrape:
+    """Requests are recorded after their last byte is sent, so a client can be faster
+    than the record: poll the metrics on ``port`` until ``condition(scrape)`` holds. On
+    timeout the last scrape and ``output()`` (the process's log) are in the message."""
+    last = []
+
+    def check() -> Optional[Scrape]:
+        s = scrape(port)
+        last[:] = [s]
+        return s if condition(s) else None
+
+    try:
+        return until(check, timeout=timeout, message=message or "the expected metrics")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last scrape:\n" + (last[0].text if last else "(none)")
+                             + "\n--- process output ---\n" + output()) from None

@@ -3,7 +3,8 @@ import shutil
 
 import pytest
 
-_PACKAGES = {"promtool": "prometheus", "prometheus": "prometheus"}
+_PACKAGES = {"promtool": "prometheus", "prometheus": "prometheus",
+             "redis-server": "redis-server", "redis-cli": "redis-tools"}
 
 
 def require_tool(name: str) -> str:

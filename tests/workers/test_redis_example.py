@@ -1,28 +1,17 @@
 """example/gunicorn_redis_integration.conf.py: the Flask example with Redis storage, against
 a redis-server of its own on a free loopback port. The mix is exact on the instance's own
 metrics server and reaches a standalone exporter that reads only Redis."""
-import os
-import shutil
-import sys
 import uuid
-from pathlib import Path
-
-import pytest
 
 from frameworks.mix import FLASK, MIX, Example, require, run_mix
-from support.procs import Process, free_port
-from support.scrape import scrape
-from support.wait import until
+from support.procs import Exporter
+from support.redis import RedisServer
 
 
 def test_redis_example_records_the_mix_and_ships_it(tmp_path):
     require("flask", "redis")
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    port = free_port()
-    redis = Process([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                     "--appendonly", "no", "--dir", str(tmp_path)], dict(os.environ))
+    redis = RedisServer(tmp_path)
+    port = redis.port
     env = {"REDIS_URL": f"redis://127.0.0.1:{port}/0", "REDIS_KEY_PREFIX":
            "ex" + uuid.uuid4().hex[:8], "REDIS_FLUSH_INTERVAL": "0.2",
            "REDIS_SOCKET_TIMEOUT": "1"}
@@ -32,13 +21,10 @@ def test_redis_example_records_the_mix_and_ships_it(tmp_path):
                     env=env)
         g.wait_ready(workers=2)
         run_mix(g, FLASK)
-        metrics_port = free_port()
-        exporter = Process([str(Path(sys.executable).with_name("gunicorn-prometheus-exporter")),
-                            "serve", "--port", str(metrics_port), "--bind", "127.0.0.1"],
-                           {**os.environ, "REDIS_ENABLED": "true", **env})
-        until(lambda: scrape(metrics_port).total("gunicorn_http_requests_total") == len(MIX),
-              timeout=20, message="the mix in Redis")
-        s = scrape(metrics_port)
+        exporter = Exporter(env)
+        s = exporter.scrape_until(
+            lambda s: s.total("gunicorn_http_requests_total") == len(MIX),
+            message="the mix in Redis")
         assert s.value("gunicorn_http_requests_total", method="GET", route="unmatched",
                        status="404") == 1
         assert s.total("gunicorn_worker_failed_requests_total") == 2
