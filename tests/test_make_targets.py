@@ -24,3 +24,19 @@ def test_e2e_kind_without_docker_kind_kubectl_is_one_line_and_exit_0(tmp_path):
     assert proc.stdout == ("make e2e-kind: skipped: kind suite needs docker (not on PATH), "
                            "kind (not on PATH), kubectl (not on PATH) (run `make e2e-kind` where "
                            "they are installed)\n")
+
+
+def test_test_quick_installs_with_pip_only_and_leaves_out_chart_image_e2e(tmp_path):
+    """`make test-quick` (README, Development) runs as any user: no apt-get, no container
+    runtime, no helm; the run itself was measured by hand (README)."""
+    proc = subprocess.run(["make", "--no-print-directory", "-n", "-C", str(ROOT), "test-quick",
+                           f"VENV={tmp_path / 'venv'}", "PYTEST_ARGS="],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    commands = proc.stdout
+    for word in ("apt-get", "system-deps", "sudo", "podman", "buildah", "docker", "helm", "npm"):
+        assert word not in commands, word
+    *install, run = commands.strip().splitlines()
+    assert run.split() == [f"{tmp_path / 'venv'}/bin/python", "-m", "pytest", "tests",
+                           "--ignore=tests/chart", "--ignore=tests/image"]
+    assert "bash tests/workers/eventlet-venv.sh" in install
