@@ -40,12 +40,13 @@ test: test-deps test-oldest
 	$(CHART_HELM_ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## test-quick: no root, no containers, no cluster: the plugin's tests under real gunicorn and real
-## redis-server processes (tests/ without tests/chart and tests/image; no e2e). Needs python3 with
-## venv, a C compiler (for the C speedups) and redis-server + redis-cli on PATH (the Redis tests
-## start their own on free loopback ports; without them those tests skip with one line).
+## redis-server processes (tests/ without tests/chart and tests/image, and without the tests
+## marked slow; no e2e). Needs python3 with venv, a C compiler (for the C speedups) and
+## redis-server + redis-cli on PATH (the Redis tests start their own on free loopback ports;
+## without them those tests skip with one line).
 test-quick: venv
 	bash tests/workers/eventlet-venv.sh
-	$(BIN)/python -m pytest tests --ignore=tests/chart --ignore=tests/image $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests --ignore=tests/chart --ignore=tests/image -m "not slow" $(PYTEST_ARGS)
 
 ## test-oldest: the request tests again on the oldest supported gunicorn
 test-oldest: $(BIN)/python

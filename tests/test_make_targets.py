@@ -38,5 +38,5 @@ def test_test_quick_installs_with_pip_only_and_leaves_out_chart_image_e2e(tmp_pa
         assert word not in commands, word
     *install, run = commands.strip().splitlines()
     assert run.split() == [f"{tmp_path / 'venv'}/bin/python", "-m", "pytest", "tests",
-                           "--ignore=tests/chart", "--ignore=tests/image"]
+                           "--ignore=tests/chart", "--ignore=tests/image", "-m", '"not', 'slow"']
     assert "bash tests/workers/eventlet-venv.sh" in install
