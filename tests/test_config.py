@@ -12,7 +12,8 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 
-from support.procs import REPO, DEMO_APP, Process, _has_control_socket, free_port, gunicorn_bin
+from support.gunicorn_flags import control_socket_args
+from support.procs import REPO, DEMO_APP, Process, free_port, gunicorn_bin
 from support.scrape import scrape
 from support.wait import until
 
@@ -23,7 +24,7 @@ WORKER = "gunicorn_prometheus_exporter.PrometheusWorker"
 
 def ctl(path: Path) -> List[str]:
     """gunicorn >= 25.1 opens a control socket; give each run its own (older: nothing)."""
-    return ["--control-socket", str(path)] if _has_control_socket(None) else []
+    return control_socket_args(str(path))
 
 
 def clean_env(**extra: str) -> Dict[str, str]:
