@@ -1,5 +1,6 @@
 """Every rendered object is valid: built-in kinds with kubernetes-validate --strict for the oldest
-and newest supported Kubernetes versions, prometheus-operator kinds against their CRD schemas."""
+and newest supported Kubernetes versions, prometheus-operator kinds against their CRD schemas
+(from an installed package: crd_schemas.py)."""
 from __future__ import annotations
 
 import copy
@@ -13,6 +14,7 @@ import chartlib
 from crd_schemas import MissingModels, crd_errors, is_custom
 
 pytestmark = pytest.mark.needs_helm
+
 
 def k8s_validate(obj: dict, version: str):
     kv = pytest.importorskip("kubernetes_validate.utils", reason="pip install kubernetes-validate")
