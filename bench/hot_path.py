@@ -44,11 +44,11 @@ class _Resp:
 
 def build_instrumentation(directory: str):
     """The plugin as a worker process has it (a real slot, store and route table in
-    ``directory``), with its sampler stopped; returns (instrumentation, worker)."""
+    ``directory``), with its sampler stopped; returns (its WorkerMetrics, worker)."""
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
     from gunicorn_prometheus_exporter import config, master
     from gunicorn_prometheus_exporter.storage import directory as storage_dir
-    from gunicorn_prometheus_exporter.workers.base import Instrumentation
+    from gunicorn_prometheus_exporter.workers.process import WorkerMetrics
 
     config.reset()
 
@@ -65,6 +65,9 @@ def build_instrumentation(directory: str):
         def set(self, name, value):
             self._c.set(name, value)
 
+        def hook(self, name):
+            return self.settings[name].get()
+
     class _Worker:
         threaded = False
         capacity = 1
@@ -74,17 +77,17 @@ def build_instrumentation(directory: str):
     worker = _Worker()
     worker.cfg = _Cfg()
     worker._gunicorn_prometheus_claim = storage_dir.claim(directory, "w")
-    inst = Instrumentation(worker, runtime)
-    inst.sampler.stop()
-    return inst, worker
+    metrics = WorkerMetrics(worker, runtime)
+    metrics.sampler.stop()
+    return metrics, worker
 
 
 def plugin_case(directory: str):
-    inst, worker = build_instrumentation(directory)
+    _, worker = build_instrumentation(directory)
     environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/users/42", "CONTENT_LENGTH": "",
                "wsgi.input": None}
     req, resp = _Req(), _Resp()
-    pre, post = inst.pre_request, inst.post_request
+    pre, post = worker.cfg.hook("pre_request"), worker.cfg.hook("post_request")
 
     def run(n: int) -> None:
         for _ in range(n):

@@ -148,7 +148,7 @@ def throughput(args, tmp: str, server: RedisServer) -> Dict[str, object]:
 
 def scrape(server: RedisServer, tmp: str, instances: int = 10, series: int = 1000) -> Dict:
     """10 instances x 1,000 series flushed by real flushers, read by the reader."""
-    from gunicorn_prometheus_exporter import metrics as catalogue
+    from gunicorn_prometheus_exporter import families
     from gunicorn_prometheus_exporter.config.loader import build
     from gunicorn_prometheus_exporter.recorder import Writer
     from gunicorn_prometheus_exporter.redis_storage.flusher import Flusher
@@ -166,7 +166,7 @@ def scrape(server: RedisServer, tmp: str, instances: int = 10, series: int = 100
         claim = storage_dir.claim(directory, "w")
         writer = Writer(ProcessStore(directory, claim.identity))
         for s in range(series):
-            writer.count(catalogue.HTTP_REQUESTS, ("GET", f"/route/{s}", "200"), s + i)
+            writer.count(families.HTTP_REQUESTS, ("GET", f"/route/{s}", "200"), s + i)
         flusher = Flusher(build(None, {**env, "REDIS_INSTANCE_ID": f"inst{i}"}), directory, log)
         started = time.perf_counter()
         flusher.run()

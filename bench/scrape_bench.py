@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from gunicorn_prometheus_exporter.collector import DirectoryCollector
-from gunicorn_prometheus_exporter.metrics import Family
+from gunicorn_prometheus_exporter.families import Family
 from gunicorn_prometheus_exporter.recorder import histogram_positions, scalar_position
 from gunicorn_prometheus_exporter.storage import directory as storage_dir
 from gunicorn_prometheus_exporter.storage.store import ProcessStore

@@ -175,7 +175,7 @@ def asgi_micro(requests: int) -> tuple:
     plugin's ASGI wrapper (recording into a real worker store in a temporary directory)."""
     import asyncio
 
-    from gunicorn_prometheus_exporter.frameworks.asgi import instrument
+    from gunicorn_prometheus_exporter.workers.asgi_metrics import instrument
     from hot_path import build_instrumentation
 
     namespace: dict = {}
@@ -183,7 +183,7 @@ def asgi_micro(requests: int) -> tuple:
     app = namespace["app"]
     with tempfile.TemporaryDirectory() as tmp:
         metrics, _ = build_instrumentation(tmp)
-        wrapped = instrument(app, metrics)
+        wrapped = instrument(app, metrics.labeller, metrics.native)
         scope = {"type": "http", "method": "GET", "path": "/users/42", "headers": []}
 
         async def receive():

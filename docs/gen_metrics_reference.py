@@ -1,4 +1,4 @@
-"""Render docs/metrics.md from the metric catalogue (``metrics.py``).
+"""Render docs/metrics.md from the metric catalogue (``families.py``).
 
 Run: ``python docs/gen_metrics_reference.py`` (``--check`` exits 1 when the file is stale)."""
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from gunicorn_prometheus_exporter import metrics as catalogue
+from gunicorn_prometheus_exporter import families
 
 OUT = Path(__file__).with_name("metrics.md")
 ORIGINS = [
@@ -17,7 +17,7 @@ ORIGINS = [
 ]
 INTRO = """# Metric reference
 
-Generated from `exporter/gunicorn_prometheus_exporter/metrics.py` by
+Generated from `exporter/gunicorn_prometheus_exporter/families.py` by
 `docs/gen_metrics_reference.py`; `tests/test_docs.py` checks that this list and a real scrape
 of gunicorn with the plugin hold exactly the same families.
 
@@ -30,7 +30,7 @@ churn. Histograms use the buckets of `exporter.metrics.duration_buckets` (defaul
 """
 
 
-def labels(family: catalogue.Family) -> str:
+def labels(family: families.Family) -> str:
     names = list(family.labels)
     if family.per_worker:
         names = ["worker_id", *names]
@@ -43,7 +43,7 @@ def render() -> str:
     lines = [INTRO]
     for origin, title in ORIGINS:
         lines += [f"\n## {title}\n", "| metric | type | labels | meaning |", "|---|---|---|---|"]
-        for family in catalogue.ALL:
+        for family in families.ALL:
             if family.origin == origin:
                 lines.append(f"| `{family.sample}` | {family.typ} | {labels(family)} | "
                              f"{family.help} |")

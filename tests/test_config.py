@@ -23,7 +23,6 @@ WORKER = "gunicorn_prometheus_exporter.PrometheusWorker"
 
 
 def ctl(path: Path) -> List[str]:
-    """gunicorn >= 25.1 opens a control socket; give each run its own (older: nothing)."""
     return control_socket_args(str(path))
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gunicorn_prometheus_exporter import metrics as catalogue
+from gunicorn_prometheus_exporter import families as catalogue
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,6 +18,21 @@ def test_metric_reference_is_generated_from_the_catalogue():
     result = subprocess.run([sys.executable, str(ROOT / "docs" / "gen_metrics_reference.py"),
                              "--check"], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_architecture_names_real_files_and_the_recording_line():
+    """docs/architecture.md's paths exist, and the line it says records
+    gunicorn_http_requests_total is in recorder.py."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    package = ROOT / "exporter" / "gunicorn_prometheus_exporter"
+    named = set(re.findall(r"`([\w/]+\.(?:py|c))`", text))
+    files = {str(f.relative_to(package)) for f in package.rglob("*.[pc]*")}
+    missing = sorted(p for p in named if not (ROOT / p).exists()
+                     and not any(f == p or f.endswith("/" + p) for f in files))
+    assert named and not missing, missing
+    recorder = (package / "recorder.py").read_text()
+    assert "counters[requests] += 1.0  # gunicorn_http_requests_total" in recorder
+    assert "families.HTTP_REQUESTS" in recorder
 
 
 @pytest.fixture(scope="module")

@@ -594,7 +594,8 @@ def test_failing_collection_is_a_500_and_the_server_goes_on():
     import logging
     import threading
 
-    from gunicorn_prometheus_exporter.server.http import Exposition, MetricsServer, listening_socket
+    from gunicorn_prometheus_exporter.server.http import Exposition, MetricsServer
+    from gunicorn_prometheus_exporter.server.sockets import listening_socket
     from gunicorn_prometheus_exporter.server.webconfig import WebConfig
 
     calls = []
@@ -641,11 +642,12 @@ def test_trickling_and_idle_clients_are_cut_at_the_header_deadline(monkeypatch):
     import threading
 
     from gunicorn_prometheus_exporter.server import http as server_http
+    from gunicorn_prometheus_exporter.server.sockets import listening_socket
     from gunicorn_prometheus_exporter.server.webconfig import WebConfig
 
     monkeypatch.setattr(server_http, "HEADER_TIMEOUT", 0.5)
     server = server_http.MetricsServer(
-        server_http.listening_socket("127.0.0.1", 0),
+        listening_socket("127.0.0.1", 0),
         server_http.Exposition(lambda: [], "test"), WebConfig(),
         logging.getLogger("test-header-deadline"))
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},

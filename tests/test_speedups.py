@@ -12,13 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from gunicorn_prometheus_exporter import metrics as catalogue
+from gunicorn_prometheus_exporter import families as catalogue
 from gunicorn_prometheus_exporter import speedups
 from gunicorn_prometheus_exporter.collector import DirectoryCollector
 from gunicorn_prometheus_exporter.frameworks import ERROR_ENVIRON_KEY, ROUTE_ENVIRON_KEY
-from gunicorn_prometheus_exporter.frameworks import asgi
 from gunicorn_prometheus_exporter.recorder import Recorder
+from gunicorn_prometheus_exporter.routes import RouteTable
 from gunicorn_prometheus_exporter.storage.store import ProcessStore
+from gunicorn_prometheus_exporter.workers import asgi_metrics as asgi
+from gunicorn_prometheus_exporter.workers import labelling
+from gunicorn_prometheus_exporter.workers.labelling import RequestLabeller
 
 native = speedups.load({})
 needs_native = pytest.mark.skipif(native is None, reason="the C speedups are not built here")
@@ -40,11 +43,11 @@ def test_the_speedups_are_built_where_a_compiler_is():
     assert speedups.load({speedups.SWITCH_ENV: "0"}) is native
 
 
-def _write(directory: Path, compiled: bool, monkeypatch, threaded: bool) -> bytes:
-    monkeypatch.setattr(speedups, "native", native if compiled else None)
+def _write(directory: Path, compiled: bool, threaded: bool) -> bytes:
     directory.mkdir()
     store = ProcessStore(str(directory), "w0")
-    rec = Recorder(store, DURATIONS, SIZES, threaded=threaded)
+    rec = Recorder(store, DURATIONS, SIZES, threaded=threaded,
+                   native=native if compiled else None)
     routes = [rec.series("GET", "/a", "200"), rec.series("POST", "/b/{id}", "500")]
     for i, (duration, received, sent) in enumerate(REQUESTS):
         rec.add(routes[i % 2], duration, received, sent)
@@ -54,9 +57,9 @@ def _write(directory: Path, compiled: bool, monkeypatch, threaded: bool) -> byte
 
 @needs_native
 @pytest.mark.parametrize("threaded", [False, True], ids=["one-thread", "threaded"])
-def test_compiled_add_writes_the_bytes_python_writes(tmp_path, monkeypatch, threaded):
-    python = _write(tmp_path / "python", False, monkeypatch, threaded)
-    compiled = _write(tmp_path / "c", True, monkeypatch, threaded)
+def test_compiled_add_writes_the_bytes_python_writes(tmp_path, threaded):
+    python = _write(tmp_path / "python", False, threaded)
+    compiled = _write(tmp_path / "c", True, threaded)
     assert len(python) > 0 and compiled == python
 
 
@@ -136,17 +139,13 @@ PATHS = ["/ok", "/upload", "/tasks", "/boom", "/gone", "/wait", "/items/7", "/no
          "/custom/9", "/mounted/1", "/pathsend", "/late-boom"]
 
 
-def _instrumentation(directory: Path):
-    """The worker's Instrumentation, as far as recording goes, over real files."""
-    from gunicorn_prometheus_exporter.routes import RouteTable
-    from gunicorn_prometheus_exporter.workers.base import Instrumentation
-
-    inst = Instrumentation.__new__(Instrumentation)
-    inst.store = ProcessStore(str(directory), "w0")
-    inst.recorder = Recorder(inst.store, [60.0], SIZES, threaded=False)
-    inst.routes = RouteTable(str(directory), 100)
-    inst.resolved, inst.log = {}, logging.getLogger("test-speedups")
-    return inst
+def _instrumentation(directory: Path, compiled: bool = False) -> RequestLabeller:
+    """The worker's request labeller and recorder over real files."""
+    store = ProcessStore(str(directory), "w0")
+    recorder = Recorder(store, [60.0], SIZES, threaded=False,
+                        native=native if compiled else None)
+    return RequestLabeller(recorder, RouteTable(str(directory), 100),
+                           logging.getLogger("test-speedups"))
 
 
 async def _serve(wrapped, path: str) -> None:
@@ -165,13 +164,12 @@ async def _serve(wrapped, path: str) -> None:
     assert result is None
 
 
-def _samples(directory: Path, compiled: bool, monkeypatch) -> dict:
+def _samples(directory: Path, compiled: bool) -> dict:
     """Every sample the mix leaves (twice: the second time from known series), plus what
     interrupted requests leave; duration sums aside (the clock differs)."""
-    monkeypatch.setattr(speedups, "native", native if compiled else None)
     directory.mkdir()
-    inst = _instrumentation(directory)
-    wrapped = asgi.instrument(_app, inst)
+    inst = _instrumentation(directory, compiled)
+    wrapped = asgi.instrument(_app, inst, native if compiled else None)
     assert (type(wrapped).__name__ == "MeteredApp") is compiled
 
     async def mix():
@@ -196,7 +194,7 @@ def _samples(directory: Path, compiled: bool, monkeypatch) -> dict:
         del call
     gauges, index = inst.recorder.in_flight_cell()
     assert gauges[index] == 0.0
-    inst.store.close()
+    inst.recorder.store.close()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for f in DirectoryCollector(str(directory)).read() for s in f.samples
             if not s.name.endswith("_duration_seconds_sum")}
@@ -208,12 +206,12 @@ def _never(message):
 
 
 @needs_native
-def test_compiled_wrapper_records_what_python_records(tmp_path, monkeypatch):
+def test_compiled_wrapper_records_what_python_records(tmp_path):
     # the /mounted/1 case resolves a Mount through starlette.routing
     pytest.importorskip("starlette", reason="starlette is not installed "
                         "(tests/requirements-frameworks.txt; make venv installs it)")
-    python = _samples(tmp_path / "python", False, monkeypatch)
-    compiled = _samples(tmp_path / "c", True, monkeypatch)
+    python = _samples(tmp_path / "python", False)
+    compiled = _samples(tmp_path / "c", True)
     requests = {labels: v for (name, labels), v in python.items()
                 if name == "gunicorn_http_requests_total"}
     failed = {labels: v for (name, labels), v in python.items()
@@ -266,14 +264,13 @@ def test_compiled_wrapper_records_what_python_records(tmp_path, monkeypatch):
     ({"type": "http.response.body", "body": 5}, TypeError),        # a body with no len()
     ("not a message", TypeError),
 ], ids=["no-type", "no-status", "body-without-len", "not-a-mapping"])
-def test_compiled_send_fails_like_python(tmp_path, monkeypatch, message, error):
+def test_compiled_send_fails_like_python(tmp_path, message, error):
     """A bad message raises in the application, as the server would, and the request is
     still recorded (a 500, the error's class) and leaves the in-flight gauge."""
     results = []
     for compiled in (False, True):
-        monkeypatch.setattr(speedups, "native", native if compiled else None)
         (tmp_path / str(compiled)).mkdir()
-        inst = _instrumentation(tmp_path / str(compiled))
+        inst = _instrumentation(tmp_path / str(compiled), compiled)
 
         async def app(scope, receive, send):
             await send(message)
@@ -281,7 +278,7 @@ def test_compiled_send_fails_like_python(tmp_path, monkeypatch, message, error):
         async def send(message):
             pass
 
-        wrapped = asgi.instrument(app, inst)
+        wrapped = asgi.instrument(app, inst, native if compiled else None)
         with pytest.raises(error):
             asyncio.run(wrapped({"type": "http", "method": "GET", "path": "/"}, None, send))
         gauges, index = inst.recorder.in_flight_cell()
@@ -294,7 +291,7 @@ def test_compiled_send_fails_like_python(tmp_path, monkeypatch, message, error):
 def test_compiled_wrapper_refuses_bad_calls(tmp_path):
     inst = _instrumentation(tmp_path)
     wrapped = native.MeteredApp(_app, print, {}, inst.recorder.add, asgi.GONE,
-                                *inst.recorder.in_flight_cell())
+                                *inst.recorder.in_flight_cell(), asgi.KNOWN_REQUEST)
     with pytest.raises(TypeError):
         wrapped({"type": "http"}, None)
     with pytest.raises(KeyError):
@@ -304,7 +301,59 @@ def test_compiled_wrapper_refuses_bad_calls(tmp_path):
         call.send(1)
     with pytest.raises(TypeError):
         native.MeteredApp(_app, print, [], inst.recorder.add, asgi.GONE,
-                          *inst.recorder.in_flight_cell())
+                          *inst.recorder.in_flight_cell(), asgi.KNOWN_REQUEST)
     with pytest.raises(TypeError, match="format 'd'"):
         native.MeteredApp(_app, print, {}, inst.recorder.add, asgi.GONE,
-                          memoryview(bytearray(8)), 0)
+                          memoryview(bytearray(8)), 0, asgi.KNOWN_REQUEST)
+
+
+# -- the fast path is taken ------------------------------------------------------------------
+@needs_native
+def test_a_worker_with_the_speedups_records_through_the_compiled_writer(tmp_path):
+    """Recorder and ASGI wrapper built with the module take the compiled path: their add is
+    a RequestWriter's, the wrapper a MeteredApp (the Python twins run where it is None)."""
+    labeller = _instrumentation(tmp_path, compiled=True)
+    assert type(labeller.recorder.add.__self__) is native.RequestWriter
+    assert type(asgi.instrument(_app, labeller, native)) is native.MeteredApp
+    (tmp_path / "python").mkdir()
+    python = _instrumentation(tmp_path / "python", compiled=False)
+    assert python.recorder.add.__func__ is Recorder._add
+    assert type(asgi.instrument(_app, python, None)) is asgi.ASGIMetrics
+
+
+def test_record_builds_the_key_layouts_it_hands_to_the_compiled_wrapper(tmp_path):
+    """The keys of ``resolved`` follow KEY_BY_PATH and KEY_BY_TEMPLATE, the layouts the
+    compiled wrapper is handed: positions in (method, path, status, template)."""
+    labeller = _instrumentation(tmp_path)
+    labeller.record("GET", "/ok", 200, 0.1, 0, 3)
+    labeller.record("GET", "/items/7", 200, 0.1, 0, 3, "/items/{id}")
+    fields = {"by_path": ("GET", "/ok", 200, None), "by_template": ("GET", None, 200,
+                                                                   "/items/{id}")}
+    assert set(labeller.resolved) == {
+        tuple(fields["by_path"][i] for i in labelling.KEY_BY_PATH),
+        tuple(fields["by_template"][i] for i in labelling.KEY_BY_TEMPLATE)}
+    labeller.recorder.store.close()
+
+
+@needs_native
+def test_a_known_request_is_recorded_in_c_without_calling_python(tmp_path):
+    """The compiled wrapper records a request whose series is known without calling back
+    into Python: a second request of each kind never reaches ``record``. Fails when the
+    compiled wrapper's keys stop matching the ones Python stores (every request would
+    then fall back to Python, with the same numbers)."""
+    labeller = _instrumentation(tmp_path, compiled=True)
+    labelled = []
+    record = labeller.record
+    labeller.record = lambda *args: (labelled.append(args[1]), record(*args))
+    wrapped = asgi.instrument(_app, labeller, native)
+
+    async def mix():
+        for path in ["/ok", "/items/7", "/custom/9"] * 3:
+            await _serve(wrapped, path)
+
+    asyncio.run(mix())
+    # /custom/9 carries our own route key in the scope: labelled in Python every time
+    assert labelled == ["/ok", "/items/7", "/custom/9", "/custom/9", "/custom/9"]
+    assert labeller.recorder.counter_value(
+        catalogue.HTTP_REQUESTS, ("GET", "/items/{id}", "200")) == 3
+    labeller.recorder.store.close()

@@ -1,4 +1,4 @@
-/* The request path in C: an optional accelerator of recorder.py and frameworks/asgi.py.
+/* The request path in C: an optional accelerator of recorder.py and workers/asgi_metrics.py.
  *
  * The Python code stays the reference: speedups.py loads this module when it was built and
  * not switched off, and tests/test_speedups.py checks that both write the same bytes and
@@ -230,7 +230,7 @@ static PyTypeObject RequestWriterType = {
 };
 
 
-/* -- the ASGI wrapper: frameworks/asgi.py's ASGIMetrics -------------------------------------
+/* -- the ASGI wrapper: workers/asgi_metrics.py's ASGIMetrics -------------------------------------
  *
  * MeteredApp(app, record, gone, gauges, index) is the application a worker serves. A call
  * with an HTTP scope returns a MeteredCall: an awaitable that, when first driven, counts
@@ -245,9 +245,9 @@ static PyTypeObject RequestWriterType = {
 static PyObject *s_type, *s_status, *s_body, *s_more_body, *s_path, *s_get, *s_http;
 static PyObject *s_response_start, *s_response_body, *s_response_pathsend;
 static PyObject *s_throw, *s_close;
-static PyObject *s_method, *s_route, *s_router, *s_app_root_path, *s_route_key, *s_error_key;
+static PyObject *s_method;
 static PyObject *perf_counter;  /* time.perf_counter: the clock of the Python path */
-static PyObject *file_size;     /* frameworks.asgi._file_size, imported at the first pathsend */
+static PyObject *file_size;     /* workers.asgi_metrics._file_size, imported at the first pathsend */
 
 static int
 now(double *out)
@@ -421,7 +421,7 @@ static int
 count_pathsend(RequestMeter *self, PyObject *message)
 {
     if (file_size == NULL) {
-        PyObject *module = PyImport_ImportModule("gunicorn_prometheus_exporter.frameworks.asgi");
+        PyObject *module = PyImport_ImportModule("gunicorn_prometheus_exporter.workers.asgi_metrics");
         if (module == NULL)
             return -1;
         file_size = PyObject_GetAttrString(module, "_file_size");
@@ -446,7 +446,7 @@ count_pathsend(RequestMeter *self, PyObject *message)
     return now(&self->ended);
 }
 
-/* Look at one message, as frameworks/asgi.py's counting_send does. */
+/* Look at one message, as workers/asgi_metrics.py's counting_send does. */
 static int
 observe(RequestMeter *self, PyObject *message)
 {
@@ -689,11 +689,18 @@ typedef struct {
     vectorcallfunc vectorcall;
     PyObject *app;
     PyObject *record;   /* ASGIMetrics.record: any request, labelled in Python */
-    PyObject *resolved; /* Instrumentation.resolved: request key -> series */
+    PyObject *resolved; /* RequestLabeller.resolved: request key -> series */
     PyObject *add;      /* Recorder.add */
     PyObject *gone;     /* exception classes of a client that went away (499) */
     PyObject *gauges;   /* the in-flight gauge: view and index */
     Py_ssize_t gauge_index;
+    /* handed over by Python (asgi_metrics.KNOWN_REQUEST), never re-derived here: */
+    PyObject *own_keys;      /* scope keys that leave a request to record() */
+    PyObject *unmatched_key; /* a router ran and matched no route ("unmatched") */
+    PyObject *route_key;     /* the matched route in the scope ... */
+    PyObject *template_attr; /* ... and its attribute holding the template */
+    int by_path[3];          /* the key layouts of ``resolved``: positions in */
+    int by_template[3];      /* (method, path, status, template) */
 } MeteredApp;
 
 enum { CALL_NEW, CALL_RUNNING, CALL_DONE };
@@ -710,10 +717,10 @@ typedef struct {
 static PyTypeObject MeteredAppType;
 static PyTypeObject MeteredCallType;
 
-/* The common request in C: no exception, no route or error key of our own in the scope, no
- * Starlette mount to resolve, and its series already known (Instrumentation.record and
- * starlette.route_template decide the same way for it). 1: recorded; 0: not this kind,
- * record() labels it; -1: an error. */
+/* The common request in C: no exception, none of the scope keys Python labels itself
+ * (``own_keys``), and its series already known: the key is built with the layout Python
+ * handed over (RequestLabeller.record builds it the same way). 1: recorded; 0: not this
+ * kind, record() labels it; -1: an error. */
 static int
 record_known(MeteredApp *owner, PyObject *scope, RequestMeter *meter, PyObject *duration,
              PyObject *received, PyObject *sent)
@@ -723,20 +730,24 @@ record_known(MeteredApp *owner, PyObject *scope, RequestMeter *meter, PyObject *
     PyObject *method = PyDict_GetItemWithError(scope, s_method);
     if (method == NULL)
         return PyErr_Occurred() ? -1 : 0;
-    if (PyDict_GetItemWithError(scope, s_route_key) != NULL
-            || PyDict_GetItemWithError(scope, s_error_key) != NULL
-            || PyDict_GetItemWithError(scope, s_app_root_path) != NULL)
-        return PyErr_Occurred() ? -1 : 0;
-    PyObject *key, *route = PyDict_GetItemWithError(scope, s_route);
-    if (route == NULL) {
-        if (PyErr_Occurred() || PyDict_GetItemWithError(scope, s_router) != NULL)
-            return PyErr_Occurred() ? -1 : 0;  /* no route matched: "unmatched" */
-        PyObject *path = PyDict_GetItemWithError(scope, s_path);
-        if (path == NULL)
+    Py_ssize_t n = PyTuple_GET_SIZE(owner->own_keys);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (PyDict_GetItemWithError(scope, PyTuple_GET_ITEM(owner->own_keys, i)) != NULL
+                || PyErr_Occurred())
             return PyErr_Occurred() ? -1 : 0;
-        key = PyTuple_Pack(3, method, path, meter->status);
+    }
+    PyObject *fields[4] = {method, NULL, meter->status, NULL};
+    const int *layout;
+    PyObject *template = NULL, *route = PyDict_GetItemWithError(scope, owner->route_key);
+    if (route == NULL) {
+        if (PyErr_Occurred() || PyDict_GetItemWithError(scope, owner->unmatched_key) != NULL)
+            return PyErr_Occurred() ? -1 : 0;  /* no route matched: "unmatched" */
+        fields[1] = PyDict_GetItemWithError(scope, s_path);
+        if (fields[1] == NULL)
+            return PyErr_Occurred() ? -1 : 0;
+        layout = owner->by_path;
     } else {
-        PyObject *template = PyObject_GetAttr(route, s_path);
+        template = PyObject_GetAttr(route, owner->template_attr);
         if (template == NULL) {
             PyErr_Clear();
             return 0;
@@ -745,9 +756,11 @@ record_known(MeteredApp *owner, PyObject *scope, RequestMeter *meter, PyObject *
             Py_DECREF(template);
             return 0;
         }
-        key = PyTuple_Pack(3, method, meter->status, template);
-        Py_DECREF(template);
+        fields[3] = template;
+        layout = owner->by_template;
     }
+    PyObject *key = PyTuple_Pack(3, fields[layout[0]], fields[layout[1]], fields[layout[2]]);
+    Py_XDECREF(template);
     if (key == NULL)
         return -1;
     PyObject *series = PyDict_GetItemWithError(owner->resolved, key);
@@ -1054,17 +1067,52 @@ MeteredApp_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
     return (PyObject *)call;
 }
 
+/* One key layout: three positions in (method, path, status, template), none of them
+ * ``absent`` (the field that layout never has). */
+static int
+parse_layout(PyObject *positions, int absent, int out[3])
+{
+    if (!PyTuple_Check(positions) || PyTuple_GET_SIZE(positions) != 3) {
+        PyErr_SetString(PyExc_TypeError, "a key layout is a tuple of three positions");
+        return -1;
+    }
+    for (int i = 0; i < 3; i++) {
+        long p = PyLong_AsLong(PyTuple_GET_ITEM(positions, i));
+        if (p == -1 && PyErr_Occurred())
+            return -1;
+        if (p < 0 || p > 3 || p == absent) {
+            PyErr_SetString(PyExc_ValueError, "a key layout position is out of its fields");
+            return -1;
+        }
+        out[i] = (int)p;
+    }
+    return 0;
+}
+
 static PyObject *
 MeteredApp_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"app", "record", "resolved", "add", "gone", "gauges", "index",
-                               NULL};
-    PyObject *app, *record, *resolved, *add, *gone, *gauges;
+                               "known", NULL};
+    PyObject *app, *record, *resolved, *add, *gone, *gauges, *own_keys, *unmatched_key,
+        *route_key, *template_attr, *by_path, *by_template;
     Py_ssize_t index;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO!OOOn:MeteredApp", keywords, &app,
-                                     &record, &PyDict_Type, &resolved, &add, &gone, &gauges,
-                                     &index))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO!OOOn(O!UUUOO):MeteredApp", keywords,
+                                     &app, &record, &PyDict_Type, &resolved, &add, &gone,
+                                     &gauges, &index, &PyTuple_Type, &own_keys,
+                                     &unmatched_key, &route_key, &template_attr, &by_path,
+                                     &by_template))
         return NULL;
+    int path_layout[3], template_layout[3];
+    if (parse_layout(by_path, 3, path_layout) < 0
+            || parse_layout(by_template, 1, template_layout) < 0)
+        return NULL;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(own_keys); i++) {
+        if (!PyUnicode_Check(PyTuple_GET_ITEM(own_keys, i))) {
+            PyErr_SetString(PyExc_TypeError, "the scope keys are strings");
+            return NULL;
+        }
+    }
     Py_buffer values;  /* checked once here; every request checks again */
     if (get_values(gauges, &values) < 0)
         return NULL;
@@ -1080,6 +1128,12 @@ MeteredApp_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->gone = Py_NewRef(gone);
     self->gauges = Py_NewRef(gauges);
     self->gauge_index = index;
+    self->own_keys = Py_NewRef(own_keys);
+    self->unmatched_key = Py_NewRef(unmatched_key);
+    self->route_key = Py_NewRef(route_key);
+    self->template_attr = Py_NewRef(template_attr);
+    memcpy(self->by_path, path_layout, sizeof(path_layout));
+    memcpy(self->by_template, template_layout, sizeof(template_layout));
     return (PyObject *)self;
 }
 
@@ -1092,6 +1146,10 @@ MeteredApp_traverse(MeteredApp *self, visitproc visit, void *arg)
     Py_VISIT(self->add);
     Py_VISIT(self->gone);
     Py_VISIT(self->gauges);
+    Py_VISIT(self->own_keys);
+    Py_VISIT(self->unmatched_key);
+    Py_VISIT(self->route_key);
+    Py_VISIT(self->template_attr);
     return 0;
 }
 
@@ -1104,6 +1162,10 @@ MeteredApp_clear(MeteredApp *self)
     Py_CLEAR(self->add);
     Py_CLEAR(self->gone);
     Py_CLEAR(self->gauges);
+    Py_CLEAR(self->own_keys);
+    Py_CLEAR(self->unmatched_key);
+    Py_CLEAR(self->route_key);
+    Py_CLEAR(self->template_attr);
     return 0;
 }
 
@@ -1128,7 +1190,8 @@ static PyTypeObject MeteredAppType = {
     .tp_vectorcall_offset = offsetof(MeteredApp, vectorcall),
     .tp_call = PyVectorcall_Call,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_doc = "MeteredApp(app, record, resolved, add, gone, gauges, index): ASGIMetrics in C.",
+    .tp_doc = "MeteredApp(app, record, resolved, add, gone, gauges, index, known): "
+              "ASGIMetrics in C.",
     .tp_traverse = (traverseproc)MeteredApp_traverse,
     .tp_clear = (inquiry)MeteredApp_clear,
     .tp_members = MeteredApp_members,
@@ -1153,9 +1216,6 @@ intern_all(void)
         {&s_type, "type"}, {&s_status, "status"}, {&s_body, "body"},
         {&s_more_body, "more_body"}, {&s_path, "path"}, {&s_get, "get"}, {&s_http, "http"},
         {&s_throw, "throw"}, {&s_close, "close"}, {&s_method, "method"},
-        {&s_route, "route"}, {&s_router, "router"}, {&s_app_root_path, "app_root_path"},
-        {&s_route_key, "gunicorn_prometheus_exporter.route"},
-        {&s_error_key, "gunicorn_prometheus_exporter.error"},
         {&s_response_start, "http.response.start"},
         {&s_response_body, "http.response.body"},
         {&s_response_pathsend, "http.response.pathsend"},

@@ -8,7 +8,7 @@ import socket
 import struct
 from typing import Any, List, Optional, Sequence, Tuple
 
-from . import metrics as catalogue
+from . import families
 from .recorder import Writer
 
 _TCP_INFO = getattr(socket, "TCP_INFO", 11)
@@ -51,8 +51,8 @@ class BacklogSampler:
         for name, sock in self._sockets:
             found = sample(sock)
             if found is not None:
-                self._writer.set_gauge(catalogue.LISTEN_BACKLOG, float(found[0]), (name,))
-                self._writer.set_gauge(catalogue.LISTEN_BACKLOG_MAX, float(found[1]), (name,))
+                self._writer.set_gauge(families.LISTEN_BACKLOG, float(found[0]), (name,))
+                self._writer.set_gauge(families.LISTEN_BACKLOG_MAX, float(found[1]), (name,))
 
     def close(self) -> None:
         pass

@@ -11,7 +11,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 from typing import Dict, List, Optional
 
 from . import config
@@ -142,41 +141,17 @@ def _healthcheck(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .server import webconfig
-    from .server.http import Exposition, MetricsServer, listening_socket
-    from .sources import open_source
+    from .server import metrics_process, webconfig
 
-    # SIGTERM and SIGINT are blocked in every thread (threads inherit the mask, so this comes
-    # first) and taken by sigwait below: no Python handler that could deadlock on a lock
-    stop_signals = {signal.SIGTERM, signal.SIGINT}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    # first: threads inherit the mask, and a signal during start-up waits for the loop
+    stop_signals = metrics_process.block_stop_signals(signal.SIGTERM, signal.SIGINT)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
     log = logging.getLogger("gunicorn_prometheus_exporter")
     settings = effective(args)
     web = webconfig.from_settings(settings)
     web.tls_context()  # a bad certificate or key is a config error, before anything starts
-    source = open_source(settings, log)
-    p = settings.prometheus
-    try:
-        sock = listening_socket(p.bind_address, p.metrics_port)
-    except OSError as exc:
-        log.error("cannot listen on %s:%s: %s", p.bind_address, p.metrics_port,
-                  exc.strerror or exc)
-        return 1
-    server = MetricsServer(sock, Exposition(source.collect, source.description), web, log)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
-                              daemon=True)
-    thread.start()
-    scheme = "https" if web.cert_file else "http"
-    log.info("serving %s at %s://%s:%s/metrics", source.description, scheme,
-             p.bind_address, p.metrics_port)
-    received = signal.sigwait(stop_signals)
-    log.info("stopping (%s)", signal.Signals(received).name)
-    server.stop(grace=0.5)  # SIGTERM ends the exporter within a second
-    server.server_close()
-    source.close()
-    return 0
+    return metrics_process.standalone(settings, web, log, stop_signals)
 
 
 if __name__ == "__main__":

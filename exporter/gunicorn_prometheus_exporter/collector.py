@@ -21,7 +21,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample
 
-from . import metrics as catalogue
+from . import families
 from .storage import directory as storage_dir
 from .storage.reader import FileReader
 from .version import __version__
@@ -112,7 +112,7 @@ class Merger:
         worker_id = shard.worker_id
         for position in range(len(shard.targets), len(keys)):
             family, sample, labels, help_text = self._parse_key(keys[position])
-            known = catalogue.BY_NAME.get(family)
+            known = families.BY_NAME.get(family)
             extra = shard.extra
             if known is not None and known.per_worker and worker_id is not None:
                 extra = extra + (("worker_id", worker_id),)
@@ -122,7 +122,7 @@ class Merger:
             sid = self.registry.add(family, shard.typ, help_text, sample, merged)
             shard.targets.append(sid)
             shard.series.add(sid)
-            derived = catalogue.DERIVED.get(family)
+            derived = families.DERIVED.get(family)
             if derived is not None and worker_id is not None:
                 suffix = "_total" if derived.typ == "counter" else sample[len(family):]
                 kept = (tuple(kv for kv in labels if kv[0] == "le") + shard.extra
@@ -223,11 +223,11 @@ def gc_paused():
 
 def _add_worker_states(out: Dict[str, Metric]) -> None:
     """``gunicorn_workers{state}``: live workers with and without a request in flight."""
-    in_flight = out.get(catalogue.IN_FLIGHT.name)
+    in_flight = out.get(families.IN_FLIGHT.name)
     if in_flight is None:
         return
     busy = sum(1 for s in in_flight.samples if s.value > 0)
-    spec = catalogue.WORKERS
+    spec = families.WORKERS
     metric = Metric(spec.name, spec.help, "gauge")
     metric.add_sample(spec.name, {"state": "busy"}, busy)
     metric.add_sample(spec.name, {"state": "idle"}, len(in_flight.samples) - busy)
@@ -325,19 +325,19 @@ def health_families(collector: ReadStats, source: str) -> Iterable[Metric]:
     """The exporter's own metrics, from the state of a collector (directory or Redis)."""
     import gunicorn
 
-    def gauge(spec: catalogue.Family, value: float, labels: Optional[dict] = None) -> Metric:
+    def gauge(spec: families.Family, value: float, labels: Optional[dict] = None) -> Metric:
         metric = Metric(spec.name, spec.help, spec.typ)
         metric.add_sample(spec.sample, labels or {}, value)
         return metric
 
-    yield gauge(catalogue.BUILD_INFO, 1, {
+    yield gauge(families.BUILD_INFO, 1, {
         "version": __version__, "gunicorn": gunicorn.__version__,
         "prometheus_client": _distribution_version("prometheus_client"),
         "python": platform.python_version()})
-    yield gauge(catalogue.SCRAPE_DURATION, collector.last_duration)
-    yield gauge(catalogue.FILES_READ, collector.last_files)
-    yield gauge(catalogue.SAMPLES_READ, collector.last_values)
-    yield gauge(catalogue.READ_ERRORS, collector.read_errors)
-    yield gauge(catalogue.SOURCE_UP, collector.source_up, {"source": source})
+    yield gauge(families.SCRAPE_DURATION, collector.last_duration)
+    yield gauge(families.FILES_READ, collector.last_files)
+    yield gauge(families.SAMPLES_READ, collector.last_values)
+    yield gauge(families.READ_ERRORS, collector.read_errors)
+    yield gauge(families.SOURCE_UP, collector.source_up, {"source": source})
     if collector.last_success is not None:
-        yield gauge(catalogue.LAST_READ, collector.last_success)
+        yield gauge(families.LAST_READ, collector.last_success)

@@ -13,12 +13,12 @@ from . import master
 
 def default_on_starting(server: Any) -> None:
     """Set up the multiprocess directory early (before the first fork)."""
-    master.ensure(server.cfg, server.log)
+    master.ensure(server.cfg, server.log, server.app)
 
 
 def default_when_ready(server: Any) -> None:
     """Start the metrics server (once)."""
-    master.ensure(server.cfg, server.log).when_ready(server)
+    master.ensure(server.cfg, server.log, server.app).when_ready(server)
 
 
 def default_post_fork(server: Any, worker: Any) -> None:
@@ -31,7 +31,7 @@ def default_worker_int(worker: Any) -> None:
 
 def default_on_exit(server: Any) -> None:
     """Stop the metrics server (once)."""
-    runtime = master.current()
+    runtime = master.of(server)
     if runtime is not None:
         runtime.on_exit(server)
 
@@ -41,7 +41,7 @@ def redis_when_ready(server: Any) -> None:
     (or ``exporter.redis.enabled``) the same set-up also ships metrics to Redis, from the
     metrics server process (never from a worker, never on the request path); Redis being
     down at start-up delays nothing. See docs/redis.md."""
-    runtime = master.ensure(server.cfg, server.log)
+    runtime = master.ensure(server.cfg, server.log, server.app)
     if not runtime.settings.redis.enabled:
         server.log.warning("prometheus: redis_when_ready is set but Redis storage is off; "
                            "set REDIS_ENABLED=true (or exporter.redis.enabled) to use it")

@@ -10,11 +10,11 @@ import logging
 import os
 from typing import Callable, Dict, Optional
 
-from . import metrics as catalogue
-from .recorder import Writer
+from . import families
+from .writer import Writer
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
-_handler: Optional["LevelCounter"] = None
+LOGGER = "gunicorn.error"
 
 
 class LevelCounter(logging.Handler):
@@ -30,10 +30,10 @@ class LevelCounter(logging.Handler):
         """Count into ``writer`` from now on (each process sets its own after fork)."""
         if writer is not None:
             for level in LEVELS:
-                writer.prepare(catalogue.LOG_MESSAGES, (level,))
+                writer.prepare(families.LOG_MESSAGES, (level,))
             if os.getpid() == self._owner:
                 for level, count in self._pending.items():
-                    writer.count(catalogue.LOG_MESSAGES, (level,), count)
+                    writer.count(families.LOG_MESSAGES, (level,), count)
         self._pending = {}
         self.writer = writer
         self.witness = witness
@@ -47,7 +47,7 @@ class LevelCounter(logging.Handler):
             level = level if level in LEVELS else "critical"
             writer = self.writer
             if writer is not None:
-                writer.count(catalogue.LOG_MESSAGES, (level,))
+                writer.count(families.LOG_MESSAGES, (level,))
             else:
                 self._pending[level] = self._pending.get(level, 0) + 1
             if self.witness is not None:
@@ -58,11 +58,14 @@ class LevelCounter(logging.Handler):
 
 def counter() -> LevelCounter:
     """The process's handler, attached once to the ``gunicorn.error`` logger (which
-    gunicorn's logger class uses whatever its configuration). Attached when gunicorn loads
-    the worker class, before the master logs its first line; what it counts before the
-    master has a writer is kept and handed over."""
-    global _handler
-    if _handler is None:
-        _handler = LevelCounter()
-        logging.getLogger("gunicorn.error").addHandler(_handler)
-    return _handler
+    gunicorn's logger class uses whatever its configuration) and found there again: the
+    logger holds it, not a global of ours. Attached when gunicorn loads the worker class,
+    before the master logs its first line; what it counts before the master has a writer
+    is kept and handed over."""
+    logger = logging.getLogger(LOGGER)
+    for handler in logger.handlers:
+        if isinstance(handler, LevelCounter):
+            return handler
+    handler = LevelCounter()
+    logger.addHandler(handler)
+    return handler

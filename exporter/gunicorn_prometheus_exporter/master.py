@@ -5,22 +5,28 @@ first fork; from there the plugin sets up storage and adds its own server hooks 
 the user's (``when_ready``, ``pre_fork``, ``child_exit``, ``worker_exit``, ``on_exit``), so
 ``worker_class`` alone is a complete set-up. Nothing of gunicorn is replaced: the hooks are
 gunicorn's documented ones, chained, and they are added again to the fresh config object a
-HUP reload creates (from the worker class's ``__init__``, which runs in the master)."""
+HUP reload creates (from the worker class's ``__init__``, which runs in the master).
+
+The runtime is no module global: it is kept on gunicorn's own objects (the config it was
+made for, and the application object, which a HUP reload keeps), handed to each worker
+object, and below it only values go down (the settings, the directory, ``MasterId``)."""
 from __future__ import annotations
 
-import functools
 import os
 import signal
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
-from . import config, exits, logcount, signals, speedups
-from . import metrics as catalogue
-from .recorder import Writer
+from . import config, exits, families, hookchain, identity, logcount, signals, speedups
+from .master_id import MasterId
+from .server.sockets import shares_port
+from .server.supervisor import MetricsSupervisor
 from .storage import directory as storage_dir
 from .storage.directory import Claim
 from .storage.store import ProcessStore
+from .writer import Writer
 
-_MARK = "_gunicorn_prometheus_hooks"
+#: the attribute of gunicorn's config and application objects that holds the runtime
+RUNTIME_ATTR = "_gunicorn_prometheus_master"
 
 
 class MasterRuntime:
@@ -38,8 +44,6 @@ class MasterRuntime:
         self.directory = self.settings.multiproc_dir
         if storage_dir.prepare(self.directory, self.settings.cleanup.db_files):
             log.info("prometheus: emptied the multiprocess directory %s", self.directory)
-        from . import identity
-
         identity.route_prometheus_client(self.directory)
         self.claim = storage_dir.claim(self.directory, "m")
         self.writer = Writer(ProcessStore(self.directory, self.claim.identity))
@@ -47,30 +51,35 @@ class MasterRuntime:
         logcount.counter().use(self.writer, self.witness.observe_log)
         self.worker_claims: Dict[str, Claim] = {}
         self.workers: Dict[str, Any] = {}
-        self.monitor: Optional[Any] = None
+        self.supervisor: Optional[MetricsSupervisor] = None
         self.arbiter: Optional[Any] = None
         self._signals_installed = False
+
+    @property
+    def id(self) -> MasterId:
+        return MasterId(self.pid, self.claim.identity)
 
     # -- hooks ---------------------------------------------------------------------------------
     def when_ready(self, server: Any) -> None:
         self.arbiter = server
+        setattr(server.app, RUNTIME_ATTR, self)  # a HUP replaces the config, not the app
         self.nworkers_changed(server, server.num_workers, None)
         if not self._signals_installed:
             self._signals_installed = True
-            server.log.info("prometheus: request path %s", speedups.describe())
+            server.log.info("prometheus: request path %s", speedups.describe(speedups.load()))
             signals.install(self.writer, self._on_signal)
-            self._watch_monitor()
-        self.start_monitor()
+            self._watch_metrics_process()
+        self.start_metrics_process()
 
     def nworkers_changed(self, server: Any, new_value: int, old_value: Any) -> None:
-        self.writer.set_gauge(catalogue.WORKERS_DESIRED, float(new_value))
+        self.writer.set_gauge(families.WORKERS_DESIRED, float(new_value))
 
     def pre_fork(self, server: Any, worker: Any) -> None:
         claim = storage_dir.claim(self.directory, "w")
         worker._gunicorn_prometheus_claim = claim
         self.worker_claims[claim.identity] = claim
         self.workers[claim.identity] = worker
-        self.ensure_monitor()
+        self.restart_metrics_process_if_gone()
 
     def worker_gone(self, server: Any, worker: Any) -> None:
         """``child_exit`` (and ``worker_exit`` when the master finds a worker vanished)."""
@@ -82,10 +91,10 @@ class MasterRuntime:
         intent = exits.take_intent(self.directory, claim.identity)
         reason, how = self.witness.reason(worker.pid, intent)
         slot = storage_dir.worker_id_of(claim.identity) or claim.identity
-        self.writer.count(catalogue.WORKER_RESTARTS, (slot, reason))
-        self.writer.count(catalogue.WORKER_RESTART_COUNT, (slot, how, reason))
-        self.writer.count(catalogue.MASTER_RESTARTS, (reason,))
-        self.writer.count(catalogue.MASTER_RESTART_COUNT, (slot, reason, how))
+        self.writer.count(families.WORKER_RESTARTS, (slot, reason))
+        self.writer.count(families.WORKER_RESTART_COUNT, (slot, how, reason))
+        self.writer.count(families.MASTER_RESTARTS, (reason,))
+        self.writer.count(families.MASTER_RESTART_COUNT, (slot, reason, how))
         storage_dir.remove_live_gauges(self.directory, claim.identity)
         self.worker_claims.pop(claim.identity).release()
         self.workers.pop(claim.identity, None)
@@ -94,9 +103,9 @@ class MasterRuntime:
         for worker in list(self.workers.values()):
             if self.witness.ended(getattr(worker, "pid", None)):
                 self.worker_gone(server, worker)  # reaped, but gunicorn halted before child_exit
-        if self.monitor is not None:
-            self.monitor.stop()
-            self.monitor = None
+        if self.supervisor is not None:
+            self.supervisor.stop()
+            self.supervisor = None
 
     def _on_signal(self, name: str) -> None:
         """Called from the master's signal handlers, before gunicorn's own."""
@@ -105,15 +114,15 @@ class MasterRuntime:
         elif name in ("INT", "TERM", "QUIT"):
             self.witness.stopping = True
 
-    def _watch_monitor(self) -> None:
+    def _watch_metrics_process(self) -> None:
         """Start the metrics server again as soon as it dies (SIGCHLD, chained in front of
         gunicorn's handler), not only at the next worker spawn."""
         theirs = signal.getsignal(signal.SIGCHLD)
 
         def on_child(signum: int, frame: Any) -> None:
             try:
-                if self.monitor is not None:
-                    self.monitor.restart_if_gone()
+                if self.supervisor is not None:
+                    self.supervisor.restart_if_gone()
             except Exception:  # noqa: BLE001 - never break gunicorn's reaping
                 pass
             if callable(theirs):
@@ -122,21 +131,20 @@ class MasterRuntime:
         signal.signal(signal.SIGCHLD, on_child)
 
     # -- the metrics server ----------------------------------------------------------------------
-    def start_monitor(self) -> None:
-        if self.monitor is not None:
+    def start_metrics_process(self) -> None:
+        if self.supervisor is not None:
             return
-        from .server.monitor import Monitor
-
         listeners = getattr(self.arbiter, "LISTENERS", ())
-        monitor = Monitor(self.settings, self.directory, self.log, listeners)
-        if monitor.needed:
-            self.monitor = monitor
-            monitor.start()
+        supervisor = MetricsSupervisor(self.settings, self.directory, self.log, self.id,
+                                       listeners)
+        if supervisor.needed:
+            self.supervisor = supervisor
+            supervisor.start()
 
-    def ensure_monitor(self) -> None:
+    def restart_metrics_process_if_gone(self) -> None:
         """Start the metrics server again if it died (checked at each worker spawn)."""
-        if self.monitor is not None:
-            self.monitor.restart_if_gone()
+        if self.supervisor is not None:
+            self.supervisor.restart_if_gone()
 
     # -- in a freshly forked worker --------------------------------------------------------------
     def enter_worker(self, own: Claim) -> None:
@@ -148,9 +156,9 @@ class MasterRuntime:
         self.worker_claims = {own.identity: own}
         self.workers = {}
         self.claim.release()
-        if self.monitor is not None:
-            self.monitor.forget()
-            self.monitor = None
+        if self.supervisor is not None:
+            self.supervisor.forget()
+            self.supervisor = None
         for sig in (signal.SIGCHLD,):
             signal.signal(sig, signal.SIG_DFL)
 
@@ -158,8 +166,6 @@ class MasterRuntime:
 def _check_metrics_address(settings: config.Settings, binds: Sequence[Any]) -> None:
     """A metrics port that is also gunicorn's would take its listener (or fail to bind
     later, after the workers have started): refuse it before any worker."""
-    from .server.http import shares_port
-
     p = settings.prometheus
     if not p.server:
         return
@@ -171,57 +177,36 @@ def _check_metrics_address(settings: config.Settings, binds: Sequence[Any]) -> N
                 f"gunicorn's bind {bind[0]}:{bind[1]}; expected a port of its own")
 
 
-_runtime: Optional[MasterRuntime] = None
+def ensure(cfg: Any, log: Any, app: Any = None) -> MasterRuntime:
+    """The master's runtime, with our hooks on ``cfg``: created at the first call (the
+    worker class's ``check_config``, or a legacy hook) and kept on ``cfg`` and ``app``, so
+    the worker class's ``__init__`` (in the master, with a HUP-reloaded config too) finds
+    it on the application object and hands it to the worker."""
+    runtime = getattr(cfg, RUNTIME_ATTR, None) or getattr(app, RUNTIME_ATTR, None)
+    if runtime is None:
+        runtime = MasterRuntime(log, cfg.address)
+    setattr(cfg, RUNTIME_ATTR, runtime)
+    if app is not None:
+        setattr(app, RUNTIME_ATTR, runtime)
+    install_hooks(cfg, runtime)
+    return runtime
 
 
-def current() -> Optional[MasterRuntime]:
-    return _runtime
-
-
-def ensure(cfg: Any, log: Any) -> MasterRuntime:
-    """The master's runtime, created on first use, with our hooks on ``cfg``."""
-    global _runtime
-    if _runtime is None:
-        _runtime = MasterRuntime(log, cfg.address)
-    install_hooks(cfg, _runtime)
-    return _runtime
+def of(server: Any) -> Optional[MasterRuntime]:
+    """The runtime of the master ``server`` (gunicorn's arbiter), if it has one."""
+    return getattr(server.app, RUNTIME_ATTR, None) or getattr(server.cfg, RUNTIME_ATTR, None)
 
 
 def install_hooks(cfg: Any, runtime: MasterRuntime) -> None:
-    if getattr(cfg, _MARK, False):
+    if getattr(cfg, hookchain.MARK, False):
         return
-    _chain(cfg, "when_ready", lambda server: runtime.when_ready(server))
-    _chain(cfg, "pre_fork", lambda server, worker: runtime.pre_fork(server, worker))
-    _chain(cfg, "child_exit", lambda server, worker: runtime.worker_gone(server, worker))
-    _chain(cfg, "worker_exit", lambda server, worker: runtime.worker_gone(server, worker))
-    _chain(cfg, "on_exit", lambda server: runtime.on_exit(server))
-    _chain(cfg, "nworkers_changed",
-           lambda server, new, old: runtime.nworkers_changed(server, new, old))
-    setattr(cfg, _MARK, True)
-
-
-def _chain(cfg: Any, name: str, ours: Callable[..., None]) -> None:
-    """Set hook ``name`` to ours followed by whatever the user configured."""
-    cfg.set(name, chained(ours, user_hook(cfg, name)))
-
-
-def user_hook(cfg: Any, name: str) -> Optional[Callable[..., None]]:
-    """The hook the user configured for ``name``, or None (gunicorn's no-op default, or
-    one of ours already)."""
-    setting = cfg.settings[name]
-    hook = setting.get()
-    return None if hook is setting.default or getattr(hook, _MARK, False) else hook
-
-
-def chained(ours: Callable[..., None], theirs: Optional[Callable[..., None]]) -> Callable:
-    """Ours, then theirs. ``functools.wraps`` gives the wrapper the signature of ours, so
-    it passes gunicorn's arity check of the hook."""
-
-    @functools.wraps(ours)
-    def hook(*args: Any) -> None:
-        ours(*args)
-        if theirs is not None:
-            theirs(*args)
-
-    setattr(hook, _MARK, True)
-    return hook
+    hookchain.chain(cfg, "when_ready", lambda server: runtime.when_ready(server))
+    hookchain.chain(cfg, "pre_fork", lambda server, worker: runtime.pre_fork(server, worker))
+    hookchain.chain(cfg, "child_exit",
+                    lambda server, worker: runtime.worker_gone(server, worker))
+    hookchain.chain(cfg, "worker_exit",
+                    lambda server, worker: runtime.worker_gone(server, worker))
+    hookchain.chain(cfg, "on_exit", lambda server: runtime.on_exit(server))
+    hookchain.chain(cfg, "nworkers_changed",
+                    lambda server, new, old: runtime.nworkers_changed(server, new, old))
+    setattr(cfg, hookchain.MARK, True)

@@ -5,23 +5,40 @@ seven float stores (five without a body), plus the in-flight gauge's two."""
 from __future__ import annotations
 
 import math
-import threading
 from bisect import bisect_left
-from typing import Dict, Optional, Sequence, Tuple
+from types import ModuleType
+from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 from prometheus_client.utils import floatToGoString
 
-from . import metrics as catalogue
-from . import speedups
-from .metrics import Family
+from . import families
+from .families import Family
 from .storage.mmap_file import MmapFile, sample_key
 from .storage.store import ProcessStore
+from .writer import Writer, scalar_position
 
 #: positions of one histogram series: (bucket positions incl. +Inf, sum position)
 HistPositions = Tuple[Tuple[int, ...], int]
-#: where one request series is recorded: (counter view, count index, histogram view,
-#: then bucket positions and sum index of duration, request size, response size)
-Series = tuple
+
+
+class Series(NamedTuple):
+    """Where one ``{method, route, status}`` is recorded: positions in the worker's mapped
+    files, found once by ``Recorder.series``. The compiled writer reads the fields by
+    position, in this order."""
+
+    counters: memoryview  # the counter file's values
+    requests: int  # gunicorn_http_requests_total{method, route, status}
+    histograms: memoryview  # the histogram file's values
+    duration_buckets: Tuple[int, ...]  # gunicorn_http_request_duration_seconds, +Inf last
+    duration_sum: int
+    request_size_buckets: Tuple[int, ...]  # gunicorn_http_request_size_bytes
+    request_size_sum: int
+    response_size_buckets: Tuple[int, ...]  # gunicorn_http_response_size_bytes
+    response_size_sum: int
+
+
+#: one finished request: (series, duration, request body bytes, response body bytes)
+AddRequest = Callable[[Series, float, int, int], None]
 
 
 def histogram_positions(file: MmapFile, family: Family, labels: Dict[str, str],
@@ -35,59 +52,12 @@ def histogram_positions(file: MmapFile, family: Family, labels: Dict[str, str],
     return tuple(buckets), total
 
 
-def scalar_position(file: MmapFile, family: Family, labels: Dict[str, str]) -> int:
-    return file.index(sample_key(family.name, family.sample, labels, family.help))
-
-
-class Writer:
-    """Counters and gauges of one process, for the rarer events (errors, signals, exits,
-    samples). ``lock`` serialises writers of the same value from several threads."""
-
-    def __init__(self, store: ProcessStore, threaded: bool = False) -> None:
-        self.store = store
-        self._counters = store.file("counter")
-        self._counts: Dict[Tuple[str, Tuple[str, ...]], int] = {}
-        self.lock: Optional[threading.Lock] = threading.Lock() if threaded else None
-
-    def prepare(self, family: Family, values: Tuple[str, ...]) -> None:
-        """Create a counter's entry now, so that counting it later (for instance from a
-        signal handler) never has to append to the file."""
-        self._position(family, values)
-
-    def _position(self, family: Family, values: Tuple[str, ...]) -> int:
-        key = (family.name, values)
-        position = self._counts.get(key)
-        if position is None:
-            position = scalar_position(self._counters, family, dict(zip(family.labels, values)))
-            self._counts[key] = position
-        return position
-
-    def count(self, family: Family, values: Tuple[str, ...] = (), amount: float = 1.0) -> None:
-        """Add to a counter of ``family`` (labels in the family's order)."""
-        position = self._position(family, values)
-        if self.lock is None:
-            self._counters.values[position] += amount
-        else:
-            with self.lock:
-                self._counters.values[position] += amount
-
-    def counter_value(self, family: Family, values: Tuple[str, ...] = ()) -> float:
-        return self._counters.values[self._position(family, values)]
-
-    def set_counter(self, family: Family, value: float, values: Tuple[str, ...] = ()) -> None:
-        self._counters.values[self._position(family, values)] = value
-
-    def set_gauge(self, family: Family, value: float, values: Tuple[str, ...] = ()) -> None:
-        file = self.store.file("gauge", family.mode)
-        position = scalar_position(file, family, dict(zip(family.labels, values)))
-        file.values[position] = value
-
-
 class Recorder(Writer):
     """Writes the request families and the worker's own gauges of one process."""
 
     def __init__(self, store: ProcessStore, duration_bounds: Sequence[float],
-                 size_bounds: Sequence[float], threaded: bool) -> None:
+                 size_bounds: Sequence[float], threaded: bool,
+                 native: Optional[ModuleType] = None) -> None:
         super().__init__(store, threaded)
         self._histograms = store.file("histogram")
         self._gauges = store.file("gauge", "livesum")
@@ -97,21 +67,26 @@ class Recorder(Writer):
         self._size_label_bounds = list(size_bounds)
         self._size_bounds = [math.floor(b) if math.isfinite(b) else b for b in size_bounds]
         self._empty_bucket = bisect_left(self._size_bounds, 0)
-        self._series: Dict[Tuple[str, str, str], tuple] = {}
+        self._series: Dict[Tuple[str, str, str], Series] = {}
+        #: (method, route) -> the three histograms' bucket and sum positions, flat
         self._by_route: Dict[Tuple[str, str], tuple] = {}
-        self._in_flight = scalar_position(self._gauges, catalogue.IN_FLIGHT, {})
+        self._in_flight = scalar_position(self._gauges, families.IN_FLIGHT, {})
         self._gauges.values[self._in_flight] = 0.0
         if threaded:
             # per request the lock's bound methods: a ``with`` block costs twice as much
             # (about 1,950 instructions against 1,000, counted with callgrind)
             self._acquire = self.lock.acquire  # type: ignore[union-attr]
             self._release = self.lock.release  # type: ignore[union-attr]
-        if speedups.native is not None:
-            # the same stores in C; it holds the GIL throughout, so threads need no lock
-            self.add = speedups.native.RequestWriter(  # type: ignore[method-assign]
-                self._duration_bounds, self._size_bounds).add
-        elif threaded:
-            self.add = self._add_locked  # type: ignore[method-assign]
+        #: one finished request's stores, chosen here once for the life of the recorder
+        self.add: AddRequest = self._request_writer(native, threaded)
+
+    def _request_writer(self, native: Optional[ModuleType], threaded: bool) -> AddRequest:
+        """The compiled stores where ``native`` (``speedups.load()``) is given: they hold
+        the GIL throughout, so threads need no lock. Else the Python stores, behind the
+        lock when several threads record at once."""
+        if native is not None:
+            return native.RequestWriter(self._duration_bounds, self._size_bounds).add
+        return self._add_locked if threaded else self._add
 
     # -- per request --------------------------------------------------------------------
     def series(self, method: str, route: str, status: str) -> Series:
@@ -119,20 +94,24 @@ class Recorder(Writer):
         series = self._series.get((method, route, status))
         return series if series is not None else self._register(method, route, status)
 
-    def add(self, series: Series, duration: float, request_bytes: int,
-            response_bytes: int) -> None:
+    def _add(self, series: Series, duration: float, request_bytes: int,
+             response_bytes: int) -> None:
         """One finished request: seven float stores into the mapped files (five for a
         request without a body: adding zero to a sum is skipped). The views in ``series``
-        may be older maps of a grown file, which still write the same pages."""
-        counters, count, h, dur_b, dur_s, req_b, req_s, resp_b, resp_s = series
-        counters[count] += 1.0
+        may be older maps of a grown file, which still write the same pages. Unpacked by
+        position: one step, where reading nine fields by name would be nine."""
+        counters, requests, h, dur_b, dur_s, req_b, req_s, resp_b, resp_s = series
+        counters[requests] += 1.0  # gunicorn_http_requests_total
+        # gunicorn_http_request_duration_seconds
         h[dur_b[bisect_left(self._duration_bounds, duration)]] += 1.0
         h[dur_s] += duration
+        # gunicorn_http_request_size_bytes
         if request_bytes:
             h[req_b[bisect_left(self._size_bounds, request_bytes)]] += 1.0
             h[req_s] += request_bytes
         else:
             h[req_b[self._empty_bucket]] += 1.0
+        # gunicorn_http_response_size_bytes
         if response_bytes:
             h[resp_b[bisect_left(self._size_bounds, response_bytes)]] += 1.0
             h[resp_s] += response_bytes
@@ -143,7 +122,7 @@ class Recorder(Writer):
                     response_bytes: int) -> None:
         self._acquire()
         try:
-            Recorder.add(self, series, duration, request_bytes, response_bytes)
+            self._add(series, duration, request_bytes, response_bytes)
         finally:
             self._release()
 
@@ -153,16 +132,16 @@ class Recorder(Writer):
             labels = {"method": method, "route": route}
             h = self._histograms
             by_route = (
-                histogram_positions(h, catalogue.HTTP_DURATION, labels, self._duration_bounds)
-                + histogram_positions(h, catalogue.HTTP_REQUEST_SIZE, labels,
+                histogram_positions(h, families.HTTP_DURATION, labels, self._duration_bounds)
+                + histogram_positions(h, families.HTTP_REQUEST_SIZE, labels,
                                       self._size_label_bounds)
-                + histogram_positions(h, catalogue.HTTP_RESPONSE_SIZE, labels,
+                + histogram_positions(h, families.HTTP_RESPONSE_SIZE, labels,
                                       self._size_label_bounds))
             self._by_route[(method, route)] = by_route
-        count = scalar_position(self._counters, catalogue.HTTP_REQUESTS,
-                                {"method": method, "route": route, "status": status})
+        requests = scalar_position(self._counters, families.HTTP_REQUESTS,
+                                   {"method": method, "route": route, "status": status})
         # the views are taken after the appends, which may have grown the files
-        series = (self._counters.values, count, self._histograms.values) + by_route
+        series = Series(self._counters.values, requests, self._histograms.values, *by_route)
         self._series[(method, route, status)] = series
         return series
 

@@ -11,6 +11,7 @@ import os
 import re
 from typing import List, Optional
 
+from .config.redis_url import parse_url
 from .config.schema import SETTINGS
 
 MASK = "********"
@@ -36,8 +37,6 @@ def secret_values() -> List[str]:
 def _url_password(url: str) -> Optional[str]:
     """The password of a Redis URL as the connection reads it: with the same lenient
     parser, so a raw ``@``, ``#`` or ``/`` in it is part of the password here too."""
-    from .redis_storage.connection import parse_url
-
     try:
         return parse_url(url).password
     except ValueError:

@@ -8,18 +8,18 @@ from typing import Optional
 
 import psutil
 
-from . import metrics as catalogue
-from .recorder import Recorder
+from . import families
+from .writer import Writer
 
 
 class ResourceSampler:
-    def __init__(self, recorder: Recorder, interval: float) -> None:
+    def __init__(self, recorder: Writer, interval: float) -> None:
         self._recorder = recorder
         self._interval = interval
         self._process = psutil.Process()
         self._started = self._process.create_time()
         # CPU seconds of the slot carry on from the slot's earlier workers
-        self._cpu_base = recorder.counter_value(catalogue.WORKER_CPU_SECONDS)
+        self._cpu_base = recorder.counter_value(families.WORKER_CPU_SECONDS)
         self._last: Optional[tuple] = None
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -45,14 +45,14 @@ class ResourceSampler:
         times = self._process.cpu_times()
         cpu = times.user + times.system
         rec = self._recorder
-        rec.set_counter(catalogue.WORKER_CPU_SECONDS, self._cpu_base + cpu)
-        rec.set_gauge(catalogue.WORKER_MEMORY, float(self._process.memory_info().rss))
-        rec.set_gauge(catalogue.WORKER_UPTIME, max(0.0, now - self._started))
+        rec.set_counter(families.WORKER_CPU_SECONDS, self._cpu_base + cpu)
+        rec.set_gauge(families.WORKER_MEMORY, float(self._process.memory_info().rss))
+        rec.set_gauge(families.WORKER_UPTIME, max(0.0, now - self._started))
         if self._last is not None:
             last_time, last_cpu = self._last
             elapsed = now - last_time
             if elapsed > 0:
-                rec.set_gauge(catalogue.WORKER_CPU_PERCENT, 100.0 * (cpu - last_cpu) / elapsed)
+                rec.set_gauge(families.WORKER_CPU_PERCENT, 100.0 * (cpu - last_cpu) / elapsed)
         else:
-            rec.set_gauge(catalogue.WORKER_CPU_PERCENT, 0.0)
+            rec.set_gauge(families.WORKER_CPU_PERCENT, 0.0)
         self._last = (now, cpu)

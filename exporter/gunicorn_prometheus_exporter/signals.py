@@ -9,7 +9,7 @@ from __future__ import annotations
 import signal
 from typing import Any, Callable, Dict
 
-from . import metrics as catalogue
+from . import families
 from .recorder import Writer
 
 COUNTED = ("HUP", "USR1", "USR2", "TTIN", "TTOU", "INT", "TERM", "QUIT", "WINCH")
@@ -20,7 +20,7 @@ def install(writer: Writer, on_signal: Callable[[str], None]) -> None:
     previous: Dict[int, Any] = {}
     for name in COUNTED:
         signum = getattr(signal, "SIG" + name)
-        writer.prepare(catalogue.MASTER_SIGNALS, (name.lower(),))
+        writer.prepare(families.MASTER_SIGNALS, (name.lower(),))
         previous[signum] = signal.getsignal(signum)
         signal.signal(signum, _handler(name, writer, on_signal, previous[signum]))
 
@@ -31,7 +31,7 @@ def _handler(name: str, writer: Writer, on_signal: Callable[[str], None],
 
     def counting_handler(signum: int, frame: Any) -> None:
         try:
-            writer.count(catalogue.MASTER_SIGNALS, label)
+            writer.count(families.MASTER_SIGNALS, label)
             on_signal(name)
         except Exception:  # noqa: BLE001 - never break gunicorn's own handling
             pass

@@ -1,16 +1,26 @@
-"""Where the standalone exporter reads metrics from: a multiprocess directory, or Redis.
-Each source exposes ``collect()`` (families, health included) and ``close()``."""
+"""Where a metrics process reads metrics from: a multiprocess directory (the plugin's own
+metrics process, or the standalone exporter as a sidecar), or Redis (the standalone
+exporter as a DaemonSet). Each source exposes ``collect()`` (families, health included)
+and ``close()``."""
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Protocol
 
 from .collector import DirectoryCollector, health_families
 from .config import Settings
 
 _DOWN = ("cannot read %s (missing or not readable); serving health metrics only until it "
          "appears")
+
+
+class Source(Protocol):
+    description: str
+
+    def collect(self) -> Iterable[Any]: ...
+
+    def close(self) -> None: ...
 
 
 class DirectorySource:
@@ -38,7 +48,7 @@ class DirectorySource:
         pass
 
 
-def open_source(settings: Settings, log: logging.Logger) -> Any:
+def open_source(settings: Settings, log: logging.Logger) -> Source:
     if settings.redis.enabled:
         from .redis_storage.source import RedisSource
 

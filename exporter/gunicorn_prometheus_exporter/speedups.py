@@ -3,7 +3,8 @@
 The C module is built when the package is installed from source where a C compiler is
 present (setup.py marks it optional: without one the install still succeeds). It takes
 the per-request steps that cost most in Python: ``Recorder.add`` and the whole ASGI
-wrapper (``frameworks.asgi.instrument``). The Python code it replaces stays the
+wrapper (``workers.asgi_metrics.instrument``). Each worker process calls ``load()`` once
+and hands the module (or None) to what it builds. The Python code it replaces stays the
 reference, and the fallback wherever the module is missing or switched off with
 ``GUNICORN_PROMETHEUS_NO_SPEEDUPS=1`` (at run time, or at install: setup.py asks
 ``switched_off`` here too); tests/test_speedups.py holds both to the same results."""
@@ -33,12 +34,8 @@ def load(environ: Optional[Mapping[str, str]] = None) -> Optional[ModuleType]:
     return _speedups
 
 
-#: what the request path uses in this process (tests set it to None for the Python path)
-native: Optional[ModuleType] = load()
-
-
-def describe() -> str:
-    """For the start-up log: which request path this process runs."""
+def describe(native: Optional[ModuleType]) -> str:
+    """For the start-up log: which request path ``native`` (what ``load()`` gave) means."""
     if native is not None:
         return "compiled (C speedups)"
     if load({}) is not None:

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from gunicorn_prometheus_exporter import metrics as catalogue
+from gunicorn_prometheus_exporter import families as catalogue
 from gunicorn_prometheus_exporter.config.loader import build
 from gunicorn_prometheus_exporter.recorder import Writer
 from gunicorn_prometheus_exporter.redis_storage.flusher import Flusher

@@ -35,7 +35,7 @@ def test_asgi_worker_records_the_mix(tmp_path, name, config, packages):
     try:
         g.wait_ready(workers=2)
         run_mix(g, FASTAPI)
-        if speedups.native is not None:  # this process and the workers load the same module
+        if speedups.load() is not None:  # this process and the workers load the same module
             assert "request path compiled (C speedups)" in g.output()
     finally:
         g.stop()

@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
+from .redis_url import parse_url
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -110,8 +112,6 @@ class RedisUrl(Kind):
         return "a redis:// or rediss:// URL"
 
     def parse(self, raw: Any) -> Optional[str]:
-        from ..redis_storage.connection import parse_url
-
         if raw is None or raw == "":
             return None
         if not isinstance(raw, str):

@@ -12,6 +12,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import yaml
 
 from .kinds import RedisUrl
+from .redis_url import parse_url
 from .schema import BY_PATH, CONFIG_FILE_ENV, SETTINGS, Setting, children
 
 
@@ -90,8 +91,6 @@ def mask(value: Any) -> str:
 
 def mask_url(url: str) -> str:
     """A Redis URL with its password masked: ``rediss://user:********@host:6379/0``."""
-    from ..redis_storage.connection import parse_url
-
     t = parse_url(url)
     userinfo = ""
     if t.password is not None:
@@ -255,15 +254,18 @@ def _check_consistency(settings: Settings) -> None:
                           "(exporter.redis.node_name)")
 
 
-_state: Dict[str, Any] = {"yaml": None, "settings": None}
+#: the file ``load_yaml_config`` was given: the one piece of process state here, since the
+#: original's public call returns no handle that gunicorn would pass on. Settings are built
+#: by whoever needs them (the master, once, then handed down) from it and the environment.
+_yaml_path: Optional[str] = None
 
 
 def load_yaml_config(path: str) -> Settings:
     """Load and validate a YAML file (the original's entry point; call it from
     gunicorn.conf.py). Environment variables still override the file. A bad file stops
     start-up with one line naming the file, line and key."""
-    _state["yaml"] = os.fspath(path)
-    _state["settings"] = None
+    global _yaml_path
+    _yaml_path = os.fspath(path)
     current = settings()
     for name, path_ in (("GUNICORN_WORKERS", "gunicorn.workers"),
                         ("GUNICORN_TIMEOUT", "gunicorn.timeout"),
@@ -275,14 +277,12 @@ def load_yaml_config(path: str) -> Settings:
 
 
 def settings() -> Settings:
-    """The effective settings, built once per process (after ``reset``, again)."""
-    if _state["settings"] is None:
-        yaml_path = _state["yaml"] or os.environ.get(CONFIG_FILE_ENV) or None
-        _state["settings"] = build(yaml_path, os.environ)
-    return _state["settings"]
+    """The effective settings of this process: the file given to ``load_yaml_config`` (else
+    ``GUNICORN_PROMETHEUS_CONFIG``) under the environment."""
+    return build(_yaml_path or os.environ.get(CONFIG_FILE_ENV) or None, os.environ)
 
 
 def reset() -> None:
-    """Forget the loaded file and the cached settings (tests, and ``serve --config``)."""
-    _state["yaml"] = None
-    _state["settings"] = None
+    """Forget the file given to ``load_yaml_config`` (tests)."""
+    global _yaml_path
+    _yaml_path = None

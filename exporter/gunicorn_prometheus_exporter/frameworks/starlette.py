@@ -14,20 +14,25 @@ from typing import Any, Optional, Sequence
 
 from . import UNMATCHED
 
+#: what Starlette leaves in the scope: the route it matched, its router (there even when
+#: no route matched), and the root path of a ``Mount`` the request went through; a
+#: route's template is its ``path``
+ROUTE, ROUTER, MOUNT_ROOT, TEMPLATE_ATTR = "route", "router", "app_root_path", "path"
+
 
 def route_template(scope: dict) -> Optional[str]:
     """The matched route template, ``unmatched``, or None when no Starlette router ran."""
-    route = scope.get("route")
+    route = scope.get(ROUTE)
     if route is None:
-        return UNMATCHED if "router" in scope else None
-    if "app_root_path" in scope:  # below a Mount: resolve the whole path
-        router = scope.get("router")
+        return UNMATCHED if ROUTER in scope else None
+    if MOUNT_ROOT in scope:  # below a Mount: resolve the whole path
+        router = scope.get(ROUTER)
         found = _resolve(getattr(router, "routes", ()), {
             "type": scope["type"], "path": scope.get("path", "/"),
-            "root_path": scope["app_root_path"], "method": scope.get("method", "GET")}, "")
+            "root_path": scope[MOUNT_ROOT], "method": scope.get("method", "GET")}, "")
         if found:
             return found
-    return getattr(route, "path", None) or None
+    return getattr(route, TEMPLATE_ATTR, None) or None
 
 
 def _resolve(routes: Sequence[Any], scope: dict, prefix: str) -> Optional[str]:

@@ -31,10 +31,13 @@ import socket
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from .. import metrics as catalogue
+from .. import families
 from ..collector import DirectoryCollector
+from ..master_id import MasterId
 from ..storage import directory as storage_dir
+from ..storage.store import ProcessStore
 from ..version import __version__
+from ..writer import Writer
 from . import connection, instance, scripts
 from .keys import FOLDED_TYPES, META_FIELD, TOMBSTONE_SECONDS, Layout, Timing, shard_name
 
@@ -47,8 +50,12 @@ HEALTH_SUFFIX = ".redis"
 class Flusher:
     name = "redis-flush"
 
-    def __init__(self, settings: Any, directory: str, log: Any) -> None:
+    def __init__(self, settings: Any, directory: str, log: Any,
+                 master: Optional[MasterId] = None) -> None:
+        """``master``: whom the metrics process works for (default: its parent, with no
+        claimed identity: no health gauges, no other master to tell apart)."""
         r = settings.redis
+        self.master = master if master is not None else MasterId(os.getppid(), None)
         self.settings = settings
         self.directory = directory
         self.log = log
@@ -60,10 +67,10 @@ class Flusher:
         self._password = connection.target(settings).password
         self.collector = DirectoryCollector(directory)
         self.incarnation, self.baseline, closed_by = instance.load(
-            directory, instance.default_name(r.instance_id))
+            directory, instance.default_name(r.instance_id), self.master.pid)
         #: our master already folded this instance at its shutdown (and then started this
         #: metrics process again while exiting): nothing left to ship
-        self.closed = closed_by is not None and closed_by == instance.master_pid()
+        self.closed = closed_by is not None and closed_by == self.master.pid
         self._client: Any = None
         self._sent: Dict[str, Dict[str, str]] = {}
         self._last_values: Dict[str, tuple] = {}
@@ -78,9 +85,10 @@ class Flusher:
         self._last_reap = self._last_refresh = self._last_full = float("-inf")
         self.last_success: Optional[float] = None
         self.reaped = 0
-        self._health = _health_writer(directory)
+        self._health = _health_writer(directory, self.master)
         self._meta = json.dumps({"host": socket.gethostname(), "node": self.node,
-                                 "pid": os.getppid(), "started": instance.master_start(),
+                                 "pid": os.getppid(),
+                                 "started": instance.master_start(self.master.pid),
                                  "version": __version__}, sort_keys=True)
 
     # -- the task --------------------------------------------------------------------------
@@ -112,7 +120,7 @@ class Flusher:
                 if fold:
                     self.closed = True
                     instance.save(self.directory, self.incarnation, self.baseline,
-                                  closed_by=instance.master_pid())
+                                  closed_by=self.master.pid)
                     self.log.info("prometheus: folded instance %s into the totals of Redis "
                                   "prefix %r", self.incarnation, self.layout.prefix)
             except connection.errors() as exc:
@@ -296,11 +304,11 @@ class Flusher:
         if self._health is None:
             return
         try:
-            self._health.set_gauge(catalogue.REDIS_UP, up)
+            self._health.set_gauge(families.REDIS_UP, up)
             if self.last_success is not None:
-                self._health.set_gauge(catalogue.REDIS_LAST_FLUSH, self.last_success)
+                self._health.set_gauge(families.REDIS_LAST_FLUSH, self.last_success)
             if duration is not None:
-                self._health.set_gauge(catalogue.REDIS_FLUSH_DURATION, duration)
+                self._health.set_gauge(families.REDIS_FLUSH_DURATION, duration)
         except OSError:
             pass
 
@@ -311,10 +319,7 @@ class Flusher:
         return text
 
     def _other_master_live(self) -> bool:
-        from .. import master
-
-        runtime = master.current()
-        own = runtime.claim.identity if runtime is not None else None
+        own = self.master.identity
         try:
             live = storage_dir.live_identities(self.directory)
         except OSError:
@@ -327,18 +332,13 @@ class _Unexpected(Exception):
     pass
 
 
-def _health_writer(directory: str) -> Any:
+def _health_writer(directory: str, master: MasterId) -> Optional[Writer]:
     """Gauges of this flusher in the directory, under the master's identity plus
     ``.redis`` (alive exactly as long as the master), served by the instance's own
     metrics server and never shipped."""
-    from .. import master
-    from ..recorder import Writer
-    from ..storage.store import ProcessStore
-
-    runtime = master.current()
-    if runtime is None:
+    if master.identity is None:
         return None
     try:
-        return Writer(ProcessStore(directory, runtime.claim.identity + HEALTH_SUFFIX))
+        return Writer(ProcessStore(directory, master.identity + HEALTH_SUFFIX))
     except OSError:
         return None

@@ -41,9 +41,8 @@ def _base36(n: int) -> str:
             return out
 
 
-def master_start() -> float:
-    """Start time of the master (this process's parent in the metrics process)."""
-    pid = master_pid()
+def master_start(pid: int) -> float:
+    """Start time of the master ``pid`` (the metrics process's parent)."""
     try:
         import psutil
 
@@ -52,16 +51,10 @@ def master_start() -> float:
         return time.time()
 
 
-def master_pid() -> int:
-    from .. import master
-
-    runtime = master.current()
-    return runtime.pid if runtime is not None else os.getppid()
-
-
-def load(directory: str, name: str) -> Tuple[str, Dict[str, float], Optional[int]]:
+def load(directory: str, name: str, master_pid: int
+         ) -> Tuple[str, Dict[str, float], Optional[int]]:
     """(incarnation, baseline, pid of the master that closed it) of the directory, created
-    on first use."""
+    on first use by the master ``master_pid``."""
     path = os.path.join(directory, FILE)
     try:
         with open(path, encoding="utf-8") as fh:
@@ -71,7 +64,8 @@ def load(directory: str, name: str) -> Tuple[str, Dict[str, float], Optional[int
         return str(state["id"]), baseline, int(closed) if closed is not None else None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
-    incarnation = f"{name}-{_base36(int(master_start() * 1000))}-{_base36(master_pid())}"
+    incarnation = (f"{name}-{_base36(int(master_start(master_pid) * 1000))}"
+                   f"-{_base36(master_pid)}")
     save(directory, incarnation, {})
     return incarnation, {}, None
 

@@ -29,7 +29,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from prometheus_client.metrics_core import Metric
 
-from .. import metrics as catalogue
+from .. import families
 from ..collector import Merger, ReadStats, Shard, gc_paused, health_families
 from . import connection, scripts
 from .keys import META_FIELD, SEPARATOR, TOMBSTONE_SECONDS, Layout, Timing, parse_shard
@@ -281,23 +281,23 @@ class RedisSource:
 
     # -- health ----------------------------------------------------------------------------
     def _health(self) -> Iterator[Metric]:
-        def metric(spec: catalogue.Family) -> Metric:
+        def metric(spec: families.Family) -> Metric:
             return Metric(spec.name, spec.help, spec.typ)
 
-        served = metric(catalogue.REDIS_INSTANCES)
-        served.add_sample(catalogue.REDIS_INSTANCES.sample, {}, len(self.instances))
+        served = metric(families.REDIS_INSTANCES)
+        served.add_sample(families.REDIS_INSTANCES.sample, {}, len(self.instances))
         yield served
         if self.instances:
-            age = metric(catalogue.REDIS_FLUSH_AGE)
+            age = metric(families.REDIS_FLUSH_AGE)
             for incarnation, seconds in sorted(self.instances.items()):
-                age.add_sample(catalogue.REDIS_FLUSH_AGE.sample, {"instance": incarnation},
+                age.add_sample(families.REDIS_FLUSH_AGE.sample, {"instance": incarnation},
                                round(seconds, 3))
             yield age
-        trips = metric(catalogue.REDIS_ROUND_TRIPS)
-        trips.add_sample(catalogue.REDIS_ROUND_TRIPS.sample, {}, self.round_trips)
+        trips = metric(families.REDIS_ROUND_TRIPS)
+        trips.add_sample(families.REDIS_ROUND_TRIPS.sample, {}, self.round_trips)
         yield trips
-        folded = metric(catalogue.REDIS_FOLDED)
-        folded.add_sample(catalogue.REDIS_FOLDED.sample, {}, self.folded)
+        folded = metric(families.REDIS_FOLDED)
+        folded.add_sample(families.REDIS_FOLDED.sample, {}, self.folded)
         yield folded
 
     def _safe(self, exc: BaseException) -> str:

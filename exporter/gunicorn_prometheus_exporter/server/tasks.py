@@ -4,9 +4,10 @@ alone: its exception is logged and it runs again at its next period."""
 from __future__ import annotations
 
 import time
-from typing import Any, List, Protocol, Sequence
+from typing import Any, List, Optional, Protocol, Sequence
 
 from ..config import Settings
+from ..master_id import MasterId
 
 
 class Task(Protocol):
@@ -19,7 +20,8 @@ class Task(Protocol):
 
 
 def background_tasks(settings: Settings, directory: str, log: Any,
-                     listeners: Sequence[Any] = (), writer: Any = None) -> List[Task]:
+                     listeners: Sequence[Any] = (), writer: Any = None,
+                     master: Optional[MasterId] = None) -> List[Task]:
     tasks: List[Task] = []
     if writer is not None and listeners:
         from ..backlog import BacklogSampler
@@ -30,7 +32,7 @@ def background_tasks(settings: Settings, directory: str, log: Any,
     if settings.redis.enabled:
         from ..redis_storage.flusher import Flusher
 
-        tasks.append(Flusher(settings, directory, log))
+        tasks.append(Flusher(settings, directory, log, master))
     return tasks
 
 

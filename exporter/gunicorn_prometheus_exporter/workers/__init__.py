@@ -1,2 +1,2 @@
-"""Worker classes, one module per gunicorn worker type over a shared mixin (``base``), as
+"""Worker classes, one module per gunicorn worker type over a shared mixin (``mixin``), as
 gunicorn's own ``gunicorn/workers`` is laid out."""

@@ -2,7 +2,7 @@
 FastAPI, Starlette and any ASGI application; up to ``worker_connections`` connections at
 once on one asyncio loop.
 
-Requests are recorded by an ASGI wrapper around the application (``frameworks.asgi``):
+Requests are recorded by an ASGI wrapper around the application (``workers.asgi_metrics``):
 status, sizes and duration from the ASGI messages themselves, so gunicorn's
 ``pre_request``/``post_request`` hooks are left to the user. On a gunicorn without the
 native worker, selecting this class stops start-up with one line."""
@@ -20,8 +20,8 @@ except ImportError as exc:  # gunicorn 23
 
 if ASGIWorker is not None:
     from .. import exits
-    from ..frameworks.asgi import instrument
-    from .base import ConnectionsMixin
+    from .asgi_metrics import instrument
+    from .mixin import ConnectionsMixin
 
     class PrometheusASGIWorker(ConnectionsMixin, ASGIWorker):  # type: ignore
         threaded = False
@@ -30,7 +30,8 @@ if ASGIWorker is not None:
         def load_wsgi(self) -> None:
             ASGIWorker.load_wsgi(self)
             if self._prometheus is not None:
-                self.asgi = instrument(self.asgi, self._prometheus)
+                self.asgi = instrument(self.asgi, self._prometheus.labeller,
+                                       self._prometheus.native)
 
         # the asyncio worker takes its signals through the event loop, not through
         # handle_exit/handle_quit/handle_abort as the other workers do

@@ -39,7 +39,7 @@ except (ImportError, RuntimeError) as exc:  # gunicorn >= 26, or eventlet missin
     EventletWorker = None  # type: ignore[assignment,misc]
 
 if EventletWorker is not None:
-    from .base import ConnectionsMixin
+    from .mixin import ConnectionsMixin
 
     class PrometheusEventletWorker(ConnectionsMixin, EventletWorker):  # type: ignore
         threaded = False

@@ -10,7 +10,7 @@ never interleave inside it. In-flight counts requests between gunicorn's
 from gevent import monkey
 from gunicorn.workers.ggevent import GeventWorker
 
-from .base import ConnectionsMixin
+from .mixin import ConnectionsMixin
 
 
 class PrometheusGeventWorker(ConnectionsMixin, GeventWorker):

@@ -1,7 +1,7 @@
 """``PrometheusThreadWorker``: gunicorn's threaded worker; ``threads`` requests at once."""
 from gunicorn.workers.gthread import ThreadWorker
 
-from .base import PrometheusWorkerMixin
+from .mixin import PrometheusWorkerMixin
 
 
 class PrometheusThreadWorker(PrometheusWorkerMixin, ThreadWorker):

@@ -1,7 +1,7 @@
 """``PrometheusWorker``: gunicorn's sync worker, one request at a time."""
 from gunicorn.workers.sync import SyncWorker
 
-from .base import PrometheusWorkerMixin
+from .mixin import PrometheusWorkerMixin
 
 
 class PrometheusWorker(PrometheusWorkerMixin, SyncWorker):

@@ -2,7 +2,7 @@
 package), for FastAPI, Starlette and any ASGI application.
 
 Requests are recorded by the same ASGI wrapper as the native ASGI worker
-(``frameworks.asgi``); uvicorn runs neither gunicorn's request hooks nor its error
+(``workers.asgi_metrics``); uvicorn runs neither gunicorn's request hooks nor its error
 handling, so everything comes from the ASGI messages. Capacity is reported as
 ``worker_connections``; uvicorn itself does not enforce it."""
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any, Callable
 from uvicorn_worker import UvicornWorker
 
 from .. import exits
-from ..frameworks.asgi import instrument
-from .base import ConnectionsMixin
+from .asgi_metrics import instrument
+from .mixin import ConnectionsMixin
 
 #: the signals uvicorn's own server takes over while it serves (gunicorn's graceful stop)
 _SERVER_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -29,7 +29,8 @@ class PrometheusUvicornWorker(ConnectionsMixin, UvicornWorker):
     def load_wsgi(self) -> None:
         UvicornWorker.load_wsgi(self)
         if self._prometheus is not None:
-            self.wsgi = instrument(self.wsgi, self._prometheus)
+            self.wsgi = instrument(self.wsgi, self._prometheus.labeller,
+                                       self._prometheus.native)
             # the wrapper is ASGI 3; uvicorn would guess ASGI 2 for the compiled one (its
             # __call__ is not a coroutine function)
             self.config.interface = "asgi3"

@@ -15,24 +15,34 @@ import os
 from time import perf_counter
 from typing import Any, Awaitable, Callable, Optional
 
-from .. import speedups
-from . import ERROR_ENVIRON_KEY, ROUTE_ENVIRON_KEY
-from .starlette import route_template
+from types import ModuleType
+
+from ..frameworks import ERROR_ENVIRON_KEY, ROUTE_ENVIRON_KEY, starlette
+from ..frameworks.starlette import route_template
+from .labelling import KEY_BY_PATH, KEY_BY_TEMPLATE, RequestLabeller
 
 #: what a client that went away raises in the application: counted as a 499
 GONE = (asyncio.CancelledError, ConnectionError)
+#: what the compiled wrapper needs to record a request whose series is known exactly as
+#: ``ASGIMetrics.record`` would, handed to it rather than re-derived in C: the scope keys
+#: that leave a request to ``record`` (our route and error keys, a Starlette mount to
+#: resolve), the key of a router that matched nothing, where the matched route and its
+#: template are, and the two key layouts of ``RequestLabeller.resolved``
+KNOWN_REQUEST = ((ROUTE_ENVIRON_KEY, ERROR_ENVIRON_KEY, starlette.MOUNT_ROOT),
+                 starlette.ROUTER, starlette.ROUTE, starlette.TEMPLATE_ATTR,
+                 KEY_BY_PATH, KEY_BY_TEMPLATE)
 
 
 class ASGIMetrics:
-    """Wraps the worker's ASGI application; ``instrumentation`` is the worker's
-    ``Instrumentation`` (its ``recorder`` and ``record()``). ``instrument()`` gives the
+    """Wraps the worker's ASGI application; ``labeller`` is the worker's
+    ``RequestLabeller`` (its ``recorder`` and ``record()``). ``instrument()`` gives the
     compiled equivalent where it is built; ``record`` serves both."""
 
-    def __init__(self, app: Callable, instrumentation: Any) -> None:
+    def __init__(self, app: Callable, labeller: RequestLabeller) -> None:
         self.app = app
-        self._record = instrumentation.record
-        self.gauges, self.in_flight = instrumentation.recorder.in_flight_cell()
-        self._log = instrumentation.log
+        self._record = labeller.record
+        self.gauges, self.in_flight = labeller.recorder.in_flight_cell()
+        self._log = labeller.log
         self._failed_once = False
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -102,15 +112,16 @@ class ASGIMetrics:
                 self._log.exception("prometheus: could not record a request")
 
 
-def instrument(app: Callable, instrumentation: Any) -> Callable:
+def instrument(app: Callable, labeller: RequestLabeller,
+               native: Optional[ModuleType] = None) -> Callable:
     """``app`` with its requests recorded: the compiled wrapper (``_speedups.MeteredApp``)
-    where the speedups are built and on, else ``ASGIMetrics``. Both are ASGI 3 only."""
-    metrics = ASGIMetrics(app, instrumentation)
-    if speedups.native is None:
+    where ``native`` (``speedups.load()``) is given, else ``ASGIMetrics``. Both are ASGI 3
+    only."""
+    metrics = ASGIMetrics(app, labeller)
+    if native is None:
         return metrics
-    return speedups.native.MeteredApp(app, metrics.record, instrumentation.resolved,
-                                      instrumentation.recorder.add, GONE, metrics.gauges,
-                                      metrics.in_flight)
+    return native.MeteredApp(app, metrics.record, labeller.resolved, labeller.recorder.add,
+                             GONE, metrics.gauges, metrics.in_flight, KNOWN_REQUEST)
 
 
 def _file_size(path: Optional[str]) -> int:

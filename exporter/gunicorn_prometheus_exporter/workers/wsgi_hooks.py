@@ -1,0 +1,129 @@
+"""The WSGI workers' request path: gunicorn's ``pre_request`` and ``post_request`` hooks.
+
+Requests are timed between the two: ``post_request`` runs after the last body byte was
+written (``sendfile`` included) and inside the ``finally`` of an exception, so status, sent
+bytes and any escaping exception are all known there. The hooks are set on the worker's own
+copy of the config, in front of the user's; nothing of gunicorn's request handling is
+copied or replaced."""
+from __future__ import annotations
+
+import errno
+import sys
+from time import perf_counter
+from typing import Any, Optional, Tuple
+
+from .. import exits, hookchain
+from ..frameworks import ERROR_ENVIRON_KEY
+from ..recorder import Recorder
+from ..routes import ROUTE_ENVIRON_KEY
+from .body import BODY_METER_KEY, FILE_BYTES_KEY
+from .labelling import COUNTED, RequestLabeller
+
+_GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN)
+
+
+class WSGIRequestHooks:
+    """``pre_request``/``post_request`` of one worker process."""
+
+    def __init__(self, labeller: RequestLabeller, recorder: Recorder, intent: exits.Intent,
+                 threaded: bool) -> None:
+        self.record = labeller.record  # bound once: no attribute lookup per request
+        self.recorder = recorder
+        self.intent = intent
+        self.log = labeller.log
+        self._failed_once = False
+        # one request at a time per thread (sync; gevent and eventlet, whose recording
+        # never switches): the hooks add to the in-flight gauge directly, no call
+        self._gauges: Optional[memoryview] = None
+        if not threaded:
+            self._gauges, self._in_flight = recorder.in_flight_cell()
+
+    def install(self, cfg: Any) -> None:
+        for name, ours in (("pre_request", self.pre_request),
+                           ("post_request", self.post_request)):
+            theirs = hookchain.user_hook(cfg, name)
+            # no wrapper frame on the request path unless there is a user hook to call too
+            cfg.set(name, ours if theirs is None else hookchain.chained(ours, theirs))
+
+    # gunicorn makes a new request object per request: the start time rides on it
+    def pre_request(self, worker: Any, req: Any) -> None:
+        req._gunicorn_prometheus_started = perf_counter()
+        if self._gauges is None:
+            self.recorder.in_flight(1.0)
+        else:
+            self._gauges[self._in_flight] += 1.0
+
+    def post_request(self, worker: Any, req: Any, environ: dict, resp: Any) -> None:
+        ended = perf_counter()
+        try:
+            started = req._gunicorn_prometheus_started
+        except AttributeError:
+            return  # pre_request did not run for this request
+        try:
+            if self._gauges is None:
+                self.recorder.in_flight(-1.0)
+            else:
+                self._gauges[self._in_flight] -= 1.0
+            if environ:  # else gunicorn refused the request itself: see gunicorn_error
+                self._record(environ, resp, ended - started)
+            if worker.nr >= worker.max_requests:
+                self.intent.set(exits.MAX_REQUESTS)
+        except Exception:  # recording must never break a request
+            if not self._failed_once:
+                self._failed_once = True
+                self.log.exception("prometheus: could not record a request")
+
+    def _record(self, environ: dict, resp: Any, duration: float) -> None:
+        try:
+            code = resp.status_code  # absent until start_response ran
+        except AttributeError:
+            code = None
+        error_type = environ.get(ERROR_ENVIRON_KEY)  # a framework rendered it: counted once
+        exc = current_exception()  # post_request runs in the finally of an escaping one
+        if exc is not None:
+            code, escaped = _escaped(exc, resp, code)
+            error_type = error_type or escaped
+        length = environ.get("CONTENT_LENGTH")
+        if length:
+            try:
+                received = int(length)
+            except ValueError:
+                received = 0
+        else:
+            meter = environ.get(BODY_METER_KEY)
+            received = meter.bytes if meter is not None else 0
+        sent = resp.sent if resp is not None else 0
+        if not sent and resp is not None and FILE_BYTES_KEY in environ \
+                and not getattr(resp, "_omits_body", False):
+            sent = environ[FILE_BYTES_KEY] or 0  # sent by sendfile
+            if resp.response_length is not None:
+                sent = min(sent, resp.response_length)
+        self.record(environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), code, duration,
+                    received, sent, environ.get(ROUTE_ENVIRON_KEY),
+                    str(error_type) if error_type else None)
+
+
+def _escaped(exc: BaseException, resp: Any, code: Optional[int]
+             ) -> Tuple[Optional[int], Optional[str]]:
+    """Status and error type of a request an exception left: a client that went away is
+    499 and no error; anything else is a failed request (500 unless the status was sent),
+    marked so that gunicorn's error path does not count it again."""
+    if isinstance(exc, OSError) and exc.errno in _GONE:
+        return code or 499, None
+    if resp is None or not resp.headers_sent:
+        code = 500
+    try:
+        setattr(exc, COUNTED, True)
+    except AttributeError:
+        pass
+    return code, type(exc).__name__
+
+
+def _current_exception() -> Optional[BaseException]:
+    return sys.exc_info()[1]
+
+
+#: the exception being handled (``sys.exception`` is the cheaper call, Python >= 3.11)
+current_exception = getattr(sys, "exception", _current_exception)
+
+
