@@ -12,10 +12,14 @@ the plugin adds, and the ratio plain/plugin, which is the throughput ratio a CPU
 worker would see if every instruction cost the same.
 
 ``asgi-shop`` is a realistic Starlette service (middleware, a dozen routes, a JSON POST);
-``--python`` adds the plugin with the C speedups switched off, in the same run.
+``--python`` adds the plugin with the C speedups switched off, in the same run;
+``--headers`` adds the plugin serving requests with a sampled ``traceparent`` (an exemplar
+each) and with an ``X-Request-Start`` stamp (a queue time each); ``--compare-to DIR`` adds
+the plugin of another source tree (``DIR`` holds its package, built in place: for instance
+the previous commit's ``exporter/``), so that a change is measured against it in one run.
 
 Run: ``python bench/instructions.py [--workers sync gthread gevent asgi asgi-starlette
-asgi-shop uvicorn] [--requests 300 1300] [--python]``. Needs valgrind; several minutes (callgrind runs Python
+asgi-shop uvicorn] [--requests 300 1300] [--python] [--headers] [--compare-to DIR]``. Needs valgrind; several minutes (callgrind runs Python
 about 50 times slower).
 """
 from __future__ import annotations
@@ -138,9 +142,18 @@ def _total(path: Path) -> int:
     raise RuntimeError(f"no totals in {path}")
 
 
+TRACEPARENT = b"traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n"
+
+
+def with_header(request: bytes, header: bytes) -> bytes:
+    """``request`` with one more header line (before the optional Connection: close)."""
+    return request.replace(b"%s", header + b"%s", 1)
+
+
 def per_request(worker_class: str, case: str, counts: Tuple[int, int], tmp: str,
-                env: Optional[Dict[str, str]] = None) -> float:
+                env: Optional[Dict[str, str]] = None, header: bytes = b"") -> float:
     _, _, app, keep_alive, _, request = WORKERS[case]
+    request = with_header(request, header) if header else request
     low, high = counts
     runs = [count_run(worker_class, app, keep_alive, request, n, tmp, env or {})
             for n in (high, low)]
@@ -155,6 +168,10 @@ def main() -> None:
     parser.add_argument("--requests", nargs=2, type=int, default=[300, 1300])
     parser.add_argument("--python", action="store_true",
                         help=f"also the plugin with the C speedups off ({speedups.SWITCH_ENV})")
+    parser.add_argument("--headers", action="store_true",
+                        help="also requests with a sampled traceparent, and with X-Request-Start")
+    parser.add_argument("--compare-to", metavar="DIR",
+                        help="also the plugin package found in DIR (first on PYTHONPATH)")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (apt-get install valgrind)")
@@ -172,6 +189,20 @@ def main() -> None:
             rows.append((name, base, ours, python))
             print(_row(name, base, ours, python) + f"  ({time.monotonic() - started:.0f} s)",
                   flush=True)
+            extra = []
+            if args.compare_to:
+                extra.append(("compared", per_request(
+                    plugin, name, counts, tmp, {"PYTHONPATH": os.path.abspath(args.compare_to)})))
+            if args.headers:
+                stamp = b"X-Request-Start: t=%.3f\r\n" % time.time()
+                extra.append(("traced", per_request(plugin, name, counts, tmp,
+                                                    header=TRACEPARENT)))
+                extra.append(("stamped", per_request(
+                    plugin, name, counts, tmp, {"PROMETHEUS_QUEUE_MAX_SECONDS": "86400"},
+                    header=stamp)))
+            for label, count in extra:
+                print(f"{name:15s} {label:>9s} {count:9.0f} {count - ours:+8.0f} against the "
+                      f"plugin, same run", flush=True)
     print(f"\ninstructions per request (callgrind, worker process, slope of "
           f"{args.requests[0]} and {args.requests[1]} requests):")
     print(f"{'worker':15s} {'plain':>9s} {'plugin':>9s} {'added':>8s} {'plain/plugin':>12s}"

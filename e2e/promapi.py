@@ -55,7 +55,9 @@ class Prometheus:
                 f"--storage.tsdb.path={workdir / 'data'}",
                 f"--web.listen-address=127.0.0.1:{self.port}",
                 "--storage.tsdb.retention.time=1h", "--log.level=warn",
-                "--web.enable-lifecycle"]
+                "--web.enable-lifecycle",
+                # exemplars are kept (test_e2e_exemplars.py); nothing else changes
+                "--enable-feature=exemplar-storage"]
         self.proc = Process(args, dict(os.environ), cwd=str(workdir))
         until(self._ready, timeout=60, interval=0.2, message="prometheus to be ready")
 

@@ -139,6 +139,16 @@ PATHS = ["/ok", "/upload", "/tasks", "/boom", "/gone", "/wait", "/items/7", "/no
          "/custom/9", "/mounted/1", "/pathsend", "/late-boom"]
 
 
+def _extras(labeller: RequestLabeller, directory: Path, on: bool = False):
+    """The worker's request extras, queue time and exemplars off unless ``on`` (tests/
+    test_queue_time.py and test_exemplars.py cover them through real gunicorn)."""
+    from gunicorn_prometheus_exporter.config.loader import build
+    from gunicorn_prometheus_exporter.workers.extras import RequestExtras
+
+    off = {} if on else {"PROMETHEUS_QUEUE_TIME": "false", "PROMETHEUS_EXEMPLARS": "false"}
+    return RequestExtras(build(None, off), labeller.recorder, str(directory), "w0")
+
+
 def _instrumentation(directory: Path, compiled: bool = False) -> RequestLabeller:
     """The worker's request labeller and recorder over real files."""
     store = ProcessStore(str(directory), "w0")
@@ -169,7 +179,7 @@ def _samples(directory: Path, compiled: bool) -> dict:
     interrupted requests leave; duration sums aside (the clock differs)."""
     directory.mkdir()
     inst = _instrumentation(directory, compiled)
-    wrapped = asgi.instrument(_app, inst, native if compiled else None)
+    wrapped = asgi.instrument(_app, inst, _extras(inst, directory), native if compiled else None)
     assert (type(wrapped).__name__ == "MeteredApp") is compiled
 
     async def mix():
@@ -278,7 +288,7 @@ def test_compiled_send_fails_like_python(tmp_path, message, error):
         async def send(message):
             pass
 
-        wrapped = asgi.instrument(app, inst, native if compiled else None)
+        wrapped = asgi.instrument(app, inst, _extras(inst, tmp_path), native if compiled else None)
         with pytest.raises(error):
             asyncio.run(wrapped({"type": "http", "method": "GET", "path": "/"}, None, send))
         gauges, index = inst.recorder.in_flight_cell()
@@ -314,11 +324,13 @@ def test_a_worker_with_the_speedups_records_through_the_compiled_writer(tmp_path
     a RequestWriter's, the wrapper a MeteredApp (the Python twins run where it is None)."""
     labeller = _instrumentation(tmp_path, compiled=True)
     assert type(labeller.recorder.add.__self__) is native.RequestWriter
-    assert type(asgi.instrument(_app, labeller, native)) is native.MeteredApp
+    assert type(asgi.instrument(_app, labeller, _extras(labeller, tmp_path),
+                                native)) is native.MeteredApp
     (tmp_path / "python").mkdir()
     python = _instrumentation(tmp_path / "python", compiled=False)
     assert python.recorder.add.__func__ is Recorder._add
-    assert type(asgi.instrument(_app, python, None)) is asgi.ASGIMetrics
+    assert type(asgi.instrument(_app, python, _extras(python, tmp_path),
+                                None)) is asgi.ASGIMetrics
 
 
 def test_record_builds_the_key_layouts_it_hands_to_the_compiled_wrapper(tmp_path):
@@ -345,7 +357,7 @@ def test_a_known_request_is_recorded_in_c_without_calling_python(tmp_path):
     labelled = []
     record = labeller.record
     labeller.record = lambda *args: (labelled.append(args[1]), record(*args))
-    wrapped = asgi.instrument(_app, labeller, native)
+    wrapped = asgi.instrument(_app, labeller, _extras(labeller, tmp_path), native)
 
     async def mix():
         for path in ["/ok", "/items/7", "/custom/9"] * 3:
@@ -356,4 +368,45 @@ def test_a_known_request_is_recorded_in_c_without_calling_python(tmp_path):
     assert labelled == ["/ok", "/items/7", "/custom/9", "/custom/9", "/custom/9"]
     assert labeller.recorder.counter_value(
         catalogue.HTTP_REQUESTS, ("GET", "/items/{id}", "200")) == 3
+    labeller.recorder.store.close()
+
+
+@needs_native
+def test_requests_with_extras_reach_python_and_only_they(tmp_path):
+    """The compiled wrapper hands Python a request that carries a queue stamp or a trace
+    header, or is not over HTTP/1.1, every time (their extras are recorded there), and
+    records the others itself. Fails when the header scan or the version check is not
+    taken (the extras would silently never be recorded on the compiled path)."""
+    labeller = _instrumentation(tmp_path, compiled=True)
+    labelled = []
+    record = labeller.record
+    labeller.record = lambda *args: (labelled.append(args[1]), record(*args))[1]
+    wrapped = asgi.instrument(_app, labeller, _extras(labeller, tmp_path, on=True), native)
+    stamp = [(b"x-request-start", b"t=1700000000.000")]
+    trace = [(b"traceparent", b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01")]
+
+    async def serve(path, headers=(), version="1.1"):
+        scope = {"type": "http", "method": "GET", "path": path, "http_version": version,
+                 "headers": [(b"host", b"x"), *headers]}
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            pass
+
+        await wrapped(scope, receive, send)
+
+    async def mix():
+        for _ in range(3):
+            await serve("/ok")
+            await serve("/ok", stamp)
+            await serve("/ok", trace)
+            await serve("/ok", version="2")
+
+    asyncio.run(mix())
+    # the first plain request is labelled in Python, the two later ones in C; the nine
+    # with a stamp, a trace or HTTP/2 all in Python
+    assert labelled == ["/ok"] * (1 + 9)
+    assert labeller.recorder.counter_value(catalogue.HTTP_PROTOCOL, ("HTTP/2",)) == 3
     labeller.recorder.store.close()

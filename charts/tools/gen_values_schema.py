@@ -168,6 +168,9 @@ def monitor(kind: str) -> dict:
         "interval": DURATION,
         "scrapeTimeout": DURATION,
         "honorLabels": BOOL,
+        "scrapeProtocols": arr({"type": "string", "enum": [
+            "PrometheusProto", "OpenMetricsText0.0.1", "OpenMetricsText1.0.0",
+            "PrometheusText0.0.4", "PrometheusText1.0.0"]}),
         "relabelings": arr(RELABEL),
         "metricRelabelings": arr(RELABEL),
         "tlsConfig": obj({"insecureSkipVerify": BOOL, "serverName": STR}),

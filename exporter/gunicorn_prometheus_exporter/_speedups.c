@@ -245,7 +245,7 @@ static PyTypeObject RequestWriterType = {
 static PyObject *s_type, *s_status, *s_body, *s_more_body, *s_path, *s_get, *s_http;
 static PyObject *s_response_start, *s_response_body, *s_response_pathsend;
 static PyObject *s_throw, *s_close;
-static PyObject *s_method;
+static PyObject *s_method, *s_headers;
 static PyObject *perf_counter;  /* time.perf_counter: the clock of the Python path */
 static PyObject *file_size;     /* workers.asgi_metrics._file_size, imported at the first pathsend */
 
@@ -701,6 +701,11 @@ typedef struct {
     PyObject *template_attr; /* ... and its attribute holding the template */
     int by_path[3];          /* the key layouts of ``resolved``: positions in */
     int by_template[3];      /* (method, path, status, template) */
+    PyObject *wanted;        /* header names (bytes) whose requests record() takes */
+    PyObject *version_key;   /* the scope key of the protocol version, and ... */
+    PyObject *usual_version; /* ... its usual value: any other goes to record() */
+    PyObject *other;         /* serves the scopes other than http (the app, or
+                              * ASGIMetrics.other_scope: WebSockets measured) */
 } MeteredApp;
 
 enum { CALL_NEW, CALL_RUNNING, CALL_DONE };
@@ -716,6 +721,51 @@ typedef struct {
 
 static PyTypeObject MeteredAppType;
 static PyTypeObject MeteredCallType;
+
+/* 1 when the scope's headers hold one of ``wanted`` (a proxy's queue stamp, a trace
+ * context): record() reads them. Lengths are compared first, so a request without any
+ * costs a few integer comparisons per header. 0: none (or headers not in the usual form). */
+static int
+has_wanted_header(PyObject *wanted, PyObject *scope)
+{
+    Py_ssize_t count = PyTuple_GET_SIZE(wanted);
+    if (count == 0)
+        return 0;
+    PyObject *headers = PyDict_GetItemWithError(scope, s_headers);
+    if (headers == NULL || !PyList_CheckExact(headers))
+        return headers == NULL && PyErr_Occurred() ? -1 : 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(headers); i++) {
+        PyObject *pair = PyList_GET_ITEM(headers, i);
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2)
+            continue;
+        PyObject *name = PyTuple_GET_ITEM(pair, 0);
+        if (!PyBytes_CheckExact(name))
+            continue;
+        Py_ssize_t length = PyBytes_GET_SIZE(name);
+        for (Py_ssize_t j = 0; j < count; j++) {
+            PyObject *want = PyTuple_GET_ITEM(wanted, j);
+            if (PyBytes_GET_SIZE(want) == length
+                    && memcmp(PyBytes_AS_STRING(want), PyBytes_AS_STRING(name), length) == 0)
+                return 1;
+        }
+    }
+    return 0;
+}
+
+/* 1 when the request is over the usual protocol version (or none is known), 0 when it is
+ * not (record() counts it), -1: an error. */
+static int
+usual_version(MeteredApp *owner, PyObject *scope)
+{
+    if (owner->version_key == NULL)
+        return 1;
+    PyObject *version = PyDict_GetItemWithError(scope, owner->version_key);
+    if (version == NULL)
+        return PyErr_Occurred() ? -1 : 1;
+    if (version == owner->usual_version)
+        return 1;
+    return PyObject_RichCompareBool(version, owner->usual_version, Py_EQ);
+}
 
 /* The common request in C: no exception, none of the scope keys Python labels itself
  * (``own_keys``), and its series already known: the key is built with the layout Python
@@ -736,6 +786,12 @@ record_known(MeteredApp *owner, PyObject *scope, RequestMeter *meter, PyObject *
                 || PyErr_Occurred())
             return PyErr_Occurred() ? -1 : 0;
     }
+    int wanted = has_wanted_header(owner->wanted, scope);
+    if (wanted != 0)
+        return wanted < 0 ? -1 : 0;
+    int usual = usual_version(owner, scope);
+    if (usual <= 0)
+        return usual;
     PyObject *fields[4] = {method, NULL, meter->status, NULL};
     const int *layout;
     PyObject *template = NULL, *route = PyDict_GetItemWithError(scope, owner->route_key);
@@ -1051,8 +1107,8 @@ MeteredApp_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
     Py_DECREF(kind);
     if (http < 0)
         return NULL;
-    if (!http)  /* lifespan, websocket: the application's own awaitable */
-        return PyObject_Vectorcall(self->app, args, 3, NULL);
+    if (!http)  /* lifespan, websocket: ASGIMetrics.other_scope, or the application's own */
+        return PyObject_Vectorcall(self->other, args, 3, NULL);
     MeteredCall *call = PyObject_GC_New(MeteredCall, &MeteredCallType);
     if (call == NULL)
         return NULL;
@@ -1093,16 +1149,24 @@ static PyObject *
 MeteredApp_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"app", "record", "resolved", "add", "gone", "gauges", "index",
-                               "known", NULL};
+                               "known", "wanted", "version", "other", NULL};
     PyObject *app, *record, *resolved, *add, *gone, *gauges, *own_keys, *unmatched_key,
-        *route_key, *template_attr, *by_path, *by_template;
+        *route_key, *template_attr, *by_path, *by_template, *wanted = NULL,
+        *version_key = NULL, *usual = NULL, *other = NULL;
     Py_ssize_t index;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO!OOOn(O!UUUOO):MeteredApp", keywords,
-                                     &app, &record, &PyDict_Type, &resolved, &add, &gone,
-                                     &gauges, &index, &PyTuple_Type, &own_keys,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO!OOOn(O!UUUOO)|O!(UU)O:MeteredApp",
+                                     keywords, &app, &record, &PyDict_Type, &resolved, &add,
+                                     &gone, &gauges, &index, &PyTuple_Type, &own_keys,
                                      &unmatched_key, &route_key, &template_attr, &by_path,
-                                     &by_template))
+                                     &by_template, &PyTuple_Type, &wanted, &version_key,
+                                     &usual, &other))
         return NULL;
+    for (Py_ssize_t i = 0; wanted != NULL && i < PyTuple_GET_SIZE(wanted); i++) {
+        if (!PyBytes_CheckExact(PyTuple_GET_ITEM(wanted, i))) {
+            PyErr_SetString(PyExc_TypeError, "the wanted header names are bytes");
+            return NULL;
+        }
+    }
     int path_layout[3], template_layout[3];
     if (parse_layout(by_path, 3, path_layout) < 0
             || parse_layout(by_template, 1, template_layout) < 0)
@@ -1134,6 +1198,14 @@ MeteredApp_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->template_attr = Py_NewRef(template_attr);
     memcpy(self->by_path, path_layout, sizeof(path_layout));
     memcpy(self->by_template, template_layout, sizeof(template_layout));
+    self->wanted = wanted != NULL ? Py_NewRef(wanted) : PyTuple_New(0);
+    self->version_key = Py_XNewRef(version_key);
+    self->usual_version = Py_XNewRef(usual);
+    self->other = Py_NewRef(other != NULL && other != Py_None ? other : app);
+    if (self->wanted == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
     return (PyObject *)self;
 }
 
@@ -1150,6 +1222,10 @@ MeteredApp_traverse(MeteredApp *self, visitproc visit, void *arg)
     Py_VISIT(self->unmatched_key);
     Py_VISIT(self->route_key);
     Py_VISIT(self->template_attr);
+    Py_VISIT(self->wanted);
+    Py_VISIT(self->version_key);
+    Py_VISIT(self->usual_version);
+    Py_VISIT(self->other);
     return 0;
 }
 
@@ -1166,6 +1242,10 @@ MeteredApp_clear(MeteredApp *self)
     Py_CLEAR(self->unmatched_key);
     Py_CLEAR(self->route_key);
     Py_CLEAR(self->template_attr);
+    Py_CLEAR(self->wanted);
+    Py_CLEAR(self->version_key);
+    Py_CLEAR(self->usual_version);
+    Py_CLEAR(self->other);
     return 0;
 }
 
@@ -1190,8 +1270,10 @@ static PyTypeObject MeteredAppType = {
     .tp_vectorcall_offset = offsetof(MeteredApp, vectorcall),
     .tp_call = PyVectorcall_Call,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_doc = "MeteredApp(app, record, resolved, add, gone, gauges, index, known): "
-              "ASGIMetrics in C.",
+    .tp_doc = "MeteredApp(app, record, resolved, add, gone, gauges, index, known, wanted=(), "
+              "version=None, other=app): ASGIMetrics in C; a request with a header named in "
+              "wanted, or whose version (key, usual value) is not the usual one, goes to "
+              "record(); scopes other than http to other().",
     .tp_traverse = (traverseproc)MeteredApp_traverse,
     .tp_clear = (inquiry)MeteredApp_clear,
     .tp_members = MeteredApp_members,
@@ -1215,7 +1297,7 @@ intern_all(void)
     struct { PyObject **slot; const char *text; } names[] = {
         {&s_type, "type"}, {&s_status, "status"}, {&s_body, "body"},
         {&s_more_body, "more_body"}, {&s_path, "path"}, {&s_get, "get"}, {&s_http, "http"},
-        {&s_throw, "throw"}, {&s_close, "close"}, {&s_method, "method"},
+        {&s_throw, "throw"}, {&s_close, "close"}, {&s_method, "method"}, {&s_headers, "headers"},
         {&s_response_start, "http.response.start"},
         {&s_response_body, "http.response.body"},
         {&s_response_pathsend, "http.response.pathsend"},

@@ -19,10 +19,11 @@ import time
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from prometheus_client.metrics_core import Metric
-from prometheus_client.samples import Sample
+from prometheus_client.samples import Exemplar, Sample
 
 from . import families
 from .storage import directory as storage_dir
+from .storage import exemplars as exemplar_files
 from .storage.reader import FileReader
 from .version import __version__
 
@@ -144,9 +145,28 @@ class Merger:
             self._parsed_keys[key] = found
         return found
 
-    def merge(self, batches: List[Tuple[Shard, tuple]]) -> List[Metric]:
+    def newest_exemplars(self, found: Iterable[exemplar_files.Exemplar],
+                         extra: Labels = ()) -> Dict[int, Exemplar]:
+        """The most recent exemplar of each series among ``found`` (every worker's slots),
+        by series number; ``extra`` labels as the shard's (``instance`` in Redis). Slots of
+        series not (yet) seen in the value files are left out."""
+        newest: Dict[int, Tuple[float, Exemplar]] = {}
+        ids = self.registry.ids
+        for key, timestamp, value, trace_id, span_id in found:
+            family, sample, labels, _ = self._parse_key(key)
+            merged = tuple(sorted(labels + extra)) if extra else labels
+            sid = ids.get((family, sample, merged))
+            if sid is None or (sid in newest and newest[sid][0] >= timestamp):
+                continue
+            newest[sid] = (timestamp, Exemplar({"trace_id": trace_id, "span_id": span_id},
+                                               value, timestamp))
+        return {sid: exemplar for sid, (_, exemplar) in newest.items()}
+
+    def merge(self, batches: List[Tuple[Shard, tuple]],
+              exemplars: Optional[Dict[int, Exemplar]] = None) -> List[Metric]:
         """Families from (shard, values) pairs; values as the shard's keys are numbered
-        (value and timestamp interleaved for ``mostrecent`` gauges)."""
+        (value and timestamp interleaved for ``mostrecent`` gauges). ``exemplars`` by
+        series number (``newest_exemplars``) go on their samples."""
         sums = [0.0] * len(self.registry.keys)
         present = set().union(*(shard.series for shard, _ in batches))
         extremes: Dict[int, float] = {}
@@ -171,9 +191,10 @@ class Merger:
             sums[sid] = value
         for sid, (value, _) in recent.items():
             sums[sid] = value
-        return self._families(sums, present)
+        return self._families(sums, present, exemplars or {})
 
-    def _families(self, sums: List[float], present: set) -> List[Metric]:
+    def _families(self, sums: List[float], present: set,
+                  exemplars: Dict[int, Exemplar]) -> List[Metric]:
         reg = self.registry
         labels_of = reg.label_dicts
         out: Dict[str, Metric] = {}
@@ -188,7 +209,8 @@ class Merger:
         keys = reg.keys
         for sid in sorted(present - reg.histogram_ids):
             name, sample, _ = keys[sid]
-            family(name).samples.append(Sample(sample, labels_of[sid], sums[sid]))
+            family(name).samples.append(Sample(sample, labels_of[sid], sums[sid], None,
+                                               exemplars.get(sid)))
         for (name, _), group in reg.histograms.items():
             buckets = [sid for _, _, sid in group["buckets"] if sid in present]
             if not buckets:
@@ -198,7 +220,8 @@ class Merger:
             running = 0.0
             for sid in buckets:
                 running += sums[sid]
-                samples.append(Sample(bucket_name, labels_of[sid], running))
+                samples.append(Sample(bucket_name, labels_of[sid], running, None,
+                                      exemplars.get(sid)))
             samples.append(Sample(name + "_count", group["labels"], running))
             if group["sum"] is not None:
                 samples.append(Sample(name + "_sum", group["labels"], sums[group["sum"]]))
@@ -254,6 +277,7 @@ class DirectoryCollector(ReadStats):
         self.directory = directory
         self.merger = Merger()
         self._files: Dict[str, Tuple[Shard, FileReader]] = {}
+        self._exemplar_readers: Dict[str, exemplar_files.ExemplarReader] = {}
         self._lock = threading.Lock()
         self._torn_reported: set = set()
 
@@ -309,7 +333,20 @@ class DirectoryCollector(ReadStats):
             values_read += len(values)
         self.last_files = len(batches)
         self.last_values = values_read
-        return self.merger.merge(batches)
+        return self.merger.merge(batches, self.merger.newest_exemplars(self.exemplars()))
+
+    def exemplars(self) -> Iterable[exemplar_files.Exemplar]:
+        """Every exemplar slot of every worker, live or gone (the newest wins anyway). Also
+        what the Redis flusher ships."""
+        seen = set()
+        for path, _, inode in exemplar_files.files(self.directory):
+            seen.add(path)
+            reader = self._exemplar_readers.get(path)
+            if reader is None:
+                reader = self._exemplar_readers[path] = exemplar_files.ExemplarReader(path)
+            yield from reader.read(inode)
+        for gone in set(self._exemplar_readers) - seen:
+            self._exemplar_readers.pop(gone).close()
 
 
 def _distribution_version(name: str) -> str:

@@ -25,6 +25,9 @@ class Family:
     origin: str = "request"
     #: storage the family exists with: "any", or "redis" for Redis-only health metrics
     storage: str = "any"
+    #: the servers that write it: "any", "asgi" (the ASGI workers' WebSockets), "dirty"
+    #: (gunicorn 27's dirty-worker pool)
+    servers: str = "any"
 
     @property
     def sample(self) -> str:
@@ -53,6 +56,17 @@ HTTP_REQUEST_SIZE = _f("gunicorn_http_request_size_bytes", "histogram",
                        "Request body bytes received.", ML, buckets="size")
 HTTP_RESPONSE_SIZE = _f("gunicorn_http_response_size_bytes", "histogram",
                         "Response body bytes sent.", ML, buckets="size")
+HTTP_QUEUE = _f("gunicorn_http_request_queue_duration_seconds", "histogram",
+                "Time a request waited between the front proxy stamping it (X-Request-Start "
+                "or X-Queue-Start) and a worker starting it; only stamped requests.",
+                buckets="queue")
+HTTP_QUEUE_INVALID = _f("gunicorn_http_request_queue_invalid", "counter",
+                        "Queue stamps not observed as sent: malformed (dropped), negative "
+                        "(clock skew, observed as 0), too_large (dropped).", ("reason",))
+HTTP_PROTOCOL = _f("gunicorn_http_protocol_requests", "counter",
+                   "Requests over a protocol other than HTTP/1.1: HTTP/1.0, HTTP/2, and "
+                   "websocket (WebSocket upgrades, ASGI workers); HTTP/1.1 requests are the "
+                   "rest of gunicorn_http_requests_total.", ("protocol",))
 FAILED_REQUESTS = _f("gunicorn_worker_failed_requests", "counter",
                      "Requests whose application raised an exception, by exception class.",
                      ERR, per_worker=True)
@@ -62,6 +76,14 @@ ERROR_HANDLING = _f("gunicorn_worker_error_handling", "counter",
 IN_FLIGHT = _f("gunicorn_worker_in_flight_requests", "gauge",
                "Requests the worker is handling now.", mode="livesum", per_worker=True,
                origin="worker")
+
+WEBSOCKET_OPEN = _f("gunicorn_websocket_connections", "gauge",
+                    "WebSocket connections the worker holds open now (ASGI workers).",
+                    mode="livesum", per_worker=True, origin="worker", servers="asgi")
+WEBSOCKET_DURATION = _f("gunicorn_websocket_connection_duration_seconds", "histogram",
+                        "How long closed WebSocket connections lasted, from the "
+                        "application's accept to its return (ASGI workers).",
+                        buckets="websocket", servers="asgi")
 
 # -- per worker (derived from the request families of the worker's slot) -------------------
 WORKER_REQUESTS = _f("gunicorn_worker_requests", "counter",

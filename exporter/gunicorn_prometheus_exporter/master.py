@@ -150,8 +150,8 @@ class MasterRuntime:
     def enter_worker(self, own: Claim) -> None:
         """Drop what the worker inherited but must not hold: other slots' locks (they
         would keep dead slots 'live'), the master's identity and the metrics socket."""
-        for identity, claim in list(self.worker_claims.items()):
-            if identity != own.identity:
+        for slot, claim in list(self.worker_claims.items()):
+            if slot != own.identity:
                 claim.release()
         self.worker_claims = {own.identity: own}
         self.workers = {}

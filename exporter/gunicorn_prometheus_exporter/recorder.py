@@ -68,6 +68,8 @@ class Recorder(Writer):
         self._size_bounds = [math.floor(b) if math.isfinite(b) else b for b in size_bounds]
         self._empty_bucket = bisect_left(self._size_bounds, 0)
         self._series: Dict[Tuple[str, str, str], Series] = {}
+        #: (method, route, status) of each series, by its counter's index (exemplars)
+        self.labels_of: Dict[int, Tuple[str, str, str]] = {}
         #: (method, route) -> the three histograms' bucket and sum positions, flat
         self._by_route: Dict[Tuple[str, str], tuple] = {}
         self._in_flight = scalar_position(self._gauges, families.IN_FLIGHT, {})
@@ -143,6 +145,7 @@ class Recorder(Writer):
         # the views are taken after the appends, which may have grown the files
         series = Series(self._counters.values, requests, self._histograms.values, *by_route)
         self._series[(method, route, status)] = series
+        self.labels_of[requests] = (method, route, status)
         return series
 
     def in_flight_cell(self) -> Tuple[memoryview, int]:

@@ -658,8 +658,24 @@ def test_dashboard_configmap():
     for topic in ("request rate per route", "error ratio (5xx) per route", "latency", "saturation",
                   "listen backlog", "memory per worker", "cpu per worker", "worker restarts by reason"):
         assert topic in titles, topic
-    assert {v["name"] for v in dash["templating"]["list"]} == {"datasource", "namespace", "job"}
+    assert {v["name"] for v in dash["templating"]["list"]} == {"datasource", "trace_datasource",
+                                                              "namespace", "job"}
+    # the latency panel shows exemplars and links them to the trace data source
+    latency, = (p for p in dash["panels"] if p["title"].lower().startswith("latency"))
+    assert all(t["exemplar"] for t in latency["targets"])
+    link, = latency["fieldConfig"]["defaults"]["links"]
+    assert "${trace_datasource}" in link["url"] and "${__data.fields.trace_id}" in link["url"]
     assert not render("sidecar-values.yaml").kind("ConfigMap")
+
+
+def test_monitors_scrape_openmetrics_first_for_exemplars():
+    for values, kind in (("monitors-values.yaml", "ServiceMonitor"),
+                         ("podmonitor-values.yaml", "PodMonitor")):
+        monitor, = render(values).kind(kind)
+        assert monitor["spec"]["scrapeProtocols"][0] == "OpenMetricsText1.0.0"
+    monitor, = render("monitors-values.yaml",
+                      sets=("serviceMonitor.scrapeProtocols=null",)).kind("ServiceMonitor")
+    assert "scrapeProtocols" not in monitor["spec"]
 
 
 # ---- extras ------------------------------------------------------------------------------------

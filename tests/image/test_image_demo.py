@@ -7,8 +7,6 @@ import uuid
 from pathlib import Path
 from typing import Callable, Optional
 
-import pytest
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from support.ports import free_port  # noqa: E402

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from support.procs import Exporter
-from support.redis import (Cluster, RedisServer, redis_env,  # noqa: F401 (re-exported)
-                           redis_server_bin)
+from support.redis import Cluster, RedisServer, redis_server_bin
+from support.redis import redis_env  # noqa: F401 (the tests import it from here with the fixtures)
 from support.scrape import Scrape
 
 

@@ -2,6 +2,8 @@
 graceful stop folding, node scoping."""
 import pytest
 
+from support.wait import until
+
 from redis_procs import (exporter, log_of, prefix, redis_env, redis_server,  # noqa: F401
                          requests_total,
                          send)
@@ -92,3 +94,27 @@ def test_original_config_with_redis_when_ready(start_gunicorn, redis_server, exp
     e.scrape_until(lambda s: requests_total(s) == 4)
     assert g.output().count("serving metrics at") == 1  # one metrics process, not two
     assert "Redis storage is off" not in g.output()
+
+
+def test_exemplars_ship_through_redis_and_the_newest_wins(start_gunicorn, redis_server,
+                                                          exporter, prefix):
+    """Each instance's flusher ships its newest exemplar per sample; the reader serves the
+    newest across instances, in OpenMetrics only."""
+    from support.scrape import exemplars, fetch
+
+    server = redis_server()
+    a = start_gunicorn(env=redis_env(server, prefix, REDIS_INSTANCE_ID="alpha")).wait_ready(2)
+    b = start_gunicorn(env=redis_env(server, prefix, REDIS_INSTANCE_ID="beta")).wait_ready(2)
+    first, second = "1" * 32, "2" * 32
+    for g, trace_id in ((a, first), (b, second)):  # beta's request is the newer
+        assert g.request("/", headers={"traceparent": f"00-{trace_id}-{'3' * 16}-01"})[0] == 200
+    e = exporter(redis_env(server, prefix))
+    counter = ("gunicorn_http_requests_total",
+               frozenset({"method": "GET", "route": "/", "status": "200"}.items()))
+    until(lambda: exemplars(e.port).get(counter, ({},))[0].get("trace_id") == second,
+          message="beta's exemplar through Redis")
+    found = exemplars(e.port)
+    buckets = [k for k in found if k[0] == "gunicorn_http_request_duration_seconds_bucket"]
+    assert [found[k][0]["trace_id"] for k in buckets] in ([second], [first, second],
+                                                          [second, first])
+    assert "trace_id" not in fetch(f"http://127.0.0.1:{e.port}/metrics")

@@ -44,6 +44,20 @@ def fetch(url: str, timeout: float = 10.0, headers: Optional[dict] = None) -> st
         return resp.read().decode()
 
 
+OPENMETRICS = "application/openmetrics-text; version=1.0.0"
+
+
+def exemplars(port: int, host: str = "127.0.0.1") -> Dict[SampleKey, Tuple[Dict[str, str],
+                                                                           float, float]]:
+    """The exemplars of an OpenMetrics scrape: (labels, value, timestamp) by sample."""
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as om
+
+    text = fetch(f"http://{host}:{port}/metrics", headers={"Accept": OPENMETRICS})
+    return {(s.name, frozenset(s.labels.items())): (s.exemplar.labels, s.exemplar.value,
+                                                    s.exemplar.timestamp)
+            for family in om(text) for s in family.samples if s.exemplar is not None}
+
+
 def scrape(port: int, host: str = "127.0.0.1") -> Scrape:
     return Scrape(fetch(f"http://{host}:{port}/metrics"))
 

@@ -103,6 +103,22 @@ class Str(Kind):
 
 
 @dataclass(frozen=True)
+class HeaderName(Kind):
+    """An HTTP header name (letters, digits and ``-``), kept in lower case."""
+
+    @property
+    def expected(self) -> str:  # type: ignore[override]
+        return "an HTTP header name (letters, digits and -)"
+
+    def parse(self, raw: Any) -> str:
+        import re
+
+        if isinstance(raw, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]*", raw.strip()):
+            return raw.strip().lower()
+        raise self.fail(raw)
+
+
+@dataclass(frozen=True)
 class RedisUrl(Kind):
     """``redis://[[user]:password@]host[:port][/db]`` or ``rediss://``, checked by the same
     lenient parser that connects (a raw ``@``, ``#`` or ``/`` in the password is fine)."""

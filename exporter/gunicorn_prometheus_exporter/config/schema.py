@@ -6,12 +6,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple
 
-from .kinds import Bool, Buckets, Choice, Float, Int, Kind, RedisUrl, RouteRules, Str
+from .kinds import (Bool, Buckets, Choice, Float, HeaderName, Int, Kind, RedisUrl, RouteRules,
+                    Str)
 
 #: Request duration buckets: 5 ms to 60 s, finer where web latencies live.
 DEFAULT_DURATION_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )
+#: Queue time buckets: 1 ms to 30 s (a healthy queue is a few milliseconds).
+DEFAULT_QUEUE_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+#: WebSocket connection duration buckets: 1 s to 1 day.
+DEFAULT_WEBSOCKET_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0,
+                             21600.0, 86400.0)
 #: Body size buckets: 64 B to 64 MiB in powers of four.
 DEFAULT_SIZE_BUCKETS = tuple(float(64 * 4**i) for i in range(11))
 
@@ -71,6 +79,27 @@ SETTINGS: Tuple[Setting, ...] = (
        doc="Most distinct route label values; further routes are recorded as 'other'."),
     _s("metrics.route_rules", RouteRules(), (),
        doc="Regex rules applied to the path before the built-in id collapsing."),
+    _s("metrics.queue_time", Bool(), True, "PROMETHEUS_QUEUE_TIME",
+       doc="Record the time a request waited before a worker took it, from the proxy's "
+           "X-Request-Start or X-Queue-Start header (nothing is done without one)."),
+    _s("metrics.queue_buckets", Buckets(), DEFAULT_QUEUE_BUCKETS, "PROMETHEUS_QUEUE_BUCKETS",
+       doc="Queue time histogram bounds, seconds."),
+    _s("metrics.queue_max_seconds", Float(0.001, 86400), 600.0,
+       "PROMETHEUS_QUEUE_MAX_SECONDS",
+       doc="Longer waits are clock errors: dropped and counted as too_large."),
+    _s("metrics.websocket_buckets", Buckets(), DEFAULT_WEBSOCKET_BUCKETS,
+       "PROMETHEUS_WEBSOCKET_BUCKETS",
+       doc="WebSocket connection duration histogram bounds, seconds (ASGI workers)."),
+    _s("metrics.exemplars", Bool(), True, "PROMETHEUS_EXEMPLARS",
+       doc="Attach the trace of a recent request to each duration bucket and request counter "
+           "(served in OpenMetrics only)."),
+    _s("metrics.trace_header", HeaderName(), "traceparent", "PROMETHEUS_TRACE_HEADER",
+       doc="Request header carrying the W3C trace context of exemplars (sampled ones only)."),
+    _s("metrics.opentelemetry", Choice(("auto", "on", "off")), "auto",
+       "PROMETHEUS_OPENTELEMETRY",
+       doc="Without a trace header, take exemplars from the OpenTelemetry span current when "
+           "the application starts its response: auto (when the application set a tracer "
+           "provider), on, off."),
     _s("metrics.sample_interval", Float(0.1, 3600), 5.0, "PROMETHEUS_SAMPLE_INTERVAL",
        doc="Seconds between samples of worker memory, CPU and uptime."),
     # -- gunicorn values of the original YAML -----------------------------------------------

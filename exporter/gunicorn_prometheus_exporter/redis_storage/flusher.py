@@ -39,7 +39,8 @@ from ..storage.store import ProcessStore
 from ..version import __version__
 from ..writer import Writer
 from . import connection, instance, scripts
-from .keys import FOLDED_TYPES, META_FIELD, TOMBSTONE_SECONDS, Layout, Timing, shard_name
+from .keys import (EXEMPLAR_SHARD, FOLDED_TYPES, META_FIELD, TOMBSTONE_SECONDS, Layout,
+                   Timing, field, shard_name)
 
 _MASTER = re.compile(r"^m\d+$")
 #: a full resend now and then repairs a Redis restored from an older snapshot
@@ -209,11 +210,29 @@ class Flusher:
                     pairs += (f, v)
             deletes += [f for f in old if f not in fields]
             staged[name] = (fields, values)
+        exemplars = self._exemplar_fields()
+        if exemplars or EXEMPLAR_SHARD in self._sent:
+            seen.add(EXEMPLAR_SHARD)
+            old = {} if full else self._sent.get(EXEMPLAR_SHARD, {})
+            for f, v in exemplars.items():
+                if old.get(f) != v:
+                    pairs += (f, v)
+            deletes += [f for f in old if f not in exemplars]
+            staged[EXEMPLAR_SHARD] = (exemplars, None)
         gone = [name for name in self._sent if name not in seen]
         if not full:
             for name in gone:
                 deletes += list(self._sent[name])
         return pairs, deletes, staged, gone
+
+    def _exemplar_fields(self) -> Dict[str, str]:
+        """The newest exemplar of each sample across the instance's workers, as fields."""
+        newest: Dict[str, tuple] = {}
+        for key, timestamp, value, trace_id, span_id in self.collector.exemplars():
+            if key not in newest or newest[key][0] < timestamp:
+                newest[key] = (timestamp, value, trace_id, span_id)
+        return {field(EXEMPLAR_SHARD, key): f"{t!r} {v!r} {trace} {span}"
+                for key, (t, v, trace, span) in newest.items()}
 
     def _fields(self, name: str, shard: Any, keys: List[str], values: tuple) -> Dict[str, str]:
         names = self._names.get(name)

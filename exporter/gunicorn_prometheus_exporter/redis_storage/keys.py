@@ -15,7 +15,9 @@ whole prefix lives in one hash slot and every script touches one node::
 
 ``<shard>`` is a multiprocess file's name without ``.db`` (``counter_w0``,
 ``gauge_livesum_w1``, ``histogram_w0.app``); ``<entry key>`` is prometheus_client's JSON
-key, so a shard in Redis is exactly a file of the directory."""
+key, so a shard in Redis is exactly a file of the directory. One more shard,
+``exemplars``, holds the instance's newest exemplar per sample (``<timestamp> <value>
+<trace id> <span id>``); it is never folded: exemplars end with their instance."""
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -23,6 +25,8 @@ from typing import Optional, Tuple
 from ..storage import directory as storage_dir
 
 SEPARATOR = "\n"
+#: the shard of an instance's exemplars (``storage.exemplars``), merged across its workers
+EXEMPLAR_SHARD = "exemplars"
 META_FIELD = "@"
 #: types whose values are summed across instances and folded into the durable totals
 FOLDED_TYPES = ("counter", "histogram", "summary")

@@ -32,7 +32,8 @@ from prometheus_client.metrics_core import Metric
 from .. import families
 from ..collector import Merger, ReadStats, Shard, gc_paused, health_families
 from . import connection, scripts
-from .keys import META_FIELD, SEPARATOR, TOMBSTONE_SECONDS, Layout, Timing, parse_shard
+from .keys import (EXEMPLAR_SHARD, META_FIELD, SEPARATOR, TOMBSTONE_SECONDS, Layout, Timing,
+                   parse_shard)
 
 _PLUGIN_IDENTITY = re.compile(r"^[wm]\d+(\.monitor)?$")
 
@@ -53,6 +54,19 @@ def _extra(typ: str, mode: str, identity: str, incarnation: str) -> Tuple[Tuple[
     if typ == "gauge" and (mode in ("all", "liveall") or _PLUGIN_IDENTITY.match(identity)):
         return (("instance", incarnation),)
     return ()
+
+
+def _exemplars(entries: Dict[str, str]) -> List[tuple]:
+    """The exemplars of an instance's exemplar shard (unreadable fields left out)."""
+    out = []
+    for key, text in entries.items():
+        parts = text.split(" ")
+        if len(parts) == 4:
+            try:
+                out.append((key, float(parts[0]), float(parts[1]), parts[2], parts[3]))
+            except ValueError:
+                continue
+    return out
 
 
 class RedisSource:
@@ -157,6 +171,7 @@ class RedisSource:
             self.log.info("folded %d vanished instance(s) of prefix %r into its totals",
                           folded, self.layout.prefix)
         batches: List[Tuple[Shard, list]] = []
+        self._exemplars: list = []  # filled by _add from the instances' exemplar shards
         seen = set()
         values_read = 0
         totals: Dict[str, str] = {}
@@ -181,7 +196,7 @@ class RedisSource:
         self.instances = instances
         self.state.last_files = len(batches)
         self.state.last_values = values_read
-        families = self.merger.merge(batches)
+        families = self.merger.merge(batches, self.merger.newest_exemplars(self._exemplars))
         if len(self.merger.registry.keys) > 4 * values_read + 10000:
             self.merger = Merger()  # forget series of long-gone instances
             self._views.clear()
@@ -236,6 +251,9 @@ class RedisSource:
             shard, _, key = name.partition(SEPARATOR)
             grouped.setdefault(shard, {})[key] = value
         count = 0
+        exemplars = grouped.pop(EXEMPLAR_SHARD, None)
+        if exemplars:
+            self._exemplars += _exemplars(exemplars)
         for shard_name, entries in grouped.items():
             view = self._view(kind, owner, incarnation, shard_name, entries)
             if view is None:

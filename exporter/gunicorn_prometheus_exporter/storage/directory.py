@@ -149,7 +149,7 @@ def prepare(directory: str, cleanup: bool) -> bool:
         return False
     if any(live_identities(directory).values()):
         return False
-    for pattern in ("*.db", "*.lock", "routes"):
+    for pattern in ("*.db", "*.lock", "routes", "exemplars/*.db"):
         for path in glob.glob(os.path.join(glob.escape(directory), pattern)):
             try:
                 os.unlink(path)

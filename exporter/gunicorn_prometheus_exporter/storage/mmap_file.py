@@ -38,8 +38,11 @@ class MmapFile:
     thread still holding the previous view writes to the same file pages, so nothing is
     lost and no lock is needed around growth. At most log2(size) maps are ever kept."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, payload: int = 16) -> None:
         self.path = path
+        #: bytes after each key: a value and a timestamp (16), or a larger record of one's
+        #: own (exemplars), a multiple of 8 so that the next entry stays aligned
+        self.payload = payload
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         self._fd = fd
         size = os.fstat(fd).st_size
@@ -68,7 +71,7 @@ class MmapFile:
         m = self._m
         while pos + 4 <= used:
             length = _USED.unpack_from(m, pos)[0]
-            end = pos + 4 + padded_length(length) + 16
+            end = pos + 4 + padded_length(length) + self.payload
             if length <= 0 or end > used:
                 break  # a torn tail: the entries before it are intact
             key = bytes(m[pos + 4:pos + 4 + length]).decode("utf-8", "replace")
@@ -88,19 +91,24 @@ class MmapFile:
     def _append(self, key: str) -> int:
         encoded = key.encode("utf-8")
         pad = padded_length(len(encoded))
-        size = 4 + pad + 16
+        size = 4 + pad + self.payload
         while self._used + size > self._capacity:
             new_size = self._capacity * 2
             os.ftruncate(self._fd, new_size)
             self._map(new_size)
         pos = self._used
-        struct.pack_into(f"<i{pad}sdd", self._m, pos, len(encoded),
-                         encoded.ljust(pad, b" "), 0.0, 0.0)
+        struct.pack_into(f"<i{pad}s{self.payload}x", self._m, pos, len(encoded),
+                         encoded.ljust(pad, b" "))
         self._used = pos + size
         _USED.pack_into(self._m, 0, self._used)  # publish only a complete entry
         index = (pos + 4 + pad) // 8
         self._positions[key] = index
         return index
+
+    @property
+    def buffer(self) -> mmap.mmap:
+        """The newest map of the file, which holds every entry appended so far."""
+        return self._m
 
     def set_timestamp(self, index: int, timestamp: float) -> None:
         """For ``mostrecent`` gauges: the timestamp double follows the value."""

@@ -18,11 +18,13 @@ _USED = struct.Struct("<i")
 class FileReader:
     """Values of one file; ``keys`` grows as writers append entries."""
 
-    def __init__(self, path: str, with_timestamps: bool = False) -> None:
+    def __init__(self, path: str, with_timestamps: bool = False, payload: int = 16) -> None:
         self.path = path
         self.with_timestamps = with_timestamps
+        self.payload = payload  # bytes after each key (``MmapFile.payload``)
         self.keys: List[str] = []
-        self._offsets: List[int] = []
+        #: byte offset of each key's payload in the file
+        self.offsets: List[int] = []
         self._parsed_to = 8
         self._ino: Optional[Tuple[int, int]] = None
         self._map: Optional[mmap.mmap] = None
@@ -42,7 +44,7 @@ class FileReader:
             self._map = mmap.mmap(fd, st.st_size, prot=mmap.PROT_READ)
             identity = (st.st_dev, st.st_ino)
             if identity != self._ino:
-                self.keys, self._offsets, self._parsed_to = [], [], 8
+                self.keys, self.offsets, self._parsed_to = [], [], 8
                 self._struct = struct.Struct("<")
             self._ino = identity
             return True
@@ -69,12 +71,12 @@ class FileReader:
         pos = self._parsed_to
         while pos + 4 <= used:
             length = _USED.unpack_from(m, pos)[0]
-            end = pos + 4 + padded_length(length) + 16
+            end = pos + 4 + padded_length(length) + self.payload
             if length <= 0 or end > min(used, len(m)):
                 self.torn = True
                 break
             self.keys.append(bytes(m[pos + 4:pos + 4 + length]).decode("utf-8", "replace"))
-            self._offsets.append(pos + 4 + padded_length(length))
+            self.offsets.append(pos + 4 + padded_length(length))
             pos = end
         self._parsed_to = pos
         self._struct = struct.Struct(self._format())
@@ -84,11 +86,16 @@ class FileReader:
         cursor = 0
         item = "dd" if self.with_timestamps else "d"
         width = 16 if self.with_timestamps else 8
-        for offset in self._offsets:
+        for offset in self.offsets:
             gap = offset - cursor
             parts.append(f"{gap}x{item}" if gap else item)
             cursor = offset + width
         return "".join(parts)
+
+    @property
+    def map(self) -> Optional[mmap.mmap]:
+        """The file as last mapped by ``read`` (for payloads other than doubles)."""
+        return self._map
 
     def close(self) -> None:
         if self._map is not None:

@@ -30,8 +30,9 @@ if ASGIWorker is not None:
         def load_wsgi(self) -> None:
             ASGIWorker.load_wsgi(self)
             if self._prometheus is not None:
+                self._prometheus.extras.application_loaded()
                 self.asgi = instrument(self.asgi, self._prometheus.labeller,
-                                       self._prometheus.native)
+                                       self._prometheus.extras, self._prometheus.native)
 
         # the asyncio worker takes its signals through the event loop, not through
         # handle_exit/handle_quit/handle_abort as the other workers do

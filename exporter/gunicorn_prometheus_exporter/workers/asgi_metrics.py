@@ -7,7 +7,13 @@ call to the last body message, and an exception that escaped the application as 
 request with its class name (the duration ends when the application hands over its last
 body message). The route is the template a framework left in the scope
 (Starlette and FastAPI: the matched route; anything else: ``ROUTE_ENVIRON_KEY``), else the
-path normalised like the WSGI workers do. Lifespan and websocket scopes pass through."""
+path normalised like the WSGI workers do. Lifespan scopes pass through; WebSocket scopes are
+measured as connections (``websocket_metrics``), never as requests.
+
+A request carrying a proxy's queue stamp or a trace context (``RequestExtras.wanted``), or
+not over HTTP/1.1, is recorded here in Python by the compiled wrapper too; so is every
+request when the OpenTelemetry span is read (at ``http.response.start``, inside the
+application's span)."""
 from __future__ import annotations
 
 import asyncio
@@ -17,8 +23,11 @@ from typing import Any, Awaitable, Callable, Optional
 
 from types import ModuleType
 
+from .. import protocols, tracing
 from ..frameworks import ERROR_ENVIRON_KEY, ROUTE_ENVIRON_KEY, starlette
 from ..frameworks.starlette import route_template
+from ..websocket_metrics import WebSocketMetrics, other_scope
+from .extras import RequestExtras
 from .labelling import KEY_BY_PATH, KEY_BY_TEMPLATE, RequestLabeller
 
 #: what a client that went away raises in the application: counted as a 499
@@ -35,19 +44,26 @@ KNOWN_REQUEST = ((ROUTE_ENVIRON_KEY, ERROR_ENVIRON_KEY, starlette.MOUNT_ROOT),
 
 class ASGIMetrics:
     """Wraps the worker's ASGI application; ``labeller`` is the worker's
-    ``RequestLabeller`` (its ``recorder`` and ``record()``). ``instrument()`` gives the
-    compiled equivalent where it is built; ``record`` serves both."""
+    ``RequestLabeller`` (its ``recorder`` and ``record()``), ``extras`` its
+    ``RequestExtras``. ``instrument()`` gives the compiled equivalent where it is built;
+    ``record`` serves both."""
 
-    def __init__(self, app: Callable, labeller: RequestLabeller) -> None:
+    def __init__(self, app: Callable, labeller: RequestLabeller,
+                 extras: RequestExtras) -> None:
         self.app = app
         self._record = labeller.record
+        self._extras = extras
         self.gauges, self.in_flight = labeller.recorder.in_flight_cell()
         self._log = labeller.log
         self._failed_once = False
+        self._span = extras.span
+        #: serves the scopes that are not HTTP requests (WebSockets measured)
+        self.other_scope = other_scope(app, WebSocketMetrics(labeller.recorder,
+                                                             extras.websocket_buckets))
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            await self.other_scope(scope, receive, send)
             return
         started = perf_counter()
         status: Any = 0
@@ -76,6 +92,10 @@ class ASGIMetrics:
                     ended = perf_counter()
             elif kind == "http.response.start":
                 status = message["status"]
+                if self._span is not None:
+                    trace = self._span()
+                    if trace is not None:
+                        scope[tracing.SPAN_KEY] = trace
             elif kind == "http.response.pathsend":
                 sent += _file_size(message.get("path"))
                 ended = perf_counter()
@@ -103,25 +123,28 @@ class ASGIMetrics:
         """One finished request, labelled from its scope; never raises (a failure to
         record is logged once, and the request goes on)."""
         try:
-            self._record(scope["method"], scope["path"], status, duration, received, sent,
-                         scope.get(ROUTE_ENVIRON_KEY) or route_template(scope),
-                         scope.get(ERROR_ENVIRON_KEY) or error_type)
+            series = self._record(scope["method"], scope["path"], status, duration, received,
+                                  sent, scope.get(ROUTE_ENVIRON_KEY) or route_template(scope),
+                                  scope.get(ERROR_ENVIRON_KEY) or error_type)
+            self._extras.asgi(scope, series, duration)
         except Exception:
             if not self._failed_once:
                 self._failed_once = True
                 self._log.exception("prometheus: could not record a request")
 
 
-def instrument(app: Callable, labeller: RequestLabeller,
+def instrument(app: Callable, labeller: RequestLabeller, extras: RequestExtras,
                native: Optional[ModuleType] = None) -> Callable:
     """``app`` with its requests recorded: the compiled wrapper (``_speedups.MeteredApp``)
     where ``native`` (``speedups.load()``) is given, else ``ASGIMetrics``. Both are ASGI 3
-    only."""
-    metrics = ASGIMetrics(app, labeller)
-    if native is None:
+    only. Reading the OpenTelemetry span needs the send messages in Python:
+    ``ASGIMetrics``."""
+    metrics = ASGIMetrics(app, labeller, extras)
+    if native is None or extras.span is not None:
         return metrics
     return native.MeteredApp(app, metrics.record, labeller.resolved, labeller.recorder.add,
-                             GONE, metrics.gauges, metrics.in_flight, KNOWN_REQUEST)
+                             GONE, metrics.gauges, metrics.in_flight, KNOWN_REQUEST,
+                             extras.wanted, protocols.ASGI_USUAL, metrics.other_scope)
 
 
 def _file_size(path: Optional[str]) -> int:

@@ -5,7 +5,9 @@ for ``wsgi_hooks`` to read when the request ends."""
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
+
+from ..tracing import SPAN_KEY, Trace
 
 BODY_METER_KEY = "gunicorn_prometheus_exporter.body_meter"
 #: body bytes of a ``wsgi.file_wrapper`` response, which gunicorn's sendfile path sends
@@ -44,7 +46,10 @@ class BodyMeter:
             yield line
 
 
-def metered(app: Any) -> Any:
+def metered(app: Any, span: Optional[Callable[[], Optional[Trace]]] = None) -> Any:
+    """``app`` with chunked request bodies counted, and, given ``span`` (the OpenTelemetry
+    reader of ``tracing``), the span current when the application starts its response
+    left in the environ for the exemplar."""
     def app_with_body_meter(environ: dict, start_response: Any) -> Any:
         if "CONTENT_LENGTH" not in environ and "HTTP_TRANSFER_ENCODING" in environ:
             environ["wsgi.input"] = environ[BODY_METER_KEY] = BodyMeter(environ["wsgi.input"])
@@ -54,7 +59,19 @@ def metered(app: Any) -> Any:
             environ[FILE_BYTES_KEY] = _file_bytes(result)
         return result
 
-    return app_with_body_meter
+    if span is None:
+        return app_with_body_meter
+
+    def app_with_span(environ: dict, start_response: Any) -> Any:
+        def start_response_in_span(*args: Any) -> Any:
+            trace = span()
+            if trace is not None:
+                environ[SPAN_KEY] = trace
+            return start_response(*args)
+
+        return app_with_body_meter(environ, start_response_in_span)
+
+    return app_with_span
 
 
 def _file_bytes(wrapped: Any) -> Optional[int]:

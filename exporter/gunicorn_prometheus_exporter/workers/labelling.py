@@ -36,11 +36,12 @@ class RequestLabeller:
 
     def record(self, method: Optional[str], path: Optional[str], code: Optional[int],
                duration: float, received: int, sent: int, template: Optional[str] = None,
-               error_type: Optional[str] = None) -> None:
+               error_type: Optional[str] = None) -> Series:
         """One finished request, whatever server loop handled it (the ASGI workers call
         this directly): ``code`` the status sent (None: 500), ``template`` a framework's
         matched route, else ``path`` is normalised; ``error_type`` counts one failed
-        request. A request like an earlier one is one dict lookup and the stores."""
+        request. A request like an earlier one is one dict lookup and the stores.
+        Returns the series recorded (for the extras: the exemplar)."""
         if not template:
             key = (method, path, code)  # KEY_BY_PATH
         else:
@@ -51,6 +52,7 @@ class RequestLabeller:
         if series is None or error_type is not None:
             series = self._resolve(key, method, path, code, template, error_type)
         self.recorder.add(series, duration, received, sent)
+        return series
 
     def _resolve(self, key: tuple, method: Optional[str], path: Optional[str],
                  code: Optional[int], template: Optional[str],

@@ -57,7 +57,8 @@ class PrometheusWorkerMixin:
     def load_wsgi(self) -> None:
         super().load_wsgi()
         if self._prometheus is not None:
-            self.wsgi = metered(self.wsgi)
+            self._prometheus.extras.application_loaded()
+            self.wsgi = metered(self.wsgi, self._prometheus.extras.span)
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         if self._prometheus is not None:

@@ -11,6 +11,7 @@ from ..recorder import Recorder
 from ..routes import RouteTable
 from ..sampler import ResourceSampler
 from ..storage.store import ProcessStore
+from .extras import RequestExtras
 from .labelling import RequestLabeller
 from .wsgi_hooks import WSGIRequestHooks
 
@@ -32,6 +33,7 @@ class WorkerMetrics:
         self.routes = RouteTable(runtime.directory, settings.metrics.route_cap,
                                  settings.metrics.route_rules)
         self.labeller = RequestLabeller(self.recorder, self.routes, self.log)
+        self.extras = RequestExtras(settings, self.recorder, runtime.directory, claim.identity)
         self.recorder.set_gauge(families.WORKER_CAPACITY, float(worker.capacity))
         self.intent = exits.Intent(runtime.directory, claim.identity)
         logcount.counter().use(self.recorder)
@@ -39,8 +41,8 @@ class WorkerMetrics:
         self.sampler = ResourceSampler(self.recorder, settings.metrics.sample_interval)
         self.sampler.start()
         if getattr(worker, "request_hooks", True):  # else it records through the labeller
-            WSGIRequestHooks(self.labeller, self.recorder, self.intent,
-                             worker.threaded).install(worker.cfg)
+            WSGIRequestHooks(self.labeller, self.recorder, self.intent, worker.threaded,
+                             self.extras).install(worker.cfg)
 
     def set_state(self, state: str) -> None:
         for name in ("running", "stopping"):

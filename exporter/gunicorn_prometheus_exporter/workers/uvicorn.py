@@ -29,8 +29,9 @@ class PrometheusUvicornWorker(ConnectionsMixin, UvicornWorker):
     def load_wsgi(self) -> None:
         UvicornWorker.load_wsgi(self)
         if self._prometheus is not None:
+            self._prometheus.extras.application_loaded()
             self.wsgi = instrument(self.wsgi, self._prometheus.labeller,
-                                       self._prometheus.native)
+                                   self._prometheus.extras, self._prometheus.native)
             # the wrapper is ASGI 3; uvicorn would guess ASGI 2 for the compiled one (its
             # __call__ is not a coroutine function)
             self.config.interface = "asgi3"

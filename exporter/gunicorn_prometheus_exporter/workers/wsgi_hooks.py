@@ -17,6 +17,7 @@ from ..frameworks import ERROR_ENVIRON_KEY
 from ..recorder import Recorder
 from ..routes import ROUTE_ENVIRON_KEY
 from .body import BODY_METER_KEY, FILE_BYTES_KEY
+from .extras import RequestExtras
 from .labelling import COUNTED, RequestLabeller
 
 _GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN)
@@ -26,8 +27,9 @@ class WSGIRequestHooks:
     """``pre_request``/``post_request`` of one worker process."""
 
     def __init__(self, labeller: RequestLabeller, recorder: Recorder, intent: exits.Intent,
-                 threaded: bool) -> None:
+                 threaded: bool, extras: RequestExtras) -> None:
         self.record = labeller.record  # bound once: no attribute lookup per request
+        self.extras = extras.wsgi
         self.recorder = recorder
         self.intent = intent
         self.log = labeller.log
@@ -98,9 +100,10 @@ class WSGIRequestHooks:
             sent = environ[FILE_BYTES_KEY] or 0  # sent by sendfile
             if resp.response_length is not None:
                 sent = min(sent, resp.response_length)
-        self.record(environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), code, duration,
-                    received, sent, environ.get(ROUTE_ENVIRON_KEY),
-                    str(error_type) if error_type else None)
+        series = self.record(environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), code,
+                             duration, received, sent, environ.get(ROUTE_ENVIRON_KEY),
+                             str(error_type) if error_type else None)
+        self.extras(environ, series, duration)
 
 
 def _escaped(exc: BaseException, resp: Any, code: Optional[int]

@@ -1,0 +1,87 @@
+"""Exemplars of one writer: a fixed-size slot per sample (each bucket of a duration series,
+each request counter), holding the most recent traced request that landed there.
+
+The file is ``exemplars/<identity>.db`` below the directory (a folder of its own, so that
+prometheus_client's ``MultiProcessCollector``, should a user point it at the directory,
+never reads these slots as values), in the same key-table format (``MmapFile``) with a 40-byte slot as the payload::
+
+    [double timestamp][double value][16 bytes trace id][8 bytes span id]
+
+so its size is bounded by the series of the worker, whatever the traffic. The writer
+zeroes the timestamp first and writes it last; a reader takes a slot only when the
+timestamp it read before and after copying the slot is the same and not zero, so it
+never pairs one request's trace with another's value."""
+from __future__ import annotations
+
+import os
+import struct
+from typing import Iterator, Optional, Tuple
+
+from .mmap_file import MmapFile
+from .reader import FileReader
+
+SLOT = struct.Struct("<dd16s8s")
+_STAMP = struct.Struct("<d")
+FOLDER = "exemplars"
+
+#: one read exemplar: (sample key, timestamp, value, trace id hex, span id hex)
+Exemplar = Tuple[str, float, float, str, str]
+
+
+def path_of(directory: str, identity: str) -> str:
+    return os.path.join(directory, FOLDER, identity + ".db")
+
+
+def files(directory: str) -> Iterator[Tuple[str, str, int]]:
+    """(path, identity, inode) of every exemplar file of a directory."""
+    try:
+        entries = os.scandir(os.path.join(directory, FOLDER))
+    except FileNotFoundError:
+        return
+    with entries:
+        for entry in entries:
+            if entry.name.endswith(".db"):
+                yield entry.path, entry.name[:-3], entry.inode()
+
+
+class ExemplarFile:
+    """The writing side: ``slot(key)`` once per sample, then ``put`` per traced request."""
+
+    def __init__(self, path: str) -> None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        self._file = MmapFile(path, payload=SLOT.size)
+
+    def slot(self, key: str) -> int:
+        """Byte offset of the slot of the sample ``key`` (appended when new)."""
+        return self._file.index(key) * 8
+
+    def put(self, offset: int, value: float, timestamp: float, trace_id: bytes,
+            span_id: bytes) -> None:
+        """Replace the slot's exemplar (ids as raw bytes, 16 and 8)."""
+        m = self._file.buffer  # the newest map: every slot lies within it
+        _STAMP.pack_into(m, offset, 0.0)
+        SLOT.pack_into(m, offset, 0.0, value, trace_id, span_id)
+        _STAMP.pack_into(m, offset, timestamp)
+
+
+class ExemplarReader:
+    """The reading side: every complete slot of one file."""
+
+    def __init__(self, path: str) -> None:
+        self._reader = FileReader(path, payload=SLOT.size)
+
+    def read(self, inode: Optional[int] = None) -> Iterator[Exemplar]:
+        stamps = self._reader.read(inode)  # the first double of each slot: its timestamp
+        if stamps is None:
+            return
+        m = self._reader.map
+        for key, offset, stamp in zip(self._reader.keys, self._reader.offsets, stamps):
+            if stamp <= 0.0:
+                continue
+            timestamp, value, trace_id, span_id = SLOT.unpack_from(m, offset)
+            if _STAMP.unpack_from(m, offset)[0] != timestamp or timestamp <= 0.0:
+                continue  # being rewritten: the next scrape has it
+            yield key, timestamp, value, trace_id.hex(), span_id.hex()
+
+    def close(self) -> None:
+        self._reader.close()
