@@ -16,10 +16,12 @@ worker would see if every instruction cost the same.
 ``--headers`` adds the plugin serving requests with a sampled ``traceparent`` (an exemplar
 each) and with an ``X-Request-Start`` stamp (a queue time each); ``--compare-to DIR`` adds
 the plugin of another source tree (``DIR`` holds its package, built in place: for instance
-the previous commit's ``exporter/``), so that a change is measured against it in one run.
+the previous commit's ``exporter/``), so that a change is measured against it in one run;
+``--native-off`` adds the plugin without the native duration histogram (what its store
+costs).
 
 Run: ``python bench/instructions.py [--workers sync gthread gevent asgi asgi-starlette
-asgi-shop uvicorn] [--requests 300 1300] [--python] [--headers] [--compare-to DIR]``. Needs valgrind; several minutes (callgrind runs Python
+asgi-shop uvicorn] [--requests 300 1300] [--python] [--headers] [--compare-to DIR] [--native-off]``. Needs valgrind; several minutes (callgrind runs Python
 about 50 times slower).
 """
 from __future__ import annotations
@@ -172,6 +174,9 @@ def main() -> None:
                         help="also requests with a sampled traceparent, and with X-Request-Start")
     parser.add_argument("--compare-to", metavar="DIR",
                         help="also the plugin package found in DIR (first on PYTHONPATH)")
+    parser.add_argument("--native-off", action="store_true",
+                        help="also the plugin without native histograms "
+                             "(PROMETHEUS_NATIVE_HISTOGRAMS=false)")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (apt-get install valgrind)")
@@ -193,6 +198,9 @@ def main() -> None:
             if args.compare_to:
                 extra.append(("compared", per_request(
                     plugin, name, counts, tmp, {"PYTHONPATH": os.path.abspath(args.compare_to)})))
+            if args.native_off:
+                extra.append(("no native", per_request(
+                    plugin, name, counts, tmp, {"PROMETHEUS_NATIVE_HISTOGRAMS": "false"})))
             if args.headers:
                 stamp = b"X-Request-Start: t=%.3f\r\n" % time.time()
                 extra.append(("traced", per_request(plugin, name, counts, tmp,

@@ -7,7 +7,12 @@ Then the worker-churn case: 10,000 worker restarts through the plugin's real slo
 store code (claim a slot, open its files, record, release), and the scrape time compared
 with a fresh directory holding the same live workers.
 
-Run: ``python bench/scrape_bench.py [--quick]``. Prints a Markdown table (medians).
+``--native``: the request families of 64 workers x 200 routes written by the plugin's real
+recorder (a spread of latencies per route), with the native duration histogram and without
+it: collection and exposition time (protobuf with native, text without), values read and
+the size of a native file per series.
+
+Run: ``python bench/scrape_bench.py [--quick] [--native]``. Prints Markdown (medians).
 """
 from __future__ import annotations
 
@@ -23,8 +28,10 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from gunicorn_prometheus_exporter.collector import DirectoryCollector
 from gunicorn_prometheus_exporter.families import Family
-from gunicorn_prometheus_exporter.recorder import histogram_positions, scalar_position
+from gunicorn_prometheus_exporter.recorder import (Recorder, histogram_positions,
+                                                   scalar_position)
 from gunicorn_prometheus_exporter.storage import directory as storage_dir
+from gunicorn_prometheus_exporter.storage import native
 from gunicorn_prometheus_exporter.storage.store import ProcessStore
 
 COUNTER = Family("bench_requests", "counter", "Requests.", ("route",))
@@ -109,10 +116,67 @@ def churn(workers: int, label_sets: int, restarts: int, repeats: int) -> None:
               f"{base * 1000:.1f} ms fresh = {after / base:.2f}x; files after churn: {files}")
 
 
+def write_requests(directory: str, identity: str, routes: int, layout, requests: int) -> None:
+    """``requests`` per route through the real recorder, latencies log-normal around 30 ms
+    (a 95% range of about 5 ms to 200 ms: some 40 native buckets per route)."""
+    import random
+
+    rng = random.Random(identity)
+    store = ProcessStore(directory, identity)
+    rec = Recorder(store, [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
+                           5.0, 10.0, 30.0, 60.0], [64.0 * 4 ** i for i in range(11)],
+                   threaded=False, native_layout=layout)
+    for r in range(routes):
+        series = rec.series("GET", f"/r{r}", "200")
+        for _ in range(requests):
+            rec.add(series, rng.lognormvariate(-3.5, 1.0), 0, 512)
+    store.close()
+
+
+def native_compare(workers: int, routes: int, requests: int, repeats: int) -> None:
+    from gunicorn_prometheus_exporter.server.http import Exposition
+
+    layout = native.Layout.for_range(3, 1e-6, 3600.0)
+    print(f"| {workers} workers x {routes} routes | values read | collect | exposition "
+          f"| collect + exposition |")
+    print("|---|---:|---:|---:|---:|")
+    results = {}
+    for name, lay, accept in (("classic (text)", None, "text/plain"),
+                              ("classic + native (protobuf)", layout,
+                               "application/vnd.google.protobuf; "
+                               "proto=io.prometheus.client.MetricFamily; encoding=delimited"),
+                              ("classic + native (text)", layout, "text/plain")):
+        with tempfile.TemporaryDirectory() as directory:
+            for n in range(workers):
+                write_requests(directory, f"w{n}", routes, lay, requests)
+            collector = DirectoryCollector(directory)
+            collector.read()
+            families = collector.read()
+            exposition = Exposition(lambda: families, "bench")
+            collect = timed(collector.read, repeats)
+            encode = timed(lambda: exposition.metrics(accept), repeats)
+            both = timed(lambda: Exposition(collector.read, "b").metrics(accept), repeats)
+            results[name] = both
+            size = ""
+            if lay is not None:
+                path = os.path.join(directory, "histogram_native_w0.nh")
+                size = f" (native file of one worker: {os.path.getsize(path):,} bytes)"
+            print(f"| {name} | {collector.last_values:,} | {collect * 1000:.0f} ms | "
+                  f"{encode * 1000:.0f} ms | {both * 1000:.0f} ms |{size}", flush=True)
+    print(f"\nnative (protobuf) / classic (text): "
+          f"{results['classic + native (protobuf)'] / results['classic (text)']:.2f}x; "
+          f"{layout.doubles * 8} bytes of native buckets per series and worker slot")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small grid (CI smoke)")
+    parser.add_argument("--native", action="store_true",
+                        help="native vs classic duration histograms, 64 workers x 200 routes")
     args = parser.parse_args()
+    if args.native:
+        native_compare(8 if args.quick else 64, 20 if args.quick else 200, 50, repeats=5)
+        return
     if args.quick:
         grid([8], [10, 100], repeats=3)
         churn(4, 10, 200, repeats=3)

@@ -30,7 +30,10 @@ class Prometheus:
     per target (labels ``scenario`` and ``job``), ``remove_target`` deletes it; Prometheus picks
     the change up through inotify (and a 1 s refresh)."""
 
-    def __init__(self, binary: str, workdir: Path, rule_file: Optional[Path]) -> None:
+    def __init__(self, binary: str, workdir: Path, rule_file: Optional[Path],
+                 features: Sequence[str] = ()) -> None:
+        """``features``: ``--enable-feature`` flags (``native-histograms``: protobuf
+        scrapes, histograms with native buckets ingested as native only)."""
         self.binary = binary
         self.workdir = workdir
         self.sd_dir = workdir / "targets"
@@ -57,7 +60,7 @@ class Prometheus:
                 "--storage.tsdb.retention.time=1h", "--log.level=warn",
                 "--web.enable-lifecycle",
                 # exemplars are kept (test_e2e_exemplars.py); nothing else changes
-                "--enable-feature=exemplar-storage"]
+                "--enable-feature=exemplar-storage"] + [f"--enable-feature={f}" for f in features]
         self.proc = Process(args, dict(os.environ), cwd=str(workdir))
         until(self._ready, timeout=60, interval=0.2, message="prometheus to be ready")
 

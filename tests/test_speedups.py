@@ -18,6 +18,7 @@ from gunicorn_prometheus_exporter.collector import DirectoryCollector
 from gunicorn_prometheus_exporter.frameworks import ERROR_ENVIRON_KEY, ROUTE_ENVIRON_KEY
 from gunicorn_prometheus_exporter.recorder import Recorder
 from gunicorn_prometheus_exporter.routes import RouteTable
+from gunicorn_prometheus_exporter.storage.native import Layout
 from gunicorn_prometheus_exporter.storage.store import ProcessStore
 from gunicorn_prometheus_exporter.workers import asgi_metrics as asgi
 from gunicorn_prometheus_exporter.workers import labelling
@@ -28,9 +29,12 @@ needs_native = pytest.mark.skipif(native is None, reason="the C speedups are not
 
 DURATIONS = [0.005, 0.1, 1.0, 2.5]
 SIZES = [0.5, 100.0, 100.5, 1000.0]
+#: a native layout whose range the durations below overflow (1e9) and underflow (0, 1e-7)
+LAYOUT = Layout.for_range(3, 1e-6, 3600.0)
 #: (duration, request bytes, response bytes): on, just below and just above every bound,
 #: empty bodies, beyond the last bound, NaN, an exact int duration, a huge size, None
-REQUESTS = [(d, r, s) for d in (0.0, 0.004, 0.005, 0.0051, 0.1, 2.5, 2.6, 1e9, math.nan, 1)
+REQUESTS = [(d, r, s) for d in (0.0, 0.004, 0.005, 0.0051, 0.1, 2.5, 2.6, 1e9, math.nan, 1,
+                                1e-7, 2.0 ** -20, 0.5, 3600.0, math.inf, -1.0)
             for r, s in ((0, 0), (1, 0), (100, 101), (1000, 1001), (2 ** 60, 7), (None, 0))]
 
 
@@ -43,11 +47,13 @@ def test_the_speedups_are_built_where_a_compiler_is():
     assert speedups.load({speedups.SWITCH_ENV: "0"}) is native
 
 
-def _write(directory: Path, compiled: bool, threaded: bool) -> bytes:
+def _write(directory: Path, compiled: bool, threaded: bool, layout=None) -> bytes:
     directory.mkdir()
     store = ProcessStore(str(directory), "w0")
     rec = Recorder(store, DURATIONS, SIZES, threaded=threaded,
-                   native=native if compiled else None)
+                   native=native if compiled else None, native_layout=layout)
+    # the pin: the compiled path is the one taken, native store included
+    assert (type(getattr(rec.add, "__self__", None)).__name__ == "RequestWriter") == compiled
     routes = [rec.series("GET", "/a", "200"), rec.series("POST", "/b/{id}", "500")]
     for i, (duration, received, sent) in enumerate(REQUESTS):
         rec.add(routes[i % 2], duration, received, sent)
@@ -56,11 +62,13 @@ def _write(directory: Path, compiled: bool, threaded: bool) -> bytes:
 
 
 @needs_native
+@pytest.mark.parametrize("layout", [None, LAYOUT], ids=["classic", "native"])
 @pytest.mark.parametrize("threaded", [False, True], ids=["one-thread", "threaded"])
-def test_compiled_add_writes_the_bytes_python_writes(tmp_path, threaded):
-    python = _write(tmp_path / "python", False, threaded)
-    compiled = _write(tmp_path / "c", True, threaded)
+def test_compiled_add_writes_the_bytes_python_writes(tmp_path, threaded, layout):
+    python = _write(tmp_path / "python", False, threaded, layout)
+    compiled = _write(tmp_path / "c", True, threaded, layout)
     assert len(python) > 0 and compiled == python
+    assert (tmp_path / "c" / "histogram_native_w0.nh").exists() == (layout is not None)
 
 
 @needs_native
@@ -85,6 +93,10 @@ def test_compiled_add_refuses_what_python_refuses(tmp_path):
     store.close()
     with pytest.raises(TypeError):
         native.RequestWriter([0.1, "x"], SIZES)
+    with pytest.raises(TypeError):  # a native layout is (zero threshold, top, bounds, lo, hi)
+        native.RequestWriter(DURATIONS, SIZES, (1e-6, 3600.0, LAYOUT.bounds))
+    with pytest.raises(ValueError, match="no native layout"):  # a native series, no layout
+        writer.add(series[:9] + (series[2], 0), 0.1, 0, 0)
 
 
 # -- the ASGI wrapper ------------------------------------------------------------------------

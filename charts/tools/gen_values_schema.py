@@ -174,6 +174,13 @@ def monitor(kind: str) -> dict:
         "relabelings": arr(RELABEL),
         "metricRelabelings": arr(RELABEL),
         "tlsConfig": obj({"insecureSkipVerify": BOOL, "serverName": STR}),
+        "nativeHistograms": obj({
+            "enabled": {"type": "boolean", "description": "Ask for the protobuf format first "
+                        "(scrapeProtocols): native histograms."},
+            "keepClassic": {"type": "boolean", "description": "scrapeClassicHistograms."},
+            "scrapeNativeHistograms": {"type": ["boolean", "null"],
+                                       "description": "Prometheus >= 3.8; unset when null."},
+        }),
     })
 
 

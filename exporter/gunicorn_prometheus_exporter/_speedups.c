@@ -12,6 +12,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <math.h>
 
 /* -- shared helpers -------------------------------------------------------------------- */
 
@@ -90,6 +91,14 @@ typedef struct {
     Py_ssize_t duration_count;
     double *size_bounds;
     Py_ssize_t size_count;
+    /* the native duration histogram (storage/native.py's Layout), native_count 0 when off:
+     * mantissa bounds, zero threshold, the value above which the top bucket counts, the
+     * lowest index and the number of buckets */
+    double *native_bounds;
+    Py_ssize_t native_count;
+    double zero_threshold, top;
+    long lo;
+    Py_ssize_t buckets;
 } RequestWriter;
 
 static int
@@ -119,22 +128,48 @@ read_bounds(PyObject *sequence, const char *name, double **bounds, Py_ssize_t *c
     return 0;
 }
 
+/* native=(zero_threshold, top, mantissa_bounds, lo, hi), or None */
+static int
+read_native(RequestWriter *self, PyObject *native)
+{
+    self->native_count = 0;
+    if (native == Py_None)
+        return 0;
+    PyObject *bounds;
+    long hi;
+    if (!PyArg_ParseTuple(native, "ddOll:native layout", &self->zero_threshold, &self->top,
+                          &bounds, &self->lo, &hi))
+        return -1;
+    if (read_bounds(bounds, "native bounds must be a sequence of numbers",
+                    &self->native_bounds, &self->native_count) < 0)
+        return -1;
+    if (self->native_count < 1 || hi < self->lo) {
+        PyErr_SetString(PyExc_ValueError, "native layout: no bounds or hi below lo");
+        return -1;
+    }
+    self->buckets = hi - self->lo + 1;
+    return 0;
+}
+
 static int
 RequestWriter_init(RequestWriter *self, PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"duration_bounds", "size_bounds", NULL};
-    PyObject *durations, *sizes;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO:RequestWriter", keywords,
-                                     &durations, &sizes))
+    static char *keywords[] = {"duration_bounds", "size_bounds", "native", NULL};
+    PyObject *durations, *sizes, *native = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|O:RequestWriter", keywords,
+                                     &durations, &sizes, &native))
         return -1;
     PyMem_Free(self->duration_bounds);
     PyMem_Free(self->size_bounds);
-    self->duration_bounds = self->size_bounds = NULL;
+    PyMem_Free(self->native_bounds);
+    self->duration_bounds = self->size_bounds = self->native_bounds = NULL;
     if (read_bounds(durations, "duration_bounds must be a sequence of numbers",
                     &self->duration_bounds, &self->duration_count) < 0)
         return -1;
-    return read_bounds(sizes, "size_bounds must be a sequence of numbers",
-                       &self->size_bounds, &self->size_count);
+    if (read_bounds(sizes, "size_bounds must be a sequence of numbers",
+                    &self->size_bounds, &self->size_count) < 0)
+        return -1;
+    return read_native(self, native);
 }
 
 static void
@@ -142,7 +177,43 @@ RequestWriter_dealloc(RequestWriter *self)
 {
     PyMem_Free(self->duration_bounds);
     PyMem_Free(self->size_bounds);
+    PyMem_Free(self->native_bounds);
     Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Offset of a duration's count among a series' native doubles: Layout.slot. */
+static Py_ssize_t
+native_slot(RequestWriter *self, double duration)
+{
+    if (!(duration > self->zero_threshold))  /* zero, negative, NaN */
+        return 0;
+    if (duration > self->top)
+        return self->buckets;
+    int exp;
+    double frac = frexp(duration, &exp);
+    return bisect_left(self->native_bounds, self->native_count, frac)
+           + (Py_ssize_t)(exp - 1) * self->native_count - self->lo + 1;
+}
+
+/* The native store of one request, when the series has a native view. */
+static int
+add_native(RequestWriter *self, PyObject *view, PyObject *zero, double duration)
+{
+    if (view == Py_None)
+        return 0;
+    if (self->native_count == 0) {
+        PyErr_SetString(PyExc_ValueError, "a native series, but no native layout");
+        return -1;
+    }
+    Py_ssize_t base = PyLong_AsSsize_t(zero);
+    if (base == -1 && PyErr_Occurred())
+        return -1;
+    Py_buffer nh;
+    if (get_values(view, &nh) < 0)
+        return -1;
+    int failed = add_at_index(&nh, base + native_slot(self, duration), 1.0);
+    PyBuffer_Release(&nh);
+    return failed;
 }
 
 /* One size histogram: its bucket and, for a non-empty body, its sum. */
@@ -173,8 +244,8 @@ RequestWriter_add(RequestWriter *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *series = args[0];
-    if (!PyTuple_Check(series) || PyTuple_GET_SIZE(series) != 9) {
-        PyErr_SetString(PyExc_TypeError, "series must be the 9-tuple Recorder.series() gives");
+    if (!PyTuple_Check(series) || PyTuple_GET_SIZE(series) != 11) {
+        PyErr_SetString(PyExc_TypeError, "series must be the 11-tuple Recorder.series() gives");
         return NULL;
     }
     double duration = PyFloat_AsDouble(args[1]);
@@ -202,7 +273,8 @@ RequestWriter_add(RequestWriter *self, PyObject *const *args, Py_ssize_t nargs)
         failed = position == NULL || add_at(&h, position, 1.0) < 0
                  || add_at(&h, item[4], duration) < 0
                  || add_size(self, &h, item[5], item[6], received) < 0
-                 || add_size(self, &h, item[7], item[8], sent) < 0;
+                 || add_size(self, &h, item[7], item[8], sent) < 0
+                 || add_native(self, item[9], item[10], duration) < 0;
     }
     PyBuffer_Release(&h);
     PyBuffer_Release(&counters);
@@ -223,7 +295,7 @@ static PyTypeObject RequestWriterType = {
     .tp_basicsize = sizeof(RequestWriter),
     .tp_dealloc = (destructor)RequestWriter_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "RequestWriter(duration_bounds, size_bounds): Recorder.add in C.",
+    .tp_doc = "RequestWriter(duration_bounds, size_bounds, native=None): Recorder.add in C.",
     .tp_methods = RequestWriter_methods,
     .tp_init = (initproc)RequestWriter_init,
     .tp_new = PyType_GenericNew,

@@ -16,7 +16,7 @@ import os
 import platform
 import threading
 import time
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Exemplar, Sample
@@ -24,11 +24,13 @@ from prometheus_client.samples import Exemplar, Sample
 from . import families
 from .storage import directory as storage_dir
 from .storage import exemplars as exemplar_files
+from .storage import native
 from .storage.reader import FileReader
 from .version import __version__
 
 Labels = Tuple[Tuple[str, str], ...]
 SeriesKey = Tuple[str, str, Labels]
+Reader = Union[FileReader, native.NativeReader]
 
 _OPS = {"": "sum", "sum": "sum", "livesum": "sum", "all": "sum", "liveall": "sum",
         "max": "max", "livemax": "max", "min": "min", "livemin": "min",
@@ -62,12 +64,16 @@ class SeriesRegistry:
         return sid
 
     def _index_histogram(self, family: str, sample: str, labels: Labels, sid: int) -> None:
-        base = tuple(kv for kv in labels if kv[0] != "le")
+        base = tuple(kv for kv in labels if kv[0] not in ("le", native.BUCKET_LABEL))
         group = self.histograms.get((family, base))
         if group is None:
             group = self.histograms[(family, base)] = {"buckets": [], "sum": None,
-                                                       "labels": dict(base)}
-        if sample.endswith("_bucket"):
+                                                       "labels": dict(base), "native": []}
+        if sample.endswith(native.SAMPLE_SUFFIX):
+            bucket = native.parse_bucket(dict(labels).get(native.BUCKET_LABEL, ""))
+            if bucket is not None:
+                group["native"].append((bucket, sid))
+        elif sample.endswith("_bucket"):
             le = dict(labels).get("le", "+Inf")
             group["buckets"].append((_bound(le), le, sid))
             group["buckets"].sort()
@@ -124,7 +130,8 @@ class Merger:
             shard.targets.append(sid)
             shard.series.add(sid)
             derived = families.DERIVED.get(family)
-            if derived is not None and worker_id is not None:
+            if (derived is not None and worker_id is not None
+                    and not sample.endswith(native.SAMPLE_SUFFIX)):
                 suffix = "_total" if derived.typ == "counter" else sample[len(family):]
                 kept = (tuple(kv for kv in labels if kv[0] == "le") + shard.extra
                         + (("worker_id", worker_id),))
@@ -203,7 +210,8 @@ class Merger:
             metric = out.get(name)
             if metric is None:
                 typ, help_text = reg.family_of[name]
-                metric = out[name] = Metric(name, help_text, typ)
+                kind = HistogramFamily if typ == "histogram" else Metric
+                metric = out[name] = kind(name, help_text, typ)
             return metric
 
         keys = reg.keys
@@ -211,11 +219,17 @@ class Merger:
             name, sample, _ = keys[sid]
             family(name).samples.append(Sample(sample, labels_of[sid], sums[sid], None,
                                                exemplars.get(sid)))
-        for (name, _), group in reg.histograms.items():
+        for (name, base), group in reg.histograms.items():
             buckets = [sid for _, _, sid in group["buckets"] if sid in present]
             if not buckets:
                 continue
-            samples = family(name).samples
+            metric = family(name)
+            natives = [(bucket, sums[sid]) for bucket, sid in group["native"] if sid in present]
+            if natives:
+                merged = native.merge(natives)
+                if merged is not None:
+                    metric.native[base] = merged
+            samples = metric.samples
             bucket_name = name + "_bucket"
             running = 0.0
             for sid in buckets:
@@ -227,6 +241,15 @@ class Merger:
                 samples.append(Sample(name + "_sum", group["labels"], sums[group["sum"]]))
         _add_worker_states(out)
         return [out[name] for name in sorted(out)]
+
+
+class HistogramFamily(Metric):
+    """A histogram family and, per label set that has one, its merged native histogram
+    (served by the protobuf exposition only; the text formats are unchanged)."""
+
+    def __init__(self, name: str, documentation: str, typ: str) -> None:
+        super().__init__(name, documentation, typ)
+        self.native: Dict[Labels, native.NativeHistogram] = {}
 
 
 @contextlib.contextmanager
@@ -276,7 +299,7 @@ class DirectoryCollector(ReadStats):
         super().__init__()
         self.directory = directory
         self.merger = Merger()
-        self._files: Dict[str, Tuple[Shard, FileReader]] = {}
+        self._files: Dict[str, Tuple[Shard, Reader]] = {}
         self._exemplar_readers: Dict[str, exemplar_files.ExemplarReader] = {}
         self._lock = threading.Lock()
         self._torn_reported: set = set()
@@ -295,7 +318,7 @@ class DirectoryCollector(ReadStats):
             self.last_duration = time.perf_counter() - started
             return families
 
-    def shards(self) -> List[Tuple[Shard, FileReader, tuple]]:
+    def shards(self) -> List[Tuple[Shard, Reader, tuple]]:
         """Every readable file with its values (live-mode gauges of dead identities left
         out). Also what the Redis flusher ships."""
         if not os.path.isdir(self.directory):
@@ -307,9 +330,8 @@ class DirectoryCollector(ReadStats):
             seen.add(db.path)
             entry = self._files.get(db.path)
             if entry is None:
-                entry = self._files[db.path] = (
-                    Shard(db.typ, db.mode, db.identity),
-                    FileReader(db.path, with_timestamps=_OPS.get(db.mode) == "recent"))
+                entry = self._files[db.path] = (Shard(db.typ, db.mode, db.identity),
+                                                _reader(db))
             shard, reader = entry
             if shard.live_only and not live.get(db.owner, False):
                 continue
@@ -347,6 +369,13 @@ class DirectoryCollector(ReadStats):
             yield from reader.read(inode)
         for gone in set(self._exemplar_readers) - seen:
             self._exemplar_readers.pop(gone).close()
+
+
+def _reader(db: storage_dir.DbFile) -> Reader:
+    """A native histogram file's reader gives virtual entries, one per bucket in use."""
+    if db.mode == storage_dir.NATIVE_MODE:
+        return native.NativeReader(db.path)
+    return FileReader(db.path, with_timestamps=_OPS.get(db.mode) == "recent")
 
 
 def _distribution_version(name: str) -> str:

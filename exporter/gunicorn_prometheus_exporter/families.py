@@ -157,6 +157,28 @@ MASTER_RESTART_COUNT = _f("gunicorn_master_worker_restart_count", "counter",
                           "process ended.", ("worker_id", "reason", "restart_type"),
                           origin="master")
 
+# -- gunicorn 27's dirty-worker pool (dirty.py; only where dirty_workers and dirty_apps are set)
+DIRTY_WORKERS_DESIRED = _f("gunicorn_dirty_workers_desired", "gauge",
+                           "Dirty workers the dirty arbiter aims to run (dirty_workers).",
+                           mode="livemax", origin="master", servers="dirty")
+DIRTY_WORKERS = _f("gunicorn_dirty_workers", "gauge",
+                   "Live dirty workers, busy (running a task) or idle.", ("state",),
+                   mode="livesum", origin="master", servers="dirty")
+DIRTY_TASKS = _f("gunicorn_dirty_tasks", "counter",
+                 "Tasks the dirty workers ran, by dirty app.", ("app",), origin="master",
+                 servers="dirty")
+DIRTY_TASK_FAILURES = _f("gunicorn_dirty_task_failures", "counter",
+                         "Tasks whose dirty app raised, by dirty app and exception class.",
+                         ("app", "error_type"), origin="master", servers="dirty")
+DIRTY_TASK_DURATION = _f("gunicorn_dirty_task_duration_seconds", "histogram",
+                         "Time a dirty app took for a task (to its return; a streamed "
+                         "result's generator is not included).", ("app",),
+                         buckets="duration", origin="master", servers="dirty")
+DIRTY_WORKER_EXITS = _f("gunicorn_dirty_worker_exits", "counter",
+                        "Dirty worker exits seen by the dirty arbiter, by reason: timeout "
+                        "(killed after dirty_timeout), exited (anything else).", ("reason",),
+                        origin="master", servers="dirty")
+
 # -- the exporter itself -----------------------------------------------------------------------
 BUILD_INFO = _f("gunicorn_exporter_build_info", "gauge",
                 "Always 1; the exporter and library versions as labels.",

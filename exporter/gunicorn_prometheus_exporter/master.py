@@ -16,7 +16,7 @@ import os
 import signal
 from typing import Any, Dict, Optional, Sequence
 
-from . import config, exits, families, hookchain, identity, logcount, signals, speedups
+from . import config, dirty, exits, families, hookchain, identity, logcount, signals, speedups
 from .master_id import MasterId
 from .server.sockets import shares_port
 from .server.supervisor import MetricsSupervisor
@@ -47,6 +47,9 @@ class MasterRuntime:
         identity.route_prometheus_client(self.directory)
         self.claim = storage_dir.claim(self.directory, "m")
         self.writer = Writer(ProcessStore(self.directory, self.claim.identity))
+        #: gunicorn 27's dirty arbiter and workers (forked from here) measure through it
+        self.dirty_pool = dirty.DirtyPool(self.directory,
+                                          self.settings.metrics.duration_buckets)
         self.witness = exits.ExitWitness()
         logcount.counter().use(self.writer, self.witness.observe_log)
         self.worker_claims: Dict[str, Claim] = {}
@@ -209,4 +212,7 @@ def install_hooks(cfg: Any, runtime: MasterRuntime) -> None:
     hookchain.chain(cfg, "on_exit", lambda server: runtime.on_exit(server))
     hookchain.chain(cfg, "nworkers_changed",
                     lambda server, new, old: runtime.nworkers_changed(server, new, old))
+    if "dirty_worker_init" in cfg.settings:  # gunicorn >= 27: the dirty-worker pool
+        for name, hook in dirty.hooks(runtime.dirty_pool).items():
+            hookchain.chain(cfg, name, hook)
     setattr(cfg, hookchain.MARK, True)

@@ -1,7 +1,8 @@
 """The request path: turn one finished request into a handful of stores into the worker's
 mapped files. Everything that can be computed once (entry positions for a label set, bucket
 bounds, the views) is kept with the series, so a request costs at most three bisects and
-seven float stores (five without a body), plus the in-flight gauge's two."""
+seven float stores (five without a body), one more bucket search and store for the native
+duration histogram when it is on, plus the in-flight gauge's two."""
 from __future__ import annotations
 
 import math
@@ -13,7 +14,9 @@ from prometheus_client.utils import floatToGoString
 
 from . import families
 from .families import Family
+from .storage.directory import NATIVE_MODE
 from .storage.mmap_file import MmapFile, sample_key
+from .storage.native import Layout, entry_key
 from .storage.store import ProcessStore
 from .writer import Writer, scalar_position
 
@@ -35,6 +38,8 @@ class Series(NamedTuple):
     request_size_sum: int
     response_size_buckets: Tuple[int, ...]  # gunicorn_http_response_size_bytes
     response_size_sum: int
+    native_histogram: Optional[memoryview]  # the native file's values; None when off
+    native_zero: int  # the series' zero bucket in it (its buckets follow)
 
 
 #: one finished request: (series, duration, request body bytes, response body bytes)
@@ -57,9 +62,14 @@ class Recorder(Writer):
 
     def __init__(self, store: ProcessStore, duration_bounds: Sequence[float],
                  size_bounds: Sequence[float], threaded: bool,
-                 native: Optional[ModuleType] = None) -> None:
+                 native: Optional[ModuleType] = None,
+                 native_layout: Optional[Layout] = None) -> None:
         super().__init__(store, threaded)
         self._histograms = store.file("histogram")
+        #: the native duration histogram's buckets (storage/native.py), None when it is off
+        self._native_layout = native_layout
+        self._native = store.file("histogram", NATIVE_MODE) if native_layout else None
+        self._native_slot = native_layout.slot if native_layout else None
         self._gauges = store.file("gauge", "livesum")
         self._duration_bounds = list(duration_bounds)
         # sizes are whole bytes, so ``size <= bound`` exactly when ``size <= floor(bound)``;
@@ -87,7 +97,11 @@ class Recorder(Writer):
         the GIL throughout, so threads need no lock. Else the Python stores, behind the
         lock when several threads record at once."""
         if native is not None:
-            return native.RequestWriter(self._duration_bounds, self._size_bounds).add
+            layout = self._native_layout
+            return native.RequestWriter(
+                self._duration_bounds, self._size_bounds,
+                None if layout is None else (layout.zero_threshold, layout.top,
+                                             layout.bounds, layout.lo, layout.hi)).add
         return self._add_locked if threaded else self._add
 
     # -- per request --------------------------------------------------------------------
@@ -99,14 +113,17 @@ class Recorder(Writer):
     def _add(self, series: Series, duration: float, request_bytes: int,
              response_bytes: int) -> None:
         """One finished request: seven float stores into the mapped files (five for a
-        request without a body: adding zero to a sum is skipped). The views in ``series``
-        may be older maps of a grown file, which still write the same pages. Unpacked by
-        position: one step, where reading nine fields by name would be nine."""
-        counters, requests, h, dur_b, dur_s, req_b, req_s, resp_b, resp_s = series
+        request without a body: adding zero to a sum is skipped), and the native bucket's.
+        The views in ``series`` may be older maps of a grown file, which still write the
+        same pages. Unpacked by position: one step, where reading the fields by name would
+        be eleven."""
+        counters, requests, h, dur_b, dur_s, req_b, req_s, resp_b, resp_s, nh, zero = series
         counters[requests] += 1.0  # gunicorn_http_requests_total
-        # gunicorn_http_request_duration_seconds
+        # gunicorn_http_request_duration_seconds, classic and native
         h[dur_b[bisect_left(self._duration_bounds, duration)]] += 1.0
         h[dur_s] += duration
+        if nh is not None:
+            nh[zero + self._native_slot(duration)] += 1.0
         # gunicorn_http_request_size_bytes
         if request_bytes:
             h[req_b[bisect_left(self._size_bounds, request_bytes)]] += 1.0
@@ -138,15 +155,26 @@ class Recorder(Writer):
                 + histogram_positions(h, families.HTTP_REQUEST_SIZE, labels,
                                       self._size_label_bounds)
                 + histogram_positions(h, families.HTTP_RESPONSE_SIZE, labels,
-                                      self._size_label_bounds))
+                                      self._size_label_bounds)
+                + (self._native_position(labels),))
             self._by_route[(method, route)] = by_route
         requests = scalar_position(self._counters, families.HTTP_REQUESTS,
                                    {"method": method, "route": route, "status": status})
         # the views are taken after the appends, which may have grown the files
-        series = Series(self._counters.values, requests, self._histograms.values, *by_route)
+        native_view = self._native.values if self._native is not None else None
+        series = Series(self._counters.values, requests, self._histograms.values,
+                        *by_route[:-1], native_view, by_route[-1])
         self._series[(method, route, status)] = series
         self.labels_of[requests] = (method, route, status)
         return series
+
+    def _native_position(self, labels: Dict[str, str]) -> int:
+        """Index of the zero bucket of the series' native entry (0 when native is off)."""
+        if self._native is None or self._native_layout is None:
+            return 0
+        family = families.HTTP_DURATION
+        return self._native.index(entry_key(family.name, labels, family.help,
+                                            self._native_layout))
 
     def in_flight_cell(self) -> Tuple[memoryview, int]:
         """The in-flight gauge as (view, index), for a single-threaded event loop that

@@ -661,7 +661,11 @@ def test_dashboard_configmap():
     assert {v["name"] for v in dash["templating"]["list"]} == {"datasource", "trace_datasource",
                                                               "namespace", "job"}
     # the latency panel shows exemplars and links them to the trace data source
-    latency, = (p for p in dash["panels"] if p["title"].lower().startswith("latency"))
+    latency, native = (p for p in dash["panels"] if p["title"].lower().startswith("latency"))
+    # beside it, the same quantiles from the native histogram (no `le`, no `_bucket`)
+    assert "native" in native["title"] and native["gridPos"]["y"] == latency["gridPos"]["y"]
+    assert all("(rate(gunicorn_http_request_duration_seconds{" in t["expr"]
+               for t in native["targets"])
     assert all(t["exemplar"] for t in latency["targets"])
     link, = latency["fieldConfig"]["defaults"]["links"]
     assert "${trace_datasource}" in link["url"] and "${__data.fields.trace_id}" in link["url"]
@@ -757,3 +761,23 @@ def test_helm4_engine_renders_the_same_objects():
               for d in yaml.safe_load_all(text) if d]
         key = lambda o: (o["kind"], o["metadata"]["name"])  # noqa: E731
         assert sorted(v4, key=key) == sorted(render(values_file), key=key), values_file
+
+
+def test_monitors_switch_native_histogram_scraping_on():
+    """Off by default; on, the protobuf format comes first and the configured protocols
+    (OpenMetrics first, for exemplars) follow; classic buckets are kept unless told
+    otherwise; scrapeNativeHistograms only when set."""
+    protocols = ["OpenMetricsText1.0.0", "OpenMetricsText0.0.1", "PrometheusText0.0.4"]
+    spec = render("monitors-values.yaml").get("ServiceMonitor")["spec"]
+    assert spec["scrapeProtocols"] == protocols
+    assert not {"scrapeClassicHistograms", "scrapeNativeHistograms"} & set(spec)
+    spec = render("monitors-values.yaml", sets=("serviceMonitor.nativeHistograms.enabled=true",)
+                  ).get("ServiceMonitor")["spec"]
+    assert spec["scrapeProtocols"] == ["PrometheusProto"] + protocols
+    assert spec["scrapeClassicHistograms"] is True and "scrapeNativeHistograms" not in spec
+    spec = render("podmonitor-values.yaml", sets=(
+        "podMonitor.nativeHistograms.enabled=true", "podMonitor.nativeHistograms.keepClassic=false",
+        "podMonitor.nativeHistograms.scrapeNativeHistograms=true",
+        "podMonitor.scrapeProtocols=null")).get("PodMonitor")["spec"]
+    assert spec["scrapeProtocols"] == ["PrometheusProto"] + protocols
+    assert spec["scrapeClassicHistograms"] is False and spec["scrapeNativeHistograms"] is True

@@ -144,3 +144,37 @@ def test_ttl_bounds_an_abandoned_prefix_only(redis_server, prefix, worker):
     own = keys.Layout(prefix).data(other.incarnation)
     shared = [k for k in r.keys("*") if ":i:" not in k]
     assert shared and all(r.ttl(k) == -1 for k in shared + [own])
+
+
+def test_native_buckets_are_shipped_folded_and_revived_exactly(redis_server, prefix, worker):
+    """Native histogram buckets travel like classic bucket values: shipped, summed, folded
+    into the totals while the flusher stalls, and continued without double counting."""
+    from gunicorn_prometheus_exporter.recorder import Recorder
+    from gunicorn_prometheus_exporter.storage.native import Layout
+
+    directory, _ = worker
+    server = redis_server()
+    settings = _settings(server, prefix)
+    flusher = Flusher(settings, directory, LOG)
+    source = RedisSource(settings, LOG)
+    layout = Layout.for_range(3, 1e-6, 3600.0)
+    rec = Recorder(ProcessStore(directory, "w0"), [1.0], [100.0], threaded=False,
+                   native_layout=layout)
+    series = rec.series("GET", "/n", "200")
+
+    def native_of():
+        family = next(f for f in source.read() if f.name == catalogue.HTTP_DURATION.name)
+        merged = family.native[(("method", "GET"), ("route", "/n"))]
+        return merged.zero_count, {i: c for i, c in merged.buckets.items() if c}
+
+    for d in (0.0, 0.01, 0.01, 2.0):
+        rec.add(series, d, 0, 0)
+    flusher.run()
+    ten_ms, two_s = (layout.lo + layout.slot(d) - 1 for d in (0.01, 2.0))
+    assert native_of() == (1, {ten_ms: 2, two_s: 1})
+    bounded_wait(flusher.timing.dead_after + 0.2)  # stalled: the reader folds it
+    assert native_of() == (1, {ten_ms: 2, two_s: 1}) and source.folded == 1
+    rec.add(series, 0.01, 0, 0)
+    flusher.run()  # revived under the next incarnation, minus what was folded
+    assert flusher.incarnation.endswith(".r1")
+    assert native_of() == (1, {ten_ms: 3, two_s: 1})

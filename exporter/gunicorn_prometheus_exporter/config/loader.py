@@ -5,9 +5,10 @@ name the file and line of the offending key; nothing read here is copied into
 ``os.environ`` except the ``exporter.gunicorn`` values that user config files read back."""
 from __future__ import annotations
 
+import math
 import os
 import tempfile
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import yaml
 
@@ -249,9 +250,33 @@ def _check_consistency(settings: Settings) -> None:
             or settings.values["prometheus.ssl.client_capath"]):
         raise ConfigError(f"{where('prometheus.ssl.client_auth_required')}: client "
                           "certificates are required but no client CA file or path is set")
+    _check_native_range(settings, where)
     if settings.values["redis.scope"] == "node" and not settings.values["redis.node_name"]:
         raise ConfigError(f"{where('redis.scope')}: scope 'node' needs NODE_NAME "
                           "(exporter.redis.node_name)")
+
+
+#: most native histogram buckets per series (32 KiB a series); schema 3 from 1 µs to 1 h
+#: needs 255 (storage/native.py lays them out)
+MAX_NATIVE_BUCKETS = 4096
+
+
+def _check_native_range(settings: Settings, where: Callable[[str], str]) -> None:
+    """The native histogram's range must be a range, and its buckets few enough that one
+    series' entry stays small. Buckets ``ceil(log2(v) * 2^schema)`` of both ends, counted
+    with a float ``log2`` (the storage's exact count differs by one at most)."""
+    v = settings.values
+    low, high = v["metrics.native_min_seconds"], v["metrics.native_max_seconds"]
+    if low >= high:
+        raise ConfigError(f"{where('metrics.native_min_seconds')}: {low:g} must be below "
+                          f"exporter.metrics.native_max_seconds ({high:g})")
+    schema = v["metrics.native_schema"]
+    buckets = (math.ceil(math.log2(high) * 2 ** schema)
+               - math.ceil(math.log2(low) * 2 ** schema) + 1)
+    if buckets > MAX_NATIVE_BUCKETS:
+        raise ConfigError(f"{where('metrics.native_schema')}: schema {schema} needs "
+                          f"{buckets} buckets from {low:g}s to {high:g}s; at most "
+                          f"{MAX_NATIVE_BUCKETS} (lower the schema or narrow the range)")
 
 
 #: the file ``load_yaml_config`` was given: the one piece of process state here, since the

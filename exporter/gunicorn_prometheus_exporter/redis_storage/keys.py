@@ -14,10 +14,11 @@ whole prefix lives in one hash slot and every script touches one node::
                          a reader restored that node's part after the loss
 
 ``<shard>`` is a multiprocess file's name without ``.db`` (``counter_w0``,
-``gauge_livesum_w1``, ``histogram_w0.app``); ``<entry key>`` is prometheus_client's JSON
-key, so a shard in Redis is exactly a file of the directory. One more shard,
-``exemplars``, holds the instance's newest exemplar per sample (``<timestamp> <value>
-<trace id> <span id>``); it is never folded: exemplars end with their instance."""
+``gauge_livesum_w1``, ``histogram_w0.app``, ``histogram_native_w0`` without ``.nh``);
+``<entry key>`` is prometheus_client's JSON key, so a shard in Redis is exactly a file of the
+directory. One more shard, ``exemplars``, holds the instance's newest exemplar per sample
+(``<timestamp> <value> <trace id> <span id>``); it is never folded: exemplars end with their
+instance."""
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -66,7 +67,7 @@ def shard_name(typ: str, mode: str, identity: str) -> str:
 
 
 def parse_shard(name: str) -> Optional[storage_dir.DbFile]:
-    return storage_dir.parse_name(name + ".db")
+    return storage_dir.parse_stem(name)
 
 
 def field(shard: str, key: str) -> str:

@@ -1,5 +1,5 @@
-"""The HTTP side of the metrics server: ``/metrics`` (text or OpenMetrics by ``Accept``,
-gzip by ``Accept-Encoding``), a landing page at ``/``, ``/-/healthy`` and ``/-/ready``, with
+"""The HTTP side of the metrics server: ``/metrics`` (Prometheus protobuf, OpenMetrics or
+text by ``Accept``, gzip by ``Accept-Encoding``), a landing page at ``/``, ``/-/healthy`` and ``/-/ready``, with
 optional TLS and basic auth.
 
 It is hardened for being exposed: a bounded number of connections at once, a socket
@@ -22,6 +22,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
 from ..version import __version__
+from . import protobuf
 from .webconfig import BasicAuth, WebConfig
 
 MAX_CONNECTIONS = 32
@@ -44,6 +45,10 @@ class Exposition:
         self._landing = resources.files(__package__).joinpath("landing.html").read_text()
 
     def metrics(self, accept: Optional[str]) -> Tuple[bytes, str]:
+        """As Prometheus negotiates: the protobuf format whenever it is offered (the only
+        one that carries native histograms), else OpenMetrics when offered, else text."""
+        if protobuf.accepts(accept or ""):
+            return protobuf.encode(self.registry.collect()), protobuf.CONTENT_TYPE
         encoder, content_type = choose_encoder(accept or "")
         return encoder(self.registry), content_type
 

@@ -22,7 +22,11 @@ from dataclasses import dataclass
 from typing import Dict, Iterator, Optional, Tuple
 
 MAX_SLOTS = 4096
-_FILE = re.compile(r"^(counter|histogram|summary|gauge)(?:_(\w+?))?_([^_]+)\.db$")
+_STEM = re.compile(r"^(counter|histogram|summary|gauge)(?:_(\w+?))?_([^_]+)$")
+#: native histograms (storage/native.py) are kept in files of their own format, named
+#: ``histogram_native_<identity>.nh`` (not ``.db``: prometheus_client reads every ``*.db``)
+NATIVE_MODE = "native"
+NATIVE_EXTENSION = ".nh"
 _WORKER = re.compile(r"^w(\d+)$")
 
 
@@ -55,16 +59,29 @@ def worker_id_of(identity: str) -> Optional[str]:
 
 
 def parse_name(path: str) -> Optional[DbFile]:
-    match = _FILE.match(os.path.basename(path))
+    stem, extension = os.path.splitext(os.path.basename(path))
+    parsed = parse_stem(stem, path)
+    if parsed is None or extension != _extension(parsed.typ, parsed.mode):
+        return None
+    return parsed
+
+
+def parse_stem(stem: str, path: str = "") -> Optional[DbFile]:
+    """A file's name without its extension (also a shard's name in Redis)."""
+    match = _STEM.match(stem)
     if not match:
         return None
     typ, mode, identity = match.groups()
     return DbFile(path, typ, mode or "", identity)
 
 
+def _extension(typ: str, mode: str) -> str:
+    return NATIVE_EXTENSION if (typ, mode) == ("histogram", NATIVE_MODE) else ".db"
+
+
 def db_path(directory: str, typ: str, identity: str, mode: str = "") -> str:
-    name = f"{typ}_{mode}_{identity}.db" if mode else f"{typ}_{identity}.db"
-    return os.path.join(directory, name)
+    stem = f"{typ}_{mode}_{identity}" if mode else f"{typ}_{identity}"
+    return os.path.join(directory, stem + _extension(typ, mode))
 
 
 def _open_lock(path: str) -> int:
@@ -134,7 +151,7 @@ def db_files(directory: str) -> Iterator[Tuple[DbFile, int]]:
         return
     with entries:
         for entry in entries:
-            if entry.name.endswith(".db"):
+            if entry.name.endswith((".db", NATIVE_EXTENSION)):
                 parsed = parse_name(entry.path)
                 if parsed is not None:
                     yield parsed, entry.inode()
@@ -149,7 +166,7 @@ def prepare(directory: str, cleanup: bool) -> bool:
         return False
     if any(live_identities(directory).values()):
         return False
-    for pattern in ("*.db", "*.lock", "routes", "exemplars/*.db"):
+    for pattern in ("*.db", "*" + NATIVE_EXTENSION, "*.lock", "routes", "exemplars/*.db"):
         for path in glob.glob(os.path.join(glob.escape(directory), pattern)):
             try:
                 os.unlink(path)

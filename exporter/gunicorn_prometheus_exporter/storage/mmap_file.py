@@ -12,7 +12,7 @@ import mmap
 import os
 import struct
 import threading
-from typing import Dict, List, Mapping
+from typing import Callable, Dict, List, Mapping, Union
 
 _INITIAL_SIZE = 1 << 16
 _HEADER = 8
@@ -22,6 +22,17 @@ _USED = struct.Struct("<i")
 def sample_key(family: str, sample: str, labels: Mapping[str, str], help_text: str) -> str:
     """The entry key prometheus_client uses for one sample."""
     return json.dumps([family, sample, dict(labels), help_text], sort_keys=True)
+
+
+#: bytes after each key: the same for every entry of a file (16: a value and a timestamp),
+#: or a function of the key for files whose entries differ (native histograms, whose key
+#: names its bucket layout); a multiple of 8, so that the next entry stays aligned
+Payload = Union[int, Callable[[str], int]]
+
+
+def payload_of(payload: Payload, key: str) -> int:
+    """Bytes after ``key`` (ValueError or TypeError from a function that finds no entry)."""
+    return payload if isinstance(payload, int) else payload(key)
 
 
 def padded_length(encoded_length: int) -> int:
@@ -38,7 +49,7 @@ class MmapFile:
     thread still holding the previous view writes to the same file pages, so nothing is
     lost and no lock is needed around growth. At most log2(size) maps are ever kept."""
 
-    def __init__(self, path: str, payload: int = 16) -> None:
+    def __init__(self, path: str, payload: Payload = 16) -> None:
         self.path = path
         #: bytes after each key: a value and a timestamp (16), or a larger record of one's
         #: own (exemplars), a multiple of 8 so that the next entry stays aligned
@@ -71,10 +82,15 @@ class MmapFile:
         m = self._m
         while pos + 4 <= used:
             length = _USED.unpack_from(m, pos)[0]
-            end = pos + 4 + padded_length(length) + self.payload
-            if length <= 0 or end > used:
+            if length <= 0 or pos + 4 + length > used:
                 break  # a torn tail: the entries before it are intact
             key = bytes(m[pos + 4:pos + 4 + length]).decode("utf-8", "replace")
+            try:
+                end = pos + 4 + padded_length(length) + payload_of(self.payload, key)
+            except (ValueError, TypeError, IndexError):
+                break
+            if end > used:
+                break
             self._positions[key] = (pos + 4 + padded_length(length)) // 8
             pos = end
         return pos
@@ -91,13 +107,16 @@ class MmapFile:
     def _append(self, key: str) -> int:
         encoded = key.encode("utf-8")
         pad = padded_length(len(encoded))
-        size = 4 + pad + self.payload
+        payload = payload_of(self.payload, key)
+        size = 4 + pad + payload
         while self._used + size > self._capacity:
             new_size = self._capacity * 2
             os.ftruncate(self._fd, new_size)
             self._map(new_size)
         pos = self._used
-        struct.pack_into(f"<i{pad}s{self.payload}x", self._m, pos, len(encoded),
+        # zeroes the whole payload: the space may hold an unpublished entry of a writer
+        # that died
+        struct.pack_into(f"<i{pad}s{payload}x", self._m, pos, len(encoded),
                          encoded.ljust(pad, b" "))
         self._used = pos + size
         _USED.pack_into(self._m, 0, self._used)  # publish only a complete entry

@@ -10,7 +10,7 @@ import os
 import struct
 from typing import List, Optional, Tuple
 
-from .mmap_file import padded_length
+from .mmap_file import Payload, padded_length, payload_of
 
 _USED = struct.Struct("<i")
 
@@ -18,13 +18,17 @@ _USED = struct.Struct("<i")
 class FileReader:
     """Values of one file; ``keys`` grows as writers append entries."""
 
-    def __init__(self, path: str, with_timestamps: bool = False, payload: int = 16) -> None:
+    def __init__(self, path: str, with_timestamps: bool = False,
+                 payload: Payload = 16) -> None:
         self.path = path
         self.with_timestamps = with_timestamps
         self.payload = payload  # bytes after each key (``MmapFile.payload``)
         self.keys: List[str] = []
-        #: byte offset of each key's payload in the file
+        #: byte offset of each key's payload in the file, and its size
         self.offsets: List[int] = []
+        self.sizes: List[int] = []
+        #: counts the times the file was found replaced (its entries read afresh)
+        self.generation = 0
         self._parsed_to = 8
         self._ino: Optional[Tuple[int, int]] = None
         self._map: Optional[mmap.mmap] = None
@@ -44,8 +48,9 @@ class FileReader:
             self._map = mmap.mmap(fd, st.st_size, prot=mmap.PROT_READ)
             identity = (st.st_dev, st.st_ino)
             if identity != self._ino:
-                self.keys, self.offsets, self._parsed_to = [], [], 8
+                self.keys, self.offsets, self.sizes, self._parsed_to = [], [], [], 8
                 self._struct = struct.Struct("<")
+                self.generation += 1
             self._ino = identity
             return True
         finally:
@@ -54,6 +59,12 @@ class FileReader:
     def read(self, inode: Optional[int] = None) -> Optional[tuple]:
         """All values (value, or value and timestamp, per key) or None if the file is gone.
         ``inode`` (from the directory listing) reveals a file deleted and created again."""
+        m = self.refresh(inode)
+        return None if m is None else self._struct.unpack_from(m, 0)
+
+    def refresh(self, inode: Optional[int] = None) -> Optional[mmap.mmap]:
+        """Map the file as it is now and parse the entries appended since the last call;
+        the map, or None if the file is gone."""
         stale = inode is not None and self._ino is not None and inode != self._ino[1]
         if (self._map is None or stale) and not self._reopen():
             return None
@@ -64,19 +75,29 @@ class FileReader:
             used = _USED.unpack_from(self._map, 0)[0]
         if used > self._parsed_to:
             self._parse(used)
-        return self._struct.unpack_from(self._map, 0)
+        return self._map
 
     def _parse(self, used: int) -> None:
         m = self._map
         pos = self._parsed_to
         while pos + 4 <= used:
             length = _USED.unpack_from(m, pos)[0]
-            end = pos + 4 + padded_length(length) + self.payload
-            if length <= 0 or end > min(used, len(m)):
+            limit = min(used, len(m))
+            if length <= 0 or pos + 4 + length > limit:
                 self.torn = True
                 break
-            self.keys.append(bytes(m[pos + 4:pos + 4 + length]).decode("utf-8", "replace"))
+            key = bytes(m[pos + 4:pos + 4 + length]).decode("utf-8", "replace")
+            try:
+                size = payload_of(self.payload, key)
+            except (ValueError, TypeError, IndexError):
+                size = -1
+            end = pos + 4 + padded_length(length) + size
+            if size < 8 or end > limit:
+                self.torn = True
+                break
+            self.keys.append(key)
             self.offsets.append(pos + 4 + padded_length(length))
+            self.sizes.append(size)
             pos = end
         self._parsed_to = pos
         self._struct = struct.Struct(self._format())

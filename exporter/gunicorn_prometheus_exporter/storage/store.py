@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Dict, Tuple
 
-from .directory import db_path
+from .directory import NATIVE_MODE, db_path
 from .mmap_file import MmapFile
+from .native import entry_payload
 
 
 class ProcessStore:
@@ -18,7 +19,8 @@ class ProcessStore:
         key = (typ, mode)
         found = self._files.get(key)
         if found is None:
-            found = MmapFile(db_path(self.directory, typ, self.identity, mode))
+            payload = entry_payload if mode == NATIVE_MODE else 16
+            found = MmapFile(db_path(self.directory, typ, self.identity, mode), payload)
             self._files[key] = found
         return found
 

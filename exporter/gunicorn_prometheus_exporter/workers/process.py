@@ -10,6 +10,7 @@ from ..master import MasterRuntime
 from ..recorder import Recorder
 from ..routes import RouteTable
 from ..sampler import ResourceSampler
+from ..storage import native as native_histograms
 from ..storage.store import ProcessStore
 from .extras import RequestExtras
 from .labelling import RequestLabeller
@@ -29,7 +30,8 @@ class WorkerMetrics:
         self.store = ProcessStore(runtime.directory, claim.identity)
         self.recorder = Recorder(self.store, settings.metrics.duration_buckets,
                                  settings.metrics.size_buckets, threaded=worker.threaded,
-                                 native=self.native)
+                                 native=self.native,
+                                 native_layout=native_histograms.layout_of(settings.metrics))
         self.routes = RouteTable(runtime.directory, settings.metrics.route_cap,
                                  settings.metrics.route_rules)
         self.labeller = RequestLabeller(self.recorder, self.routes, self.log)

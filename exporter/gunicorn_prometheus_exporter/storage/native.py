@@ -1,0 +1,301 @@
+"""Native (sparse, exponential) histograms: the bucket layout, the file entries that hold
+them, and how the entries of many writers are read and merged.
+
+Buckets are Prometheus's: at schema ``s`` the bucket with index ``i`` holds the values in
+``(2^((i-1)/2^s), 2^(i/2^s)]``, so a value's index is ``ceil(log2(v) * 2^s)``; it is
+computed exactly, as client_golang does, from ``math.frexp`` (mantissa in ``[0.5, 1)``)
+and a search among the ``2^s`` mantissa bounds. The relative error of a quantile read from
+such a bucket is at most ``(2^(2^-s) - 1) / (2^(2^-s) + 1)`` (schema 3: 4.33%).
+
+Storage per series is fixed: a ``Layout`` covers the bucket indices ``lo..hi`` that hold
+the configured range (by default 1 µs to 1 h) and one entry of a worker's native file holds
+``hi - lo + 2`` doubles: the zero bucket, then one count per bucket. A value at or below
+the zero threshold (the lowest bucket's lower bound, just under the range's minimum; zero
+and negative values too) is counted in the zero bucket, as Prometheus defines it; a value
+above the highest bucket is counted in the highest bucket (its true value is kept in the
+sum). A request therefore costs one store, whatever its duration.
+
+A file's entries are written by one process and read here. The reader turns each entry into
+*virtual* entries, one per bucket that has ever been non-zero (and the zero bucket), with
+keys in prometheus_client's format: so the collector's merge, the Redis flusher and the
+Redis reader handle them exactly like classic bucket values (summed across workers, slots
+and instances, folded into totals), and only the bucket spans in use cost anything at a
+scrape."""
+from __future__ import annotations
+
+import json
+import math
+from bisect import bisect_left
+from dataclasses import dataclass, field
+from functools import cached_property
+from operator import itemgetter
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from .reader import FileReader
+
+#: sample name suffix of a native entry's keys (never exposed as a sample)
+SAMPLE_SUFFIX = "_native"
+#: label of a virtual entry naming its bucket: ``"<schema>/<index>"`` or
+#: ``"<schema>/z/<zero threshold>"`` for the zero bucket
+BUCKET_LABEL = "__native__"
+#: schema range: 0 (buckets double) to 8 (Prometheus's finest)
+MIN_SCHEMA, MAX_SCHEMA = 0, 8
+
+
+def relative_error(schema: int) -> float:
+    """Largest relative error of a value estimated by the geometric middle of its bucket:
+    ``(base - 1) / (base + 1)``, ``base = 2^(2^-schema)`` (Prometheus's histogram_quantile
+    interpolates inside the bucket instead: at most one bucket, ``base - 1``, off)."""
+    base = 2.0 ** (2.0 ** -schema)
+    return (base - 1.0) / (base + 1.0)
+
+
+def upper_bound(schema: int, index: int) -> float:
+    """Upper bound of bucket ``index`` at ``schema``: ``2^(index / 2^schema)``."""
+    return 2.0 ** (index / (1 << schema))
+
+
+def bucket_index(value: float, schema: int) -> int:
+    """``ceil(log2(value) * 2^schema)`` for a positive finite value, exactly (the reference
+    the recorder and the C path implement with precomputed bounds)."""
+    frac, exp = math.frexp(value)
+    return bisect_left(mantissa_bounds(schema), frac) + (exp - 1) * (1 << schema)
+
+
+def mantissa_bounds(schema: int) -> Tuple[float, ...]:
+    """The ``2^schema`` mantissa bounds ``2^(i / 2^schema) / 2``: a value whose ``frexp``
+    mantissa is at most bound ``i`` (and above bound ``i-1``) falls in bucket ``i`` of its
+    octave."""
+    m = 1 << schema
+    return tuple(math.ldexp(2.0 ** (i / m), -1) for i in range(m))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The buckets one writer keeps per series: schema and index range ``lo..hi``."""
+
+    schema: int
+    lo: int
+    hi: int
+    bounds: Tuple[float, ...] = field(repr=False, compare=False, default=())
+
+    @classmethod
+    def for_range(cls, schema: int, min_value: float, max_value: float) -> "Layout":
+        """The smallest layout whose buckets hold ``[min_value, max_value]``."""
+        if not MIN_SCHEMA <= schema <= MAX_SCHEMA:
+            raise ValueError(f"native histogram schema {schema}: expected "
+                             f"{MIN_SCHEMA} to {MAX_SCHEMA}")
+        if not 0.0 < min_value < max_value < math.inf:
+            raise ValueError(f"native histogram range {min_value!r} to {max_value!r}: "
+                             "expected 0 < min < max, finite")
+        return cls(schema, bucket_index(min_value, schema), bucket_index(max_value, schema),
+                   mantissa_bounds(schema))
+
+    # computed once: ``slot`` runs per request on the Python path
+    @cached_property
+    def buckets(self) -> int:
+        return self.hi - self.lo + 1
+
+    @property
+    def doubles(self) -> int:
+        """Doubles of one series: the zero bucket and every bucket."""
+        return self.buckets + 1
+
+    @cached_property
+    def zero_threshold(self) -> float:
+        """Values at or below this go to the zero bucket: the lowest bucket's lower bound."""
+        return upper_bound(self.schema, self.lo - 1)
+
+    @cached_property
+    def top(self) -> float:
+        """Values above this are counted in the highest bucket."""
+        return upper_bound(self.schema, self.hi)
+
+    @cached_property
+    def slot(self) -> Callable[[float], int]:
+        """``slot(value)``: offset of ``value``'s count in a series' doubles (0 is the zero
+        bucket). A closure over the layout's constants: it runs per request on the Python
+        path, where every attribute lookup counts."""
+        zero, top, last, bounds = self.zero_threshold, self.top, self.buckets, self.bounds
+        per_octave = 1 << self.schema
+        # index = search + (exp - 1) * per_octave; slot = index - lo + 1
+        offset = 1 - self.lo - per_octave
+        frexp = math.frexp
+
+        def slot(value: float) -> int:
+            if not value > zero:  # zero, negative, NaN
+                return 0
+            if value > top:
+                return last
+            frac, exp = frexp(value)
+            return bisect_left(bounds, frac) + exp * per_octave + offset
+        return slot
+
+
+def layout_of(metrics: Any) -> Optional[Layout]:
+    """The layout the ``exporter.metrics`` settings ask for, None when native is off."""
+    if not metrics.native_histograms:
+        return None
+    return Layout.for_range(metrics.native_schema, metrics.native_min_seconds,
+                            metrics.native_max_seconds)
+
+
+def entry_key(family: str, labels: Mapping[str, str], help_text: str, layout: Layout) -> str:
+    """The key of one series' native entry; the layout is part of it, so entries written
+    under another configuration stay readable and distinct."""
+    return json.dumps([family, family + SAMPLE_SUFFIX, dict(labels), help_text,
+                       layout.schema, layout.lo, layout.hi], sort_keys=True)
+
+
+def entry_payload(key: str) -> int:
+    """Bytes that follow a native entry's key, its zero bucket and buckets (ValueError for
+    a key that is not one): the ``payload`` of native files (``mmap_file.Payload``)."""
+    parts = json.loads(key)
+    schema, lo, hi = (int(x) for x in parts[4:7])
+    if not (MIN_SCHEMA <= schema <= MAX_SCHEMA and lo <= hi and hi - lo < 1 << 16):
+        raise ValueError(f"not a native histogram entry: {key[:80]!r}")
+    return 8 * (hi - lo + 2)
+
+
+def _virtual_key(parts: list, bucket: str) -> str:
+    family, sample, labels, help_text = parts[:4]
+    return json.dumps([family, sample, dict(labels, **{BUCKET_LABEL: bucket}), help_text],
+                      sort_keys=True)
+
+
+class NativeReader:
+    """Reads one native file as virtual entries: ``keys`` (prometheus_client keys, one per
+    bucket ever non-zero, and the zero bucket of every series) and ``read()`` their values,
+    in the order they were found. Counts only grow in a file, so a bucket once found stays
+    and ``keys`` only grows, as a classic file's keys do; a file replaced by another starts
+    afresh."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._file = FileReader(path, payload=entry_payload)
+        self._generation = -1
+        self._reset()
+
+    def _reset(self) -> None:
+        self.keys: List[str] = []
+        self._positions: List[int] = []  # value index of each virtual key
+        self._spans: List[List[int]] = []  # per entry: first and last bucket slot found
+        self._entries: List[list] = []  # per entry: its parsed key
+        self._get: Optional[itemgetter] = None
+
+    @property
+    def torn(self) -> bool:
+        return self._file.torn
+
+    def read(self, inode: Optional[int] = None) -> Optional[tuple]:
+        m = self._file.refresh(inode)
+        if m is None:
+            return None
+        f = self._file
+        if f.generation != self._generation:
+            self._generation = f.generation
+            self._reset()
+        known = len(self.keys)
+        for n in range(len(self._entries), len(f.keys)):
+            self._entries.append(json.loads(f.keys[n]))
+            self._spans.append([0, 0])  # no bucket yet
+            self._add(n, 0)  # the zero bucket: a series is native from its first scrape
+        for n, span in enumerate(self._spans):
+            start = f.offsets[n] + 8  # the first bucket (slot 1)
+            block = m[start:start + f.sizes[n] - 8]
+            low = len(block) - len(block.lstrip(b"\0"))
+            if low == len(block):
+                continue
+            first = low // 8 + 1
+            last = (len(block.rstrip(b"\0")) - 1) // 8 + 1
+            if span[0] == 0:
+                span[0] = span[1] = first
+                self._add(n, first)
+            for slot in range(first, span[0]):
+                self._add(n, slot)
+            for slot in range(span[1] + 1, last + 1):
+                self._add(n, slot)
+            span[0], span[1] = min(span[0], first), max(span[1], last)
+        if len(self.keys) != known or self._get is None:
+            self._get = itemgetter(*self._positions) if self._positions else None
+        if self._get is None:
+            return ()
+        view = memoryview(m)[:len(m) // 8 * 8].cast("d")
+        try:
+            got = self._get(view)
+        finally:
+            view.release()
+        return got if len(self._positions) != 1 else (got,)
+
+    def _add(self, entry: int, slot: int) -> None:
+        parts = self._entries[entry]
+        schema, lo = int(parts[4]), int(parts[5])
+        bucket = (f"{schema}/z/{upper_bound(schema, lo - 1)!r}" if slot == 0
+                  else f"{schema}/{lo + slot - 1}")
+        self.keys.append(_virtual_key(parts, bucket))
+        self._positions.append(self._file.offsets[entry] // 8 + slot)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+#: a parsed bucket label: (schema, index, 0.0), or (schema, None, threshold) for a zero bucket
+Bucket = Tuple[int, Optional[int], float]
+
+
+def parse_bucket(label: str) -> Optional[Bucket]:
+    """The bucket a virtual entry's label names; None for a label that names none (parsed
+    once, when the collector first sees the entry)."""
+    parts = label.split("/")
+    try:
+        if len(parts) == 3 and parts[1] == "z":
+            return int(parts[0]), None, float(parts[2])
+        if len(parts) == 2:
+            return int(parts[0]), int(parts[1]), 0.0
+    except ValueError:
+        pass
+    return None
+
+
+@dataclass
+class NativeHistogram:
+    """One merged native histogram: what the protobuf exposition serves."""
+
+    schema: int
+    zero_threshold: float
+    zero_count: float
+    buckets: Dict[int, float]  # index -> count
+
+    @property
+    def count(self) -> float:
+        return self.zero_count + sum(self.buckets.values())
+
+
+def merge(entries: Sequence[Tuple[Bucket, float]]) -> Optional[NativeHistogram]:
+    """Sum ``(bucket, count)`` pairs of one series into one histogram. Entries written under
+    different layouts (a configuration change while a slot's file lives on) are brought to
+    the coarsest schema and the widest zero bucket among them, as Prometheus merges
+    histograms: every count stays counted."""
+    if not entries:
+        return None
+    schemas = {bucket[0] for bucket, _ in entries}
+    thresholds = {bucket[2] for bucket, _ in entries if bucket[1] is None}
+    schema = min(schemas)
+    zero_threshold = max(thresholds, default=0.0)
+    # one layout: its buckets all lie above its zero bucket, nothing to convert
+    uniform = len(schemas) == 1 and len(thresholds) <= 1
+    zero = 0.0
+    buckets: Dict[int, float] = {}
+    for (own_schema, index, _), value in entries:
+        if index is None:
+            zero += value
+            continue
+        if not uniform:
+            shift = own_schema - schema
+            if shift:
+                index = -((-index) >> shift)  # ceil(index / 2^shift): the bucket holding it
+            if upper_bound(schema, index) <= zero_threshold:
+                zero += value
+                continue
+        buckets[index] = buckets.get(index, 0.0) + value
+    return NativeHistogram(schema, zero_threshold, zero, buckets)

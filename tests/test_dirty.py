@@ -1,0 +1,73 @@
+"""gunicorn 27's dirty-worker pool through real gunicorn with a real dirty app: pool size,
+busy/idle dirty workers, tasks, their duration and failures by dirty app, and dirty worker
+exits by reason."""
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from support.wait import until
+
+gunicorn_dirty = pytest.importorskip("gunicorn.dirty", reason="gunicorn >= 27 (dirty workers)")
+
+TESTS = ["--chdir", str(Path(__file__).parent)]
+APP = "apps.dirty_app:Compute"
+POOL = TESTS + ["--dirty-app", APP, "--dirty-workers", "2", "--dirty-timeout", "2"]
+
+
+
+def _dirty_pids(g):
+    """The dirty workers: the children of the dirty arbiter, the one child of the master
+    that has children (HTTP workers and the metrics process have none)."""
+    import psutil
+
+    return sorted(p.pid for child in psutil.Process(g.pid).children()
+                  for p in child.children() if p.status() != psutil.STATUS_ZOMBIE)
+
+
+def test_dirty_pool_tasks_failures_and_exits(start_gunicorn):
+    g = start_gunicorn(app="apps.dirty_app:app", workers=1,
+                       extra_args=POOL).wait_ready(workers=1)
+    s = g.scrape_until(lambda s: s.value("gunicorn_dirty_workers", state="idle") == 2)
+    assert s.value("gunicorn_dirty_workers_desired") == 2
+    assert s.value("gunicorn_dirty_workers", state="busy") == 0
+    assert s.value("gunicorn_dirty_tasks_total", app=APP) == 0
+    for x in (2, 3, 4):
+        assert g.request(f"/square?x={x}") == (200, str(x * x).encode())
+    assert g.request("/fail") == (500, b"DirtyAppError")
+    assert g.request("/slow?ms=300")[0] == 200
+    s = g.scrape_until(lambda s: s.value("gunicorn_dirty_tasks_total", app=APP) == 5
+                       and s.total("gunicorn_http_requests_total") == 5)
+    assert s.value("gunicorn_dirty_task_failures_total", app=APP,
+                   error_type="ValueError") == 1
+    assert s.value("gunicorn_dirty_task_duration_seconds_count", app=APP) == 5
+    # four quick tasks, one of 300 ms: in (0.25, 0.5]
+    assert s.value("gunicorn_dirty_task_duration_seconds_bucket", app=APP, le="0.25") == 4
+    assert s.value("gunicorn_dirty_task_duration_seconds_bucket", app=APP, le="0.5") == 5
+    # a dirty task is not an HTTP request: the five HTTP requests are all there is
+    assert s.total("gunicorn_http_requests_total") == 5
+
+    # a dirty worker that stops answering (SIGSTOP: its heartbeat stops) is killed after
+    # dirty_timeout; the arbiter starts a replacement
+    first, second = _dirty_pids(g)
+    os.kill(first, signal.SIGSTOP)
+    g.scrape_until(lambda s: s.value("gunicorn_dirty_worker_exits_total",
+                                     reason="timeout") == 1, timeout=30)
+    until(lambda: len(_dirty_pids(g)) == 2 and first not in _dirty_pids(g), timeout=30,
+          message="a replacement dirty worker")
+    g.scrape_until(lambda s: s.value("gunicorn_dirty_workers", state="idle") == 2)
+    # a dirty worker told to stop exits on its own
+    os.kill(second, signal.SIGTERM)
+    s = g.scrape_until(lambda s: s.value("gunicorn_dirty_worker_exits_total",
+                                         reason="exited") == 1, timeout=30)
+    assert s.value("gunicorn_dirty_worker_exits_total", reason="timeout") == 1
+    until(lambda: len(_dirty_pids(g)) == 2, timeout=30, message="the pool to be whole again")
+    s = g.scrape_until(lambda s: s.value("gunicorn_dirty_workers", state="idle") == 2)
+    # the tasks counted by the workers that are gone are kept
+    assert s.value("gunicorn_dirty_tasks_total", app=APP) == 5
+
+
+def test_no_dirty_families_without_a_pool(start_gunicorn):
+    g = start_gunicorn(workers=1).wait_ready(workers=1)
+    assert not [n for n in g.scrape().names() if n.startswith("gunicorn_dirty_")]
