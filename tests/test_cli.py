@@ -8,44 +8,19 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import pytest
 
-from support.procs import Process, free_port
+from support.procs import Process, Serve, base_env, exporter_bin, free_port
 from support.scrape import scrape
 from support.wait import until
 
-EXE = str(Path(sys.executable).with_name("gunicorn-prometheus-exporter"))
+EXE = exporter_bin()
+
 SUBCOMMANDS = ["serve", "check-config", "version", "healthcheck"]
-
-
-def base_env(port: int, directory: Path, **extra: str) -> Dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PROMETHEUS_", "REDIS_", "GUNICORN_"))}
-    return {**env, "PROMETHEUS_METRICS_PORT": str(port), "PROMETHEUS_BIND_ADDRESS": "127.0.0.1",
-            "PROMETHEUS_MULTIPROC_DIR": str(directory), "PYTHONUNBUFFERED": "1", **extra}
-
-
-class Serve(Process):
-    def __init__(self, tmp: Path, directory: Path, args: Optional[List[str]] = None,
-                 **env: str) -> None:
-        self.port = free_port()
-        super().__init__([EXE, "serve", *(args or [])], base_env(self.port, directory, **env),
-                         cwd=str(tmp))
-
-    def wait_listening(self, timeout: float = 20.0) -> "Serve":
-        def up():
-            if self.proc.poll() is not None:
-                return "exited"
-            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-            return "up"
-        if until(up, timeout=timeout, message="serve to listen") == "exited":
-            raise AssertionError(f"serve exited {self.proc.returncode}:\n{self.output()}")
-        return self
 
 
 @pytest.fixture

@@ -50,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     _config_flag(check)
     sub.add_parser("version", help="print the version")
     health = sub.add_parser("healthcheck",
-                            help="exit 0 if the local metrics server answers /-/healthy")
+                            help="exit 0 if the local metrics server answers /-/ready "
+                                 "(it serves, and reads of its storage finish)")
     _config_flag(health)
     health.add_argument("--url", help="URL to probe (default: this config's address)")
     health.add_argument("--timeout", type=float, default=3.0)
@@ -134,7 +135,7 @@ def _healthcheck(args: argparse.Namespace) -> int:
             host = f"[{host}]"
         # TLS may come from PROMETHEUS_SSL_* or from the web config file
         scheme = "https" if webconfig.from_settings(settings).cert_file else "http"
-        url = f"{scheme}://{host}:{p.metrics_port}/-/healthy"
+        url = f"{scheme}://{host}:{p.metrics_port}/-/ready"  # 503: reads do not finish
     context = ssl._create_unverified_context()  # a local liveness probe of our own server
     if args.cert:
         try:
