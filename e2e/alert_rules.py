@@ -20,19 +20,21 @@ RULE_SETS = (
     "prometheusRule.groupBy={job,scenario}",
     "prometheusRule.alerts.errorRatio.for=2s",
     "prometheusRule.alerts.saturation.for=2s",
+    "prometheusRule.slo.enabled=true",
 )
 
 
-def render_rules(directory: Path, sets: Iterable[str] = RULE_SETS) -> Path:
-    """Render the chart's PrometheusRule (helm template, or the helm-python-sdk) and write its
-    ``spec`` as a Prometheus rule file. Raises LookupError when neither is available."""
+def render_object(template: str, kind: str, sets: Iterable[str]) -> dict:
+    """The object of ``kind`` that ``templates/<template>`` of the chart renders with these
+    ``--set`` values (helm template, or the helm-python-sdk). Raises LookupError when neither
+    is available."""
     import yaml
 
     sets = list(sets)
     helm = find_helm()
     if helm:
         args = [helm, "template", "gpe", str(CHART), "--namespace", "e2e",
-                "--show-only", "templates/prometheusrule.yaml"]
+                "--show-only", f"templates/{template}"]
         for s in sets:
             args += ["--set", s]
         proc = subprocess.run(args, capture_output=True, text=True, env=helm_env(), timeout=120)
@@ -46,11 +48,26 @@ def render_rules(directory: Path, sets: Iterable[str] = RULE_SETS) -> Path:
             raise LookupError("neither helm (make chart-tools) nor helm-python-sdk is "
                               "installed") from None
         rendered = helm_python.Chart.load(str(CHART)).render(values=_values_from_sets(sets))
-        text = next(v for k, v in rendered.items() if k.endswith("prometheusrule.yaml"))
-    rule = next(d for d in yaml.safe_load_all(text) if d and d.get("kind") == "PrometheusRule")
+        text = next(v for k, v in rendered.items() if k.endswith(template))
+    return next(d for d in yaml.safe_load_all(text) if d and d.get("kind") == kind)
+
+
+def render_rules(directory: Path, sets: Iterable[str] = RULE_SETS) -> Path:
+    """The chart's PrometheusRule's ``spec`` as a Prometheus rule file."""
+    import yaml
+
+    rule = render_object("prometheusrule.yaml", "PrometheusRule", sets)
     path = directory / "rules.yaml"
     path.write_text(yaml.safe_dump(rule["spec"], sort_keys=False))
     return path
+
+
+def saturation_query(selector: str) -> str:
+    """The PromQL the chart's KEDA ScaledObject scales on, for series matching ``selector``."""
+    obj = render_object("scaledobject.yaml", "ScaledObject", (
+        "autoscaling.enabled=true", "autoscaling.force=true",
+        "prometheusRule.selector=" + selector.replace(",", "\\,")))  # --set splits on commas
+    return obj["spec"]["triggers"][0]["metadata"]["query"]
 
 
 def _values_from_sets(sets: Iterable[str]) -> dict:
@@ -67,7 +84,7 @@ def _values_from_sets(sets: Iterable[str]) -> dict:
         elif raw in ("true", "false"):
             value = raw == "true"
         else:
-            value = raw
+            value = raw.replace("\\,", ",")  # helm's escaped comma
         node[leaf] = value
     return values
 

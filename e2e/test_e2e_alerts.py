@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from alert_rules import as_expected, live_input_series, promtool_test
+from alert_rules import as_expected, live_input_series, promtool_test, saturation_query
 from promapi import JOB, promtool_binary
 from promql_checks import assert_no_resets, assert_totals
 from traffic import MIX, Ledger, Req, burst, send
@@ -48,9 +48,11 @@ def test_saturation_reads_1_then_0_and_alert_fires(scenario, prometheus, rules, 
     g = scenario(workers=2)
     ledger = Ledger()
     sel = f'job="{JOB}",scenario="{scenario.name}"'
-    # the alert's own expression, and the share of busy workers
-    saturation = (f"sum(gunicorn_worker_in_flight_requests{{{sel}}}) / "
-                  f"sum(gunicorn_worker_capacity{{{sel}}})")
+    # the query the chart's KEDA ScaledObject scales on (the alert's own expression), and
+    # the share of busy workers
+    saturation = saturation_query(sel)
+    assert saturation == (f"sum(gunicorn_worker_in_flight_requests{{{sel}}}) / "
+                          f"sum(gunicorn_worker_capacity{{{sel}}})")
     busy_share = (f'sum(gunicorn_workers{{{sel},state="busy"}}) / '
                   f"sum(gunicorn_workers{{{sel}}})")
     prometheus.wait_for(saturation, 0.0)
@@ -132,6 +134,22 @@ def test_error_ratio_alert_live_and_in_promtool(scenario, prometheus, rules, pro
         f"{percent} of the requests of {JOB} answered 5xx over 5 minutes (threshold 5%).")
     assert not prometheus.firing("GunicornWorkersSaturated", scenario=scenario.name)
     assert_no_resets(prometheus, scenario.name, t0)
+
+    # The SLO rules (prometheusRule.slo) evaluate live: the 5m error ratio is 2/9 too, the
+    # 1h burn rate 2/9 over the 0.1 % budget, and the fast burn alert is pending (for: 2m).
+    slo = f'{{job="{JOB}",scenario="{scenario.name}"}}'
+    ratio = prometheus.scalar(f"gunicorn:slo_errors:ratio_rate5m{slo}")
+    assert ratio is not None and abs(ratio - 2 / 9) < 1e-9, ratio
+    burn = prometheus.scalar(f"gunicorn:slo_availability:burn_rate1h{slo}")
+    assert burn is not None and abs(burn - (2 / 9) / (1 - 99.9 / 100)) < 1e-6, burn
+    pending = until(lambda: [a for a in prometheus.alerts()
+                             if a["labels"].get("alertname") == "GunicornAvailabilitySLOFastBurn"
+                             and a["labels"].get("scenario") == scenario.name],
+                    timeout=10, interval=0.25, message="GunicornAvailabilitySLOFastBurn pending")
+    assert pending[0]["state"] == "pending"
+    assert pending[0]["labels"] == {"alertname": "GunicornAvailabilitySLOFastBurn", "job": JOB,
+                                    "scenario": scenario.name, "severity": "critical",
+                                    "slo": "availability"}
 
     # promtool at a second of the grid where the ratio has held for `for:` (2 s) since
     # the second sample of the series (the first rate()): 2 + 2 + 1 s after their first

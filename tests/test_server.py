@@ -282,41 +282,48 @@ def test_tls_client_hello_to_plain_server(plain):
     _still_serving(plain, pid)
 
 
-def test_more_connections_than_the_limit(plain):
+def test_more_connections_than_the_limit_close_the_longest_waiting(plain):
+    """Beyond MAX_CONNECTIONS, each newcomer takes the slot of the connection that has
+    waited longest on its client: the first ``extra`` idle ones are closed, the newest
+    MAX_CONNECTIONS are held, and a scrape still gets in at once."""
     pid = plain.monitor_pid()
     extra = 8
-    socks = [socket.create_connection(("127.0.0.1", plain.metrics_port), timeout=5)
-             for _ in range(MAX_CONNECTIONS + extra)]
+    socks = []
+    for _ in range(MAX_CONNECTIONS + extra):
+        socks.append(socket.create_connection(("127.0.0.1", plain.metrics_port), timeout=5))
+        time.sleep(0.01)  # the clients' own pace: a distinct age for each connection
+
+    def closed_by_server():
+        closed = []
+        for i, s in enumerate(socks):
+            s.setblocking(False)
+            try:
+                if s.recv(1) == b"":
+                    closed.append(i)
+            except BlockingIOError:
+                pass
+            except ConnectionError:
+                closed.append(i)
+        return closed
+
     try:
-        def closed_by_server():
-            count = 0
-            for s in socks:
-                s.setblocking(False)
-                try:
-                    if s.recv(1) == b"":
-                        count += 1
-                except BlockingIOError:
-                    pass
-                except ConnectionError:
-                    count += 1
-            return count
-        # the first MAX_CONNECTIONS hold a slot each; the others are closed at once
-        until(lambda: closed_by_server() == extra, timeout=10,
+        until(lambda: len(closed_by_server()) == extra, timeout=10,
               message=f"{extra} connections over the limit to be closed")
-        assert closed_by_server() == extra
+        assert closed_by_server() == list(range(extra))  # the oldest, in order
+        started = time.monotonic()
+        assert get(plain.metrics_port, "/-/healthy", timeout=2)[0] == 200  # while full
+        assert time.monotonic() - started < 2.0
+        assert closed_by_server() == list(range(extra + 1))  # it took the next oldest
     finally:
         for s in socks:
             s.close()
-    started = time.monotonic()
-    until(lambda: get(plain.metrics_port, "/-/healthy", timeout=2)[0] == 200, timeout=10,
-          message="the server to answer again")
-    assert time.monotonic() - started < 5.0
     _still_serving(plain, pid)
     # a flood is one log line, not one per connection
-    refusals = [line for line in plain.output().splitlines() if "connections open" in line]
-    assert len(refusals) == 1, refusals
-    assert refusals[0].endswith(f"[WARNING] metrics server: {MAX_CONNECTIONS} connections "
-                                "open, refused 1 connection(s), the last from 127.0.0.1")
+    lines = [line for line in plain.output().splitlines() if "connections open" in line]
+    assert len(lines) == 1, lines
+    assert lines[0].endswith(f"[WARNING] metrics server: {MAX_CONNECTIONS} connections open; "
+                             "closed 1 that waited longest on their client and refused 0 "
+                             "connection(s), the last from 127.0.0.1")
 
 
 def test_many_scrapes_in_parallel(plain):
@@ -693,11 +700,11 @@ def test_trickling_and_idle_clients_are_cut_at_the_header_deadline(monkeypatch):
         assert status == 200
         status, _, body = get(port, "/-/healthy")
         assert (status, body) == (200, b"OK\n")
-        # every connection's thread has ended (it disarms before it counts itself closed),
-        # and none left a deadline behind that could cut a later socket with the same number
+        # every connection's thread has ended (it forgets its entry before it counts itself
+        # closed), and none left one behind that could cut a later socket with the same number
         until(lambda: server._open == 0, timeout=5, message="the server's connections to end")
-        with server._deadlines_lock:
-            assert server._deadlines == {}
+        with server._waits_lock:
+            assert server._waits == {}
     finally:
         for conn in (trickle, idle, keep_alive):
             conn.close()

@@ -196,6 +196,48 @@ def alert(extra: dict | None = None, threshold: bool = True) -> dict:
     return obj(props)
 
 
+PERCENT = {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 100}
+
+
+def burn(description: str) -> dict:
+    return obj({
+        "factor": {"type": "number", "exclusiveMinimum": 0, "description": description},
+        "longWindow": DURATION,
+        "shortWindow": DURATION,
+        "for": DURATION,
+        "severity": {"type": "string", "minLength": 1},
+    })
+
+
+SLO = obj({
+    "enabled": {"type": "boolean", "description": "Render the SLO recording rules and alerts (needs prometheusRule.enabled)."},
+    "period": DURATION,
+    "byRoute": BOOL,
+    "availability": obj({"enabled": BOOL, "objective": PERCENT}),
+    "latency": obj({"enabled": BOOL, "objective": PERCENT,
+                    "threshold": dict(NUM, description="Seconds; one of the duration buckets.")}),
+    "fastBurn": burn("Multiple of the error budget's rate (14.4: 2% of a 30-day budget in 1 hour)."),
+    "slowBurn": burn("Multiple of the error budget's rate (6: 5% of a 30-day budget in 6 hours)."),
+})
+
+AUTOSCALING = obj({
+    "enabled": {"type": "boolean", "description": "Render a KEDA ScaledObject for the app Deployment (needs KEDA)."},
+    "force": {"type": "boolean", "description": "Render even when the keda.sh/v1alpha1 API is not reported."},
+    "minReplicas": {"type": "integer", "minimum": 0},
+    "maxReplicas": {"type": "integer", "minimum": 1},
+    "targetSaturation": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+    "activationSaturation": {"type": "number", "minimum": 0, "maximum": 1},
+    "pollingInterval": {"type": "integer", "minimum": 1},
+    "cooldownPeriod": {"type": "integer", "minimum": 0},
+    "query": STR,
+    "prometheus": obj({
+        "serverAddress": {"type": "string", "pattern": "^https?://"},
+        "authenticationRef": STR,
+        "authModes": STR,
+    }, required=["serverAddress"]),
+})
+
+
 def values_schema() -> dict:
     return obj({
         "topology": {"type": "string", "enum": ["sidecar", "daemonset"],
@@ -359,7 +401,9 @@ def values_schema() -> dict:
                 "labels": STRMAP,
                 "annotations": STRMAP,
             }, required=["expr"])),
+            "slo": SLO,
         }),
+        "autoscaling": AUTOSCALING,
         "dashboard": obj({
             "enabled": BOOL,
             "namespace": STR,

@@ -12,9 +12,10 @@ made for, and the application object, which a HUP reload keeps), handed to each 
 object, and below it only values go down (the settings, the directory, ``MasterId``)."""
 from __future__ import annotations
 
+import functools
 import os
 import signal
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from . import config, dirty, exits, families, hookchain, identity, logcount, signals, speedups
 from .master_id import MasterId
@@ -42,11 +43,11 @@ class MasterRuntime:
             log.error("%s", exc)
             raise SystemExit(1) from None
         self.directory = self.settings.multiproc_dir
-        if storage_dir.prepare(self.directory, self.settings.cleanup.db_files):
-            log.info("prometheus: emptied the multiprocess directory %s", self.directory)
-        identity.route_prometheus_client(self.directory)
-        self.claim = storage_dir.claim(self.directory, "m")
-        self.writer = Writer(ProcessStore(self.directory, self.claim.identity))
+        try:
+            self.claim, self.writer = self._open_storage(log)
+        except OSError as exc:
+            log.error("%s", storage_dir.unusable(self.directory, exc))
+            raise SystemExit(1) from None
         #: gunicorn 27's dirty arbiter and workers (forked from here) measure through it
         self.dirty_pool = dirty.DirtyPool(self.directory,
                                           self.settings.metrics.duration_buckets)
@@ -57,6 +58,15 @@ class MasterRuntime:
         self.supervisor: Optional[MetricsSupervisor] = None
         self.arbiter: Optional[Any] = None
         self._signals_installed = False
+
+    def _open_storage(self, log: Any) -> Tuple[Claim, Writer]:
+        if storage_dir.prepare(self.directory, self.settings.cleanup.db_files):
+            log.info("prometheus: emptied the multiprocess directory %s", self.directory)
+        identity.route_prometheus_client(self.directory)
+        claim = storage_dir.claim(self.directory, "m")
+        writer = Writer(ProcessStore(self.directory, claim.identity), log=log)
+        identity.report_unstored(writer.unstored)  # a preloaded app's own metrics
+        return claim, writer
 
     @property
     def id(self) -> MasterId:
@@ -71,13 +81,16 @@ class MasterRuntime:
             self._signals_installed = True
             server.log.info("prometheus: request path %s", speedups.describe(speedups.load()))
             signals.install(self.writer, self._on_signal)
-            self._watch_metrics_process()
+            self._watch_metrics_process(server)
         self.start_metrics_process()
 
     def nworkers_changed(self, server: Any, new_value: int, old_value: Any) -> None:
         self.writer.set_gauge(families.WORKERS_DESIRED, float(new_value))
 
     def pre_fork(self, server: Any, worker: Any) -> None:
+        # a HUP sets num_workers from the re-read config before our hooks are on it (they
+        # come with the first worker it spawns, here): desired follows the arbiter again
+        self.nworkers_changed(server, server.num_workers, None)
         claim = storage_dir.claim(self.directory, "w")
         worker._gunicorn_prometheus_claim = claim
         self.worker_claims[claim.identity] = claim
@@ -117,21 +130,23 @@ class MasterRuntime:
         elif name in ("INT", "TERM", "QUIT"):
             self.witness.stopping = True
 
-    def _watch_metrics_process(self) -> None:
-        """Start the metrics server again as soon as it dies (SIGCHLD, chained in front of
-        gunicorn's handler), not only at the next worker spawn."""
-        theirs = signal.getsignal(signal.SIGCHLD)
+    def _watch_metrics_process(self, server: Any) -> None:
+        """Start the metrics server again soon after it dies, from the master's loop: each
+        pass calls ``manage_workers`` (at least once a second, and at once after the
+        SIGCHLD that gunicorn's handler queues wakes it), which we run after our check.
+        Never from a signal handler: forking or logging there can deadlock on a lock the
+        interrupted code holds."""
+        theirs = server.manage_workers
 
-        def on_child(signum: int, frame: Any) -> None:
+        @functools.wraps(theirs)
+        def manage_workers() -> None:
             try:
-                if self.supervisor is not None:
-                    self.supervisor.restart_if_gone()
-            except Exception:  # noqa: BLE001 - never break gunicorn's reaping
-                pass
-            if callable(theirs):
-                theirs(signum, frame)
+                self.restart_metrics_process_if_gone()
+            except Exception:  # noqa: BLE001 - never break gunicorn's loop; retried next pass
+                self.log.exception("prometheus: starting the metrics server again failed")
+            theirs()
 
-        signal.signal(signal.SIGCHLD, on_child)
+        server.manage_workers = manage_workers
 
     # -- the metrics server ----------------------------------------------------------------------
     def start_metrics_process(self) -> None:
@@ -145,7 +160,8 @@ class MasterRuntime:
             supervisor.start()
 
     def restart_metrics_process_if_gone(self) -> None:
-        """Start the metrics server again if it died (checked at each worker spawn)."""
+        """Start the metrics server again if it died (checked in each pass of the master's
+        loop and at each worker spawn)."""
         if self.supervisor is not None:
             self.supervisor.restart_if_gone()
 

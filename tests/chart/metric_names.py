@@ -24,6 +24,8 @@ DOCS = ROOT / "docs" / "kubernetes.md"
 CONTRACT = ROOT / "docs" / "interface-contract.md"
 
 NAME = re.compile(r"\bgunicorn_[a-z0-9_]*[a-z0-9]\b")
+# series the chart's recording rules make (level:metric:operations), e.g. the SLO rules'
+RECORDED = re.compile(r"\bgunicorn:[a-z0-9_:]*[a-z0-9]\b")
 SUFFIXES = ("_bucket", "_sum", "_count")
 
 
@@ -56,6 +58,11 @@ def series_names_by_source() -> dict[str, set[str]]:
         "alerts": {n for e in _rule_exprs() for n in NAME.findall(e)},
         "docs": {n for e in _doc_queries() for n in NAME.findall(e)},
     }
+
+
+def dashboard_recorded_names() -> set[str]:
+    """Recorded series (gunicorn:...) the dashboard reads: the SLO row's."""
+    return {n for e in _dashboard_exprs() for n in RECORDED.findall(e)}
 
 
 def series_names() -> set[str]:

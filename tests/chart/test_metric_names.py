@@ -1,4 +1,8 @@
-"""The dashboard, alert rules and docs use only metric names from the interface contract."""
+"""The dashboard, alert rules and docs use only metric names from the interface contract, and
+the dashboard only recorded series that the chart's rules record."""
+import pytest
+
+import chartlib
 import metric_names
 
 
@@ -28,3 +32,13 @@ def test_alert_names_cover_the_issue():
     alerts = metric_names.series_names_by_source()["alerts"]
     assert {"gunicorn_http_requests_total", "gunicorn_worker_in_flight_requests", "gunicorn_worker_capacity",
             "gunicorn_listen_backlog", "gunicorn_worker_restart_total", "gunicorn_exporter_source_up"} <= alerts
+
+
+@pytest.mark.needs_helm
+def test_dashboard_reads_only_series_the_rules_record():
+    used = metric_names.dashboard_recorded_names()
+    assert {"gunicorn:slo_availability:error_budget_remaining",
+            "gunicorn:slo_latency:burn_rate1h"} <= used
+    rule = chartlib.render("monitors-values.yaml").get("PrometheusRule")
+    recorded = {r["record"] for g in rule["spec"]["groups"] for r in g["rules"] if "record" in r}
+    assert used <= recorded, sorted(used - recorded)

@@ -324,11 +324,12 @@ def test_unknown_topology_is_refused_by_the_schema():
 
 # ---- Redis -------------------------------------------------------------------------------------
 
-def test_bundled_redis_has_a_generated_password():
+def test_bundled_redis_password_from_values():
     objs = render("daemonset-values.yaml")
     secret = objs.get("Secret", component="redis")
     password = base64.b64decode(secret["data"]["redis-password"]).decode()
-    assert len(password) == 32 and password.isalnum()
+    assert password == values_of("daemonset-values.yaml")["redis"]["bundled"]["auth"]["password"]
+    assert "annotations" not in secret["metadata"]  # the chart's own: removed on uninstall
     dep = objs.get("Deployment", component="redis")
     c = container(dep["spec"]["template"]["spec"], "redis")
     assert c["image"] == "redis:7.4.2-alpine"
@@ -344,10 +345,25 @@ def test_bundled_redis_has_a_generated_password():
     svc = objs.get("Service", name=f"{FULL}-redis")
     assert svc["spec"]["ports"][0]["port"] == 6379
     assert not objs.kind("PersistentVolumeClaim")
-    # the pods restart when the password changes
-    for comp in ("app", "redis"):
-        _, meta, _ = one_pod(objs, comp)
-        assert meta["annotations"]["checksum/redis-secret"]
+    # the pods restart when the password changes, and only then
+    checksums = {comp: one_pod(objs, comp)[1]["annotations"]["checksum/redis-secret"]
+                 for comp in ("app", "exporter", "redis")}
+    assert len(set(checksums.values())) == 1 and len(checksums["app"]) == 64
+    changed = render("daemonset-values.yaml", sets=("redis.bundled.auth.password=another",))
+    for comp in ("app", "exporter", "redis"):
+        assert one_pod(changed, comp)[1]["annotations"]["checksum/redis-secret"] != checksums[comp]
+
+
+@pytest.mark.parametrize("topology", ["daemonset", "sidecar"])
+def test_bundled_redis_without_a_password_is_refused(topology):
+    """The chart generates no password (a random one would differ at every render): without
+    existingSecret or password the render stops with one line saying what to set."""
+    with pytest.raises(chartlib.RenderError) as info:
+        render(None, sets=(f"topology={topology}", "redis.enabled=true"))
+    message = str(info.value).splitlines()[0]
+    assert message.endswith("redis.bundled.auth: the bundled Redis needs a password: set "
+                            "redis.bundled.auth.existingSecret (a Secret you create, see "
+                            'docs/kubernetes.md "Redis password") or redis.bundled.auth.password')
 
 
 def test_bundled_redis_password_from_existing_secret():
@@ -599,7 +615,9 @@ def test_podmonitor_selects_the_exporter_pods():
 
 
 def alerts_of(objs):
-    return {r["alert"]: r for g in objs.get("PrometheusRule")["spec"]["groups"] for r in g["rules"]}
+    """The alerts of the chart's first rule group (the SLO group's are tested in test_alerts.py)."""
+    group = objs.get("PrometheusRule")["spec"]["groups"][0]
+    return {r["alert"]: r for r in group["rules"] if "alert" in r}
 
 
 def test_prometheusrule_alerts():
@@ -725,7 +743,8 @@ def test_notes_tell_how_to_reach_metrics():
     helm_python = pytest.importorskip("helm_python", reason="pip install helm-python-sdk")
     chart = helm_python.Chart.load(str(chartlib.CHART))
     for topology in ("sidecar", "daemonset"):
-        out = chart.render({"topology": topology, "serviceMonitor": {"enabled": True}},
+        out = chart.render({"topology": topology, "serviceMonitor": {"enabled": True},
+                            "redis": {"bundled": {"auth": {"existingSecret": "redis-auth"}}}},
                            name=chartlib.RELEASE, namespace=chartlib.NAMESPACE)
         notes = next(v for k, v in out.items() if k.endswith("NOTES.txt"))
         assert f"port-forward service/{FULL}-metrics 9091:9091" in notes
@@ -744,6 +763,38 @@ def test_helm4_engine_renders_the_same_objects():
               for d in yaml.safe_load_all(text) if d]
         key = lambda o: (o["kind"], o["metadata"]["name"])  # noqa: E731
         assert sorted(v4, key=key) == sorted(render(values_file), key=key), values_file
+
+
+def test_scaled_object_on_saturation():
+    objs = render("monitors-values.yaml")
+    so = objs.get("ScaledObject")
+    deployment = objs.get("Deployment", component="app")
+    assert so["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                            "name": deployment["metadata"]["name"]}
+    assert "replicas" not in deployment["spec"]  # the HPA KEDA creates owns it
+    (trigger,) = so["spec"]["triggers"]
+    assert trigger["type"] == "prometheus" and trigger["metricType"] == "Value"
+    job = f'job="{FULL}-metrics"'
+    assert trigger["metadata"]["query"] == (f"sum(gunicorn_worker_in_flight_requests{{{job}}}) / "
+                                            f"sum(gunicorn_worker_capacity{{{job}}})")
+    assert trigger["metadata"]["threshold"] == "0.7"
+    assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (2, 10)
+    assert "authenticationRef" not in trigger
+
+
+def test_scaled_object_is_off_by_default_and_needs_the_keda_api():
+    default = render()
+    assert not default.kind("ScaledObject")
+    assert default.get("Deployment", component="app")["spec"]["replicas"] == 2
+    assert not render(sets=("autoscaling.enabled=true",)).kind("ScaledObject")
+    assert render(sets=("autoscaling.enabled=true",), api_versions=("keda.sh/v1alpha1",)).kind("ScaledObject")
+    so = render(sets=("autoscaling.enabled=true", "autoscaling.force=true",
+                      "autoscaling.prometheus.authenticationRef=prom-auth",
+                      "autoscaling.prometheus.authModes=bearer",
+                      "autoscaling.query=sum(x)")).get("ScaledObject")
+    trigger = so["spec"]["triggers"][0]
+    assert trigger["authenticationRef"] == {"name": "prom-auth"}
+    assert trigger["metadata"]["authModes"] == "bearer" and trigger["metadata"]["query"] == "sum(x)"
 
 
 def test_monitors_switch_native_histogram_scraping_on():

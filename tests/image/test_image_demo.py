@@ -7,11 +7,10 @@ import uuid
 from pathlib import Path
 from typing import Callable, Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from support.ports import free_port  # noqa: E402
 from support.redis import RedisServer  # noqa: E402
-from image_helpers import (  # noqa: E402
+from support.containers import (  # noqa: E402
     Runtime,
     container_marks,
     http_get,

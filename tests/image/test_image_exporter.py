@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from image_helpers import (  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from support.containers import (  # noqa: E402
     Runtime,
     container_marks,
     http_get,

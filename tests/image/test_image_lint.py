@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from image_helpers import IMAGE_DIR  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from support.containers import IMAGE_DIR  # noqa: E402
 
 DOCKERFILES = ["Dockerfile", "Dockerfile.demo"]
 

@@ -13,8 +13,8 @@ from typing import Optional
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from image_helpers import (  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from support.containers import (  # noqa: E402
     Runtime,
     container_marks,
     http_get,

@@ -398,3 +398,18 @@ true
 {{ toYaml . }}
 {{- end }}
 {{- end -}}
+
+{{/* Autoscaling: the KEDA ScaledObject is rendered (enabled, and KEDA's API is there or forced). */}}
+{{- define "gpe.scaledObject" -}}
+{{- if and .Values.app.enabled .Values.autoscaling.enabled (or .Values.autoscaling.force (.Capabilities.APIVersions.Has "keda.sh/v1alpha1")) -}}true{{- end -}}
+{{- end -}}
+
+{{/* Saturation of this release's workers, 0..1: in-flight requests over worker capacity. */}}
+{{- define "gpe.saturationQuery" -}}
+{{- if .Values.autoscaling.query -}}
+{{- .Values.autoscaling.query -}}
+{{- else -}}
+{{- $sel := include "gpe.ruleSelector" . -}}
+{{- printf "sum(gunicorn_worker_in_flight_requests{%s}) / sum(gunicorn_worker_capacity{%s})" $sel $sel -}}
+{{- end -}}
+{{- end -}}

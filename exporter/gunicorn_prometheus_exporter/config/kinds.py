@@ -9,6 +9,8 @@ from typing import Any, Optional, Sequence
 
 from .redis_url import parse_url
 
+#: Most bounds of one histogram: each is a series for every label set.
+MAX_BUCKETS = 1000
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -22,7 +24,21 @@ class Kind:
         raise NotImplementedError
 
     def fail(self, raw: Any) -> ValueError:
-        return ValueError(f"expected {self.expected}, got {raw!r}")
+        return ValueError(f"expected {self.expected}, got {shown(raw)}")
+
+
+def shown(raw: Any, limit: int = 60) -> str:
+    """A raw value for an error message: one line, at most ``limit`` characters, whatever
+    its size (a 5,000-digit integer cannot even be printed by default)."""
+    if isinstance(raw, int) and not isinstance(raw, bool) and raw.bit_length() > 200:
+        return f"an integer of about {int(raw.bit_length() * 0.30103)} digits"
+    if isinstance(raw, (list, tuple, dict)) and len(raw) > 20:
+        return f"a {type(raw).__name__} of {len(raw)} items"
+    try:
+        text = repr(raw)
+    except (ValueError, RecursionError):
+        return f"a {type(raw).__name__}"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -53,7 +69,8 @@ class Int(Kind):
             raise self.fail(raw)
         if isinstance(raw, int):
             value = raw
-        elif isinstance(raw, str) and raw.strip().lstrip("+-").isdigit():
+        elif (isinstance(raw, str) and raw.strip().lstrip("+-").isdigit()
+              and len(raw.strip()) <= 20):
             value = int(raw.strip())
         else:
             raise self.fail(raw)
@@ -76,7 +93,7 @@ class Float(Kind):
             raise self.fail(raw)
         try:
             value = float(raw)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise self.fail(raw) from None
         if math.isnan(value) or not self.low <= value <= self.high:
             raise self.fail(raw)
@@ -94,7 +111,7 @@ class Str(Kind):
     def parse(self, raw: Any) -> Optional[str]:
         if raw is None:
             return None
-        if isinstance(raw, (dict, list, bool)):
+        if isinstance(raw, (dict, list, set, bool, bytes)):
             raise self.fail(raw)
         value = str(raw)
         if not value and not self.allow_empty:
@@ -156,19 +173,20 @@ class Choice(Kind):
 @dataclass(frozen=True)
 class Buckets(Kind):
     """Histogram bounds: strictly increasing positive finite numbers (YAML list or a
-    comma-separated environment string); +Inf is always added by the store."""
+    comma-separated environment string), at most MAX_BUCKETS of them (each bound is a
+    series per label set); +Inf is always added by the store."""
 
     @property
     def expected(self) -> str:  # type: ignore[override]
-        return "a list of increasing positive numbers"
+        return f"a list of at most {MAX_BUCKETS} increasing positive numbers"
 
     def parse(self, raw: Any) -> tuple:
         items = raw.split(",") if isinstance(raw, str) else raw
-        if not isinstance(items, (list, tuple)) or not items:
+        if not isinstance(items, (list, tuple)) or not items or len(items) > MAX_BUCKETS:
             raise self.fail(raw)
         try:
             bounds = tuple(float(x) for x in items)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise self.fail(raw) from None
         if any(not math.isfinite(b) or b <= 0 for b in bounds) or any(
             a >= b for a, b in zip(bounds, bounds[1:])
@@ -199,5 +217,6 @@ class RouteRules(Kind):
             try:
                 rules.append((re.compile(str(item["pattern"])), str(item["replacement"])))
             except re.error as exc:
-                raise ValueError(f"invalid regular expression {item['pattern']!r}: {exc}") from None
+                raise ValueError(f"invalid regular expression {shown(item['pattern'])}: "
+                                 f"{exc}") from None
         return tuple(rules)

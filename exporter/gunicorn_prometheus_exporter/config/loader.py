@@ -12,9 +12,12 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import yaml
 
+from . import yamldoc
 from .kinds import RedisUrl
+from .kinds import shown as show_raw
 from .redis_url import parse_url
-from .schema import BY_PATH, CONFIG_FILE_ENV, SETTINGS, Setting, children
+from .schema import (ALIASES, BY_PATH, CONFIG_FILE_ENV, SETTINGS, Setting, canonical,
+                     children)
 
 
 class ConfigError(SystemExit):
@@ -105,8 +108,8 @@ def mask_url(url: str) -> str:
 def _show(value: Any) -> str:
     if isinstance(value, tuple) and value and isinstance(value[0], tuple):
         return "[" + ", ".join(f"{p.pattern!r} -> {r!r}" for p, r in value) + "]"
-    if isinstance(value, tuple):
-        return "[" + ", ".join(f"{v:g}" for v in value) + "]"
+    if isinstance(value, tuple):  # bucket bounds, exact: they can be copied back into YAML
+        return "[" + ", ".join(repr(v) for v in value) + "]"
     return repr(value)
 
 
@@ -114,76 +117,82 @@ def _show(value: Any) -> str:
 
 def read_yaml(path: str) -> Dict[str, Tuple[Any, int]]:
     """Parse and check a YAML file; returns {setting path: (value, line)}."""
+    loader, root = yamldoc.compose(path, ConfigError)
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
-    loader = yaml.SafeLoader(text)
-    try:
-        root = loader.get_single_node()
         if root is None:
             return {}
         if not isinstance(root, yaml.MappingNode):
             raise ConfigError(f"{path}:{_line(root)}: expected a mapping with an 'exporter' key")
         found: Dict[str, Tuple[Any, int]] = {}
-        for key_node, value_node in _pairs(path, root, None):
+        for key_node, value_node in _pairs(path, root):
             if key_node.value != "exporter":
                 raise ConfigError(
                     f"{path}:{_line(key_node)}: {key_node.value}: unknown key; "
                     "expected 'exporter' at the top level")
             _walk(path, loader, value_node, "", found)
-        return found
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else path
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+        return _merge_aliases(path, found)
     finally:
         loader.dispose()
+
+
+def _yaml_text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else repr(value)
 
 
 def _line(node: yaml.Node) -> int:
     return node.start_mark.line + 1
 
 
-def _pairs(path: str, node: yaml.MappingNode, prefix: Optional[str]):
-    """Key and value nodes of a mapping; ``prefix`` is the setting path of the mapping
-    below ``exporter`` (``''`` for ``exporter`` itself, None for the document's top)."""
-    seen = set()
+def _pairs(path: str, node: yaml.MappingNode):
+    """Key and value nodes of a mapping (yamldoc has refused repeated keys already)."""
     for key_node, value_node in node.value:
         if not isinstance(key_node, yaml.ScalarNode):
             raise ConfigError(f"{path}:{_line(key_node)}: keys must be plain strings")
-        if key_node.value in seen:
-            if prefix is None:
-                full = key_node.value
-            else:
-                full = ".".join(x for x in ("exporter", prefix, key_node.value) if x)
-            raise ConfigError(f"{path}:{_line(key_node)}: {full}: duplicate key")
-        seen.add(key_node.value)
         yield key_node, value_node
 
 
 def _walk(path: str, loader: yaml.SafeLoader, node: yaml.Node, prefix: str,
           found: Dict[str, Tuple[Any, int]]) -> None:
+    """Collect the settings below ``prefix`` (the path as written: it may be an alias of
+    ``ALIASES``) into ``found``, keyed by the path as written."""
     where = f"exporter.{prefix}" if prefix else "exporter"
-    if isinstance(node, yaml.ScalarNode) and loader.construct_object(node) is None:
+    if isinstance(node, yaml.ScalarNode) and yamldoc.construct(loader, node, where,
+                                                                ConfigError) is None:
         return  # an empty section
     if not isinstance(node, yaml.MappingNode):
         raise ConfigError(f"{path}:{_line(node)}: {where}: expected a mapping of settings")
-    for key_node, value_node in _pairs(path, node, prefix):
+    for key_node, value_node in _pairs(path, node):
         sub = f"{prefix}.{key_node.value}" if prefix else key_node.value
-        setting = BY_PATH.get(sub)
+        setting = BY_PATH.get(canonical(sub))
         if setting is not None:
-            raw = loader.construct_object(value_node, deep=True)
-            found[sub] = (_parse(setting, raw, f"{path}:{_line(value_node)}: exporter.{sub}"),
-                          _line(value_node))
-        elif children(sub):
+            where = f"{path}:{_line(value_node)}: exporter.{sub}"
+            raw = yamldoc.construct(loader, value_node, where, ConfigError)
+            found[sub] = (_parse(setting, raw, where), _line(value_node))
+        elif children(canonical(sub)):
             _walk(path, loader, value_node, sub, found)
         else:
-            expected = ", ".join(children(prefix))
+            keys = children(canonical(prefix)) + (tuple(ALIASES) if not prefix else ())
             raise ConfigError(f"{path}:{_line(key_node)}: exporter.{sub}: unknown key; "
-                              f"expected one of: {expected}")
+                              f"expected one of: {', '.join(keys)}")
+
+
+def _merge_aliases(path: str, found: Dict[str, Tuple[Any, int]]
+                   ) -> Dict[str, Tuple[Any, int]]:
+    """Settings written at an alias (``exporter.ssl``) under their own path; the same
+    setting at both places must have the same value."""
+    merged: Dict[str, Tuple[Any, int]] = {}
+    written: Dict[str, str] = {}
+    for sub, (value, line) in found.items():
+        real = canonical(sub)
+        if real in merged and merged[real][0] != value:
+            shown = mask if BY_PATH[real].secret else _yaml_text
+            raise ConfigError(
+                f"{path}:{line}: exporter.{sub} is {shown(value)} but exporter.{written[real]} "
+                f"(line {merged[real][1]}) is {shown(merged[real][0])}; both name "
+                f"exporter.{real}: give it once")
+        merged.setdefault(real, (value, line))
+        written.setdefault(real, sub)
+    return merged
 
 
 def _parse(setting: Setting, raw: Any, where: str) -> Any:
@@ -207,10 +216,23 @@ def read_environment(environ: Mapping[str, str]) -> Dict[str, Tuple[Any, str]]:
             raw = environ.get(name)
             if raw is None or raw == "":
                 continue
-            shown = mask(raw) if setting.secret else repr(raw)
-            value = _parse(setting, raw, f"environment variable {name}={shown}")
+            if not _is_utf8(raw):
+                raise ConfigError(f"environment variable {name}: not valid UTF-8; expected "
+                                  f"{setting.kind.expected}")
+            value = _parse(setting, raw, f"environment variable {name}="
+                                         f"{mask(raw) if setting.secret else show_raw(raw)}")
             found[setting.path] = (value, name)
     return found
+
+
+def _is_utf8(value: str) -> bool:
+    """Whether an environment value was valid UTF-8 (Python keeps undecodable bytes as
+    lone surrogates, which fail later, far from the variable that held them)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # -- assembly -------------------------------------------------------------------------------

@@ -1,22 +1,30 @@
 """The HTTP side of the metrics server: ``/metrics`` (Prometheus protobuf, OpenMetrics or
-text by ``Accept``, gzip by ``Accept-Encoding``), a landing page at ``/``, ``/-/healthy`` and ``/-/ready``, with
+text by ``Accept``, gzip by ``Accept-Encoding``), a landing page at ``/``, ``/-/healthy``
+and ``/-/ready``, with
 optional TLS and basic auth.
 
-It is hardened for being exposed: a bounded number of connections at once, a socket
-timeout (a slow or silent client costs one thread for at most that long), TLS handshakes in
-the connection's thread rather than the accept loop, and every failure of one connection
-logged and contained."""
+It is hardened for being exposed: a bounded number of connections (and so of threads) at
+once; when all are taken, a new connection closes the one that has waited longest on its
+client (idle, trickling its headers or not reading its answer), as mature servers do, so
+hostile clients cannot keep a scraper out; a socket timeout and a header deadline; TLS
+handshakes in the connection's thread rather than the accept loop; and every failure of one
+connection logged and contained."""
 from __future__ import annotations
 
+import fcntl
 import gzip
+import io
 import os
 import socket
 import ssl
+import struct
+import termios
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Callable, Iterable, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
@@ -25,21 +33,33 @@ from ..version import __version__
 from . import protobuf
 from .webconfig import BasicAuth, WebConfig
 
+#: Connections served at once (one thread each). A connection beyond it closes the one that
+#: has waited longest on its client, or is refused when every connection is being answered.
 MAX_CONNECTIONS = 32
+#: How long the accept loop waits for a slot for a new connection (for a connection it
+#: closed to end, or for one that can be closed) before refusing it.
+EVICT_WAIT = 1.0
+#: A connection whose client leaves this many bytes of answers unread (it pipelines
+#: scrapes and does not read them) is the first closed when a newcomer needs its slot.
+UNREAD_ANSWERS = 256 * 1024
 SOCKET_TIMEOUT = 30.0
 #: From accepting a connection (or finishing a request on it) to the end of the next request's
 #: headers, TLS handshake included: a client that trickles bytes or idles holds a slot no
 #: longer than this, whatever SOCKET_TIMEOUT allows for each single read.
 HEADER_TIMEOUT = 15.0
-#: Refused connections are logged at most once per this many seconds (a flood is one line).
+#: Refused and closed connections are logged at most once per this many seconds (a flood is
+#: one line).
 REFUSED_LOG_INTERVAL = 10.0
 
 
 class Exposition:
     """Renders the families of a collect function in the format a scraper asks for."""
 
-    def __init__(self, collect: Callable[[], Iterable[Any]], source: str) -> None:
+    def __init__(self, collect: Callable[[], Iterable[Any]], source: str,
+                 ready: Callable[[], bool] = lambda: True) -> None:
         self.source = source
+        #: False while the source cannot finish a read (``/-/ready`` answers 503)
+        self.ready = ready
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Adapter(collect))
         self._landing = resources.files(__package__).joinpath("landing.html").read_text()
@@ -49,11 +69,21 @@ class Exposition:
         one that carries native histograms), else OpenMetrics when offered, else text."""
         if protobuf.accepts(accept or ""):
             return protobuf.encode(self.registry.collect()), protobuf.CONTENT_TYPE
-        encoder, content_type = choose_encoder(accept or "")
+        encoder, content_type = negotiate(accept)
         return encoder(self.registry), content_type
 
     def landing(self) -> bytes:
         return self._landing.format(version=__version__, source=self.source).encode()
+
+
+def negotiate(accept: Optional[str]) -> Tuple[Callable[[Any], bytes], str]:
+    """The encoder for an ``Accept`` header. One prometheus_client cannot parse (a
+    ``version=abc`` parameter) gets the text format, as a header that names no format does:
+    a client's bad header is not a server error."""
+    try:
+        return choose_encoder(accept or "")
+    except (TypeError, ValueError):
+        return choose_encoder("")
 
 
 class _Adapter:
@@ -73,13 +103,14 @@ class MetricsServer(ThreadingHTTPServer):
         self.auth = BasicAuth(web.users)
         self.headers = web.headers
         self.tls = web.tls_context()
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        self._open = 0  # connections accepted and not yet closed
-        self._idle = threading.Condition()
-        self._deadlines: dict = {}  # file descriptor -> monotonic deadline of its headers
-        self._deadlines_lock = threading.Lock()
-        self._refused = 0
-        self._refused_logged = -REFUSED_LOG_INTERVAL
+        self._open = 0  # connections accepted and not yet closed (each holds a thread)
+        self._slots = threading.Condition()  # notified whenever a connection closes
+        #: file descriptor -> the current request of each connection: since when, its
+        #: header deadline (until the headers are in), whether its thread waits on the client
+        self._waits: Dict[int, _Wait] = {}
+        self._waits_lock = threading.Lock()
+        self._turned_away = {"refused": 0, "closed": 0}
+        self._turned_away_logged = -REFUSED_LOG_INTERVAL
         super().__init__(sock.getsockname()[:2], MetricsHandler, bind_and_activate=False)
         self.socket.close()
         self.socket = sock
@@ -93,45 +124,66 @@ class MetricsServer(ThreadingHTTPServer):
         upgrade's old master leaving, a pod being replaced) still gets its answer. An idle
         keep-alive connection may hold the stop for the whole grace."""
         self.shutdown()
-        with self._idle:
-            self._idle.wait_for(lambda: self._open == 0, timeout=grace)
+        with self._slots:
+            self._slots.wait_for(lambda: self._open == 0, timeout=grace)
 
-    def _opened(self, delta: int) -> None:
-        with self._idle:
-            self._open += delta
-            if not self._open:
-                self._idle.notify_all()
+    def _closed(self) -> None:
+        with self._slots:
+            self._open -= 1
+            self._slots.notify_all()
 
+    # -- connection slots ------------------------------------------------------------------------
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
+        if not self._take_slot(client_address):
             self.shutdown_request(request)
-            self._refused += 1
-            now = time.monotonic()
-            if now - self._refused_logged >= REFUSED_LOG_INTERVAL:
-                self.log.warning("metrics server: %d connections open, refused %d "
-                                 "connection(s), the last from %s", MAX_CONNECTIONS,
-                                 self._refused, client_address[0])
-                self._refused, self._refused_logged = 0, now
+            self._turn_away("refused", client_address)
             return
-        self._opened(+1)
         try:
             super().process_request(request, client_address)
         except Exception:
-            self._slots.release()
-            self._opened(-1)
+            self._closed()
             raise
+
+    def _take_slot(self, client_address: Any) -> bool:
+        """A slot for a new connection: a free one, or the one of a connection closed for
+        it (see _close_longest_waiting). False when none frees within EVICT_WAIT (every
+        connection is being answered)."""
+        deadline = time.monotonic() + EVICT_WAIT
+        closed = False
+        with self._slots:
+            while self._open >= MAX_CONNECTIONS:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                if not closed:
+                    closed = self._close_longest_waiting()
+                self._slots.wait(min(remaining, 0.05))
+            self._open += 1
+        if closed:
+            self._turn_away("closed", client_address)
+        return True
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
-            self._opened(-1)
+            self._closed()
+
+    def _turn_away(self, how: str, client_address: Any) -> None:
+        self._turned_away[how] += 1
+        now = time.monotonic()
+        if now - self._turned_away_logged >= REFUSED_LOG_INTERVAL:
+            self.log.warning("metrics server: %d connections open; closed %d that waited "
+                             "longest on their client and refused %d connection(s), the "
+                             "last from %s", MAX_CONNECTIONS, self._turned_away["closed"],
+                             self._turned_away["refused"], client_address[0])
+            self._turned_away = {"refused": 0, "closed": 0}
+            self._turned_away_logged = now
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         request.settimeout(SOCKET_TIMEOUT)
         fd = request.fileno()
-        self.arm(fd)
+        self.arm(fd, blocked=self.tls is not None)  # a TLS handshake waits on the client
         try:
             if self.tls is None:
                 super().finish_request(request, client_address)
@@ -142,35 +194,76 @@ class MetricsServer(ThreadingHTTPServer):
             try:
                 super().finish_request(tls, client_address)
             finally:
-                self.disarm(fd)
+                self.forget(fd)
                 self.shutdown_request(tls)
         finally:
-            self.disarm(fd)  # before the socket is closed: its number may be reused
+            self.forget(fd)  # before the socket is closed: its number may be reused
 
-    # -- the header deadline ---------------------------------------------------------------------
-    def arm(self, fd: int) -> None:
-        with self._deadlines_lock:
-            self._deadlines[fd] = time.monotonic() + HEADER_TIMEOUT
+    # -- connections waiting on their client -------------------------------------------------------
+    def arm(self, fd: int, blocked: bool = False) -> None:
+        """The connection waits for a request's headers (TLS handshake included), by a
+        deadline. Its entry stays until the connection ends (``forget``)."""
+        now = time.monotonic()
+        with self._waits_lock:
+            self._waits[fd] = _Wait(now, now + HEADER_TIMEOUT, blocked)
 
-    def disarm(self, fd: int) -> None:
-        with self._deadlines_lock:
-            self._deadlines.pop(fd, None)
+    def headers_in(self, fd: int) -> None:
+        """The request's headers are in: the deadline is met."""
+        wait = self._waits.get(fd)
+        if wait is not None:
+            wait.deadline = None
+
+    def blocked(self, fd: int, blocked: bool) -> None:
+        """The connection's thread enters (True) or leaves (False) a read or write of its
+        socket: only a thread blocked on its client is worth closing for a newcomer, not
+        one about to parse a request that has arrived or waiting for the interpreter."""
+        wait = self._waits.get(fd)
+        if wait is not None:
+            wait.blocked = blocked
+
+    def forget(self, fd: int) -> None:
+        with self._waits_lock:
+            self._waits.pop(fd, None)
 
     def service_actions(self) -> None:
         """Called by serve_forever every poll interval: end connections past their header
-        deadline. shutdown() wakes the thread blocked reading them (it sees EOF); the socket
-        stays open until that thread closes it, and the lock keeps it from being closed (and
-        its number reused) while we act on it."""
+        deadline."""
         now = time.monotonic()
-        with self._deadlines_lock:
-            late = [fd for fd, deadline in self._deadlines.items() if deadline < now]
+        with self._waits_lock:
+            late = [fd for fd, wait in self._waits.items()
+                    if wait.deadline is not None and wait.deadline < now]
             for fd in late:
-                del self._deadlines[fd]
-                try:
-                    with socket.socket(fileno=os.dup(fd)) as conn:
-                        conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+                self._cut(fd)
+
+    def _close_longest_waiting(self) -> bool:
+        """Close a connection whose client holds it without use: first one that leaves
+        UNREAD_ANSWERS of answers unread (pipelining scrapes it does not read), else the one
+        that has waited longest on its client of those whose thread is blocked on it,
+        passing over those waiting for headers that have already arrived (a scraper's
+        request, about to be read). False if there is none."""
+        with self._waits_lock:
+            candidates = []
+            for fd, wait in self._waits.items():
+                if _unsent(fd) >= UNREAD_ANSWERS:
+                    candidates.append((0, wait.since, fd))
+                elif wait.blocked and not (wait.deadline is not None and _unread(fd)):
+                    candidates.append((1, wait.since, fd))
+            if not candidates:
+                return False
+            self._cut(min(candidates)[2])
+            return True
+
+    def _cut(self, fd: int) -> None:
+        """End a waiting connection (the caller holds the lock). shutdown() wakes the thread
+        blocked on it (it reads EOF, or its write fails); the socket stays open until that
+        thread closes it, and the lock keeps it from being closed (and its number reused)
+        while we act on it."""
+        del self._waits[fd]
+        try:
+            with socket.socket(fileno=os.dup(fd)) as conn:
+                conn.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         import sys
@@ -181,6 +274,67 @@ class MetricsServer(ThreadingHTTPServer):
                            client_address[0], exc)
         else:
             self.log.exception("metrics server: error serving %s", client_address[0])
+
+
+@dataclass
+class _Wait:
+    since: float  # monotonic time the request began (the connection, for its first)
+    deadline: Optional[float]  # for the request's headers; None once they are in
+    blocked: bool  # the connection's thread is in a read or write of its socket
+
+
+class _WatchedReads(socket.SocketIO):
+    """A connection's raw reads, reported to the server as blocking on the client."""
+
+    def __init__(self, sock: socket.socket, server: "MetricsServer") -> None:
+        super().__init__(sock, "rb")
+        self._fd = sock.fileno()
+        self._server = server
+
+    def readinto(self, b: Any) -> Optional[int]:
+        self._server.blocked(self._fd, True)
+        try:
+            return super().readinto(b)
+        finally:
+            self._server.blocked(self._fd, False)
+
+
+class _WatchedWriter(io.BufferedIOBase):
+    """A connection's writes (unbuffered, like http.server's own), reported likewise."""
+
+    def __init__(self, sock: socket.socket, server: "MetricsServer") -> None:
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._server = server
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        self._server.blocked(self._fd, True)
+        try:
+            self._sock.sendall(b)
+        finally:
+            self._server.blocked(self._fd, False)
+        with memoryview(b) as view:
+            return view.nbytes
+
+
+def _unread(fd: int) -> int:
+    """Bytes received on a socket and not yet read."""
+    return _queued(fd, termios.FIONREAD)
+
+
+def _unsent(fd: int) -> int:
+    """Bytes written to a socket that its peer has not yet taken."""
+    return _queued(fd, termios.TIOCOUTQ)
+
+
+def _queued(fd: int, request: int) -> int:
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, request, b"\0\0\0\0"))[0]
+    except OSError:
+        return 0
 
 
 class MetricsHandler(BaseHTTPRequestHandler):
@@ -196,13 +350,19 @@ class MetricsHandler(BaseHTTPRequestHandler):
     def version_string(self) -> str:
         return self.server_version
 
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # replaced by buffered reads the server can watch
+        self.rfile = io.BufferedReader(_WatchedReads(self.connection, self.server))
+        self.wfile = _WatchedWriter(self.connection, self.server)
+
     def handle_one_request(self) -> None:
         self.server.arm(self.connection.fileno())  # waiting for (the rest of) a request
         super().handle_one_request()
 
     def parse_request(self) -> bool:
         ok = super().parse_request()  # reads the headers
-        self.server.disarm(self.connection.fileno())  # they are in: the deadline is met
+        self.server.headers_in(self.connection.fileno())
         return ok
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
@@ -210,13 +370,19 @@ class MetricsHandler(BaseHTTPRequestHandler):
             self._send(401, b"Unauthorized\n", "text/plain; charset=utf-8",
                        {"WWW-Authenticate": 'Basic realm="metrics"'})
             return
-        path = self.path.split("?", 1)[0]
+        path = request_path(self.path)
         if path == "/metrics":
             self._metrics()
         elif path == "/":
             self._send(200, self.server.exposition.landing(), "text/html; charset=utf-8")
-        elif path in ("/-/healthy", "/-/ready"):
+        elif path == "/-/healthy":
             self._send(200, b"OK\n", "text/plain; charset=utf-8")
+        elif path == "/-/ready":
+            if self.server.exposition.ready():
+                self._send(200, b"OK\n", "text/plain; charset=utf-8")
+            else:
+                self._send(503, f"reading {self.server.exposition.source} does not finish\n"
+                           .encode(), "text/plain; charset=utf-8")
         else:
             self._send(404, b"Not Found\n", "text/plain; charset=utf-8")
 
@@ -254,6 +420,19 @@ class MetricsHandler(BaseHTTPRequestHandler):
     def log_error(self, format: str, *args: Any) -> None:  # noqa: A002
         self.server.log.info("metrics server: %s %s", self.client_address[0],
                              _printable(format % args))
+
+
+def request_path(target: str) -> str:
+    """The path of a request target, query dropped: origin-form (``/metrics``) or the
+    absolute-form a server must accept too (RFC 9112 3.2.2: ``http://host:port/metrics``;
+    its host, like the Host header, does not matter to us)."""
+    if target.startswith("/"):
+        return target.split("?", 1)[0]
+    scheme, sep, rest = target.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        return target
+    slash = rest.find("/")
+    return rest[slash:].split("?", 1)[0] if slash >= 0 else "/"
 
 
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7f)}

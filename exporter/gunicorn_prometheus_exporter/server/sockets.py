@@ -11,6 +11,10 @@ from typing import Any, Collection, Optional
 #: hosts that bind every address of their family, so they share a port with any host
 _WILDCARDS = ("", "0.0.0.0", "::")
 
+#: Kernel queue of connections not yet accepted: room for a flood of reconnecting clients
+#: without dropping a scraper's SYN (a dropped SYN costs the scraper a second or more).
+LISTEN_BACKLOG = 1024
+
 
 def shares_port(host: str, port: int, address: Any) -> bool:
     """Whether serving metrics on ``host:port`` would need the port of ``address`` (one
@@ -29,7 +33,7 @@ def listening_socket(host: str, port: int, taken: Collection[int] = ()) -> socke
     if inherited is not None:
         return inherited
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.create_server((host, port), family=family, backlog=128)
+    sock = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
     sock.set_inheritable(True)
     return sock
 

@@ -76,7 +76,7 @@ class MetricsSupervisor:
 
     def restart_if_gone(self) -> None:
         """If our process ended, reap it and start another (unless the master is stopping
-        it). Called from the master's SIGCHLD handler and at each worker spawn; a process
+        it). Called from the master's loop, never from a signal handler; a process
         gunicorn's own reaper got first counts as ended."""
         if self.pid is None or self.stopping:
             return

@@ -13,9 +13,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
-import yaml
-
-from ..config import ConfigError, Settings
+from ..config import ConfigError, Settings, yamldoc
+from ..config.kinds import shown
 
 # Python's ssl module cannot accept a client certificate without verifying it, so
 # RequireAnyClientCert is served as RequireAndVerifyClientCert: stricter, never weaker.
@@ -27,6 +26,10 @@ _CLIENT_AUTH = {
     "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
 }
 _BCRYPT = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
+#: RFC 9110 5.1 field name (token) and 5.5 field value (no CR, LF or NUL: a value with a
+#: line break would be sent as a second, injected header)
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\U0010ffff]*")
 _TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
                  "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
 _KEYS = {
@@ -89,16 +92,12 @@ def from_settings(settings: Settings) -> WebConfig:
 
 
 def _apply_file(web: WebConfig, path: str) -> None:
+    loader, root = yamldoc.compose(path, ConfigError, "web config file")
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh) or {}
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the web config file: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else path
-        raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}") \
-            from None
+        data = (yamldoc.construct(loader, root, path, ConfigError) if root is not None
+                else None) or {}
+    finally:
+        loader.dispose()
     _check_keys(path, data, "")
     tls = data.get("tls_server_config") or {}
     _check_keys(path, tls, "tls_server_config")
@@ -111,33 +110,45 @@ def _apply_file(web: WebConfig, path: str) -> None:
         web.client_ca_file = (_relative_to(path, tls["client_ca_file"])
                               if tls.get("client_ca_file") else None)
         auth_type = tls.get("client_auth_type", "NoClientCert")
-        if auth_type not in _CLIENT_AUTH:
+        if not isinstance(auth_type, str) or auth_type not in _CLIENT_AUTH:
             raise ConfigError(f"{path}: tls_server_config.client_auth_type: expected one of "
-                              f"{', '.join(_CLIENT_AUTH)}, got {auth_type!r}")
+                              f"{', '.join(_CLIENT_AUTH)}, got {shown(auth_type)}")
         web.client_verify = _CLIENT_AUTH[auth_type]
         if web.client_verify != ssl.CERT_NONE and not web.client_ca_file:
             raise ConfigError(f"{path}: tls_server_config.client_auth_type {auth_type} "
                               "needs client_ca_file")
         for key in ("min_version", "max_version"):
             if key in tls:
-                if tls[key] not in _TLS_VERSIONS:
+                if not isinstance(tls[key], str) or tls[key] not in _TLS_VERSIONS:
                     raise ConfigError(f"{path}: tls_server_config.{key}: expected one of "
-                                      f"{', '.join(_TLS_VERSIONS)}, got {tls[key]!r}")
+                                      f"{', '.join(_TLS_VERSIONS)}, got {shown(tls[key])}")
                 setattr(web, key, _TLS_VERSIONS[tls[key]])
     users = data.get("basic_auth_users") or {}
     if not isinstance(users, dict):
         raise ConfigError(f"{path}: basic_auth_users: expected a mapping of user to bcrypt hash")
     for user, hashed in users.items():
+        if not isinstance(user, str) or not user or ":" in user:
+            raise ConfigError(f"{path}: basic_auth_users: user {shown(user)}: expected a "
+                              "non-empty name without ':'")
         if not isinstance(hashed, str) or not _BCRYPT.fullmatch(hashed):
             raise ConfigError(f"{path}: basic_auth_users.{user}: expected a bcrypt hash "
                               "($2a$, $2b$ or $2y$)")
-        web.users[str(user)] = hashed.encode()
+        web.users[user] = hashed.encode()
     http = data.get("http_server_config") or {}
     _check_keys(path, http, "http_server_config")
     headers = http.get("headers") or {}
     if not isinstance(headers, dict):
         raise ConfigError(f"{path}: http_server_config.headers: expected a mapping")
-    web.headers = {str(k): str(v) for k, v in headers.items()}
+    web.headers = {}
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+            raise ConfigError(f"{path}: http_server_config.headers: name {shown(name)}: "
+                              "expected an HTTP header name (letters, digits, -)")
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool) \
+                or not _FIELD_VALUE.fullmatch(str(value)):
+            raise ConfigError(f"{path}: http_server_config.headers.{name}: expected one line "
+                              "of visible text (no CR, LF or other control character)")
+        web.headers[name] = str(value)
 
 
 def _relative_to(config_path: str, name: Any) -> str:
@@ -179,10 +190,12 @@ class BasicAuth:
 
         if not self._users:
             return True
-        if not header or not header.startswith("Basic "):
+        scheme, _, credentials = (header or "").strip().partition(" ")
+        if scheme.lower() != "basic":  # RFC 7617 (and 9110 11.1): case-insensitive
             return False
         try:
-            user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
+            user, _, password = base64.b64decode(credentials.strip(), validate=True) \
+                .decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             return False
         hashed = self._users.get(user)

@@ -1,4 +1,5 @@
-"""Helpers shared by the image tests (imported by conftest.py and the test modules)."""
+"""Container runtime helpers shared by the image tests (tests/image) and the kube play tests
+(tests/kube): the runtime image/build.sh configures, polling, expositions."""
 
 from __future__ import annotations
 
@@ -83,10 +84,14 @@ class Runtime:
         return self.name == "podman"
 
     def run(
-        self, *args: str, check: bool = True, timeout: float = 120
+        self, *args: str, check: bool = True, timeout: float = 120, netns: Optional[str] = None
     ) -> subprocess.CompletedProcess:
+        """Run the CLI; ``netns``: in that network namespace (a file such as /run/netns/NAME),
+        which `--network host` containers then share."""
+        prefix = ["nsenter", f"--net={netns}"] if netns else []
         proc = subprocess.run(
-            [self.name, *args], env=self.env, capture_output=True, text=True, timeout=timeout
+            [*prefix, self.name, *args], env=self.env, capture_output=True, text=True,
+            timeout=timeout,
         )
         if check and proc.returncode != 0:
             raise AssertionError(
