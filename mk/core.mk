@@ -7,7 +7,7 @@ GUNICORN_OLDEST ?= 23.0.0
 VENV_OLDEST ?= .venv-gunicorn-$(GUNICORN_OLDEST)
 PYTEST_ARGS ?=
 
-.PHONY: venv demo system-deps test-deps test test-core test-oldest lint-imports e2e bench bench-instructions clean
+.PHONY: venv demo system-deps test-deps test test-quick test-core test-oldest lint-imports e2e bench bench-instructions clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,11 @@ demo: $(BIN)/python
 system-deps:
 	bash .ci/system-deps.sh
 
+## test-deps: what the tests need; extras-venvs.sh makes one fresh venv per extra of the
+## plugin (tests/workers/test_extras.py), in parallel, kept while ./exporter is unchanged
 test-deps: system-deps venv
 	bash tests/workers/eventlet-venv.sh
+	bash tests/workers/extras-venvs.sh
 	$(MAKE) --no-print-directory chart-tools CHART_PYTHON=$(abspath $(BIN)/python)
 	-INSTALL_PY=0 $(MAKE) --no-print-directory image-tools
 
@@ -43,6 +46,15 @@ test: test-deps test-oldest lint-imports
 ## lint-imports: the layering of the package (.importlinter; docs/architecture.md)
 lint-imports: $(BIN)/python
 	$(BIN)/lint-imports
+
+## test-quick: no root, no containers, no cluster: the import contracts, then the plugin's tests
+## under real gunicorn and real redis-server processes (tests/ without tests/chart and
+## tests/image, and without the tests marked slow; no e2e). Needs python3 with venv, a C compiler
+## (for the C speedups) and redis-server + redis-cli on PATH (the Redis tests start their own on
+## free loopback ports; without them those tests skip with one line).
+test-quick: venv lint-imports
+	bash tests/workers/eventlet-venv.sh
+	$(BIN)/python -m pytest tests --ignore=tests/chart --ignore=tests/image -m "not slow" $(PYTEST_ARGS)
 
 ## test-oldest: the request tests again on the oldest supported gunicorn
 test-oldest: $(BIN)/python
@@ -57,7 +69,7 @@ bench: venv
 	$(BIN)/python bench/throughput.py
 
 clean:
-	rm -rf $(VENV) $(VENV_OLDEST) .venv-eventlet .cache .pytest_cache
+	rm -rf $(VENV) $(VENV_OLDEST) .venv-eventlet .venv-extras .cache .pytest_cache
 
 ## bench-instructions: instructions per request in a running worker, plain and with the plugin (valgrind)
 bench-instructions: venv

@@ -46,8 +46,10 @@ def run(args: Sequence[str], *, check: bool = True, timeout: float = 600,
     return proc
 
 
-def missing_tools() -> List[str]:
-    """What this machine lacks for the kind suite, in words (empty: all there)."""
+def missing_system_tools() -> List[str]:
+    """What this machine lacks for the kind suite among the tools `make` cannot install (a Docker
+    engine, kind, kubectl), in words (empty: all there). Needs no package beyond tests/support: `make e2e-kind`
+    asks before it installs anything (`PYTHONPATH=tests python3 e2e/kind/kindlib.py`)."""
     missing = []
     docker = shutil.which("docker")
     if docker is None:
@@ -69,6 +71,12 @@ def missing_tools() -> List[str]:
             missing.append(f"kind >= {MIN_KIND[0]}.{MIN_KIND[1]} (found {out.strip()})")
     if shutil.which("kubectl") is None:
         missing.append("kubectl (not on PATH)")
+    return missing
+
+
+def missing_tools() -> List[str]:
+    """What this machine lacks for the kind suite, in words (empty: all there)."""
+    missing = missing_system_tools()
     if find_helm() is None:
         missing.append("helm (make chart-tools)")
     try:
@@ -76,6 +84,12 @@ def missing_tools() -> List[str]:
     except ImportError:
         missing.append("the kubernetes Python client (pip install kubernetes)")
     return missing
+
+
+def skip_reason(missing: List[str]) -> str:
+    """The one line the suite skips with."""
+    return ("kind suite needs " + ", ".join(missing)
+            + " (run `make e2e-kind` where they are installed)")
 
 
 # -- cluster and images ---------------------------------------------------------------------------
@@ -248,3 +262,10 @@ def exec_probe(cluster: Cluster, namespace: str, pod: str, container: str, host:
     out = cluster.kubectl("-n", namespace, "exec", pod, "-c", container, "--", "python3", "-c",
                           PROBE, host, str(port)).stdout.strip()
     return out.split()[0] if out else ""
+
+
+if __name__ == "__main__":
+    # `make e2e-kind`: print why the suite cannot run here (nothing when it can)
+    _system = missing_system_tools()
+    if _system:
+        print(skip_reason(_system))

@@ -26,8 +26,7 @@ import kindlib
 
 _missing = kindlib.missing_tools()
 if _missing:
-    pytest.skip("kind suite needs " + ", ".join(_missing) + " (run `make e2e-kind` where they "
-                "are installed)", allow_module_level=True)
+    pytest.skip(kindlib.skip_reason(_missing), allow_module_level=True)
 
 import traffic  # noqa: E402  (after the skip: imports test support)
 from support.scrape import scrape  # noqa: E402
@@ -96,6 +95,15 @@ def assert_exact(cluster, namespace: str, selector: str, ledger: traffic.Ledger,
 
 # -- the chart --------------------------------------------------------------------------------------
 
+def redis_password_secret(cluster, namespace: str, name: str) -> str:
+    """A Secret with a Redis password under the key `redis-password` (the chart's and k8s/'s)."""
+    secret = {"apiVersion": "v1", "kind": "Secret",
+              "metadata": {"name": name, "namespace": namespace},
+              "stringData": {"redis-password": "e2e-" + str(int(time.time()))}}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(secret))
+    return name
+
+
 def helm_install(cluster, images, release: str, namespace: str, *values: str) -> None:
     cluster.helm("upgrade", "--install", release, kindlib.CHART, "--namespace", namespace,
                  "--create-namespace", "--set", f"fullnameOverride={release}",
@@ -117,8 +125,11 @@ def test_sidecar_topology_exact_counts(cluster, images):
 def test_daemonset_topology_redis_exact_counts_and_network_policies(cluster, images):
     ns, release = "e2e-daemonset", "gpe"
     cluster.namespace("monitoring")
+    # the bundled Redis's password from a Secret of our own, as docs/kubernetes.md says
+    redis_auth = redis_password_secret(cluster, cluster.namespace(ns), f"{release}-redis-auth")
     helm_install(cluster, images, release, ns, "--set", "topology=daemonset",
-                 "--set", "app.replicaCount=2")
+                 "--set", "app.replicaCount=2",
+                 "--set", f"redis.bundled.auth.existingSecret={redis_auth}")
     kindlib.wait_rollout(cluster, ns, f"deployment/{release}", f"daemonset/{release}-exporter",
                          f"deployment/{release}-redis")
     ledger = traffic.Ledger()
@@ -171,11 +182,7 @@ def test_raw_manifests_sidecar(cluster, images):
 
 def test_raw_manifests_daemonset(cluster, images):
     ns = cluster.namespace("e2e-raw-daemonset")
-    password = "e2e-" + str(int(time.time()))
-    secret = {"apiVersion": "v1", "kind": "Secret",
-              "metadata": {"name": "gunicorn-redis-auth", "namespace": ns},
-              "stringData": {"redis-password": password}}
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(secret))
+    redis_password_secret(cluster, ns, "gunicorn-redis-auth")
     k8s = kindlib.ROOT / "k8s"
     manifests = "\n---\n".join(retag(k8s / f, images) for f in (
         "redis.yaml", "sidecar-daemonset.yaml", "daemonset-service.yaml",

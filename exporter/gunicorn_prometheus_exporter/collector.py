@@ -22,10 +22,11 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Exemplar, Sample
 
 from . import families
+from .bounded import BoundedCall
 from .storage import directory as storage_dir
 from .storage import exemplars as exemplar_files
 from .storage import native
-from .storage.reader import FileReader
+from .storage.reader import FileReader, Unreadable
 from .version import __version__
 
 Labels = Tuple[Tuple[str, str], ...]
@@ -104,6 +105,12 @@ class Shard:
         self.targets: List[int] = []
         self.derived: List[Tuple[int, int]] = []  # (series, value position)
         self.series: set = set()  # every series this shard feeds
+        self.generation = 0  # of the keys ``targets`` number (FileReader.generation)
+
+    def renumber(self, generation: int) -> None:
+        """The file under this name is another file now: its keys are numbered anew."""
+        self.targets, self.derived, self.series = [], [], set()
+        self.generation = generation
 
 
 class Merger:
@@ -292,30 +299,51 @@ class ReadStats:
         self.source_up = 0
 
 
-class DirectoryCollector(ReadStats):
-    """Reads one multiprocess directory: a reader per file, merged by a ``Merger``."""
+#: seconds a scrape waits for the directory to be read (Prometheus's default scrape timeout)
+READ_DEADLINE = 10.0
 
-    def __init__(self, directory: str) -> None:
+
+class DirectoryCollector(ReadStats):
+    """Reads one multiprocess directory: a reader per file, merged by a ``Merger``.
+
+    A read never holds a scrape longer than ``deadline`` seconds: past it the scrape gets
+    the health families only (``source_up`` 0) and ``stuck`` is True until the read
+    finishes (a readiness probe reports it)."""
+
+    def __init__(self, directory: str, deadline: Optional[float] = None) -> None:
         super().__init__()
         self.directory = directory
+        self.deadline = READ_DEADLINE if deadline is None else deadline
         self.merger = Merger()
         self._files: Dict[str, Tuple[Shard, Reader]] = {}
         self._exemplar_readers: Dict[str, exemplar_files.ExemplarReader] = {}
         self._lock = threading.Lock()
         self._torn_reported: set = set()
+        self._refused: set = set()  # names that hold no regular file
+        self._refused_exemplars: set = set()
+        self._bounded = BoundedCall(self._read_once, self.deadline, f"reading {directory}")
 
     def read(self) -> List[Metric]:
         """Collect the directory into families (thread-safe; one read at a time)."""
+        started = time.perf_counter()
+        try:
+            families = self._bounded()
+        except OSError:  # the directory is gone or unreadable, or the read is overdue
+            families = []
+            self.source_up = 0
+        self.last_duration = time.perf_counter() - started
+        return families
+
+    @property
+    def stuck(self) -> bool:
+        """A read is running past the deadline."""
+        return self._bounded.overdue
+
+    def _read_once(self) -> List[Metric]:
         with self._lock, gc_paused():
-            started = time.perf_counter()
-            try:
-                families = self._read()
-                self.source_up = 1
-                self.last_success = time.time()
-            except OSError:
-                families = []
-                self.source_up = 0
-            self.last_duration = time.perf_counter() - started
+            families = self._read()
+            self.source_up = 1
+            self.last_success = time.time()
             return families
 
     def shards(self) -> List[Tuple[Shard, Reader, tuple]]:
@@ -335,15 +363,24 @@ class DirectoryCollector(ReadStats):
             shard, reader = entry
             if shard.live_only and not live.get(db.owner, False):
                 continue
-            values = reader.read(inode)
+            try:
+                values = reader.read(inode)
+            except Unreadable:
+                if db.path not in self._refused:  # counted once while it stays there
+                    self._refused.add(db.path)
+                    self.read_errors += 1
+                continue
             if values is None:
                 continue
+            if shard.generation != reader.generation:
+                shard.renumber(reader.generation)
             if reader.torn and db.path not in self._torn_reported:
                 self._torn_reported.add(db.path)
                 self.read_errors += 1
             out.append((shard, reader, values))
         for gone in set(self._files) - seen:
             self._files.pop(gone)[1].close()
+        self._refused &= seen
         return out
 
     def _read(self) -> List[Metric]:
@@ -366,9 +403,15 @@ class DirectoryCollector(ReadStats):
             reader = self._exemplar_readers.get(path)
             if reader is None:
                 reader = self._exemplar_readers[path] = exemplar_files.ExemplarReader(path)
-            yield from reader.read(inode)
+            try:
+                yield from reader.read(inode)
+            except Unreadable:
+                if path not in self._refused_exemplars:  # once while it stays there
+                    self._refused_exemplars.add(path)
+                    self.read_errors += 1
         for gone in set(self._exemplar_readers) - seen:
             self._exemplar_readers.pop(gone).close()
+        self._refused_exemplars &= seen
 
 
 def _reader(db: storage_dir.DbFile) -> Reader:

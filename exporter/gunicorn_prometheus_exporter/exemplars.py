@@ -14,7 +14,7 @@ from prometheus_client.utils import floatToGoString
 from . import families
 from .recorder import Recorder, Series
 from .storage import exemplars as files
-from .storage.mmap_file import sample_key
+from .storage.mmap_file import StorageFull, sample_key
 from .tracing import Trace
 
 
@@ -38,7 +38,13 @@ class ExemplarRecorder:
         bucket = bisect_left(self._bounds, duration)
         slots = self._slots.get((series.requests, bucket))
         if slots is None:
-            slots = self._register(series.requests, bucket)
+            if series is self._recorder.dropped:
+                return  # the request itself could not be stored: nor can its exemplar
+            try:
+                slots = self._register(series.requests, bucket)
+            except StorageFull as fault:
+                self._recorder.unstored(fault)
+                return
         ids = bytes.fromhex(trace[0] + trace[1])
         now = time()
         file = self._file

@@ -15,7 +15,9 @@ from __future__ import annotations
 import mmap
 import os
 import re
-from typing import Dict, Optional, Set, Tuple
+from typing import Any, Dict, Optional, Set, Tuple
+
+from .storage.mmap_file import StorageFull, allocate, open_writable
 
 NONE, MAX_REQUESTS, TERMINATED, TIMEOUT = 0, 1, 2, 3
 _INTENT_NAMES = {MAX_REQUESTS: "max_requests", TIMEOUT: "timeout"}
@@ -34,11 +36,16 @@ class Intent:
 
     def __init__(self, directory: str, identity: str) -> None:
         path = os.path.join(directory, identity + ".exit")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        self._map: Any = bytearray(8)  # kept in memory when the storage cannot take it
         try:
-            if os.fstat(fd).st_size < 8:
-                os.ftruncate(fd, 8)
+            fd = open_writable(path)
+        except StorageFull:
+            return
+        try:
+            allocate(fd, 8, path)  # a page of real blocks before it is mapped
             self._map = mmap.mmap(fd, 8)
+        except StorageFull:
+            pass
         finally:
             os.close(fd)
         self._map[0] = NONE
@@ -57,7 +64,8 @@ def take_intent(directory: str, identity: str) -> int:
         return NONE
     try:
         value = os.pread(fd, 1, 0)
-        os.pwrite(fd, bytes([NONE]), 0)
+        if value:  # an allocated byte: rewriting it never needs a block
+            os.pwrite(fd, bytes([NONE]), 0)
         return value[0] if value else NONE
     finally:
         os.close(fd)

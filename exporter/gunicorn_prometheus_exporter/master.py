@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from . import config, dirty, exits, families, hookchain, identity, logcount, signals, speedups
 from .master_id import MasterId
@@ -43,11 +43,11 @@ class MasterRuntime:
             log.error("%s", exc)
             raise SystemExit(1) from None
         self.directory = self.settings.multiproc_dir
-        if storage_dir.prepare(self.directory, self.settings.cleanup.db_files):
-            log.info("prometheus: emptied the multiprocess directory %s", self.directory)
-        identity.route_prometheus_client(self.directory)
-        self.claim = storage_dir.claim(self.directory, "m")
-        self.writer = Writer(ProcessStore(self.directory, self.claim.identity))
+        try:
+            self.claim, self.writer = self._open_storage(log)
+        except OSError as exc:
+            log.error("%s", storage_dir.unusable(self.directory, exc))
+            raise SystemExit(1) from None
         #: gunicorn 27's dirty arbiter and workers (forked from here) measure through it
         self.dirty_pool = dirty.DirtyPool(self.directory,
                                           self.settings.metrics.duration_buckets)
@@ -58,6 +58,15 @@ class MasterRuntime:
         self.supervisor: Optional[MetricsSupervisor] = None
         self.arbiter: Optional[Any] = None
         self._signals_installed = False
+
+    def _open_storage(self, log: Any) -> Tuple[Claim, Writer]:
+        if storage_dir.prepare(self.directory, self.settings.cleanup.db_files):
+            log.info("prometheus: emptied the multiprocess directory %s", self.directory)
+        identity.route_prometheus_client(self.directory)
+        claim = storage_dir.claim(self.directory, "m")
+        writer = Writer(ProcessStore(self.directory, claim.identity), log=log)
+        identity.report_unstored(writer.unstored)  # a preloaded app's own metrics
+        return claim, writer
 
     @property
     def id(self) -> MasterId:
@@ -79,6 +88,9 @@ class MasterRuntime:
         self.writer.set_gauge(families.WORKERS_DESIRED, float(new_value))
 
     def pre_fork(self, server: Any, worker: Any) -> None:
+        # a HUP sets num_workers from the re-read config before our hooks are on it (they
+        # come with the first worker it spawns, here): desired follows the arbiter again
+        self.nworkers_changed(server, server.num_workers, None)
         claim = storage_dir.claim(self.directory, "w")
         worker._gunicorn_prometheus_claim = claim
         self.worker_claims[claim.identity] = claim

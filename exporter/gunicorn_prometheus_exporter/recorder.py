@@ -8,14 +8,14 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from types import ModuleType
-from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 from prometheus_client.utils import floatToGoString
 
 from . import families
 from .families import Family
 from .storage.directory import NATIVE_MODE
-from .storage.mmap_file import MmapFile, sample_key
+from .storage.mmap_file import MmapFile, StorageFull, sample_key, sink
 from .storage.native import Layout, entry_key
 from .storage.store import ProcessStore
 from .writer import Writer, scalar_position
@@ -63,8 +63,8 @@ class Recorder(Writer):
     def __init__(self, store: ProcessStore, duration_bounds: Sequence[float],
                  size_bounds: Sequence[float], threaded: bool,
                  native: Optional[ModuleType] = None,
-                 native_layout: Optional[Layout] = None) -> None:
-        super().__init__(store, threaded)
+                 native_layout: Optional[Layout] = None, log: Any = None) -> None:
+        super().__init__(store, threaded, log)
         self._histograms = store.file("histogram")
         #: the native duration histogram's buckets (storage/native.py), None when it is off
         self._native_layout = native_layout
@@ -82,8 +82,17 @@ class Recorder(Writer):
         self.labels_of: Dict[int, Tuple[str, str, str]] = {}
         #: (method, route) -> the three histograms' bucket and sum positions, flat
         self._by_route: Dict[Tuple[str, str], tuple] = {}
-        self._in_flight = scalar_position(self._gauges, families.IN_FLIGHT, {})
-        self._gauges.values[self._in_flight] = 0.0
+        #: the series of a request the storage cannot take: stores into a sink, never
+        #: kept by callers (``add`` takes it like any other, the compiled one too)
+        self.dropped = self._sink_series()
+        try:
+            index = scalar_position(self._gauges, families.IN_FLIGHT, {})
+            view = self._gauges.values
+        except StorageFull as fault:
+            self.unstored(fault)
+            view, index = sink(), 0
+        view[index] = 0.0
+        self._in_flight_view, self._in_flight = view, index
         if threaded:
             # per request the lock's bound methods: a ``with`` block costs twice as much
             # (about 1,950 instructions against 1,000, counted with callgrind)
@@ -106,9 +115,25 @@ class Recorder(Writer):
 
     # -- per request --------------------------------------------------------------------
     def series(self, method: str, route: str, status: str) -> Series:
-        """Where one ``{method, route, status}`` is recorded; callers keep it for ``add``."""
+        """Where one ``{method, route, status}`` is recorded; callers keep it for ``add``
+        unless it is ``dropped`` (the storage could not take it: counted as unstored)."""
         series = self._series.get((method, route, status))
-        return series if series is not None else self._register(method, route, status)
+        if series is not None:
+            return series
+        try:
+            series = self._register(method, route, status)
+        except StorageFull as fault:
+            self.unstored(fault)
+            return self.dropped
+        if self._full is not None:
+            self.stored_again()
+        return series
+
+    def _sink_series(self) -> Series:
+        into = sink()
+        durations = (0,) * (len(self._duration_bounds) + 1)
+        sizes = (0,) * (len(self._size_bounds) + 1)
+        return Series(into, 0, into, durations, 1, sizes, 1, sizes, 1, None, 0)
 
     def _add(self, series: Series, duration: float, request_bytes: int,
              response_bytes: int) -> None:
@@ -179,15 +204,15 @@ class Recorder(Writer):
     def in_flight_cell(self) -> Tuple[memoryview, int]:
         """The in-flight gauge as (view, index), for a single-threaded event loop that
         adds to it directly."""
-        return self._gauges.values, self._in_flight
+        return self._in_flight_view, self._in_flight
 
     def in_flight(self, delta: float) -> None:
         """Requests started (+1) or finished (-1)."""
         if self.lock is None:
-            self._gauges.values[self._in_flight] += delta
+            self._in_flight_view[self._in_flight] += delta
         else:
             self._acquire()
             try:
-                self._gauges.values[self._in_flight] += delta
+                self._in_flight_view[self._in_flight] += delta
             finally:
                 self._release()

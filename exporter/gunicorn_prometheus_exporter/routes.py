@@ -18,6 +18,8 @@ import os
 import re
 from typing import Dict, Optional, Pattern, Sequence, Set, Tuple
 
+from .storage.mmap_file import cannot_store
+
 ROUTE_ENVIRON_KEY = "gunicorn_prometheus_exporter.route"
 UNMATCHED = "unmatched"
 OVERFLOW = "other"
@@ -116,7 +118,10 @@ class RouteTable:
                 if len(self._refused) < _CACHE_LIMIT:
                     self._refused.add(route)
                 return False
-            os.write(fd, route.encode("utf-8", "replace") + b"\n")
+            try:
+                os.write(fd, route.encode("utf-8", "replace") + b"\n")
+            except OSError as exc:  # a full disk: the request is not recorded
+                raise cannot_store(exc, self._path) from None
             self._admitted.add(route)
             return True
         finally:

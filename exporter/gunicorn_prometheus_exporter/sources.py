@@ -20,6 +20,9 @@ class Source(Protocol):
 
     def collect(self) -> Iterable[Any]: ...
 
+    def ready(self) -> bool:
+        """False while a read cannot finish (``/-/ready`` answers 503)."""
+
     def close(self) -> None: ...
 
 
@@ -29,12 +32,19 @@ class DirectorySource:
         self.description = f"directory {directory}"
         self._log = log
         self._was_up = os.path.isdir(directory)
+        self._was_stuck = False
         if not self._was_up:  # said at start, not only at the first scrape
             log.error(_DOWN, self.description)
 
     def collect(self) -> Iterator[Any]:
         families = self.collector.read()
-        up = bool(self.collector.source_up)
+        stuck = self.collector.stuck
+        if stuck and not self._was_stuck:
+            self._log.error("reading %s did not finish within %g s; serving health metrics "
+                            "only, and /-/ready answers 503, until it does",
+                            self.description, self.collector.deadline)
+        self._was_stuck = stuck
+        up = bool(self.collector.source_up) or stuck
         if up != self._was_up:
             if up:
                 self._log.info("reading %s again", self.description)
@@ -43,6 +53,9 @@ class DirectorySource:
             self._was_up = up
         yield from families
         yield from health_families(self.collector, "directory")
+
+    def ready(self) -> bool:
+        return not self.collector.stuck
 
     def close(self) -> None:
         pass

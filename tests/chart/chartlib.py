@@ -12,7 +12,6 @@ from support.helm import find_helm, helm_env  # noqa: F401 (the chart tests use 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "gunicorn-prometheus-exporter"
 CI_DIR = CHART / "ci"
-SCHEMAS = ROOT.parent / "shared" / "schemas"
 RELEASE = "gpe"
 NAMESPACE = "shop"
 MONITORING_API = "monitoring.coreos.com/v1"

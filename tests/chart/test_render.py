@@ -324,11 +324,12 @@ def test_unknown_topology_is_refused_by_the_schema():
 
 # ---- Redis -------------------------------------------------------------------------------------
 
-def test_bundled_redis_has_a_generated_password():
+def test_bundled_redis_password_from_values():
     objs = render("daemonset-values.yaml")
     secret = objs.get("Secret", component="redis")
     password = base64.b64decode(secret["data"]["redis-password"]).decode()
-    assert len(password) == 32 and password.isalnum()
+    assert password == values_of("daemonset-values.yaml")["redis"]["bundled"]["auth"]["password"]
+    assert "annotations" not in secret["metadata"]  # the chart's own: removed on uninstall
     dep = objs.get("Deployment", component="redis")
     c = container(dep["spec"]["template"]["spec"], "redis")
     assert c["image"] == "redis:7.4.2-alpine"
@@ -344,10 +345,25 @@ def test_bundled_redis_has_a_generated_password():
     svc = objs.get("Service", name=f"{FULL}-redis")
     assert svc["spec"]["ports"][0]["port"] == 6379
     assert not objs.kind("PersistentVolumeClaim")
-    # the pods restart when the password changes
-    for comp in ("app", "redis"):
-        _, meta, _ = one_pod(objs, comp)
-        assert meta["annotations"]["checksum/redis-secret"]
+    # the pods restart when the password changes, and only then
+    checksums = {comp: one_pod(objs, comp)[1]["annotations"]["checksum/redis-secret"]
+                 for comp in ("app", "exporter", "redis")}
+    assert len(set(checksums.values())) == 1 and len(checksums["app"]) == 64
+    changed = render("daemonset-values.yaml", sets=("redis.bundled.auth.password=another",))
+    for comp in ("app", "exporter", "redis"):
+        assert one_pod(changed, comp)[1]["annotations"]["checksum/redis-secret"] != checksums[comp]
+
+
+@pytest.mark.parametrize("topology", ["daemonset", "sidecar"])
+def test_bundled_redis_without_a_password_is_refused(topology):
+    """The chart generates no password (a random one would differ at every render): without
+    existingSecret or password the render stops with one line saying what to set."""
+    with pytest.raises(chartlib.RenderError) as info:
+        render(None, sets=(f"topology={topology}", "redis.enabled=true"))
+    message = str(info.value).splitlines()[0]
+    assert message.endswith("redis.bundled.auth: the bundled Redis needs a password: set "
+                            "redis.bundled.auth.existingSecret (a Secret you create, see "
+                            'docs/kubernetes.md "Redis password") or redis.bundled.auth.password')
 
 
 def test_bundled_redis_password_from_existing_secret():
@@ -727,7 +743,8 @@ def test_notes_tell_how_to_reach_metrics():
     helm_python = pytest.importorskip("helm_python", reason="pip install helm-python-sdk")
     chart = helm_python.Chart.load(str(chartlib.CHART))
     for topology in ("sidecar", "daemonset"):
-        out = chart.render({"topology": topology, "serviceMonitor": {"enabled": True}},
+        out = chart.render({"topology": topology, "serviceMonitor": {"enabled": True},
+                            "redis": {"bundled": {"auth": {"existingSecret": "redis-auth"}}}},
                            name=chartlib.RELEASE, namespace=chartlib.NAMESPACE)
         notes = next(v for k, v in out.items() if k.endswith("NOTES.txt"))
         assert f"port-forward service/{FULL}-metrics 9091:9091" in notes

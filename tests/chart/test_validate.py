@@ -1,9 +1,9 @@
 """Every rendered object is valid: built-in kinds with kubernetes-validate --strict for the oldest
-and newest supported Kubernetes versions, prometheus-operator kinds against their CRD schemas."""
+and newest supported Kubernetes versions, prometheus-operator kinds against their CRD schemas
+(from an installed package: crd_schemas.py)."""
 from __future__ import annotations
 
 import copy
-import functools
 import subprocess
 import sys
 
@@ -11,28 +11,9 @@ import pytest
 import yaml
 
 import chartlib
-import crd_schemas
+from crd_schemas import MissingModels, crd_errors, is_custom
 
 pytestmark = pytest.mark.needs_helm
-
-CRD_FILES = {
-    "ServiceMonitor": "monitoring.coreos.com_servicemonitors.yaml",
-    "PodMonitor": "monitoring.coreos.com_podmonitors.yaml",
-    "PrometheusRule": "monitoring.coreos.com_prometheusrules.yaml",
-}
-
-
-@functools.lru_cache(maxsize=None)
-def crd_validator(kind: str):
-    jsonschema = pytest.importorskip("jsonschema", reason="pip install jsonschema")
-    base = chartlib.SCHEMAS
-    dirs = sorted(base.glob("prometheus-operator-*")) if base.exists() else []
-    if not dirs:
-        pytest.skip(f"CRD schemas not found at {base} (the shared/ directory beside the repository)")
-    crd = yaml.safe_load((dirs[-1] / CRD_FILES[kind]).read_text())
-    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
-    schema = crd_schemas.strict(copy.deepcopy(version["schema"]["openAPIV3Schema"]))
-    return jsonschema.Draft7Validator(schema)
 
 
 def k8s_validate(obj: dict, version: str):
@@ -50,15 +31,11 @@ def test_rendered_objects_are_valid(values_file, kube_version):
     objs = chartlib.render(values_file, kube_version=f"v{kube_version}", api_versions=(chartlib.MONITORING_API,))
     assert objs
     for obj in objs:
-        if obj["kind"] in crd_schemas.MODELS:
-            assert not crd_schemas.errors(obj), crd_schemas.errors(obj)
-        elif obj["kind"] not in CRD_FILES:
+        if is_custom(obj["apiVersion"]):
+            errors = crd_errors(obj)
+            assert not errors, (obj["kind"], errors)
+        else:
             k8s_validate(obj, kube_version)
-    # prometheus-operator kinds last, so that a missing shared/schemas skips only them
-    for obj in objs:
-        if obj["kind"] in CRD_FILES:
-            errors = sorted(crd_validator(obj["kind"]).iter_errors(obj), key=lambda e: list(e.path))
-            assert not errors, [f"{'.'.join(map(str, e.path))}: {e.message}" for e in errors]
 
 
 def test_all_kinds_are_covered():
@@ -74,14 +51,42 @@ def test_all_kinds_are_covered():
 def test_crd_validation_catches_a_bad_field():
     obj = copy.deepcopy(chartlib.render("monitors-values.yaml").get("ServiceMonitor"))
     obj["spec"]["endpoints"][0]["intervall"] = "30s"
-    assert list(crd_validator("ServiceMonitor").iter_errors(obj))
+    assert crd_errors(obj) == ["spec.endpoints.0: Additional properties are not allowed ('intervall' was unexpected)"]
+
+
+@pytest.mark.parametrize(("kind", "path", "value", "error"), [
+    ("ServiceMonitor", ("spec", "endpoints", 0, "interval"), "30 seconds", "does not match"),
+    ("ServiceMonitor", ("spec", "endpoints", 0, "scheme"), "ftp", "is not one of"),
+    ("PodMonitor", ("spec", "podMetricsEndpoints", 0, "honorLabels"), "yes", "is not of type 'boolean'"),
+    ("PrometheusRule", ("spec", "groups", 0, "rules", 0, "for"), "5 minutes", "does not match"),
+])
+def test_crd_validation_catches_a_bad_value(kind, path, value, error):
+    """The schemas keep the CRDs' patterns, enums and types, not only their field names."""
+    values_file = {"PodMonitor": "podmonitor-values.yaml"}.get(kind, "monitors-values.yaml")
+    obj = copy.deepcopy(chartlib.render(values_file, api_versions=(chartlib.MONITORING_API,)).get(kind))
+    node = obj
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    errors = crd_errors(obj)
+    assert len(errors) == 1 and errors[0].startswith(".".join(map(str, path)) + ": ")
+    assert error in errors[0], errors
+
+
+def test_missing_models_package_fails_with_its_name(monkeypatch):
+    """A missing models package is an error naming it, never a skip."""
+    import crd_schemas
+    monkeypatch.setitem(crd_schemas.MODEL_PACKAGES, "example.com", "cloudcoil.models.not_installed")
+    with pytest.raises(MissingModels, match="cloudcoil.models.not_installed is not installed.*"
+                                            "pip install cloudcoil-models-not_installed"):
+        crd_schemas.crd_schema("example.com/v1", "Widget")
 
 
 def test_scaled_object_validation_catches_a_bad_field():
     obj = copy.deepcopy(chartlib.render("monitors-values.yaml").get("ScaledObject"))
-    assert not crd_schemas.errors(obj)
+    assert not crd_errors(obj)
     obj["spec"]["minReplicas"] = 2
-    assert any("minReplicas" in e for e in crd_schemas.errors(obj))
+    assert any("minReplicas" in e for e in crd_errors(obj))
 
 
 def test_kube_version_below_support_is_refused():

@@ -172,6 +172,36 @@ def exporter_bin() -> str:
     return str(Path(sys.executable).with_name("gunicorn-prometheus-exporter"))
 
 
+def base_env(port: int, directory: Path, **extra: str) -> Dict[str, str]:
+    """The environment of a standalone exporter on ``port`` reading ``directory``, free of
+    the caller's own exporter settings."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PROMETHEUS_", "REDIS_", "GUNICORN_"))}
+    return {**env, "PROMETHEUS_METRICS_PORT": str(port), "PROMETHEUS_BIND_ADDRESS": "127.0.0.1",
+            "PROMETHEUS_MULTIPROC_DIR": str(directory), "PYTHONUNBUFFERED": "1", **extra}
+
+
+class Serve(Process):
+    """The standalone exporter (``serve``) over ``directory``; ``command`` runs it another
+    way than the installed script (it must take the same arguments)."""
+
+    def __init__(self, tmp: Path, directory: Path, args: Optional[List[str]] = None,
+                 command: Optional[List[str]] = None, **env: str) -> None:
+        self.port = free_port()
+        super().__init__([*(command or [exporter_bin()]), "serve", *(args or [])],
+                         base_env(self.port, directory, **env), cwd=str(tmp))
+
+    def wait_listening(self, timeout: float = 20.0) -> "Serve":
+        def up():
+            if self.proc.poll() is not None:
+                return "exited"
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return "up"
+        if until(up, timeout=timeout, message="serve to listen") == "exited":
+            raise AssertionError(f"serve exited {self.proc.returncode}:\n{self.output()}")
+        return self
+
+
 def wait_pid_gone(pid: int, timeout: float = 30.0) -> None:
     """Until process ``pid`` has exited (a zombie counts as exited)."""
     import psutil

@@ -75,7 +75,8 @@ class Flusher:
         self._client: Any = None
         self._sent: Dict[str, Dict[str, str]] = {}
         self._last_values: Dict[str, tuple] = {}
-        self._names: Dict[str, List[str]] = {}
+        #: shard name -> (generation of the file's keys, field names of those keys)
+        self._names: Dict[str, Tuple[int, List[str]]] = {}
         self._need_full = True
         #: the prefix's epoch of our last flush: when it changes, Redis lost what we sent
         self._epoch = ""
@@ -86,7 +87,7 @@ class Flusher:
         self._last_reap = self._last_refresh = self._last_full = float("-inf")
         self.last_success: Optional[float] = None
         self.reaped = 0
-        self._health = _health_writer(directory, self.master)
+        self._health = _health_writer(directory, self.master, log)
         self._meta = json.dumps({"host": socket.gethostname(), "node": self.node,
                                  "pid": os.getppid(),
                                  "started": instance.master_start(self.master.pid),
@@ -235,9 +236,10 @@ class Flusher:
                 for key, (t, v, trace, span) in newest.items()}
 
     def _fields(self, name: str, shard: Any, keys: List[str], values: tuple) -> Dict[str, str]:
-        names = self._names.get(name)
-        if names is None or len(names) > len(keys):
-            names = self._names[name] = []
+        cached = self._names.get(name)
+        if cached is None or cached[0] != shard.generation or len(cached[1]) > len(keys):
+            cached = self._names[name] = (shard.generation, [])  # a new file: new keys
+        names = cached[1]
         prefix = name + "\n"
         names.extend(prefix + key for key in keys[len(names):])
         if shard.op == "recent":
@@ -351,13 +353,13 @@ class _Unexpected(Exception):
     pass
 
 
-def _health_writer(directory: str, master: MasterId) -> Optional[Writer]:
+def _health_writer(directory: str, master: MasterId, log: Any) -> Optional[Writer]:
     """Gauges of this flusher in the directory, under the master's identity plus
     ``.redis`` (alive exactly as long as the master), served by the instance's own
     metrics server and never shipped."""
     if master.identity is None:
         return None
     try:
-        return Writer(ProcessStore(directory, master.identity + HEALTH_SUFFIX))
+        return Writer(ProcessStore(directory, master.identity + HEALTH_SUFFIX), log=log)
     except OSError:
         return None

@@ -106,6 +106,10 @@ class RedisSource:
         yield from health_families(self.state, "redis")
         yield from self._health()
 
+    def ready(self) -> bool:
+        """Redis reads are bounded by the client's socket timeouts."""
+        return True
+
     def close(self) -> None:
         if self._client is not None:
             try:

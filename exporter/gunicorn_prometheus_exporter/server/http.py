@@ -72,8 +72,11 @@ REFUSED_LOG_INTERVAL = 10.0
 class Exposition:
     """Renders the families of a collect function in the format a scraper asks for."""
 
-    def __init__(self, collect: Callable[[], Iterable[Any]], source: str) -> None:
+    def __init__(self, collect: Callable[[], Iterable[Any]], source: str,
+                 ready: Callable[[], bool] = lambda: True) -> None:
         self.source = source
+        #: False while the source cannot finish a read (``/-/ready`` answers 503)
+        self.ready = ready
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Adapter(collect))
         self._landing = resources.files(__package__).joinpath("landing.html").read_text()
@@ -526,8 +529,14 @@ class MetricsHandler(BaseHTTPRequestHandler):
             self._metrics()
         elif path == "/":
             self._send(200, self.server.exposition.landing(), "text/html; charset=utf-8")
-        elif path in ("/-/healthy", "/-/ready"):
+        elif path == "/-/healthy":
             self._send(200, b"OK\n", "text/plain; charset=utf-8")
+        elif path == "/-/ready":
+            if self.server.exposition.ready():
+                self._send(200, b"OK\n", "text/plain; charset=utf-8")
+            else:
+                self._send(503, f"reading {self.server.exposition.source} does not finish\n"
+                           .encode(), "text/plain; charset=utf-8")
         else:
             self._send(404, b"Not Found\n", "text/plain; charset=utf-8")
 

@@ -48,7 +48,7 @@ def for_master(sock: Optional[socket.socket], settings: Settings, web: WebConfig
     # its own files, under the master's identity plus ``.monitor``: alive exactly as long
     # as the master's lock is held
     writer = Writer(ProcessStore(directory, f"{master.identity or 'x'}.monitor"),
-                    threaded=True)
+                    threaded=True, log=log)
     logcount.counter().use(writer)
     tasks = background_tasks(settings, directory, log, listeners, writer, master)
     serve(sock, DirectorySource(directory, log), web, log, stop_signals, tasks=tasks,
@@ -96,7 +96,8 @@ def serve(sock: Optional[socket.socket], source: Source, web: WebConfig, log: An
     finish (at most ``grace`` seconds) and close the tasks."""
     server = None
     if sock is not None:
-        server = MetricsServer(sock, Exposition(source.collect, source.description), web, log)
+        exposition = Exposition(source.collect, source.description, source.ready)
+        server = MetricsServer(sock, exposition, web, log)
         threading.Thread(target=server.serve_forever,
                          kwargs={"poll_interval": poll_interval},
                          name="metrics-server", daemon=True).start()

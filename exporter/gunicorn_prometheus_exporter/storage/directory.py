@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass
 from typing import Dict, Iterator, Optional, Tuple
 
+from .reader import open_regular
+
 MAX_SLOTS = 4096
 _STEM = re.compile(r"^(counter|histogram|summary|gauge)(?:_(\w+?))?_([^_]+)$")
 #: native histograms (storage/native.py) are kept in files of their own format, named
@@ -121,9 +123,9 @@ def is_live(directory: str, identity: str) -> bool:
     """True while some process holds ``identity``'s lock."""
     path = os.path.join(directory, identity + ".lock")
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        return False
+        fd = open_regular(path)  # a FIFO named like a lock must not block the reader
+    except OSError:
+        return False  # gone, or no lock file of ours
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError:
@@ -155,6 +157,24 @@ def db_files(directory: str) -> Iterator[Tuple[DbFile, int]]:
                 parsed = parse_name(entry.path)
                 if parsed is not None:
                     yield parsed, entry.inode()
+
+
+def unusable(directory: str, exc: OSError) -> str:
+    """The one line that says why a writer cannot use ``directory`` and what it needs."""
+    where = f" ({exc.filename})" if exc.filename and exc.filename != directory else ""
+    return (f"prometheus: cannot use the multiprocess directory {directory} "
+            f"(PROMETHEUS_MULTIPROC_DIR): {exc.strerror or exc}{where}; expected a "
+            f"directory that user {_user()} (uid {os.geteuid()}) can create and write "
+            f"files in, on a writable file system with free space")
+
+
+def _user() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):
+        return "?"
 
 
 def prepare(directory: str, cleanup: bool) -> bool:

@@ -187,6 +187,11 @@ class NativeReader:
     def torn(self) -> bool:
         return self._file.torn
 
+    @property
+    def generation(self) -> int:
+        """Which file ``keys`` describe (``FileReader.generation``)."""
+        return self._file.generation
+
     def read(self, inode: Optional[int] = None) -> Optional[tuple]:
         m = self._file.refresh(inode)
         if m is None:

@@ -2,17 +2,49 @@
 
 Entries are append-only, so a reader parses each key once and afterwards only re-reads the
 values: one ``struct`` call over the mapped file unpacks every value of the file in C. This
-is what keeps a scrape cheap when files hold thousands of entries."""
+is what keeps a scrape cheap when files hold thousands of entries.
+
+A reader never blocks and never follows a name elsewhere: files are opened with
+``O_NOFOLLOW | O_NONBLOCK`` and anything but a regular file (a FIFO, socket, device,
+directory or link named like a storage file) is refused as ``Unreadable``. A file deleted
+and created again under the same name (a live gauge file of a worker slot whose process
+was replaced) starts a new ``generation``: its keys are parsed again from the start, and
+whoever numbered the old keys must number them again."""
 from __future__ import annotations
 
+import errno
 import mmap
 import os
+import stat
 import struct
 from typing import List, Optional, Tuple
 
 from .mmap_file import Payload, padded_length, payload_of
 
 _USED = struct.Struct("<i")
+_OPEN = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+         | getattr(os, "O_CLOEXEC", 0))
+
+
+class Unreadable(OSError):
+    """A storage file that cannot be read: not a regular file, or refused to us."""
+
+
+def open_regular(path: str) -> int:
+    """A descriptor of the regular file at ``path`` (FileNotFoundError when it is gone);
+    never blocks, never follows a link."""
+    try:
+        fd = os.open(path, _OPEN)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:  # ELOOP (a link), ENXIO (a socket), EACCES, EWOULDBLOCK (a lease)
+        raise Unreadable(exc.errno, exc.strerror, path) from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise Unreadable(errno.EINVAL, f"not a regular file (mode {stat.filemode(mode)})",
+                         path)
+    return fd
 
 
 class FileReader:
@@ -37,7 +69,7 @@ class FileReader:
 
     def _reopen(self) -> bool:
         try:
-            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            fd = open_regular(self.path)
         except FileNotFoundError:
             return False
         try:
@@ -58,13 +90,15 @@ class FileReader:
 
     def read(self, inode: Optional[int] = None) -> Optional[tuple]:
         """All values (value, or value and timestamp, per key) or None if the file is gone.
-        ``inode`` (from the directory listing) reveals a file deleted and created again."""
+        ``inode`` (from the directory listing) reveals a file deleted and created again:
+        the map held since the last read keeps the old inode alive, so a new file under
+        the name always has another number. Raises ``Unreadable``."""
         m = self.refresh(inode)
         return None if m is None else self._struct.unpack_from(m, 0)
 
     def refresh(self, inode: Optional[int] = None) -> Optional[mmap.mmap]:
         """Map the file as it is now and parse the entries appended since the last call;
-        the map, or None if the file is gone."""
+        the map, or None if the file is gone. Raises ``Unreadable``."""
         stale = inode is not None and self._ino is not None and inode != self._ino[1]
         if (self._map is None or stale) and not self._reopen():
             return None

@@ -10,6 +10,7 @@ from typing import Any, Dict, Optional
 from .. import families
 from ..recorder import Recorder, Series
 from ..routes import UNMATCHED, RouteTable, method_label, status_label
+from ..storage.mmap_file import StorageFull
 
 #: set on an exception a request already counted as failed, so that gunicorn's error path,
 #: which it reaches next, does not count it again
@@ -62,12 +63,16 @@ class RequestLabeller:
         until another response makes its route known."""
         method = method_label(method)
         status = status_label(code)
-        if template:
-            route = self.routes.template(template)  # record() made it a str
-        else:
-            route = self.routes.route(path or "/", status)
+        try:
+            if template:
+                route = self.routes.template(template)  # record() made it a str
+            else:
+                route = self.routes.route(path or "/", status)
+        except StorageFull as fault:  # the shared route table could not grow
+            self.recorder.unstored(fault)
+            return self.recorder.dropped
         series = self.recorder.series(method, route, status)
-        if route != UNMATCHED:
+        if route != UNMATCHED and series is not self.recorder.dropped:
             if len(self.resolved) >= _RESOLVED_LIMIT:
                 self.resolved.clear()
             self.resolved[key] = series

@@ -31,7 +31,9 @@ class WorkerMetrics:
         self.recorder = Recorder(self.store, settings.metrics.duration_buckets,
                                  settings.metrics.size_buckets, threaded=worker.threaded,
                                  native=self.native,
-                                 native_layout=native_histograms.layout_of(settings.metrics))
+                                 native_layout=native_histograms.layout_of(settings.metrics),
+                                 log=worker.log)
+        identity.report_unstored(self.recorder.unstored)  # the app's own metrics
         self.routes = RouteTable(runtime.directory, settings.metrics.route_cap,
                                  settings.metrics.route_rules)
         self.labeller = RequestLabeller(self.recorder, self.routes, self.log)
