@@ -4,9 +4,11 @@ A scrape must answer even when reading the storage cannot finish (a hung network
 system, a file that blocks): the read runs in a helper thread, the caller waits until the
 deadline and goes on without it. An overdue read is never started twice: later callers
 wait for the same one (so a stuck storage holds one thread, not one per scrape), and
-``overdue`` says so to a readiness probe until it finishes."""
+``overdue`` says so to a readiness probe until it finishes. The helper thread is started
+once and kept: a scrape starts no thread (and the process's thread count stays flat)."""
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from typing import Any, Callable, Generic, Optional, TypeVar
@@ -33,6 +35,8 @@ class BoundedCall(Generic[T]):
         self._name = name
         self._lock = threading.Lock()
         self._running: Optional[_Run] = None
+        self._runs: "queue.SimpleQueue[_Run]" = queue.SimpleQueue()
+        self._helper: Optional[threading.Thread] = None
 
     def __call__(self) -> T:
         """The call's result (or its exception); ``Overdue`` once ``deadline`` seconds
@@ -41,13 +45,22 @@ class BoundedCall(Generic[T]):
             run = self._running
             if run is None:
                 run = self._running = _Run()
-                threading.Thread(target=self._run, args=(run,), name=self._name,
-                                 daemon=True).start()
+                if self._helper is None:
+                    self._helper = threading.Thread(target=self._serve, name=self._name,
+                                                    daemon=True)
+                    self._helper.start()
+                self._runs.put(run)
         if not run.done.wait(max(0.0, run.started + self.deadline - time.monotonic())):
             raise Overdue(f"{self._name} did not finish within {self.deadline:g} s")
         if run.error is not None:
             raise run.error
         return run.result
+
+    def _serve(self) -> None:
+        """The helper thread: one run after another (a run is only queued once the one
+        before has finished)."""
+        while True:
+            self._run(self._runs.get())
 
     def _run(self, run: _Run) -> None:
         try:

@@ -17,6 +17,7 @@ import fcntl
 import gzip
 import io
 import os
+import queue
 import resource
 import selectors
 import socket
@@ -48,9 +49,6 @@ MAX_WAITING = 512
 #: New connections accepted per turn of the accept loop, so that the connections already
 #: held are read between bursts of a flood.
 ACCEPT_BATCH = 16
-#: How often the accept loop looks for a thread that has ended while connections wait for
-#: one (a thread wakes the loop when it closes its connection, just before it ends).
-THREAD_END_POLL = 0.01
 SOCKET_TIMEOUT = 30.0
 #: The longest one write of an answer may take (Python bounds a whole sendall by the
 #: socket's timeout): a client that reads too slowly is cut after it.
@@ -129,7 +127,10 @@ class MetricsServer(ThreadingHTTPServer):
         self._waits_lock = threading.Lock()
         self._cutting: Set[int] = set()  # connections cut whose thread has not ended yet
         self._heads: Dict[int, bytes] = {}  # what the accept loop read of each request
-        self._serving: List[threading.Thread] = []  # threads serving connections
+        #: threads serving connections, at most MAX_CONNECTIONS, started as needed
+        self._pool: List[threading.Thread] = []
+        self._handoff: "queue.SimpleQueue[Optional[Tuple[socket.socket, Any]]]" = \
+            queue.SimpleQueue()
         self._turned_away = {"refused": 0, "closed": 0}
         self._turned_away_logged = -REFUSED_LOG_INTERVAL
         self._last_client: Any = ("",)
@@ -172,8 +173,6 @@ class MetricsServer(ThreadingHTTPServer):
               poll_interval: float) -> None:
         now = time.monotonic()
         deadline = room.next_deadline()
-        if room.ready_count():  # waiting for a thread to end: it wakes us, or may not yet
-            poll_interval = min(poll_interval, THREAD_END_POLL)
         timeout = poll_interval if deadline is None else max(0.0, min(poll_interval,
                                                                      deadline - now))
         for key, _ in selector.select(timeout):
@@ -201,11 +200,9 @@ class MetricsServer(ThreadingHTTPServer):
         than MAX_CONNECTIONS are taken; when all are, close connections waiting on their
         client (one for each connection waiting for a thread, counting those already
         closing), and leave the rest for when a thread ends."""
-        self._serving = [thread for thread in self._serving if thread.is_alive()]
         while room.ready_count():
             with self._slots:
-                # a thread counts until it has really ended, not only closed its connection
-                full = max(self._open, len(self._serving)) >= MAX_CONNECTIONS
+                full = self._open >= MAX_CONNECTIONS
                 if not full:
                     self._open += 1
             if not full:
@@ -220,16 +217,28 @@ class MetricsServer(ThreadingHTTPServer):
     def _start(self, arrival: Arrival) -> None:
         if arrival.head:
             self._heads[arrival.sock.fileno()] = bytes(arrival.head)
-        thread = threading.Thread(target=self.process_request_thread,
-                                  args=(arrival.sock, arrival.address), daemon=True)
         try:
-            thread.start()
-            self._serving.append(thread)
+            if len(self._pool) < self._open:  # every thread is busy: one more
+                thread = threading.Thread(target=self._serve_handoffs,
+                                          name="metrics-connection", daemon=True)
+                thread.start()
+                self._pool.append(thread)
+            self._handoff.put((arrival.sock, arrival.address))
         except Exception:  # no thread could start: the connection is closed, not leaked
             self._heads.pop(arrival.sock.fileno(), None)
             self._closed()
             self.shutdown_request(arrival.sock)
             self.log.exception("metrics server: serving %s failed", arrival.address[0])
+
+    def _serve_handoffs(self) -> None:
+        """A thread of the pool: serves the connections handed to it, one at a time, until
+        the server is closed. Threads are kept, never ended and started again, so there are
+        never more than MAX_CONNECTIONS of them, even for an instant."""
+        while True:
+            handoff = self._handoff.get()
+            if handoff is None:
+                return
+            self.process_request_thread(*handoff)
 
     def shutdown(self) -> None:
         """Stop the accept loop (the connections it holds are closed) and wait for it."""
@@ -238,6 +247,8 @@ class MetricsServer(ThreadingHTTPServer):
         self._stopped.wait()
 
     def server_close(self) -> None:
+        for _ in self._pool:
+            self._handoff.put(None)
         super().server_close()
         self._wake_loop.close()
         self._waker.close()
