@@ -215,3 +215,23 @@ def test_hostile_basic_auth_scheme_is_case_insensitive(server, scheme):
                        f"Authorization: Bearer {_auth('', 'prom', 's3cret')[1:]}\r\n\r\n"
                        .encode())
     assert other[0] == 401
+
+
+def test_hostile_connections_without_a_request_take_no_thread(server):
+    """Connections that idle or trickle their headers wait in the accept loop's waiting
+    room: 100 of them start no thread, and a scrape meanwhile is answered by the one
+    pool thread it needs."""
+    port, _ = server
+    before = threading.active_count()
+    held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(100)]
+    try:
+        for sock in held[::2]:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # never ends its headers
+        status, _, body = _raw(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n"
+                                     b"Connection: close\r\n\r\n")
+        assert status == 200
+        assert Scrape(body.decode()).value("hostile_test_scrapes_total") == 7.0
+        assert threading.active_count() <= before + 1
+    finally:
+        for sock in held:
+            sock.close()

@@ -5,10 +5,10 @@ optional TLS and basic auth.
 
 It is hardened for being exposed. The accept loop holds each new connection in a waiting
 room (waiting.py) until its request head is in, so idle and trickling clients cost no
-thread; a bounded number of connections with a request to serve get a thread each, and when
-all are taken the one that has waited longest on its client (idle between keep-alive
-requests, or not reading its answer) is closed for the next, as mature servers do, so
-hostile clients cannot keep a scraper out. A socket timeout, a header deadline and a send
+thread; connections with a request to serve get one of a bounded pool of threads, and when
+all are taken one that waits on its client (pipelining requests without reading the
+answers, or idle between keep-alive requests) is closed for the next, as mature servers
+do, so hostile clients cannot keep a scraper out. A socket timeout, a header deadline and a send
 deadline; TLS handshakes in the connection's thread rather than the accept loop; and every
 failure of one connection logged and contained."""
 from __future__ import annotations
@@ -196,8 +196,8 @@ class MetricsServer(ThreadingHTTPServer):
             self._turn_away(*room.admit(sock, address, time.monotonic()))
 
     def _dispatch(self, room: WaitingRoom) -> None:
-        """Hand each connection whose request is in to a thread of its own while fewer
-        than MAX_CONNECTIONS are taken; when all are, close connections waiting on their
+        """Hand each connection whose request is in to a pool thread while fewer than
+        MAX_CONNECTIONS are taken; when all are, close connections waiting on their
         client (one for each connection waiting for a thread, counting those already
         closing), and leave the rest for when a thread ends."""
         while room.ready_count():
