@@ -38,15 +38,14 @@ def child(variant: str, requests: int) -> None:
     from gunicorn_prometheus_exporter.storage.native import Layout
     from gunicorn_prometheus_exporter.storage.store import ProcessStore
 
-    if not compiled:
-        speedups.native = None
-    elif speedups.native is None:
+    native = speedups.load() if compiled else None
+    if compiled and native is None:
         sys.exit("the compiled path is not available here")
     layout = Layout.for_range(3, 1e-6, 3600.0) if with_native else None
     with tempfile.TemporaryDirectory() as directory:
         store = ProcessStore(directory, "w0")
         rec = Recorder(store, DEFAULT_DURATION_BUCKETS, DEFAULT_SIZE_BUCKETS, threaded=False,
-                       native_layout=layout)
+                       native=native, native_layout=layout)
         series = rec.series("GET", "/users/{id}", "200")
         durations = [5e-5 * 1.37 ** i for i in range(40)]  # 50 µs .. 20 s
         add = rec.add

@@ -34,31 +34,11 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-from common import cpu_seconds, free_port, start_gunicorn, wait_port, wrk
+from common import cpu_seconds, start_gunicorn, wait_port, wrk
+from support.redis import RedisServer
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "exporter"))
-
-
-class RedisServer:
-    def __init__(self, tmp: str) -> None:
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", tmp], stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
-        wait_port(self.port)
-        import redis
-
-        self.client = redis.Redis(port=self.port, decode_responses=True)
-
-    def commands(self) -> int:
-        stats = self.client.info("commandstats")
-        return sum(v["calls"] for v in stats.values())
-
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait(5)
 
 
 class Instance:
@@ -204,7 +184,7 @@ def main() -> int:
             print(f"{tool} is not installed (apt-get install {tool.split('-')[0]})")
             return 2
     tmp = tempfile.mkdtemp(prefix="redis-bench-")
-    server = RedisServer(tmp)
+    server = RedisServer(Path(tmp))
     try:
         result = {"throughput": throughput(args, tmp, server), "scrape": scrape(server, tmp),
                   "machine": {"cores": os.cpu_count(), "load_avg": os.getloadavg()}}

@@ -30,8 +30,11 @@ demo: $(BIN)/python
 system-deps:
 	bash .ci/system-deps.sh
 
+## test-deps: what the tests need; extras-venvs.sh makes one fresh venv per extra of the
+## plugin (tests/workers/test_extras.py), in parallel, kept while ./exporter is unchanged
 test-deps: system-deps venv
 	bash tests/workers/eventlet-venv.sh
+	bash tests/workers/extras-venvs.sh
 	$(MAKE) --no-print-directory chart-tools CHART_PYTHON=$(abspath $(BIN)/python)
 	-INSTALL_PY=0 $(MAKE) --no-print-directory image-tools
 
@@ -66,7 +69,7 @@ bench: venv
 	$(BIN)/python bench/throughput.py
 
 clean:
-	rm -rf $(VENV) $(VENV_OLDEST) .venv-eventlet .cache .pytest_cache
+	rm -rf $(VENV) $(VENV_OLDEST) .venv-eventlet .venv-extras .cache .pytest_cache
 
 ## bench-instructions: instructions per request in a running worker, plain and with the plugin (valgrind)
 bench-instructions: venv

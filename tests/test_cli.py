@@ -207,7 +207,7 @@ def test_top_level_help_lists_the_subcommands():
                "--log-level"]),
     ("check-config", ["--config"]),
     ("version", []),
-    ("healthcheck", ["--url", "--timeout"]),
+    ("healthcheck", ["--url", "--timeout", "--cert", "--key"]),
 ])
 def test_subcommand_help(command, flags):
     result = run([command, "--help"])
@@ -295,6 +295,37 @@ def test_healthcheck_of_a_tls_server(start_serve, tmp_path):
     result = run(["healthcheck"], env=base_env(s2.port, tmp_path,
                                                PROMETHEUS_WEB_CONFIG_FILE=str(web)))
     assert result.returncode == 0, result.stderr
+
+
+def test_healthcheck_of_a_server_requiring_client_certificates(start_serve, tmp_path):
+    """The image's HEALTHCHECK (no flags) reports a mutual-TLS server healthy; with
+    ``--cert`` it makes a full request, and a certificate the server refuses fails."""
+    from support.tls import make_certs
+
+    certs = make_certs(tmp_path / "certs")
+    tls_env = {"PROMETHEUS_SSL_CERTFILE": str(certs.server_cert),
+               "PROMETHEUS_SSL_KEYFILE": str(certs.server_key),
+               "PROMETHEUS_SSL_CLIENT_CAFILE": str(certs.ca)}
+    s = start_serve(tmp_path, **tls_env).wait_listening()
+    env = base_env(s.port, tmp_path, **tls_env)
+    for _ in range(5):  # the refusal is read on a connection that sends nothing: no race
+        result = run(["healthcheck"], env=env)
+        assert result.returncode == 0, result.stderr
+    assert run(["healthcheck", "--cert", str(certs.client)], env=env).returncode == 0
+    assert run(["healthcheck", "--cert", str(certs.stranger)], env=env).returncode == 1
+    # the same through an exporter-toolkit web config file
+    web = tmp_path / "web.yml"
+    web.write_text(f"tls_server_config:\n  cert_file: {certs.server_cert}\n"
+                   f"  key_file: {certs.server_key}\n"
+                   f"  client_ca_file: {certs.ca}\n"
+                   "  client_auth_type: RequireAndVerifyClientCert\n")
+    s2 = start_serve(tmp_path, PROMETHEUS_WEB_CONFIG_FILE=str(web)).wait_listening()
+    env2 = base_env(s2.port, tmp_path, PROMETHEUS_WEB_CONFIG_FILE=str(web))
+    assert run(["healthcheck"], env=env2).returncode == 0
+    s.stop()
+    s2.stop()
+    assert run(["healthcheck"], env=env).returncode == 1
+    assert run(["healthcheck"], env=env2).returncode == 1
 
 
 def test_healthcheck_reads_the_config_file(start_serve, tmp_path):

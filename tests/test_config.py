@@ -28,7 +28,16 @@ YAML_CASES = {
     "unknown section": (
         "exporter:\n  promethus:\n    metrics_port: 9100\n",
         "{f}:2: exporter.promethus: unknown key; expected one of: prometheus, metrics, "
-        "gunicorn, redis, cleanup"),
+        "gunicorn, redis, cleanup, ssl"),
+    "unknown key at the original's ssl place": (
+        "exporter:\n  ssl:\n    enabled: false\n    cafile: x\n",
+        "{f}:4: exporter.ssl.cafile: unknown key; expected one of: enabled, certfile, keyfile, "
+        "client_cafile, client_capath, client_auth_required"),
+    "ssl at both places with different values": (
+        "exporter:\n  prometheus:\n    ssl:\n      enabled: false\n"
+        "  ssl:\n    enabled: true\n",
+        "{f}:6: exporter.ssl.enabled is true but exporter.prometheus.ssl.enabled (line 4) "
+        "is false; both name exporter.prometheus.ssl.enabled: give it once"),
     "unknown top-level key": (
         "prometheus:\n  metrics_port: 9100\n",
         "{f}:1: prometheus: unknown key; expected 'exporter' at the top level"),

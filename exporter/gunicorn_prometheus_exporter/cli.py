@@ -11,7 +11,7 @@ import logging
 import os
 import signal
 import sys
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from . import config
 from .config.loader import build
@@ -55,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     _config_flag(health)
     health.add_argument("--url", help="URL to probe (default: this config's address)")
     health.add_argument("--timeout", type=float, default=3.0)
+    health.add_argument("--cert", metavar="FILE",
+                        help="client certificate (PEM, may hold the key too) for a server "
+                             "that requires one; without it such a server counts as alive "
+                             "when it refuses the connection for lack of a certificate")
+    health.add_argument("--key", metavar="FILE", help="private key of --cert")
     return parser
 
 
@@ -132,13 +137,43 @@ def _healthcheck(args: argparse.Namespace) -> int:
         scheme = "https" if webconfig.from_settings(settings).cert_file else "http"
         url = f"{scheme}://{host}:{p.metrics_port}/-/ready"  # 503: reads do not finish
     context = ssl._create_unverified_context()  # a local liveness probe of our own server
+    if args.cert:
+        try:
+            context.load_cert_chain(args.cert, args.key)
+        except (OSError, ssl.SSLError) as exc:
+            print(f"gunicorn-prometheus-exporter: healthcheck: cannot load --cert/--key: "
+                  f"{exc}", file=sys.stderr)
+            return 1
     try:
         with urllib.request.urlopen(url, timeout=args.timeout, context=context) as resp:
             return 0 if resp.status == 200 else 1
     except urllib.error.HTTPError as exc:
         return 0 if exc.code == 401 else 1  # alive, behind basic auth
     except (OSError, ValueError):
+        if args.cert is None and url.startswith("https:"):
+            return 0 if _refuses_without_certificate(url, context, args.timeout) else 1
         return 1
+
+
+def _refuses_without_certificate(url: str, context: Any, timeout: float) -> bool:
+    """Whether the server completes a TLS 1.3 handshake and then refuses us with the
+    ``certificate_required`` alert: alive, behind mutual TLS (as a 401 is behind basic
+    auth). Probed on a connection that sends nothing, so the alert is read before any
+    reset (a request written first can race it)."""
+    import socket
+    import ssl
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname, parts.port or 443), timeout) as raw, \
+                context.wrap_socket(raw, server_hostname=parts.hostname) as tls:
+            tls.recv(1)
+    except ssl.SSLError as exc:
+        return exc.reason == "TLSV13_ALERT_CERTIFICATE_REQUIRED"
+    except (OSError, ValueError):
+        return False
+    return False
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -88,6 +88,9 @@ class MasterRuntime:
         self.writer.set_gauge(families.WORKERS_DESIRED, float(new_value))
 
     def pre_fork(self, server: Any, worker: Any) -> None:
+        # a HUP sets num_workers from the re-read config before our hooks are on it (they
+        # come with the first worker it spawns, here): desired follows the arbiter again
+        self.nworkers_changed(server, server.num_workers, None)
         claim = storage_dir.claim(self.directory, "w")
         worker._gunicorn_prometheus_claim = claim
         self.worker_claims[claim.identity] = claim

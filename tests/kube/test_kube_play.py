@@ -145,8 +145,10 @@ def daemonset(runtime: Runtime, redis_image: str, tmp_path_factory) -> Iterator[
     tmp = tmp_path_factory.mktemp("daemonset")
     played = Played(runtime, node, tmp)
     repo, tag = redis_image.split(":")
-    values = dict(DAEMONSET_VALUES, redis={"bundled": {"image": {
-        "registry": repo.split("/")[0], "repository": repo.split("/", 1)[1], "tag": tag}}})
+    # the bundled Redis needs a password given in values (the chart never makes one up)
+    values = dict(DAEMONSET_VALUES, redis={"bundled": {
+        "auth": {"password": uuid.uuid4().hex},
+        "image": {"registry": repo.split("/")[0], "repository": repo.split("/", 1)[1], "tag": tag}}})
     try:
         yield Topology(runtime, node, played, render(values, "daemonset", tmp)).play()
     finally:

@@ -16,7 +16,8 @@ from . import yamldoc
 from .kinds import RedisUrl
 from .kinds import shown as show_raw
 from .redis_url import parse_url
-from .schema import BY_PATH, CONFIG_FILE_ENV, SETTINGS, Setting, children
+from .schema import (ALIASES, BY_PATH, CONFIG_FILE_ENV, SETTINGS, Setting, canonical,
+                     children)
 
 
 class ConfigError(SystemExit):
@@ -107,8 +108,8 @@ def mask_url(url: str) -> str:
 def _show(value: Any) -> str:
     if isinstance(value, tuple) and value and isinstance(value[0], tuple):
         return "[" + ", ".join(f"{p.pattern!r} -> {r!r}" for p, r in value) + "]"
-    if isinstance(value, tuple):
-        return "[" + ", ".join(f"{v:g}" for v in value) + "]"
+    if isinstance(value, tuple):  # bucket bounds, exact: they can be copied back into YAML
+        return "[" + ", ".join(repr(v) for v in value) + "]"
     return repr(value)
 
 
@@ -129,9 +130,13 @@ def read_yaml(path: str) -> Dict[str, Tuple[Any, int]]:
                     f"{path}:{_line(key_node)}: {key_node.value}: unknown key; "
                     "expected 'exporter' at the top level")
             _walk(path, loader, value_node, "", found)
-        return found
+        return _merge_aliases(path, found)
     finally:
         loader.dispose()
+
+
+def _yaml_text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else repr(value)
 
 
 def _line(node: yaml.Node) -> int:
@@ -148,6 +153,8 @@ def _pairs(path: str, node: yaml.MappingNode):
 
 def _walk(path: str, loader: yaml.SafeLoader, node: yaml.Node, prefix: str,
           found: Dict[str, Tuple[Any, int]]) -> None:
+    """Collect the settings below ``prefix`` (the path as written: it may be an alias of
+    ``ALIASES``) into ``found``, keyed by the path as written."""
     where = f"exporter.{prefix}" if prefix else "exporter"
     if isinstance(node, yaml.ScalarNode) and yamldoc.construct(loader, node, where,
                                                                 ConfigError) is None:
@@ -156,17 +163,36 @@ def _walk(path: str, loader: yaml.SafeLoader, node: yaml.Node, prefix: str,
         raise ConfigError(f"{path}:{_line(node)}: {where}: expected a mapping of settings")
     for key_node, value_node in _pairs(path, node):
         sub = f"{prefix}.{key_node.value}" if prefix else key_node.value
-        setting = BY_PATH.get(sub)
+        setting = BY_PATH.get(canonical(sub))
         if setting is not None:
             where = f"{path}:{_line(value_node)}: exporter.{sub}"
             raw = yamldoc.construct(loader, value_node, where, ConfigError)
             found[sub] = (_parse(setting, raw, where), _line(value_node))
-        elif children(sub):
+        elif children(canonical(sub)):
             _walk(path, loader, value_node, sub, found)
         else:
-            expected = ", ".join(children(prefix))
+            keys = children(canonical(prefix)) + (tuple(ALIASES) if not prefix else ())
             raise ConfigError(f"{path}:{_line(key_node)}: exporter.{sub}: unknown key; "
-                              f"expected one of: {expected}")
+                              f"expected one of: {', '.join(keys)}")
+
+
+def _merge_aliases(path: str, found: Dict[str, Tuple[Any, int]]
+                   ) -> Dict[str, Tuple[Any, int]]:
+    """Settings written at an alias (``exporter.ssl``) under their own path; the same
+    setting at both places must have the same value."""
+    merged: Dict[str, Tuple[Any, int]] = {}
+    written: Dict[str, str] = {}
+    for sub, (value, line) in found.items():
+        real = canonical(sub)
+        if real in merged and merged[real][0] != value:
+            shown = mask if BY_PATH[real].secret else _yaml_text
+            raise ConfigError(
+                f"{path}:{line}: exporter.{sub} is {shown(value)} but exporter.{written[real]} "
+                f"(line {merged[real][1]}) is {shown(merged[real][0])}; both name "
+                f"exporter.{real}: give it once")
+        merged.setdefault(real, (value, line))
+        written.setdefault(real, sub)
+    return merged
 
 
 def _parse(setting: Setting, raw: Any, where: str) -> Any:

@@ -160,9 +160,22 @@ SETTINGS: Tuple[Setting, ...] = (
 
 BY_PATH = {s.path: s for s in SETTINGS}
 
+#: Sections the original project (0.2.4) documented at another place, and the section they
+#: are: its README and YAML guide put ``ssl:`` beside ``prometheus:``. Both places are
+#: accepted; giving one setting at both with different values stops start-up.
+ALIASES = {"ssl": "prometheus.ssl"}
+
 #: Environment variable that names a YAML file to load, so that the standalone exporter and
 #: a plugin without ``load_yaml_config`` read the same file.
 CONFIG_FILE_ENV = "GUNICORN_PROMETHEUS_CONFIG"
+
+
+def canonical(path: str) -> str:
+    """The setting path of a path as written (``ssl.certfile`` is ``prometheus.ssl.certfile``)."""
+    for alias, target in ALIASES.items():
+        if path == alias or path.startswith(alias + "."):
+            return target + path[len(alias):]
+    return path
 
 
 def children(prefix: str) -> Tuple[str, ...]:

@@ -8,8 +8,6 @@ status, sizes and duration from the ASGI messages themselves, so gunicorn's
 native worker, selecting this class stops start-up with one line."""
 from __future__ import annotations
 
-from typing import Any
-
 SUPPORTED = "gunicorn 24.0 or later (the native asgi worker appeared in 24.0)"
 
 try:
@@ -49,13 +47,11 @@ if ASGIWorker is not None:
             ASGIWorker.handle_abort_signal(self)
 
 else:
-    class PrometheusASGIWorker:  # type: ignore[no-redef]
-        """Stands in for the worker on gunicorn 23: start-up ends in ``check_config``."""
+    import gunicorn
 
-        @classmethod
-        def check_config(cls, cfg: Any, log: Any) -> None:
-            import gunicorn
+    from .unavailable import unavailable
 
-            raise SystemExit(f"PrometheusASGIWorker needs {SUPPORTED}; this is gunicorn "
-                             f"{gunicorn.__version__}: upgrade gunicorn, or use "
-                             f"PrometheusUvicornWorker")
+    PrometheusASGIWorker = unavailable(  # type: ignore[misc]
+        "PrometheusASGIWorker",
+        f"PrometheusASGIWorker needs {SUPPORTED}; this is gunicorn {gunicorn.__version__}: "
+        "upgrade gunicorn, or use PrometheusUvicornWorker")

@@ -61,19 +61,15 @@ if EventletWorker is not None:
                 super().patch()
 
 else:
-    class PrometheusEventletWorker:  # type: ignore[no-redef]
-        """Stands in for the worker on a gunicorn without eventlet support: gunicorn calls
-        ``check_config`` in the master before forking, and start-up ends there."""
+    import gunicorn
 
-        @classmethod
-        def check_config(cls, cfg: Any, log: Any) -> None:
-            import gunicorn
+    from .unavailable import install_hint, unavailable
 
-            if "geventlet" in _MISSING or int(gunicorn.__version__.split(".")[0]) >= 26:
-                reason = (f"PrometheusEventletWorker needs {SUPPORTED}; this is gunicorn "
-                          f"{gunicorn.__version__}: use PrometheusGeventWorker, or install "
-                          f"gunicorn-prometheus-exporter[eventlet]")
-            else:
-                reason = (f"PrometheusEventletWorker needs eventlet ({_MISSING}): install "
-                          f"gunicorn-prometheus-exporter[eventlet]")
-            raise SystemExit(reason)
+    if "geventlet" in _MISSING or int(gunicorn.__version__.split(".")[0]) >= 26:
+        _REASON = (f"PrometheusEventletWorker needs {SUPPORTED}; this is gunicorn "
+                   f"{gunicorn.__version__}: use PrometheusGeventWorker, or "
+                   f"{install_hint('eventlet')}")
+    else:
+        _REASON = (f"PrometheusEventletWorker needs eventlet ({_MISSING}): "
+                   f"{install_hint('eventlet')}")
+    PrometheusEventletWorker = unavailable("PrometheusEventletWorker", _REASON)

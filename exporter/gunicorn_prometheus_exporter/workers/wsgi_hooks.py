@@ -82,6 +82,11 @@ class WSGIRequestHooks:
             code = None
         error_type = environ.get(ERROR_ENVIRON_KEY)  # a framework rendered it: counted once
         exc = current_exception()  # post_request runs in the finally of an escaping one
+        if exc.__class__ is StopIteration:
+            # gunicorn's "close this connection", raised after the response (async workers)
+            # or, after the status line was sent, while handling the application's
+            # exception (every worker): that exception is its context
+            exc = exc.__context__
         if exc is not None:
             code, escaped = _escaped(exc, resp, code)
             error_type = error_type or escaped
