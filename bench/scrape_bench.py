@@ -145,7 +145,7 @@ def cold(processes: int, label_sets: int, runs: int) -> None:
                 continue
             firsts, repeats, ratios = [], [], []
             for _ in range(runs):
-                collector = DirectoryCollector(directory, compiled=compiled)
+                collector = DirectoryCollector(directory, deadline=600.0, compiled=compiled)
                 first = _cpu(collector.read)
                 repeat = statistics.median(_cpu(collector.read) for _ in range(3))
                 firsts.append(first)

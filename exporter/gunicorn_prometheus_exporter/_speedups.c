@@ -1354,11 +1354,12 @@ static PyTypeObject MeteredAppType = {
 
 /* -- the scrape: a file's key table ------------------------------------------------------ */
 
-/* key_table(buffer, pos, used, payload, item, width, cursor) -> (keys, offsets, pos, torn,
- * format):
+/* key_table(buffer, pos, used, payload, item, width, cursor, names) -> (keys, offsets, pos,
+ * torn, format):
  * storage/reader.py FileReader._parse for a fixed payload, in one call. Walks the entries
  * from ``pos`` to ``used`` (each: int32 key length, key, 1 to 8 spaces, ``payload`` bytes)
- * and gives the raw key bytes, each payload's offset, where the walk stopped, whether it
+ * and gives each key's text (looked up by its bytes in the dict ``names``, decoded and added
+ * there the first time), each payload's offset, where the walk stopped, whether it
  * stopped at a torn entry, and the struct format that unpacks the new values (``item``, of
  * ``width`` bytes, per value; gaps skipped from ``cursor``, the end of the last value
  * already in the format).
@@ -1366,10 +1367,10 @@ static PyTypeObject MeteredAppType = {
 static PyObject *
 key_table(PyObject *module, PyObject *args)
 {
-    PyObject *source, *item;
+    PyObject *source, *item, *names;
     Py_ssize_t pos, used, payload, width, cursor;
-    if (!PyArg_ParseTuple(args, "OnnnUnn:key_table", &source, &pos, &used, &payload, &item,
-                          &width, &cursor))
+    if (!PyArg_ParseTuple(args, "OnnnUnnO!:key_table", &source, &pos, &used, &payload, &item,
+                          &width, &cursor, &PyDict_Type, &names))
         return NULL;
     Py_buffer view;
     if (PyObject_GetBuffer(source, &view, PyBUF_SIMPLE) < 0)
@@ -1411,7 +1412,16 @@ key_table(PyObject *module, PyObject *args)
             length_so_far += sprintf(text + length_so_far, "%zdx", gap);
         memcpy(text + length_so_far, item_text, item_length);
         length_so_far += item_length;
-        PyObject *key = PyBytes_FromStringAndSize((const char *)buf + pos + 4, length);
+        PyObject *raw = PyBytes_FromStringAndSize((const char *)buf + pos + 4, length);
+        PyObject *key = raw == NULL ? NULL : PyDict_GetItemWithError(names, raw);
+        if (key != NULL) {
+            Py_INCREF(key);
+        } else if (raw != NULL && !PyErr_Occurred()) {
+            key = PyUnicode_DecodeUTF8((const char *)buf + pos + 4, length, "replace");
+            if (key != NULL && PyDict_SetItem(names, raw, key) < 0)
+                Py_CLEAR(key);
+        }
+        Py_XDECREF(raw);
         PyObject *at = key == NULL ? NULL : PyLong_FromSsize_t(offset);
         int failed = at == NULL || PyList_Append(keys, key) < 0
                      || PyList_Append(offsets, at) < 0;
@@ -1437,8 +1447,8 @@ done:
 
 static PyMethodDef speedups_functions[] = {
     {"key_table", key_table, METH_VARARGS,
-     "key_table(buffer, pos, used, payload, item, width, cursor) -> (keys, offsets, pos, "
-     "torn, format): FileReader._parse for a fixed payload."},
+     "key_table(buffer, pos, used, payload, item, width, cursor, names) -> (keys, offsets, "
+     "pos, torn, format): FileReader._parse for a fixed payload."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -155,17 +155,12 @@ class FileReader:
 
     def _parse_fixed(self, used: int) -> None:
         """``_parse`` in one C call (``key_table``) for a fixed payload; key texts from the
-        shared ``names`` table, decoded only the first time any file shows them."""
+        shared ``names`` table, decoded only the first time any file shows them (in C)."""
         item, width = ("dd", 16) if self.with_timestamps else ("d", 8)
         cursor = self.offsets[-1] + width if self.offsets else 0
-        raw, offsets, pos, torn, text = self._walk(self._map, self._parsed_to, used,
-                                                   self.payload, item, width, cursor)
-        names = self._names
-        keys = list(map(names.get, raw))
-        if None in keys:
-            for i, key in enumerate(keys):
-                if key is None:
-                    key = keys[i] = names.setdefault(raw[i], raw[i].decode("utf-8", "replace"))
+        keys, offsets, pos, torn, text = self._walk(self._map, self._parsed_to, used,
+                                                    self.payload, item, width, cursor,
+                                                    self._names)
         self.keys.extend(keys)
         self.offsets.extend(offsets)
         self.sizes.extend([self.payload] * len(offsets))
