@@ -12,7 +12,15 @@ recorder (a spread of latencies per route), with the native duration histogram a
 it: collection and exposition time (protobuf with native, text without), values read and
 the size of a native file per series.
 
-Run: ``python bench/scrape_bench.py [--quick] [--native]``. Prints Markdown (medians).
+``--cold``: the first scrape of a collector that starts beside a busy directory (a metrics
+process restarted, or the standalone exporter started) against a repeat scrape, 64
+processes x 1,000 label sets (routes in another order in each process), with the C key walk
+and without it (``GUNICORN_PROMETHEUS_NO_SPEEDUPS``'s path): CPU time of the scrape in this
+process (``time.process_time``, which a loaded machine disturbs far less than wall-clock
+time), several runs, median and range.
+
+Run: ``python bench/scrape_bench.py [--quick] [--native] [--cold]``. Prints Markdown
+(medians).
 """
 from __future__ import annotations
 
@@ -26,6 +34,7 @@ import time
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from gunicorn_prometheus_exporter import speedups
 from gunicorn_prometheus_exporter.collector import DirectoryCollector
 from gunicorn_prometheus_exporter.families import Family
 from gunicorn_prometheus_exporter.recorder import (Recorder, histogram_positions,
@@ -39,10 +48,17 @@ HISTOGRAM = Family("bench_duration_seconds", "histogram", "Duration.", ("route",
 BOUNDS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10]  # +Inf
 
 
-def write_process(directory: str, identity: str, label_sets: int) -> None:
+def write_process(directory: str, identity: str, label_sets: int, shuffle: int = 0) -> None:
+    """``label_sets`` routes, first seen in an order of their own when ``shuffle`` is set
+    (as the workers of a real server see them)."""
     store = ProcessStore(directory, identity)
     counters, histograms = store.file("counter"), store.file("histogram")
-    for i in range(label_sets):
+    order = list(range(label_sets))
+    if shuffle:
+        import random
+
+        random.Random(shuffle).shuffle(order)
+    for i in order:
         labels = {"route": f"/r{i}"}
         position = scalar_position(counters, COUNTER, labels)  # may grow the file: index first
         counters.values[position] += 1
@@ -116,6 +132,37 @@ def churn(workers: int, label_sets: int, restarts: int, repeats: int) -> None:
               f"{base * 1000:.1f} ms fresh = {after / base:.2f}x; files after churn: {files}")
 
 
+def cold(processes: int, label_sets: int, runs: int) -> None:
+    """First scrape against a repeat scrape, CPU time, C key walk and Python."""
+    print(f"| {processes} processes x {label_sets:,} label sets | first scrape | repeat scrape "
+          f"| first / repeat (median, range over {runs} runs) |")
+    print("|---|---:|---:|---:|")
+    with tempfile.TemporaryDirectory() as directory:
+        for n in range(processes):
+            write_process(directory, f"w{n}", label_sets, shuffle=n + 1)
+        for name, compiled in (("C key walk", speedups.load()), ("Python", None)):
+            if name == "C key walk" and compiled is None:
+                continue
+            firsts, repeats, ratios = [], [], []
+            for _ in range(runs):
+                collector = DirectoryCollector(directory, deadline=600.0, compiled=compiled)
+                first = _cpu(collector.read)
+                repeat = statistics.median(_cpu(collector.read) for _ in range(3))
+                firsts.append(first)
+                repeats.append(repeat)
+                ratios.append(first / repeat)
+            print(f"| {name} | {statistics.median(firsts) * 1000:.0f} ms "
+                  f"| {statistics.median(repeats) * 1000:.0f} ms "
+                  f"| {statistics.median(ratios):.1f}x ({min(ratios):.1f}-{max(ratios):.1f}) |",
+                  flush=True)
+
+
+def _cpu(fn) -> float:
+    start = time.process_time()
+    assert fn()
+    return time.process_time() - start
+
+
 def write_requests(directory: str, identity: str, routes: int, layout, requests: int) -> None:
     """``requests`` per route through the real recorder, latencies log-normal around 30 ms
     (a 95% range of about 5 ms to 200 ms: some 40 native buckets per route)."""
@@ -171,9 +218,14 @@ def native_compare(workers: int, routes: int, requests: int, repeats: int) -> No
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small grid (CI smoke)")
+    parser.add_argument("--cold", action="store_true",
+                        help="first scrape vs repeat scrape, 64 processes x 1,000 label sets")
     parser.add_argument("--native", action="store_true",
                         help="native vs classic duration histograms, 64 workers x 200 routes")
     args = parser.parse_args()
+    if args.cold:
+        cold(8 if args.quick else 64, 100 if args.quick else 1000, 3 if args.quick else 5)
+        return
     if args.native:
         native_compare(8 if args.quick else 64, 20 if args.quick else 200, 50, repeats=5)
         return

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -422,3 +423,129 @@ def test_requests_with_extras_reach_python_and_only_they(tmp_path):
     assert labelled == ["/ok"] * (1 + 9)
     assert labeller.recorder.counter_value(catalogue.HTTP_PROTOCOL, ("HTTP/2",)) == 3
     labeller.recorder.store.close()
+
+
+# -- the scrape: a file's key table walked in C (storage/reader.py FileReader) ------------
+
+def _reader_state(reader) -> tuple:
+    values = reader.read()
+    return (reader.keys, reader.offsets, reader.sizes, reader._struct.format,
+            reader._parsed_to, reader.torn, values)
+
+
+def _grow_and_tear(path: str, reader_pairs) -> None:
+    """Entries appended in two rounds (the readers read between), then a torn entry."""
+    from gunicorn_prometheus_exporter.storage.mmap_file import MmapFile, sample_key
+
+    f = MmapFile(path)
+    for n in range(3):
+        f.values[f.index(sample_key("c", "c_total", {"route": f"/é{n}" * n}, "h"))] = n + 0.5
+    for python, compiled in reader_pairs:
+        assert _reader_state(compiled) == _reader_state(python)
+    for n in range(3, 40):  # grows the file: a new map
+        f.values[f.index(sample_key("c", "c_total", {"route": f"/r{n}"}, "h"))] = float(n)
+    used = int.from_bytes(f._m[:4], "little")
+    f._m[used:used + 4] = (999).to_bytes(4, "little")  # a writer died while appending
+    f._m[:4] = (used + 8).to_bytes(4, "little")
+    f.close()
+
+
+@needs_native
+@pytest.mark.parametrize("with_timestamps", [False, True], ids=["values", "timestamps"])
+def test_compiled_key_walk_reads_what_python_reads(tmp_path, with_timestamps):
+    """The pin of ``key_table``: a reader given the module walks in C (the Python ``_parse``
+    is never called) and ends in exactly the Python reader's state, torn entry included."""
+    from gunicorn_prometheus_exporter.storage.reader import FileReader
+
+    path = str(tmp_path / "counter_w0.db")
+    python = FileReader(path, with_timestamps=with_timestamps)
+    compiled = FileReader(path, with_timestamps=with_timestamps, native=native, names={})
+    compiled._format = None  # the Python walk's format builder: calling it would fail
+    _grow_and_tear(path, [(python, compiled)])
+    state = _reader_state(python)
+    assert _reader_state(compiled) == state
+    assert state[5] is True and len(state[0]) == 40 and state[6][-1 if not with_timestamps
+                                                                   else -2] == 39.0
+
+
+@needs_native
+def test_compiled_key_walk_shares_key_texts_and_follows_a_recreated_file(tmp_path):
+    """Two files with the same keys share one string per key (decoded once); a file deleted
+    and created again with other keys at the same positions is read through its own keys."""
+    from gunicorn_prometheus_exporter.storage.mmap_file import MmapFile, sample_key
+    from gunicorn_prometheus_exporter.storage.reader import FileReader
+
+    names: dict = {}
+    readers = []
+    for identity in ("w0", "w1"):
+        path = str(tmp_path / f"counter_{identity}.db")
+        f = MmapFile(path)
+        for route in ("/a", "/b"):
+            f.values[f.index(sample_key("c", "c_total", {"route": route}, "h"))] = 1.0
+        f.close()
+        readers.append(FileReader(path, native=native, names=names))
+        assert readers[-1].read() == (1.0, 1.0)
+    assert len(names) == 2 and all(a is b for a, b in zip(readers[0].keys, readers[1].keys))
+    os.unlink(readers[0].path)
+    f = MmapFile(readers[0].path)  # same key lengths, same positions, other keys
+    for route in ("/x", "/y"):
+        f.values[f.index(sample_key("c", "c_total", {"route": route}, "h"))] = 7.0
+    f.close()
+    assert readers[0].read(os.stat(readers[0].path).st_ino) == (7.0, 7.0)
+    assert readers[0].keys == [sample_key("c", "c_total", {"route": r}, "h")
+                               for r in ("/x", "/y")]
+
+
+def _worker_files(directory: Path, workers: int) -> None:
+    """Request, per-worker and app families of ``workers`` worker slots, written by the
+    real recorder (derived per-worker families included), with routes in another order in
+    each worker."""
+    from gunicorn_prometheus_exporter.storage.mmap_file import sample_key
+
+    for w in range(workers):
+        store = ProcessStore(str(directory), f"w{w}")
+        rec = Recorder(store, DURATIONS, SIZES, threaded=False, native=None,
+                       native_layout=LAYOUT)
+        for r in sorted(range(5), key=lambda r: (r * (w + 3)) % 5):
+            rec.add(rec.series("GET", f"/r{r}", "200"), 0.01 * (r + 1), r, 10 * w)
+        counters = store.file("counter")
+        counters.values[counters.index(sample_key("app_jobs", "app_jobs_total",
+                                                  {"queue": "q"}, "Jobs."))] += w + 1
+        store.close()
+
+
+@needs_native
+def test_a_cold_scrape_numbers_each_shared_key_once(tmp_path):
+    """The same families, compiled key walk or not; and counted, not timed: the first scrape
+    of many workers decodes each distinct key once and numbers each shared key once (the
+    per-worker ones once per worker)."""
+    from gunicorn_prometheus_exporter import collector as collection
+    from gunicorn_prometheus_exporter.storage.reader import FileReader
+
+    _worker_files(tmp_path, 6)
+    python = DirectoryCollector(str(tmp_path))
+    compiled = DirectoryCollector(str(tmp_path), compiled=native)
+    numbered = []
+    original = collection.Merger._index_one
+
+    def counting(self, shard, key, position, plain):
+        numbered.append((shard.worker_id, key))
+        return original(self, shard, key, position, plain)
+
+    collection.Merger._index_one = counting
+    try:
+        served = compiled.read()
+    finally:
+        collection.Merger._index_one = original
+
+    def view(found):
+        return [(m.name, m.type, m.samples, getattr(m, "native", None)) for m in found]
+
+    assert view(served) == view(python.read()) and view(compiled.read()) == view(served)
+    files = [r for _, r in compiled._files.values() if isinstance(r, FileReader)]
+    assert len(files) == 18  # counters, gauges and histograms of 6 workers
+    assert len(compiled._key_names) == len(set().union(*(r.keys for r in files)))
+    shared = [k for w, k in numbered if '"app_jobs"' in k]
+    assert len(shared) == 1  # one worker numbers it; five look it up
+    jobs = next(m for m in served if m.name == "app_jobs")
+    assert [s.value for s in jobs.samples] == [21.0]

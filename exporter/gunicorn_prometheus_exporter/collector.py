@@ -16,6 +16,7 @@ import os
 import platform
 import threading
 import time
+from types import ModuleType
 from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 from prometheus_client.metrics_core import Metric
@@ -69,7 +70,8 @@ class SeriesRegistry:
         group = self.histograms.get((family, base))
         if group is None:
             group = self.histograms[(family, base)] = {"buckets": [], "sum": None,
-                                                       "labels": dict(base), "native": []}
+                                                       "labels": dict(base), "native": [],
+                                                       "ordered": True}
         if sample.endswith(native.SAMPLE_SUFFIX):
             bucket = native.parse_bucket(dict(labels).get(native.BUCKET_LABEL, ""))
             if bucket is not None:
@@ -77,7 +79,7 @@ class SeriesRegistry:
         elif sample.endswith("_bucket"):
             le = dict(labels).get("le", "+Inf")
             group["buckets"].append((_bound(le), le, sid))
-            group["buckets"].sort()
+            group["ordered"] = False  # sorted once, at the next exposition
         elif sample.endswith("_sum"):
             group["sum"] = sid
 
@@ -120,32 +122,60 @@ class Merger:
     def __init__(self) -> None:
         self.registry = SeriesRegistry()
         self._parsed_keys: Dict[str, tuple] = {}
+        #: (type, worker shard?) -> key -> series number, for keys numbered alike in every
+        #: such shard (``index``)
+        self._plain_sids: Dict[Tuple[str, bool], Dict[str, int]] = {}
 
     def index(self, shard: Shard, keys: List[str]) -> None:
-        """Give series numbers to the keys the shard gained since the last call."""
+        """Give series numbers to the keys the shard gained since the last call.
+
+        Most keys number the same in every shard of a kind (no label added per worker or
+        pid, no per-worker family derived): those are remembered by key text in a table per
+        kind, so a cold scrape of many files holding the same keys numbers each key once
+        and looks the rest up in one C-level pass."""
+        start = len(shard.targets)
+        if start >= len(keys):
+            return
+        pid_labelled = shard.typ == "gauge" and shard.mode in ("all", "liveall")
+        plain = None
+        if not shard.extra and not pid_labelled:
+            plain = self._plain_sids.setdefault((shard.typ, shard.worker_id is not None), {})
+        sids = list(map(plain.get, keys[start:])) if plain is not None else [None] * (
+            len(keys) - start)
+        if None in sids:
+            for i, sid in enumerate(sids):
+                if sid is None:
+                    sids[i] = self._index_one(shard, keys[start + i], start + i, plain)
+        shard.targets.extend(sids)
+        shard.series.update(sids)
+
+    def _index_one(self, shard: Shard, key: str, position: int,
+                   plain: Optional[Dict[str, int]]) -> int:
+        """The series number of one key in ``shard`` (and its derived per-worker series),
+        remembered in ``plain`` when it does not depend on the shard."""
         worker_id = shard.worker_id
-        for position in range(len(shard.targets), len(keys)):
-            family, sample, labels, help_text = self._parse_key(keys[position])
-            known = families.BY_NAME.get(family)
-            extra = shard.extra
-            if known is not None and known.per_worker and worker_id is not None:
-                extra = extra + (("worker_id", worker_id),)
-            elif shard.typ == "gauge" and shard.mode in ("all", "liveall"):
-                extra = extra + (("pid", shard.identity),)
-            merged = tuple(sorted(labels + extra)) if extra else labels
-            sid = self.registry.add(family, shard.typ, help_text, sample, merged)
-            shard.targets.append(sid)
-            shard.series.add(sid)
-            derived = families.DERIVED.get(family)
-            if (derived is not None and worker_id is not None
-                    and not sample.endswith(native.SAMPLE_SUFFIX)):
-                suffix = "_total" if derived.typ == "counter" else sample[len(family):]
-                kept = (tuple(kv for kv in labels if kv[0] == "le") + shard.extra
-                        + (("worker_id", worker_id),))
-                sid = self.registry.add(derived.name, derived.typ, derived.help,
-                                        derived.name + suffix, tuple(sorted(kept)))
-                shard.derived.append((sid, position))
-                shard.series.add(sid)
+        family, sample, labels, help_text = self._parse_key(key)
+        known = families.BY_NAME.get(family)
+        extra = shard.extra
+        if known is not None and known.per_worker and worker_id is not None:
+            extra = extra + (("worker_id", worker_id),)
+        elif shard.typ == "gauge" and shard.mode in ("all", "liveall"):
+            extra = extra + (("pid", shard.identity),)
+        merged = tuple(sorted(labels + extra)) if extra else labels
+        sid = self.registry.add(family, shard.typ, help_text, sample, merged)
+        derived = families.DERIVED.get(family)
+        if (derived is not None and worker_id is not None
+                and not sample.endswith(native.SAMPLE_SUFFIX)):
+            suffix = "_total" if derived.typ == "counter" else sample[len(family):]
+            kept = (tuple(kv for kv in labels if kv[0] == "le") + shard.extra
+                    + (("worker_id", worker_id),))
+            derived_sid = self.registry.add(derived.name, derived.typ, derived.help,
+                                            derived.name + suffix, tuple(sorted(kept)))
+            shard.derived.append((derived_sid, position))
+            shard.series.add(derived_sid)
+        elif plain is not None and not extra:
+            plain[key] = sid
+        return sid
 
     def _parse_key(self, key: str) -> tuple:
         found = self._parsed_keys.get(key)
@@ -227,6 +257,9 @@ class Merger:
             family(name).samples.append(Sample(sample, labels_of[sid], sums[sid], None,
                                                exemplars.get(sid)))
         for (name, base), group in reg.histograms.items():
+            if not group["ordered"]:
+                group["buckets"].sort()
+                group["ordered"] = True
             buckets = [sid for _, _, sid in group["buckets"] if sid in present]
             if not buckets:
                 continue
@@ -310,9 +343,12 @@ class DirectoryCollector(ReadStats):
     the health families only (``source_up`` 0) and ``stuck`` is True until the read
     finishes (a readiness probe reports it)."""
 
-    def __init__(self, directory: str, deadline: Optional[float] = None) -> None:
+    def __init__(self, directory: str, deadline: Optional[float] = None,
+                 compiled: Optional[ModuleType] = None) -> None:
         super().__init__()
         self.directory = directory
+        self._compiled = compiled  # speedups.load(): the readers' key walk in C
+        self._key_names: Dict[bytes, str] = {}  # shared by the readers (FileReader)
         self.deadline = READ_DEADLINE if deadline is None else deadline
         self.merger = Merger()
         self._files: Dict[str, Tuple[Shard, Reader]] = {}
@@ -359,7 +395,7 @@ class DirectoryCollector(ReadStats):
             entry = self._files.get(db.path)
             if entry is None:
                 entry = self._files[db.path] = (Shard(db.typ, db.mode, db.identity),
-                                                _reader(db))
+                                                _reader(db, self._compiled, self._key_names))
             shard, reader = entry
             if shard.live_only and not live.get(db.owner, False):
                 continue
@@ -414,11 +450,13 @@ class DirectoryCollector(ReadStats):
         self._refused_exemplars &= seen
 
 
-def _reader(db: storage_dir.DbFile) -> Reader:
+def _reader(db: storage_dir.DbFile, compiled: Optional[ModuleType],
+            names: Dict[bytes, str]) -> Reader:
     """A native histogram file's reader gives virtual entries, one per bucket in use."""
     if db.mode == storage_dir.NATIVE_MODE:
         return native.NativeReader(db.path)
-    return FileReader(db.path, with_timestamps=_OPS.get(db.mode) == "recent")
+    return FileReader(db.path, with_timestamps=_OPS.get(db.mode) == "recent",
+                      native=compiled, names=names)
 
 
 def _distribution_version(name: str) -> str:

@@ -8,6 +8,7 @@ import logging
 import os
 from typing import Any, Iterable, Iterator, Protocol
 
+from . import speedups
 from .collector import DirectoryCollector, health_families
 from .config import Settings
 
@@ -28,7 +29,7 @@ class Source(Protocol):
 
 class DirectorySource:
     def __init__(self, directory: str, log: logging.Logger) -> None:
-        self.collector = DirectoryCollector(directory)
+        self.collector = DirectoryCollector(directory, compiled=speedups.load())
         self.description = f"directory {directory}"
         self._log = log
         self._was_up = os.path.isdir(directory)

@@ -3,7 +3,9 @@
 The C module is built when the package is installed from source where a C compiler is
 present (setup.py marks it optional: without one the install still succeeds). It takes
 the per-request steps that cost most in Python: ``Recorder.add`` and the whole ASGI
-wrapper (``workers.asgi_metrics.instrument``). Each worker process calls ``load()`` once
+wrapper (``workers.asgi_metrics.instrument``); and, in the metrics process, the walk over a
+file's key table on a cold scrape (``storage.reader.FileReader``). Each worker process (and
+the metrics process's directory source) calls ``load()`` once
 and hands the module (or None) to what it builds. The Python code it replaces stays the
 reference, and the fallback wherever the module is missing or switched off with
 ``GUNICORN_PROMETHEUS_NO_SPEEDUPS=1`` (at run time, or at install: setup.py asks

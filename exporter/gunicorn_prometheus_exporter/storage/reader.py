@@ -17,7 +17,8 @@ import mmap
 import os
 import stat
 import struct
-from typing import List, Optional, Tuple
+from types import ModuleType
+from typing import Dict, List, Optional, Tuple
 
 from .mmap_file import Payload, padded_length, payload_of
 
@@ -48,10 +49,18 @@ def open_regular(path: str) -> int:
 
 
 class FileReader:
-    """Values of one file; ``keys`` grows as writers append entries."""
+    """Values of one file; ``keys`` grows as writers append entries.
+
+    With the C speedups (``native``, what ``speedups.load()`` gave) and a fixed payload,
+    new entries are walked in one C call, and each key's text is looked up by its bytes in
+    ``names``, a table the collector shares between all its readers: the files of different
+    workers hold the same keys, so a cold scrape decodes each distinct key once and every
+    file's ``keys`` share the same strings. The table is keyed by the key's bytes, never by
+    a position, so a file created again can only ever be read through its own entries."""
 
     def __init__(self, path: str, with_timestamps: bool = False,
-                 payload: Payload = 16) -> None:
+                 payload: Payload = 16, native: Optional[ModuleType] = None,
+                 names: Optional[Dict[bytes, str]] = None) -> None:
         self.path = path
         self.with_timestamps = with_timestamps
         self.payload = payload  # bytes after each key (``MmapFile.payload``)
@@ -66,6 +75,10 @@ class FileReader:
         self._map: Optional[mmap.mmap] = None
         self._struct = struct.Struct("<")
         self.torn = False
+        self._walk = native.key_table if native is not None and isinstance(payload, int) \
+            else None
+        self._names: Dict[bytes, str] = {} if names is None else names
+        self._format_text = "<"  # the C walk's format so far (the Python one starts afresh)
 
     def _reopen(self) -> bool:
         try:
@@ -82,6 +95,7 @@ class FileReader:
             if identity != self._ino:
                 self.keys, self.offsets, self.sizes, self._parsed_to = [], [], [], 8
                 self._struct = struct.Struct("<")
+                self._format_text = "<"
                 self.generation += 1
             self._ino = identity
             return True
@@ -112,6 +126,9 @@ class FileReader:
         return self._map
 
     def _parse(self, used: int) -> None:
+        if self._walk is not None:
+            self._parse_fixed(used)
+            return
         m = self._map
         pos = self._parsed_to
         while pos + 4 <= used:
@@ -135,6 +152,22 @@ class FileReader:
             pos = end
         self._parsed_to = pos
         self._struct = struct.Struct(self._format())
+
+    def _parse_fixed(self, used: int) -> None:
+        """``_parse`` in one C call (``key_table``) for a fixed payload; key texts from the
+        shared ``names`` table, decoded only the first time any file shows them (in C)."""
+        item, width = ("dd", 16) if self.with_timestamps else ("d", 8)
+        cursor = self.offsets[-1] + width if self.offsets else 0
+        keys, offsets, pos, torn, text = self._walk(self._map, self._parsed_to, used,
+                                                    self.payload, item, width, cursor,
+                                                    self._names)
+        self.keys.extend(keys)
+        self.offsets.extend(offsets)
+        self.sizes.extend([self.payload] * len(offsets))
+        self.torn = self.torn or torn
+        self._parsed_to = pos
+        self._format_text += text
+        self._struct = struct.Struct(self._format_text)
 
     def _format(self) -> str:
         parts = ["<"]
