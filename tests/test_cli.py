@@ -15,7 +15,7 @@ from typing import Dict, List, Optional
 import pytest
 
 from support.procs import Process, Serve, base_env, exporter_bin, free_port
-from support.scrape import scrape
+from support.scrape import assert_get_requests, scrape
 from support.wait import until
 
 EXE = exporter_bin()
@@ -64,15 +64,8 @@ def test_serve_reads_what_gunicorn_writes_exactly(start_gunicorn, start_serve):
                  "gunicorn_http_response_size_bytes_sum",
                  "gunicorn_worker_failed_requests_total", "gunicorn_worker_capacity"):
         assert _by_labels(theirs, name) == _by_labels(own, name), name
-    assert theirs.value("gunicorn_http_requests_total", method="GET", route="/",
-                        status="200") == 6
-    assert theirs.value("gunicorn_http_requests_total", method="GET", route="/users/{id}",
-                        status="200") == 4
-    assert theirs.value("gunicorn_http_requests_total", method="GET", route="/error",
-                        status="500") == 2
-    assert theirs.value("gunicorn_http_requests_total", method="GET", route="/status/{id}",
-                        status="503") == 3
-    assert theirs.total("gunicorn_http_requests_total") == total
+    assert_get_requests(theirs, {("/", "200"): 6, ("/users/{id}", "200"): 4,
+                                 ("/error", "500"): 2, ("/status/{id}", "503"): 3})
     assert theirs.value("gunicorn_exporter_source_up", source="directory") == 1
     assert len(theirs.series("gunicorn_worker_capacity")) == 2
     # more traffic shows up in both, without a restart of serve

@@ -18,7 +18,7 @@ import pytest
 
 from support.gunicorn_flags import control_socket_args
 from support.procs import DEMO_APP, Process, free_port, gunicorn_bin
-from support.scrape import Scrape, scrape
+from support.scrape import Scrape, assert_get_requests, scrape
 from support.wait import until
 
 # -- the original's documents (ports and paths are the only changes) --------------------------
@@ -169,13 +169,7 @@ def _send_and_check(setup: OriginalSetUp, read: Any) -> Scrape:
     total = sum(SENT.values())
     s = until(lambda: (lambda s: s if s.total("gunicorn_http_requests_total") >= total
                        else None)(read()), message="the requests on /metrics")
-    assert s.value("gunicorn_http_requests_total", method="GET", route="/",
-                   status="200") == 5
-    assert s.value("gunicorn_http_requests_total", method="GET", route="/users/{id}",
-                   status="200") == 3
-    assert s.value("gunicorn_http_requests_total", method="GET", route="/error",
-                   status="500") == 2
-    assert s.total("gunicorn_http_requests_total") == total
+    assert_get_requests(s, {("/", "200"): 5, ("/users/{id}", "200"): 3, ("/error", "500"): 2})
     assert s.total("gunicorn_worker_requests_total") == total  # the original's family
     assert s.total("gunicorn_worker_failed_requests_total") == 2
     assert s.value("gunicorn_workers_desired") == 2

@@ -153,6 +153,15 @@ def _raw(port: int, request: bytes) -> Tuple[int, Dict[str, str], bytes]:
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
 
 
+def _get(port: int, target: str = "/metrics",
+         headers: Optional[Dict[str, str]] = None) -> Tuple[int, Dict[str, str], bytes]:
+    """One raw ``GET target`` with ``headers`` verbatim (no client library normalises a
+    hostile value), on a connection closed after the answer."""
+    lines = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    return _raw(port, f"GET {target} HTTP/1.1\r\nHost: x\r\n{lines}"
+                      "Connection: close\r\n\r\n".encode())
+
+
 @pytest.mark.parametrize("accept", [
     "application/openmetrics-text; version=abc",
     "text/plain; version=1.x.y",
@@ -161,9 +170,7 @@ def _raw(port: int, request: bytes) -> Tuple[int, Dict[str, str], bytes]:
 def test_hostile_accept_header_gets_text_format_and_logs_no_error(server, accept):
     port, records = server
     for _ in range(20):
-        status, headers, body = _raw(
-            port, f"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\n"
-                  "Connection: close\r\n\r\n".encode())
+        status, headers, body = _get(port, headers={"Accept": accept})
         assert status == 200
         assert headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
         assert Scrape(body.decode()).value("hostile_test_scrapes_total") == 7.0
@@ -177,8 +184,7 @@ def test_hostile_accept_header_gets_text_format_and_logs_no_error(server, accept
 ])
 def test_hostile_absolute_form_target_is_served(server, target):
     port, _ = server
-    status, headers, body = _raw(
-        port, f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    status, headers, body = _get(port, target)
     assert status == 200
     assert Scrape(body.decode()).value("hostile_test_scrapes_total") == 7.0
 
@@ -188,8 +194,7 @@ def test_hostile_absolute_form_of_other_paths(server):
     for target, expected in (("http://127.0.0.1:9091", b"OK"),  # no path: "/"
                              ("http://127.0.0.1:9091/-/healthy", b"OK\n"),
                              ("http://127.0.0.1:9091/nope", b"Not Found\n")):
-        status, _, body = _raw(port, f"GET {target} HTTP/1.1\r\nHost: x\r\n"
-                                     "Connection: close\r\n\r\n".encode())
+        status, _, body = _get(port, target)
         if expected == b"OK":
             assert status == 200 and body.startswith(b"<!DOCTYPE html>")
         else:
@@ -204,14 +209,10 @@ def _auth(scheme: str, user: str, password: str) -> str:
 @pytest.mark.parametrize("scheme", ["Basic", "basic", "BASIC", "bAsIc"])
 def test_hostile_basic_auth_scheme_is_case_insensitive(server, scheme):
     port, _ = server
-    ok = _raw(port, f"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-                    f"Authorization: {_auth(scheme, 'prom', 's3cret')}\r\n\r\n".encode())
+    ok = _get(port, headers={"Authorization": _auth(scheme, "prom", "s3cret")})
     assert ok[0] == 200
     assert Scrape(ok[2].decode()).value("hostile_test_scrapes_total") == 7.0
-    wrong = _raw(port, f"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-                       f"Authorization: {_auth(scheme, 'prom', 'wrong')}\r\n\r\n".encode())
+    wrong = _get(port, headers={"Authorization": _auth(scheme, "prom", "wrong")})
     assert wrong[0] == 401
-    other = _raw(port, f"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-                       f"Authorization: Bearer {_auth('', 'prom', 's3cret')[1:]}\r\n\r\n"
-                       .encode())
+    other = _get(port, headers={"Authorization": f"Bearer {_auth('', 'prom', 's3cret')[1:]}"})
     assert other[0] == 401

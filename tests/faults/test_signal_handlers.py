@@ -9,6 +9,7 @@ import os
 import signal
 import textwrap
 from pathlib import Path
+from typing import Tuple
 
 from support.procs import Gunicorn
 from support.wait import until
@@ -62,14 +63,20 @@ def _forks(path: Path) -> dict:
     return {r["child"]: r for r in map(json.loads, path.read_text().splitlines())}
 
 
-def test_signal_metrics_process_restarted_from_the_loop_serves_exact_values(
-        start_gunicorn, tmp_path):
+def _witnessed(start_gunicorn, tmp_path: Path) -> Tuple[Gunicorn, Path]:
+    """One worker under a master whose forks the witness records (in the returned file),
+    with the stack each fork came from."""
     conf = tmp_path / "fork_witness.py"
     conf.write_text(FORK_WITNESS)
     record = tmp_path / "forks.jsonl"
     g: Gunicorn = start_gunicorn(workers=1, config=str(conf),
                                  env={"FORK_WITNESS_FILE": str(record)})
-    g.wait_ready(workers=1)
+    return g.wait_ready(workers=1), record
+
+
+def test_signal_metrics_process_restarted_from_the_loop_serves_exact_values(
+        start_gunicorn, tmp_path):
+    g, record = _witnessed(start_gunicorn, tmp_path)
     for _ in range(5):
         assert g.request("/")[0] == 200
     g.scrape_until(lambda s: s.total("gunicorn_http_requests_total") == 5)
@@ -98,12 +105,7 @@ def test_signal_handlers_of_the_master_only_record(start_gunicorn, tmp_path):
     """Every fork of the master (workers, the metrics process, its restart after a
     SIGKILL, workers replaced after TTIN/TTOU and a HUP) happens outside signal handlers,
     while our handlers count each signal."""
-    conf = tmp_path / "fork_witness.py"
-    conf.write_text(FORK_WITNESS)
-    record = tmp_path / "forks.jsonl"
-    g: Gunicorn = start_gunicorn(workers=1, config=str(conf),
-                                 env={"FORK_WITNESS_FILE": str(record)})
-    g.wait_ready(workers=1)
+    g, record = _witnessed(start_gunicorn, tmp_path)
     g.signal(signal.SIGTTIN)
     g.wait_ready(workers=2)
     os.kill(g.monitor_pid(), signal.SIGKILL)

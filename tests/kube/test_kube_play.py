@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -107,26 +108,28 @@ class Topology:
             assert self.counted() == want
 
 
-@pytest.fixture
-def played(runtime: Runtime, tmp_path: Path) -> Iterator[tuple[Node, Played]]:
+@contextmanager
+def _node_played(runtime: Runtime, directory: Path) -> Iterator[tuple[Node, Played]]:
+    """A node of its own and what is played on it, both removed afterwards."""
     node = Node().create()
-    played = Played(runtime, node, tmp_path)
+    played = Played(runtime, node, directory)
     try:
         yield node, played
     finally:
         played.down()
         node.delete()
+
+
+@pytest.fixture
+def played(runtime: Runtime, tmp_path: Path) -> Iterator[tuple[Node, Played]]:
+    with _node_played(runtime, tmp_path) as node_played:
+        yield node_played
 
 
 @pytest.fixture(scope="module")
 def module_played(runtime: Runtime, images: dict, tmp_path_factory) -> Iterator[tuple[Node, Played]]:
-    node = Node().create()
-    played = Played(runtime, node, tmp_path_factory.mktemp("kube"))
-    try:
-        yield node, played
-    finally:
-        played.down()
-        node.delete()
+    with _node_played(runtime, tmp_path_factory.mktemp("kube")) as node_played:
+        yield node_played
 
 
 @pytest.fixture(scope="module")

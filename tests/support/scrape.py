@@ -79,3 +79,13 @@ def scrape_until(port: int, condition: Callable[[Scrape], object], timeout: floa
     except AssertionError as exc:
         raise AssertionError(f"{exc}; last scrape:\n" + (last[0].text if last else "(none)")
                              + "\n--- process output ---\n" + output()) from None
+
+
+def assert_get_requests(s: Scrape, counts: Dict[Tuple[str, str], float]) -> None:
+    """Exactly ``counts[(route, status)]`` GET requests on each route, and none besides:
+    the per-series values and the family's total both checked, so a miscount or a stray
+    series fails."""
+    for (route, status), count in counts.items():
+        assert s.value("gunicorn_http_requests_total", method="GET", route=route,
+                       status=status) == count, (route, status)
+    assert s.total("gunicorn_http_requests_total") == sum(counts.values())
