@@ -549,3 +549,21 @@ def test_a_cold_scrape_numbers_each_shared_key_once(tmp_path):
     assert len(shared) == 1  # one worker numbers it; five look it up
     jobs = next(m for m in served if m.name == "app_jobs")
     assert [s.value for s in jobs.samples] == [21.0]
+
+
+@needs_native
+def test_the_metrics_process_reads_with_the_compiled_key_walk(tmp_path, monkeypatch):
+    """The pin of the scrape side: the directory source the metrics process (and ``serve``)
+    builds hands the module to its readers, and the switch turns it off there too."""
+    from gunicorn_prometheus_exporter.sources import DirectorySource
+
+    _worker_files(tmp_path, 1)
+    source = DirectorySource(str(tmp_path), logging.getLogger("test"))
+    assert source.collector.read()
+    walks = [r._walk for _, r in source.collector._files.values() if hasattr(r, "_walk")]
+    assert walks and all(walk is native.key_table for walk in walks)
+    monkeypatch.setenv(speedups.SWITCH_ENV, "1")
+    source = DirectorySource(str(tmp_path), logging.getLogger("test"))
+    assert source.collector.read()
+    assert all(r._walk is None for _, r in source.collector._files.values()
+               if hasattr(r, "_walk"))
