@@ -236,6 +236,15 @@ def _killed(topology: Topology) -> float:
                if dict(labels)["reason"] == "killed" and dict(labels)["restart_type"] == "SIGKILL")
 
 
+# The DaemonSet pod's exporter container under podman 4.3 kube play: in fresh-clone runs of the
+# whole suite `podman restart` of it failed ("cannot get namespace path unless container ... is
+# running") or it stopped on SIGTERM right after the restart, leaving it stopped for the next
+# two tests; alone the same tests passed. Not yet understood (issue 17's note): xfail, not strict.
+DAEMONSET_EXPORTER_RESTART = pytest.mark.xfail(
+    strict=False, reason="podman 4.3: the DaemonSet pod's exporter container may stay stopped "
+                         "after `podman restart` (under investigation)")
+
+
 def _restart_exporter(runtime: Runtime, topology: Topology) -> None:
     exporter = topology.container("exporter")
     started = runtime.inspect(exporter)["State"]["StartedAt"]
@@ -272,6 +281,7 @@ def test_sidecar_sigkilled_worker_and_restarted_exporter_lose_nothing(
 
 # -- daemonset ---------------------------------------------------------------------------------
 
+@DAEMONSET_EXPORTER_RESTART
 def test_daemonset_pod_counts_every_request_exactly_through_redis(
         runtime: Runtime, daemonset: Topology) -> None:
     daemonset.send()
@@ -284,12 +294,13 @@ def test_daemonset_pod_counts_every_request_exactly_through_redis(
     daemonset.assert_counted_exactly()
 
 
-@pytest.mark.parametrize("name", ["app", "exporter", "redis"])
+@pytest.mark.parametrize("name", ["app", pytest.param("exporter", marks=DAEMONSET_EXPORTER_RESTART),
+                                  "redis"])
 def test_daemonset_runs_as_the_chart_says(runtime: Runtime, daemonset: Topology, name: str) -> None:
     _security(runtime, daemonset, name)
 
 
-@pytest.mark.parametrize("name", ["app", "exporter"])
+@pytest.mark.parametrize("name", ["app", pytest.param("exporter", marks=DAEMONSET_EXPORTER_RESTART)])
 def test_daemonset_liveness_probe_passes(runtime: Runtime, daemonset: Topology, name: str) -> None:
     _liveness(runtime, daemonset, name)
 
