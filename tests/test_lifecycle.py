@@ -267,6 +267,21 @@ def test_metrics_server_is_restarted_when_it_dies(start_gunicorn):
     assert s.value("gunicorn_workers", state="idle") == 1
 
 
+def test_a_restarted_metrics_server_holds_no_worker_slot(start_gunicorn):
+    """The metrics process forked again while workers run must not keep their slot locks:
+    replacements of those workers then take the same slots, never a new one."""
+    g = start(start_gunicorn, workers=2, args=["--max-requests", "1"])
+    first = g.monitor_pid()
+    os.kill(first, signal.SIGKILL)
+    until(lambda: g.monitor_pid() not in (None, first), message="a new metrics server")
+    for _ in range(12):
+        assert g.request("/")[0] == 200
+    g.scrape_until(lambda s: s.total("gunicorn_http_requests_total") == 12
+                   and reasons(s).get("max_requests") == 12, timeout=60)
+    assert sorted(f for f in os.listdir(g.directory) if f.startswith("w") and
+                  f.endswith(".lock")) == ["w0.lock", "w1.lock"]
+
+
 def test_metrics_server_survives_being_paused(start_gunicorn):
     g = start(start_gunicorn, workers=1)
     monitor = g.monitor_pid()

@@ -154,7 +154,7 @@ class MasterRuntime:
             return
         listeners = getattr(self.arbiter, "LISTENERS", ())
         supervisor = MetricsSupervisor(self.settings, self.directory, self.log, self.id,
-                                       listeners)
+                                       listeners, in_child=self._release_worker_claims)
         if supervisor.needed:
             self.supervisor = supervisor
             supervisor.start()
@@ -164,6 +164,12 @@ class MasterRuntime:
         loop and at each worker spawn)."""
         if self.supervisor is not None:
             self.supervisor.restart_if_gone()
+
+    def _release_worker_claims(self) -> None:
+        """In a restarted metrics process: the workers' slot locks it inherited would keep
+        their slots taken after those workers end (a replacement would take a new slot)."""
+        for claim in self.worker_claims.values():
+            claim.release()
 
     # -- in a freshly forked worker --------------------------------------------------------------
     def enter_worker(self, own: Claim) -> None:

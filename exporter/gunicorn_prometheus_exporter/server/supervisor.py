@@ -12,7 +12,7 @@ import os
 import signal
 import socket
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from ..config import Settings
 from ..master_id import MasterId
@@ -22,8 +22,12 @@ from .sockets import listening_socket
 
 class MetricsSupervisor:
     def __init__(self, settings: Settings, directory: str, log: Any, master: MasterId,
-                 listeners: Sequence[Any] = ()) -> None:
+                 listeners: Sequence[Any] = (),
+                 in_child: Optional[Callable[[], None]] = None) -> None:
         self.settings = settings
+        #: run first in each forked metrics process: drops what it inherited from the master
+        #: but must not hold (the workers' slot locks, which would keep their slots taken)
+        self.in_child = in_child
         self.listeners = listeners
         self.directory = directory
         self.log = log
@@ -65,6 +69,8 @@ class MetricsSupervisor:
         if pid == 0:
             code = 0
             try:
+                if self.in_child is not None:
+                    self.in_child()
                 metrics_process.for_master(self.sock, self.settings, self.web, self.directory,
                                            self.log, self.listeners, self.master)
             except BaseException:  # the child must never return into gunicorn's code
