@@ -165,19 +165,19 @@ class MasterRuntime:
         if self.supervisor is not None:
             self.supervisor.restart_if_gone()
 
-    def _release_worker_claims(self) -> None:
-        """In a restarted metrics process: the workers' slot locks it inherited would keep
-        their slots taken after those workers end (a replacement would take a new slot)."""
-        for claim in self.worker_claims.values():
-            claim.release()
+    def _release_worker_claims(self, keep: Optional[str] = None) -> None:
+        """In a forked child (a worker keeps its own, ``keep``; a restarted metrics process
+        none): the workers' slot locks it inherited would keep their slots taken after
+        those workers end, so a replacement would take a new slot."""
+        for identity, claim in self.worker_claims.items():
+            if identity != keep:
+                claim.release()
 
     # -- in a freshly forked worker --------------------------------------------------------------
     def enter_worker(self, own: Claim) -> None:
         """Drop what the worker inherited but must not hold: other slots' locks (they
         would keep dead slots 'live'), the master's identity and the metrics socket."""
-        for slot, claim in list(self.worker_claims.items()):
-            if slot != own.identity:
-                claim.release()
+        self._release_worker_claims(keep=own.identity)
         self.worker_claims = {own.identity: own}
         self.workers = {}
         self.claim.release()
