@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from apps.dirty_app import DIRTY_APP as APP, POOL_ARGS
 from support.wait import until
 
 gunicorn_dirty = pytest.importorskip("gunicorn.dirty", reason="gunicorn >= 27 (dirty workers)")
 
 TESTS = ["--chdir", str(Path(__file__).parent)]
-APP = "apps.dirty_app:Compute"
-POOL = TESTS + ["--dirty-app", APP, "--dirty-workers", "2", "--dirty-timeout", "2"]
+POOL = TESTS + POOL_ARGS
 
 
 

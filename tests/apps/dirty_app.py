@@ -4,6 +4,9 @@ import time
 from urllib.parse import parse_qs
 
 DIRTY_APP = "apps.dirty_app:Compute"
+#: gunicorn's arguments for a pool of two dirty workers running it (gunicorn run with
+#: ``--chdir tests``), killed after 2 s without a heartbeat
+POOL_ARGS = ["--dirty-app", DIRTY_APP, "--dirty-workers", "2", "--dirty-timeout", "2"]
 
 try:
     from gunicorn.dirty import DirtyApp, get_dirty_client
