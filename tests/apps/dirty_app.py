@@ -1,5 +1,7 @@
 """A dirty app (gunicorn >= 27) and the WSGI app that calls it: ``/square?x=N`` (N*N),
-``/fail`` (the dirty app raises ValueError), ``/slow?ms=N`` (the task sleeps N ms)."""
+``/fail`` (the dirty app raises ValueError), ``/slow?ms=N`` (the task sleeps N ms),
+``/crash`` (the dirty worker exits with code 1 mid-task)."""
+import os
 import time
 from urllib.parse import parse_qs
 
@@ -24,6 +26,9 @@ class Compute(DirtyApp):
     def slow(self, ms):
         time.sleep(ms / 1000.0)
         return ms
+
+    def crash(self):
+        os._exit(1)
 
 
 def app(environ, start_response):
