@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from apps.dirty_app import DIRTY_APP, POOL_ARGS
-from chart.metric_names import DASHBOARD, dashboard_panels
+from chart.metric_names import DASHBOARD
 from promapi import JOB
 
 TESTS = ["--chdir", str(Path(__file__).resolve().parents[1] / "tests")]
@@ -27,7 +27,7 @@ def row_queries() -> dict:
     rows = [p for p in dash["panels"] if p["type"] == "row" and p["title"].startswith(ROWS)]
     assert len(rows) == len(ROWS)
     return {p["title"]: [t["expr"] for t in p["targets"]]
-            for row in rows for p in dashboard_panels({"panels": [row]})[1:]}
+            for row in rows for p in row["panels"]}
 
 
 def filled(expr: str, scenarios: str) -> str:
@@ -38,17 +38,8 @@ def filled(expr: str, scenarios: str) -> str:
             .replace("$__rate_interval", "1m"))
 
 
-def _dirty_pids(g):
-    """The dirty workers: children of the dirty arbiter, the one child of the master that
-    has children (HTTP workers and the metrics process have none)."""
-    import psutil
-
-    return sorted(p.pid for child in psutil.Process(g.pid).children()
-                  for p in child.children() if p.status() != psutil.STATUS_ZOMBIE)
-
-
 def _values(prometheus, promql: str) -> dict:
-    """{values of the labels other than job and namespace, by label name: value}."""
+    """{(values of the labels but job and namespace, in label-name order): value}."""
     return {tuple(v for k, v in sorted(r["metric"].items()) if k not in ("job", "namespace")):
             r["value"] for r in prometheus.query(promql)}
 
@@ -91,7 +82,7 @@ def test_queue_time_protocol_websocket_and_dirty_rows_show_what_was_sent(scenari
         assert closed.recv(10) == "a"
     for path in ("/square?x=3", "/square?x=4", "/fail"):
         assert pool.request(path)[0] in (200, 500)
-    os.kill(_dirty_pids(pool)[0], signal.SIGTERM)  # a dirty worker exits (and is replaced)
+    os.kill(pool.dirty_pids()[0], signal.SIGTERM)  # a dirty worker exits (and is replaced)
 
     with connect(url) as held:  # open while the dashboard is read
         held.send("b")

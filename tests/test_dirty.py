@@ -16,16 +16,6 @@ TESTS = ["--chdir", str(Path(__file__).parent)]
 POOL = TESTS + POOL_ARGS
 
 
-
-def _dirty_pids(g):
-    """The dirty workers: the children of the dirty arbiter, the one child of the master
-    that has children (HTTP workers and the metrics process have none)."""
-    import psutil
-
-    return sorted(p.pid for child in psutil.Process(g.pid).children()
-                  for p in child.children() if p.status() != psutil.STATUS_ZOMBIE)
-
-
 def test_dirty_pool_tasks_failures_and_exits(start_gunicorn):
     g = start_gunicorn(app="apps.dirty_app:app", workers=1,
                        extra_args=POOL).wait_ready(workers=1)
@@ -50,11 +40,11 @@ def test_dirty_pool_tasks_failures_and_exits(start_gunicorn):
 
     # a dirty worker that stops answering (SIGSTOP: its heartbeat stops) is killed after
     # dirty_timeout; the arbiter starts a replacement
-    first, second = _dirty_pids(g)
+    first, second = g.dirty_pids()
     os.kill(first, signal.SIGSTOP)
     g.scrape_until(lambda s: s.value("gunicorn_dirty_worker_exits_total",
                                      reason="timeout") == 1, timeout=30)
-    until(lambda: len(_dirty_pids(g)) == 2 and first not in _dirty_pids(g), timeout=30,
+    until(lambda: len(g.dirty_pids()) == 2 and first not in g.dirty_pids(), timeout=30,
           message="a replacement dirty worker")
     g.scrape_until(lambda s: s.value("gunicorn_dirty_workers", state="idle") == 2)
     # a dirty worker told to stop exits on its own
@@ -62,17 +52,17 @@ def test_dirty_pool_tasks_failures_and_exits(start_gunicorn):
     s = g.scrape_until(lambda s: s.value("gunicorn_dirty_worker_exits_total",
                                          reason="exited") == 1, timeout=30)
     assert s.value("gunicorn_dirty_worker_exits_total", reason="timeout") == 1
-    until(lambda: len(_dirty_pids(g)) == 2, timeout=30, message="the pool to be whole again")
+    until(lambda: len(g.dirty_pids()) == 2, timeout=30, message="the pool to be whole again")
     s = g.scrape_until(lambda s: s.value("gunicorn_dirty_workers", state="idle") == 2)
     # the tasks counted by the workers that are gone are kept
     assert s.value("gunicorn_dirty_tasks_total", app=APP) == 5
     # the exit status names the rest: SIGKILL from outside the arbiter (as the OOM killer
     # sends), and a dirty worker that exits with code 1 in the middle of a task
-    victim = _dirty_pids(g)[0]
+    victim = g.dirty_pids()[0]
     os.kill(victim, signal.SIGKILL)
     g.scrape_until(lambda s: s.value("gunicorn_dirty_worker_exits_total",
                                      reason="killed") == 1, timeout=30)
-    until(lambda: len(_dirty_pids(g)) == 2 and victim not in _dirty_pids(g), timeout=30,
+    until(lambda: len(g.dirty_pids()) == 2 and victim not in g.dirty_pids(), timeout=30,
           message="a replacement for the SIGKILLed dirty worker")
     assert g.request("/crash")[0] == 500
     s = g.scrape_until(lambda s: s.value("gunicorn_dirty_worker_exits_total",
