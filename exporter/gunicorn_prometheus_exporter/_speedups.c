@@ -1354,36 +1354,284 @@ static PyTypeObject MeteredAppType = {
 
 /* -- the scrape: a file's key table ------------------------------------------------------ */
 
-/* key_table(buffer, pos, used, payload, item, width, cursor, names) -> (keys, offsets, pos,
- * torn, format):
+/* KeyTable(): the distinct keys of a directory's files, numbered in the order first seen
+ * (storage/reader.py KeyTable in C). The files of different workers hold the same keys, so
+ * a cold scrape of 64 files x 17,000 entries meets each key 64 times: here each meeting is
+ * a hash of the key's bytes where they lie in the map and a compare with the bytes kept
+ * from the first meeting, with no Python object made; the text is decoded once per
+ * distinct key. The hash is CPython's own for bytes (keyed by the interpreter's hash
+ * secret), so crafted keys collide no more here than in a dict. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *texts;          /* list: each distinct key's text, by number */
+    Py_ssize_t count;         /* distinct keys */
+    Py_ssize_t id_capacity;
+    Py_hash_t *hashes;        /* by number */
+    Py_ssize_t *starts;       /* by number: where its bytes are in ``arena`` */
+    Py_ssize_t *lengths;      /* by number */
+    uint64_t *slots;          /* open addressing: the hash's high 32 bits, then number + 1
+                                 (0 when free): one memory access per probe */
+    Py_ssize_t mask;          /* slots - 1 (a power of two, at most half full) */
+    char *arena;
+    Py_ssize_t arena_used, arena_capacity;
+} KeyTable;
+
+static Py_hash_t
+key_hash(const char *raw, Py_ssize_t length)
+{
+#if PY_VERSION_HEX >= 0x030E0000
+    return Py_HashBuffer(raw, length);
+#else
+    return _Py_HashBytes(raw, length);
+#endif
+}
+
+static inline uint64_t
+slot_of(Py_hash_t hash, Py_ssize_t id)
+{
+    return ((uint64_t)hash & 0xffffffff00000000u) | (uint64_t)(id + 1);
+}
+
+/* Doubles the slots (the numbers stay). */
+static int
+KeyTable_rehash(KeyTable *self)
+{
+    Py_ssize_t size = 2 * (self->mask + 1);
+    uint64_t *slots = PyMem_Calloc(size, sizeof(uint64_t));
+    if (slots == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t id = 0; id < self->count; id++) {
+        Py_ssize_t at = (size_t)self->hashes[id] & (size - 1);
+        while (slots[at])
+            at = (at + 1) & (size - 1);
+        slots[at] = slot_of(self->hashes[id], id);
+    }
+    PyMem_Free(self->slots);
+    self->slots = slots;
+    self->mask = size - 1;
+    return 0;
+}
+
+/* Room for one more number, its bytes (``length``) and a half-free slot table. */
+static int
+KeyTable_reserve(KeyTable *self, Py_ssize_t length)
+{
+    if (self->count >= INT_MAX - 1) {
+        PyErr_SetString(PyExc_OverflowError, "too many distinct keys");
+        return -1;
+    }
+    if (self->count == self->id_capacity) {
+        Py_ssize_t capacity = 2 * self->id_capacity;
+        Py_hash_t *hashes = PyMem_Realloc(self->hashes, capacity * sizeof(Py_hash_t));
+        if (hashes != NULL)
+            self->hashes = hashes;
+        Py_ssize_t *starts = hashes == NULL ? NULL
+            : PyMem_Realloc(self->starts, capacity * sizeof(Py_ssize_t));
+        if (starts != NULL)
+            self->starts = starts;
+        Py_ssize_t *lengths = starts == NULL ? NULL
+            : PyMem_Realloc(self->lengths, capacity * sizeof(Py_ssize_t));
+        if (lengths == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        self->lengths = lengths;
+        self->id_capacity = capacity;
+    }
+    if (self->arena_used + length > self->arena_capacity) {
+        Py_ssize_t capacity = 2 * self->arena_capacity + length;
+        char *arena = PyMem_Realloc(self->arena, capacity);
+        if (arena == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        self->arena = arena;
+        self->arena_capacity = capacity;
+    }
+    if (2 * (self->count + 1) > self->mask + 1)
+        return KeyTable_rehash(self);
+    return 0;
+}
+
+/* The number of the key whose bytes are ``raw``, numbering (and decoding) it when new;
+ * -1 with an exception set on failure. */
+static Py_ssize_t
+KeyTable_number(KeyTable *self, const char *raw, Py_ssize_t length)
+{
+    Py_hash_t hash = key_hash(raw, length);
+    if (hash == -1 && PyErr_Occurred())
+        return -1;
+    Py_ssize_t at = (size_t)hash & self->mask;
+    uint64_t high = (uint64_t)hash & 0xffffffff00000000u;
+    for (uint64_t found; (found = self->slots[at]) != 0; at = (at + 1) & self->mask) {
+        Py_ssize_t id = (Py_ssize_t)(found & 0xffffffffu) - 1;
+        if ((found & 0xffffffff00000000u) == high && self->lengths[id] == length
+                && memcmp(self->arena + self->starts[id], raw, length) == 0)
+            return id;
+    }
+    PyObject *text = PyUnicode_DecodeUTF8(raw, length, "replace");
+    if (text == NULL)
+        return -1;
+    int failed = PyList_Append(self->texts, text) < 0 || KeyTable_reserve(self, length) < 0;
+    Py_DECREF(text);
+    if (failed)
+        return -1;
+    Py_ssize_t id = self->count++;
+    self->hashes[id] = hash;
+    self->starts[id] = self->arena_used;
+    self->lengths[id] = length;
+    memcpy(self->arena + self->arena_used, raw, length);
+    self->arena_used += length;
+    at = (size_t)hash & self->mask;  /* the slots may have been rehashed */
+    while (self->slots[at])
+        at = (at + 1) & self->mask;
+    self->slots[at] = slot_of(hash, id);
+    return id;
+}
+
+static PyObject *
+KeyTable_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    if (PyTuple_GET_SIZE(args) || (kwds != NULL && PyDict_GET_SIZE(kwds))) {
+        PyErr_SetString(PyExc_TypeError, "KeyTable() takes no arguments");
+        return NULL;
+    }
+    KeyTable *self = (KeyTable *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->id_capacity = 64;
+    self->mask = 127;
+    self->texts = PyList_New(0);
+    self->hashes = PyMem_Malloc(self->id_capacity * sizeof(Py_hash_t));
+    self->starts = PyMem_Malloc(self->id_capacity * sizeof(Py_ssize_t));
+    self->lengths = PyMem_Malloc(self->id_capacity * sizeof(Py_ssize_t));
+    self->slots = PyMem_Calloc(self->mask + 1, sizeof(uint64_t));
+    if (self->texts == NULL || self->hashes == NULL || self->starts == NULL
+            || self->lengths == NULL || self->slots == NULL) {
+        Py_DECREF(self);
+        return PyErr_Occurred() ? NULL : PyErr_NoMemory();
+    }
+    return (PyObject *)self;
+}
+
+static void
+KeyTable_dealloc(KeyTable *self)
+{
+    Py_XDECREF(self->texts);
+    PyMem_Free(self->hashes);
+    PyMem_Free(self->starts);
+    PyMem_Free(self->lengths);
+    PyMem_Free(self->slots);
+    PyMem_Free(self->arena);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+KeyTable_id_of(KeyTable *self, PyObject *raw)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(raw, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    Py_ssize_t id = KeyTable_number(self, view.buf, view.len);
+    PyBuffer_Release(&view);
+    return id < 0 ? NULL : PyLong_FromSsize_t(id);
+}
+
+static PyMethodDef KeyTable_methods[] = {
+    {"id_of", (PyCFunction)KeyTable_id_of, METH_O,
+     "id_of(raw) -> int: the number of the key whose bytes are raw (numbered when new)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef KeyTable_members[] = {
+    {"texts", T_OBJECT, offsetof(KeyTable, texts), READONLY,
+     "Each distinct key's text, by number."},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject KeyTableType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "gunicorn_prometheus_exporter._speedups.KeyTable",
+    .tp_basicsize = sizeof(KeyTable),
+    .tp_dealloc = (destructor)KeyTable_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "KeyTable(): storage.reader.KeyTable in C (the keys' bytes kept and hashed "
+              "here).",
+    .tp_methods = KeyTable_methods,
+    .tp_members = KeyTable_members,
+    .tp_new = KeyTable_new,
+};
+
+/* Appends ``n`` bytes to a growing buffer; -1 (MemoryError set) on failure. */
+static int
+grow_append(char **buffer, Py_ssize_t *used, Py_ssize_t *capacity, const void *bytes,
+            Py_ssize_t n)
+{
+    if (*used + n > *capacity) {
+        Py_ssize_t wanted = 2 * *capacity + n;
+        char *grown = PyMem_Realloc(*buffer, wanted);
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        *buffer = grown;
+        *capacity = wanted;
+    }
+    memcpy(*buffer + *used, bytes, n);
+    *used += n;
+    return 0;
+}
+
+/* ``n`` in decimal then ``x`` (a struct format's gap), into ``out``; its length. */
+static Py_ssize_t
+gap_text(char *out, Py_ssize_t n)
+{
+    char digits[24];
+    Py_ssize_t count = 0;
+    do {
+        digits[count++] = (char)('0' + n % 10);
+        n /= 10;
+    } while (n > 0);
+    for (Py_ssize_t i = 0; i < count; i++)
+        out[i] = digits[count - 1 - i];
+    out[count] = 'x';
+    return count + 1;
+}
+
+/* key_table(buffer, pos, used, payload, item, width, cursor, table) -> (keys, ids, offsets,
+ * pos, torn, format):
  * storage/reader.py FileReader._parse for a fixed payload, in one call. Walks the entries
  * from ``pos`` to ``used`` (each: int32 key length, key, 1 to 8 spaces, ``payload`` bytes)
- * and gives each key's text (looked up by its bytes in the dict ``names``, decoded and added
- * there the first time), each payload's offset, where the walk stopped, whether it
- * stopped at a torn entry, and the struct format that unpacks the new values (``item``, of
- * ``width`` bytes, per value; gaps skipped from ``cursor``, the end of the last value
- * already in the format).
- * A cold scrape walks a million entries: in Python that was most of its time. */
+ * and gives each key's text and number in ``table`` (a KeyTable: the text is shared by
+ * every file that holds the key), the numbers as the bytes of an array('i'), each payload's
+ * offset as the bytes of an array('q'), where the walk stopped, whether it stopped at a
+ * torn entry, and the struct format that unpacks the new values (``item``, of ``width``
+ * bytes, per value; gaps skipped from ``cursor``, the end of the last value already in the
+ * format). A cold scrape walks a million entries: per entry this makes no Python object. */
 static PyObject *
 key_table(PyObject *module, PyObject *args)
 {
-    PyObject *source, *item, *names;
+    PyObject *source, *item;
+    KeyTable *table;
     Py_ssize_t pos, used, payload, width, cursor;
     if (!PyArg_ParseTuple(args, "OnnnUnnO!:key_table", &source, &pos, &used, &payload, &item,
-                          &width, &cursor, &PyDict_Type, &names))
+                          &width, &cursor, &KeyTableType, &table))
         return NULL;
     Py_buffer view;
     if (PyObject_GetBuffer(source, &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    const unsigned char *buf = view.buf;
+    const char *buf = view.buf;
     Py_ssize_t limit = used < view.len ? used : view.len;
-    PyObject *keys = PyList_New(0), *offsets = PyList_New(0), *format = NULL, *result = NULL;
+    PyObject *keys = PyList_New(0), *result = NULL;
     Py_ssize_t item_length;
     const char *item_text = PyUnicode_AsUTF8AndSize(item, &item_length);
-    Py_ssize_t capacity = 256, length_so_far = 0;
-    char *text = PyMem_Malloc(capacity);
+    char *text = NULL, *ids = NULL, *offsets = NULL;
+    Py_ssize_t text_used = 0, text_capacity = 0, ids_used = 0, ids_capacity = 0,
+               offsets_used = 0, offsets_capacity = 0;
     int torn = 0;
-    if (keys == NULL || offsets == NULL || item_text == NULL || text == NULL)
+    if (keys == NULL || item_text == NULL)
         goto done;
     while (pos >= 0 && pos + 4 <= used && pos + 4 <= view.len) {
         int32_t length;
@@ -1398,57 +1646,126 @@ key_table(PyObject *module, PyObject *args)
             torn = 1;
             break;
         }
-        if (length_so_far + 32 + item_length > capacity) {
-            capacity = 2 * capacity + 32 + item_length;
-            char *grown = PyMem_Realloc(text, capacity);
-            if (grown == NULL) {
-                PyErr_NoMemory();
-                goto done;
-            }
-            text = grown;
-        }
-        Py_ssize_t gap = offset - cursor;
-        if (gap)
-            length_so_far += sprintf(text + length_so_far, "%zdx", gap);
-        memcpy(text + length_so_far, item_text, item_length);
-        length_so_far += item_length;
-        PyObject *raw = PyBytes_FromStringAndSize((const char *)buf + pos + 4, length);
-        PyObject *key = raw == NULL ? NULL : PyDict_GetItemWithError(names, raw);
-        if (key != NULL) {
-            Py_INCREF(key);
-        } else if (raw != NULL && !PyErr_Occurred()) {
-            key = PyUnicode_DecodeUTF8((const char *)buf + pos + 4, length, "replace");
-            if (key != NULL && PyDict_SetItem(names, raw, key) < 0)
-                Py_CLEAR(key);
-        }
-        Py_XDECREF(raw);
-        PyObject *at = key == NULL ? NULL : PyLong_FromSsize_t(offset);
-        int failed = at == NULL || PyList_Append(keys, key) < 0
-                     || PyList_Append(offsets, at) < 0;
-        Py_XDECREF(key);
-        Py_XDECREF(at);
-        if (failed)
+        Py_ssize_t id = KeyTable_number(table, buf + pos + 4, length);
+        if (id < 0 || PyList_Append(keys, PyList_GET_ITEM(table->texts, id)) < 0)
+            goto done;
+        int number = (int)id;
+        long long at = offset;
+        char gap[32];
+        Py_ssize_t gap_length = offset > cursor ? gap_text(gap, offset - cursor) : 0;
+        if (grow_append(&ids, &ids_used, &ids_capacity, &number, sizeof(number)) < 0
+                || grow_append(&offsets, &offsets_used, &offsets_capacity, &at, sizeof(at)) < 0
+                || grow_append(&text, &text_used, &text_capacity, gap, gap_length) < 0
+                || grow_append(&text, &text_used, &text_capacity, item_text, item_length) < 0)
             goto done;
         cursor = offset + width;
         pos = offset + payload;
     }
-    format = PyUnicode_FromStringAndSize(text, length_so_far);
-    if (format != NULL)
-        result = Py_BuildValue("(OOnOO)", keys, offsets, pos, torn ? Py_True : Py_False,
-                               format);
+    result = Py_BuildValue("(Oy#y#nOs#)", keys, ids == NULL ? "" : ids, ids_used,
+                           offsets == NULL ? "" : offsets, offsets_used, pos,
+                           torn ? Py_True : Py_False, text == NULL ? "" : text, text_used);
 done:
     PyBuffer_Release(&view);
     PyMem_Free(text);
+    PyMem_Free(ids);
+    PyMem_Free(offsets);
     Py_XDECREF(keys);
-    Py_XDECREF(offsets);
-    Py_XDECREF(format);
     return result;
+}
+
+/* pick(column, ids, start) -> list: ``column[i]`` for each number ``i`` of the array('i')
+ * ``ids`` from ``start`` on, the list ``column`` first grown with None to hold every such
+ * number (collector.py pick in C: the series numbers of a file's keys, known or None). */
+static PyObject *
+pick(PyObject *module, PyObject *args)
+{
+    PyObject *column, *source;
+    Py_ssize_t start;
+    if (!PyArg_ParseTuple(args, "O!On:pick", &PyList_Type, &column, &source, &start))
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(source, &view, PyBUF_FORMAT) < 0)
+        return NULL;
+    PyObject *out = NULL;
+    if (view.itemsize != sizeof(int) || view.format == NULL || strcmp(view.format, "i") != 0) {
+        PyErr_SetString(PyExc_TypeError, "pick: ids must be an array('i')");
+        goto done;
+    }
+    const int *ids = view.buf;
+    Py_ssize_t count = view.len / (Py_ssize_t)sizeof(int);
+    if (start < 0)
+        start = 0;
+    int top = -1;
+    for (Py_ssize_t i = start; i < count; i++) {
+        if (ids[i] < 0) {
+            PyErr_SetString(PyExc_ValueError, "pick: a negative key number");
+            goto done;
+        }
+        if (ids[i] > top)
+            top = ids[i];
+    }
+    while (PyList_GET_SIZE(column) <= top) {
+        if (PyList_Append(column, Py_None) < 0)
+            goto done;
+    }
+    out = PyList_New(count > start ? count - start : 0);
+    if (out == NULL)
+        goto done;
+    for (Py_ssize_t i = start; i < count; i++) {
+        PyObject *found = PyList_GET_ITEM(column, ids[i]);
+        Py_INCREF(found);
+        PyList_SET_ITEM(out, i - start, found);
+    }
+done:
+    PyBuffer_Release(&view);
+    return out;
+}
+
+/* key_set(ids) -> bytes: the set of numbers in the array('i') ``ids`` as a bitmap (bit
+ * ``i % 8`` of byte ``i / 8``, as long as the largest needs): equal for two files that
+ * hold the same keys in any order (collector.py Merger.index shares their set of series). */
+static PyObject *
+key_set(PyObject *module, PyObject *source)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(source, &view, PyBUF_FORMAT) < 0)
+        return NULL;
+    PyObject *out = NULL;
+    if (view.itemsize != sizeof(int) || view.format == NULL || strcmp(view.format, "i") != 0) {
+        PyErr_SetString(PyExc_TypeError, "key_set: ids must be an array('i')");
+        goto done;
+    }
+    const int *ids = view.buf;
+    Py_ssize_t count = view.len / (Py_ssize_t)sizeof(int);
+    int top = -1;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (ids[i] < 0) {
+            PyErr_SetString(PyExc_ValueError, "key_set: a negative key number");
+            goto done;
+        }
+        if (ids[i] > top)
+            top = ids[i];
+    }
+    out = PyBytes_FromStringAndSize(NULL, top / 8 + 1);
+    if (out == NULL)
+        goto done;
+    unsigned char *bits = (unsigned char *)PyBytes_AS_STRING(out);
+    memset(bits, 0, top / 8 + 1);
+    for (Py_ssize_t i = 0; i < count; i++)
+        bits[ids[i] / 8] |= (unsigned char)(1u << (ids[i] % 8));
+done:
+    PyBuffer_Release(&view);
+    return out;
 }
 
 static PyMethodDef speedups_functions[] = {
     {"key_table", key_table, METH_VARARGS,
-     "key_table(buffer, pos, used, payload, item, width, cursor, names) -> (keys, offsets, "
-     "pos, torn, format): FileReader._parse for a fixed payload."},
+     "key_table(buffer, pos, used, payload, item, width, cursor, table) -> (keys, ids, "
+     "offsets, pos, torn, format): FileReader._parse for a fixed payload."},
+    {"pick", pick, METH_VARARGS,
+     "pick(column, ids, start) -> list: column[i] for each i of ids[start:] (collector.pick)."},
+    {"key_set", key_set, METH_O,
+     "key_set(ids) -> bytes: the numbers in the array('i') ids as a bitmap."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1509,7 +1826,8 @@ PyInit__speedups(void)
     if (add_type(module, "RequestWriter", &RequestWriterType) < 0
             || PyType_Ready(&RequestMeterType) < 0 || PyType_Ready(&ReceivingType) < 0
             || PyType_Ready(&MeteredCallType) < 0
-            || add_type(module, "MeteredApp", &MeteredAppType) < 0) {
+            || add_type(module, "MeteredApp", &MeteredAppType) < 0
+            || add_type(module, "KeyTable", &KeyTableType) < 0) {
         Py_DECREF(module);
         return NULL;
     }
