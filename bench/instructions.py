@@ -204,9 +204,9 @@ def describe() -> str:
     """What was measured: gunicorn, Python, the plugin's source tree and its commit."""
     source = Path(speedups.__file__).resolve().parents[2]
     commit = subprocess.run(["git", "-C", str(source), "describe", "--always", "--dirty"],
-                            capture_output=True, text=True).stdout.strip() or "unknown"
+                            capture_output=True, text=True).stdout.strip()
     return (f"gunicorn {metadata.version('gunicorn')}, Python {platform.python_version()}, "
-            f"plugin from {source} at {commit}")
+            f"plugin from {source}" + (f" at {commit}" if commit else ""))
 
 
 def main() -> None:
