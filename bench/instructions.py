@@ -28,7 +28,7 @@ costs). Those last four are reported against the plugin. The runs are independen
 processes: ``--jobs`` runs that many at once (instruction counts do not depend on load).
 
 Run: ``python bench/instructions.py [--workers sync gthread gevent asgi asgi-starlette
-asgi-shop uvicorn] [--requests 300 1300] [--clients 4] [--runs 3] [--jobs 1] [--python]
+asgi-shop uvicorn] [--requests 200 800] [--clients 4] [--runs 3] [--jobs 1] [--python]
 [--headers] [--compare-to DIR] [--native-off] [--json FILE]``. Needs valgrind; a run of
 one variant takes 0.5-1 minute of a core (callgrind runs Python about 50 times slower).
 """
@@ -147,6 +147,14 @@ def count_run(case: Case, variant: Variant, requests: int, clients: int, tmp: st
     return total
 
 
+def _counted(name: str, variant: Variant, requests: int, clients: int, tmp: str) -> int:
+    """``count_run`` with a line on stderr when it is done (a table takes a while)."""
+    total = count_run(WORKERS[name], variant, requests, clients, tmp)
+    print(f"  {name} {variant.label}, {requests} requests: {total:,} instructions",
+          file=sys.stderr, flush=True)
+    return total
+
+
 def _check_recorded(directory: str, expected: int) -> None:
     """A count is only worth something if the plugin recorded every request it served."""
     from gunicorn_prometheus_exporter.collector import DirectoryCollector
@@ -214,7 +222,7 @@ def main() -> None:
     parser.add_argument("--workers", nargs="+", choices=sorted(WORKERS),
                         default=["sync", "gthread", "gevent", "asgi", "asgi-starlette",
                                  "asgi-shop", "uvicorn"])
-    parser.add_argument("--requests", nargs=2, type=int, default=[300, 1300])
+    parser.add_argument("--requests", nargs=2, type=int, default=[200, 800])
     parser.add_argument("--clients", type=int, default=4,
                         help="connections sending requests at once (default 4)")
     parser.add_argument("--runs", type=int, default=3,
@@ -244,8 +252,8 @@ def main() -> None:
         write_apps(tmp)
         cases = runnable({n: WORKERS[n].modules for n in args.workers})
         # every run submitted at once, run by run and variant by variant (interleaved)
-        futures = {(name, v.label, run): {n: pool.submit(count_run, WORKERS[name], v, n,
-                                                          args.clients, tmp)
+        futures = {(name, v.label, run): {n: pool.submit(_counted, name, v, n, args.clients,
+                                                          tmp)
                                           for n in (high, low)}
                    for name in cases for run in range(args.runs) for v in found}
         for name in cases:
