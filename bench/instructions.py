@@ -29,8 +29,10 @@ processes: ``--jobs`` runs that many at once (instruction counts do not depend o
 
 Run: ``python bench/instructions.py [--workers sync gthread gevent asgi asgi-starlette
 asgi-shop uvicorn] [--requests 200 800] [--clients 4] [--runs 3] [--jobs 1] [--python]
-[--headers] [--compare-to DIR] [--native-off] [--json FILE]``. Needs valgrind; a run of
-one variant takes 0.5-1 minute of a core (callgrind runs Python about 50 times slower).
+[--headers] [--compare-to DIR] [--native-off] [--json FILE]``; ``--table FILE...`` prints
+the table of docs/benchmarks.md from the ``--json`` files of one or more runs. Needs
+valgrind; one callgrind run takes 5-10 s of a core (about 5 s to start, then 5 ms a
+request), a table of six workers, three variants and three runs about 15 minutes.
 """
 from __future__ import annotations
 
@@ -217,6 +219,36 @@ def describe() -> str:
             f"plugin from {source}" + (f" at {commit}" if commit else ""))
 
 
+def markdown(saved: List[dict]) -> List[str]:
+    """docs/benchmarks.md's table from files written by ``--json``: per worker and
+    gunicorn, plain, the plugin (C) and what it adds, the Python path's addition; each
+    the median (min-max) of the runs."""
+    lines = ["| worker | gunicorn | plain | with the plugin (C) | added (C) | "
+             "**plain / plugin (C)** | added (Python path) | plain / plugin (Python) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for run in saved:
+        version = re.match(r"gunicorn (\S+),", run["about"]).group(1)
+        for name, per_run in run["slopes"].items():
+            plain, ours = per_run["plain"], per_run["plugin"]
+            cells = [name, version, _cell(plain), _cell(ours), _added(ours, plain),
+                     f"**{statistics.median(plain) / statistics.median(ours):.3f}**"]
+            python = per_run.get("python")
+            cells += ([_added(python, plain),
+                       f"{statistics.median(plain) / statistics.median(python):.3f}"]
+                      if python else ["", ""])
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _cell(values: List[float], sign: str = "") -> str:
+    low, high = min(values), max(values)
+    return f"{statistics.median(values):{sign},.0f} ({low:,.0f}–{high:,.0f})"
+
+
+def _added(ours: List[float], base: List[float]) -> str:
+    return _cell([a - b for a, b in zip(ours, base)], "+")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", nargs="+", choices=sorted(WORKERS),
@@ -239,7 +271,12 @@ def main() -> None:
                         help="also the plugin without native histograms "
                              "(PROMETHEUS_NATIVE_HISTOGRAMS=false)")
     parser.add_argument("--json", metavar="FILE", help="also write every run's slope here")
+    parser.add_argument("--table", nargs="+", metavar="FILE",
+                        help="only print the docs' table from files written by --json")
     args = parser.parse_args()
+    if args.table:
+        print("\n".join(markdown([json.loads(Path(f).read_text()) for f in args.table])))
+        return
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (apt-get install valgrind)")
     low, high = counts = tuple(sorted(args.requests))
