@@ -1359,8 +1359,10 @@ static PyTypeObject MeteredAppType = {
  * a cold scrape of 64 files x 17,000 entries meets each key 64 times: here each meeting is
  * a hash of the key's bytes where they lie in the map and a compare with the bytes kept
  * from the first meeting, with no Python object made; the text is decoded once per
- * distinct key. The hash is CPython's own for bytes (keyed by the interpreter's hash
- * secret), so crafted keys collide no more here than in a dict. */
+ * distinct key. The hash is a fast one, seeded per table, of 8 bytes a step (a quarter of
+ * the instructions of CPython's SipHash for a 100-byte key); should crafted keys ever make
+ * a probe sequence long, the table switches for good to CPython's own hash for bytes
+ * (keyed by the interpreter's hash secret), so they collide no more than in a dict. */
 typedef struct {
     PyObject_HEAD
     PyObject *texts;          /* list: each distinct key's text, by number */
@@ -1374,10 +1376,24 @@ typedef struct {
     Py_ssize_t mask;          /* slots - 1 (a power of two, at most half full) */
     char *arena;
     Py_ssize_t arena_used, arena_capacity;
+    uint64_t seed;            /* of the fast hash */
+    Py_ssize_t long_probe;    /* probes that make the table take CPython's hash */
+    int sip;                  /* 1: CPython's hash (a probe sequence was found long) */
 } KeyTable;
 
+static inline uint64_t
+mix64(uint64_t h)
+{
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ULL;
+    h ^= h >> 33;
+    return h;
+}
+
 static Py_hash_t
-key_hash(const char *raw, Py_ssize_t length)
+sip_hash(const void *raw, Py_ssize_t length)
 {
 #if PY_VERSION_HEX >= 0x030E0000
     return Py_HashBuffer(raw, length);
@@ -1386,17 +1402,37 @@ key_hash(const char *raw, Py_ssize_t length)
 #endif
 }
 
+static Py_hash_t
+key_hash(const KeyTable *table, const char *raw, Py_ssize_t length)
+{
+    if (table->sip)
+        return sip_hash(raw, length);
+    uint64_t h = table->seed ^ ((uint64_t)length * 0x9e3779b97f4a7c15ULL);
+    for (; length >= 8; raw += 8, length -= 8) {
+        uint64_t word;
+        memcpy(&word, raw, 8);
+        h = (h ^ word) * 0xbf58476d1ce4e5b9ULL;
+        h ^= h >> 31;
+    }
+    if (length > 0) {
+        uint64_t word = 0;
+        memcpy(&word, raw, length);
+        h = (h ^ word) * 0xbf58476d1ce4e5b9ULL;
+        h ^= h >> 31;
+    }
+    return (Py_hash_t)mix64(h);
+}
+
 static inline uint64_t
 slot_of(Py_hash_t hash, Py_ssize_t id)
 {
     return ((uint64_t)hash & 0xffffffff00000000u) | (uint64_t)(id + 1);
 }
 
-/* Doubles the slots (the numbers stay). */
+/* Slots of ``size`` (the numbers stay). */
 static int
-KeyTable_rehash(KeyTable *self)
+KeyTable_rehash(KeyTable *self, Py_ssize_t size)
 {
-    Py_ssize_t size = 2 * (self->mask + 1);
     uint64_t *slots = PyMem_Calloc(size, sizeof(uint64_t));
     if (slots == NULL) {
         PyErr_NoMemory();
@@ -1451,8 +1487,18 @@ KeyTable_reserve(KeyTable *self, Py_ssize_t length)
         self->arena_capacity = capacity;
     }
     if (2 * (self->count + 1) > self->mask + 1)
-        return KeyTable_rehash(self);
+        return KeyTable_rehash(self, 2 * (self->mask + 1));
     return 0;
+}
+
+/* From now on CPython's hash: every key hashed again, the slots laid out again. */
+static int
+KeyTable_take_sip(KeyTable *self)
+{
+    self->sip = 1;
+    for (Py_ssize_t id = 0; id < self->count; id++)
+        self->hashes[id] = key_hash(self, self->arena + self->starts[id], self->lengths[id]);
+    return KeyTable_rehash(self, self->mask + 1);
 }
 
 /* The number of the key whose bytes are ``raw``, numbering (and decoding) it when new;
@@ -1460,22 +1506,25 @@ KeyTable_reserve(KeyTable *self, Py_ssize_t length)
 static Py_ssize_t
 KeyTable_number(KeyTable *self, const char *raw, Py_ssize_t length)
 {
-    Py_hash_t hash = key_hash(raw, length);
-    if (hash == -1 && PyErr_Occurred())
-        return -1;
-    Py_ssize_t at = (size_t)hash & self->mask;
+    Py_hash_t hash = key_hash(self, raw, length);
+    Py_ssize_t at = (size_t)hash & self->mask, probes = 0;
     uint64_t high = (uint64_t)hash & 0xffffffff00000000u;
     for (uint64_t found; (found = self->slots[at]) != 0; at = (at + 1) & self->mask) {
         Py_ssize_t id = (Py_ssize_t)(found & 0xffffffffu) - 1;
         if ((found & 0xffffffff00000000u) == high && self->lengths[id] == length
                 && memcmp(self->arena + self->starts[id], raw, length) == 0)
             return id;
+        if (++probes >= self->long_probe && !self->sip) {
+            if (KeyTable_take_sip(self) < 0)
+                return -1;
+            return KeyTable_number(self, raw, length);
+        }
     }
-    PyObject *text = PyUnicode_DecodeUTF8(raw, length, "replace");
-    if (text == NULL)
+    if (KeyTable_reserve(self, length) < 0)
         return -1;
-    int failed = PyList_Append(self->texts, text) < 0 || KeyTable_reserve(self, length) < 0;
-    Py_DECREF(text);
+    PyObject *text = PyUnicode_DecodeUTF8(raw, length, "replace");
+    int failed = text == NULL || PyList_Append(self->texts, text) < 0;
+    Py_XDECREF(text);
     if (failed)
         return -1;
     Py_ssize_t id = self->count++;
@@ -1494,13 +1543,15 @@ KeyTable_number(KeyTable *self, const char *raw, Py_ssize_t length)
 static PyObject *
 KeyTable_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    if (PyTuple_GET_SIZE(args) || (kwds != NULL && PyDict_GET_SIZE(kwds))) {
-        PyErr_SetString(PyExc_TypeError, "KeyTable() takes no arguments");
+    /* at most half full, 256 probes do not happen by chance with a hash that mixes */
+    Py_ssize_t long_probe = 256;
+    static char *names[] = {"long_probe", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|n:KeyTable", names, &long_probe))
         return NULL;
-    }
     KeyTable *self = (KeyTable *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
+    self->long_probe = long_probe < 1 ? 1 : long_probe;
     self->id_capacity = 64;
     self->mask = 127;
     self->texts = PyList_New(0);
@@ -1508,6 +1559,9 @@ KeyTable_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->starts = PyMem_Malloc(self->id_capacity * sizeof(Py_ssize_t));
     self->lengths = PyMem_Malloc(self->id_capacity * sizeof(Py_ssize_t));
     self->slots = PyMem_Calloc(self->mask + 1, sizeof(uint64_t));
+    /* seeded by the interpreter's hash secret (and where the table lies) */
+    KeyTable *where = self;
+    self->seed = mix64((uint64_t)sip_hash(&where, sizeof(where)));
     if (self->texts == NULL || self->hashes == NULL || self->starts == NULL
             || self->lengths == NULL || self->slots == NULL) {
         Py_DECREF(self);
@@ -1548,6 +1602,8 @@ static PyMethodDef KeyTable_methods[] = {
 static PyMemberDef KeyTable_members[] = {
     {"texts", T_OBJECT, offsetof(KeyTable, texts), READONLY,
      "Each distinct key's text, by number."},
+    {"sip", T_INT, offsetof(KeyTable, sip), READONLY,
+     "1 once a long probe sequence made the table take CPython's hash for bytes."},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -1557,8 +1613,9 @@ static PyTypeObject KeyTableType = {
     .tp_basicsize = sizeof(KeyTable),
     .tp_dealloc = (destructor)KeyTable_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "KeyTable(): storage.reader.KeyTable in C (the keys' bytes kept and hashed "
-              "here).",
+    .tp_doc = "KeyTable(long_probe=256): storage.reader.KeyTable in C (the keys' bytes kept "
+              "and hashed here; CPython's hash for bytes once a lookup probes long_probe "
+              "slots).",
     .tp_methods = KeyTable_methods,
     .tp_members = KeyTable_members,
     .tp_new = KeyTable_new,
@@ -1584,40 +1641,22 @@ grow_append(char **buffer, Py_ssize_t *used, Py_ssize_t *capacity, const void *b
     return 0;
 }
 
-/* ``n`` in decimal then ``x`` (a struct format's gap), into ``out``; its length. */
-static Py_ssize_t
-gap_text(char *out, Py_ssize_t n)
-{
-    char digits[24];
-    Py_ssize_t count = 0;
-    do {
-        digits[count++] = (char)('0' + n % 10);
-        n /= 10;
-    } while (n > 0);
-    for (Py_ssize_t i = 0; i < count; i++)
-        out[i] = digits[count - 1 - i];
-    out[count] = 'x';
-    return count + 1;
-}
-
-/* key_table(buffer, pos, used, payload, item, width, cursor, table) -> (keys, ids, offsets,
- * pos, torn, format):
+/* key_table(buffer, pos, used, payload, table) -> (keys, ids, offsets, pos, torn):
  * storage/reader.py FileReader._parse for a fixed payload, in one call. Walks the entries
  * from ``pos`` to ``used`` (each: int32 key length, key, 1 to 8 spaces, ``payload`` bytes)
  * and gives each key's text and number in ``table`` (a KeyTable: the text is shared by
  * every file that holds the key), the numbers as the bytes of an array('i'), each payload's
- * offset as the bytes of an array('q'), where the walk stopped, whether it stopped at a
- * torn entry, and the struct format that unpacks the new values (``item``, of ``width``
- * bytes, per value; gaps skipped from ``cursor``, the end of the last value already in the
- * format). A cold scrape walks a million entries: per entry this makes no Python object. */
+ * offset as the bytes of an array('q'), where the walk stopped, and whether it stopped at a
+ * torn entry. A cold scrape walks a million entries: per entry this makes no Python
+ * object. */
 static PyObject *
 key_table(PyObject *module, PyObject *args)
 {
-    PyObject *source, *item;
+    PyObject *source;
     KeyTable *table;
-    Py_ssize_t pos, used, payload, width, cursor;
-    if (!PyArg_ParseTuple(args, "OnnnUnnO!:key_table", &source, &pos, &used, &payload, &item,
-                          &width, &cursor, &KeyTableType, &table))
+    Py_ssize_t pos, used, payload;
+    if (!PyArg_ParseTuple(args, "OnnnO!:key_table", &source, &pos, &used, &payload,
+                          &KeyTableType, &table))
         return NULL;
     Py_buffer view;
     if (PyObject_GetBuffer(source, &view, PyBUF_SIMPLE) < 0)
@@ -1625,13 +1664,10 @@ key_table(PyObject *module, PyObject *args)
     const char *buf = view.buf;
     Py_ssize_t limit = used < view.len ? used : view.len;
     PyObject *keys = PyList_New(0), *result = NULL;
-    Py_ssize_t item_length;
-    const char *item_text = PyUnicode_AsUTF8AndSize(item, &item_length);
-    char *text = NULL, *ids = NULL, *offsets = NULL;
-    Py_ssize_t text_used = 0, text_capacity = 0, ids_used = 0, ids_capacity = 0,
-               offsets_used = 0, offsets_capacity = 0;
+    char *ids = NULL, *offsets = NULL;
+    Py_ssize_t ids_used = 0, ids_capacity = 0, offsets_used = 0, offsets_capacity = 0;
     int torn = 0;
-    if (keys == NULL || item_text == NULL)
+    if (keys == NULL)
         goto done;
     while (pos >= 0 && pos + 4 <= used && pos + 4 <= view.len) {
         int32_t length;
@@ -1651,26 +1687,76 @@ key_table(PyObject *module, PyObject *args)
             goto done;
         int number = (int)id;
         long long at = offset;
-        char gap[32];
-        Py_ssize_t gap_length = offset > cursor ? gap_text(gap, offset - cursor) : 0;
         if (grow_append(&ids, &ids_used, &ids_capacity, &number, sizeof(number)) < 0
-                || grow_append(&offsets, &offsets_used, &offsets_capacity, &at, sizeof(at)) < 0
-                || grow_append(&text, &text_used, &text_capacity, gap, gap_length) < 0
-                || grow_append(&text, &text_used, &text_capacity, item_text, item_length) < 0)
+                || grow_append(&offsets, &offsets_used, &offsets_capacity, &at, sizeof(at)) < 0)
             goto done;
-        cursor = offset + width;
         pos = offset + payload;
     }
-    result = Py_BuildValue("(Oy#y#nOs#)", keys, ids == NULL ? "" : ids, ids_used,
+    result = Py_BuildValue("(Oy#y#nO)", keys, ids == NULL ? "" : ids, ids_used,
                            offsets == NULL ? "" : offsets, offsets_used, pos,
-                           torn ? Py_True : Py_False, text == NULL ? "" : text, text_used);
+                           torn ? Py_True : Py_False);
 done:
     PyBuffer_Release(&view);
-    PyMem_Free(text);
     PyMem_Free(ids);
     PyMem_Free(offsets);
     Py_XDECREF(keys);
     return result;
+}
+
+/* values(buffer, offsets, per) -> tuple: the ``per`` (1, or 2 with a timestamp) doubles at
+ * each offset of the array('q') ``offsets``, in order: what the struct of FileReader._format
+ * unpacks, without a format to build for a million entries on a cold scrape. */
+static PyObject *
+values(PyObject *module, PyObject *args)
+{
+    PyObject *source, *positions;
+    Py_ssize_t per;
+    if (!PyArg_ParseTuple(args, "OOn:values", &source, &positions, &per))
+        return NULL;
+    if (per != 1 && per != 2) {
+        PyErr_SetString(PyExc_ValueError, "values: per must be 1 or 2");
+        return NULL;
+    }
+    Py_buffer view, at;
+    if (PyObject_GetBuffer(source, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(positions, &at, PyBUF_FORMAT) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    PyObject *out = NULL;
+    if (at.itemsize != sizeof(long long) || at.format == NULL || strcmp(at.format, "q") != 0) {
+        PyErr_SetString(PyExc_TypeError, "values: offsets must be an array('q')");
+        goto done;
+    }
+    const long long *offsets = at.buf;
+    Py_ssize_t count = at.len / (Py_ssize_t)sizeof(long long);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (offsets[i] < 0 || offsets[i] + 8 * per > view.len) {
+            PyErr_SetString(PyExc_ValueError, "values: an offset beyond the buffer");
+            goto done;
+        }
+    }
+    out = PyTuple_New(count * per);
+    if (out == NULL)
+        goto done;
+    const char *buf = view.buf;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        for (Py_ssize_t j = 0; j < per; j++) {
+            double value;
+            memcpy(&value, buf + offsets[i] + 8 * j, 8);  /* little-endian, as struct's "<d" */
+            PyObject *number = PyFloat_FromDouble(value);
+            if (number == NULL) {
+                Py_CLEAR(out);
+                goto done;
+            }
+            PyTuple_SET_ITEM(out, per * i + j, number);
+        }
+    }
+done:
+    PyBuffer_Release(&at);
+    PyBuffer_Release(&view);
+    return out;
 }
 
 /* pick(column, ids, start) -> list: ``column[i]`` for each number ``i`` of the array('i')
@@ -1760,8 +1846,10 @@ done:
 
 static PyMethodDef speedups_functions[] = {
     {"key_table", key_table, METH_VARARGS,
-     "key_table(buffer, pos, used, payload, item, width, cursor, table) -> (keys, ids, "
-     "offsets, pos, torn, format): FileReader._parse for a fixed payload."},
+     "key_table(buffer, pos, used, payload, table) -> (keys, ids, offsets, pos, torn): "
+     "FileReader._parse for a fixed payload."},
+    {"values", values, METH_VARARGS,
+     "values(buffer, offsets, per) -> tuple: the per doubles at each offset."},
     {"pick", pick, METH_VARARGS,
      "pick(column, ids, start) -> list: column[i] for each i of ids[start:] (collector.pick)."},
     {"key_set", key_set, METH_O,

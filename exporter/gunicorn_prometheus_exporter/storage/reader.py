@@ -103,9 +103,11 @@ class FileReader:
         if table is None:
             table = native.KeyTable() if native is not None else KeyTable()
         self._table = table
-        self._walk = native.key_table if (native is not None and isinstance(payload, int)
-                                          and isinstance(table, native.KeyTable)) else None
-        self._format_text = "<"  # the C walk's format so far (the Python one starts afresh)
+        compiled = (native is not None and isinstance(payload, int)
+                    and isinstance(table, native.KeyTable))
+        #: the C walk, and the C read of the values at ``offsets`` (no struct format)
+        self._walk = native.key_table if compiled else None
+        self._values = native.values if compiled else None
 
     def _reopen(self) -> bool:
         try:
@@ -123,7 +125,6 @@ class FileReader:
                 self.keys, self.sizes, self._parsed_to = [], [], 8
                 self.key_ids, self.offsets = array.array("i"), array.array("q")
                 self._struct = struct.Struct("<")
-                self._format_text = "<"
                 self.generation += 1
             self._ino = identity
             return True
@@ -136,7 +137,11 @@ class FileReader:
         the map held since the last read keeps the old inode alive, so a new file under
         the name always has another number. Raises ``Unreadable``."""
         m = self.refresh(inode)
-        return None if m is None else self._struct.unpack_from(m, 0)
+        if m is None:
+            return None
+        if self._values is not None:
+            return self._values(m, self.offsets, 2 if self.with_timestamps else 1)
+        return self._struct.unpack_from(m, 0)
 
     def refresh(self, inode: Optional[int] = None) -> Optional[mmap.mmap]:
         """Map the file as it is now and parse the entries appended since the last call;
@@ -187,20 +192,16 @@ class FileReader:
 
     def _parse_fixed(self, used: int) -> None:
         """``_parse`` in one C call (``key_table``) for a fixed payload, keys numbered in
-        the shared C ``KeyTable``."""
-        item, width = ("dd", 16) if self.with_timestamps else ("d", 8)
-        cursor = self.offsets[-1] + width if self.offsets else 0
-        keys, ids, offsets, pos, torn, text = self._walk(self._map, self._parsed_to, used,
-                                                         self.payload, item, width, cursor,
-                                                         self._table)
+        the shared C ``KeyTable``; no struct format (``read`` takes the values at
+        ``offsets`` in C): a format of a million entries costs as much as the walk."""
+        keys, ids, offsets, pos, torn = self._walk(self._map, self._parsed_to, used,
+                                                   self.payload, self._table)
         self.keys.extend(keys)
         self.key_ids.frombytes(ids)
         self.offsets.frombytes(offsets)
         self.sizes.extend([self.payload] * len(keys))
         self.torn = self.torn or torn
         self._parsed_to = pos
-        self._format_text += text
-        self._struct = struct.Struct(self._format_text)
 
     def _format(self) -> str:
         parts = ["<"]
