@@ -1359,22 +1359,30 @@ static PyTypeObject MeteredAppType = {
  * a cold scrape of 64 files x 17,000 entries meets each key 64 times: here each meeting is
  * a hash of the key's bytes where they lie in the map and a compare with the bytes kept
  * from the first meeting, with no Python object made; the text is decoded once per
- * distinct key. The hash is a fast one, seeded per table, of 8 bytes a step (a quarter of
- * the instructions of CPython's SipHash for a 100-byte key); should crafted keys ever make
- * a probe sequence long, the table switches for good to CPython's own hash for bytes
- * (keyed by the interpreter's hash secret), so they collide no more than in a dict. */
+ * distinct key. A slot holds what a lookup needs (part of the hash, the key's length and
+ * where its bytes are kept), so a lookup touches one slot and the kept bytes; the walk
+ * (key_table) hashes entries a few ahead and fetches their slots early, since at that
+ * size the slots are not in the cache. The hash is a fast one, seeded per table, of 8
+ * bytes a step (a quarter of the instructions of CPython's SipHash for a 100-byte key);
+ * should crafted keys ever make a probe sequence long, the table switches for good to
+ * CPython's own hash for bytes (keyed by the interpreter's hash secret), so they collide
+ * no more than in a dict. */
+typedef struct {
+    uint32_t tag;             /* the hash's high 32 bits */
+    uint32_t number;          /* the key's number + 1; 0: a free slot */
+    uint32_t length;          /* of the key's bytes */
+    uint32_t start;           /* where they are in the table's arena */
+} KeySlot;
+
 typedef struct {
     PyObject_HEAD
     PyObject *texts;          /* list: each distinct key's text, by number */
     Py_ssize_t count;         /* distinct keys */
     Py_ssize_t id_capacity;
-    Py_hash_t *hashes;        /* by number */
-    Py_ssize_t *starts;       /* by number: where its bytes are in ``arena`` */
-    Py_ssize_t *lengths;      /* by number */
-    uint64_t *slots;          /* open addressing: the hash's high 32 bits, then number + 1
-                                 (0 when free): one memory access per probe */
+    Py_hash_t *hashes;        /* by number (to lay the slots out again) */
+    KeySlot *slots;           /* open addressing, linear probing */
     Py_ssize_t mask;          /* slots - 1 (a power of two, at most half full) */
-    char *arena;
+    char *arena;              /* every key's bytes, one after the other */
     Py_ssize_t arena_used, arena_capacity;
     uint64_t seed;            /* of the fast hash */
     Py_ssize_t long_probe;    /* probes that make the table take CPython's hash */
@@ -1423,26 +1431,38 @@ key_hash(const KeyTable *table, const char *raw, Py_ssize_t length)
     return (Py_hash_t)mix64(h);
 }
 
-static inline uint64_t
-slot_of(Py_hash_t hash, Py_ssize_t id)
+static inline uint32_t
+tag_of(Py_hash_t hash)
 {
-    return ((uint64_t)hash & 0xffffffff00000000u) | (uint64_t)(id + 1);
+    return (uint32_t)((uint64_t)hash >> 32);
 }
 
-/* Slots of ``size`` (the numbers stay). */
+/* The slot where a lookup of ``hash`` starts. */
+static inline KeySlot *
+first_slot(const KeyTable *self, Py_hash_t hash)
+{
+    return &self->slots[(size_t)hash & self->mask];
+}
+
+/* Slots of ``size``, the keys laid out again by their ``hashes``. */
 static int
 KeyTable_rehash(KeyTable *self, Py_ssize_t size)
 {
-    uint64_t *slots = PyMem_Calloc(size, sizeof(uint64_t));
+    KeySlot *slots = PyMem_Calloc(size, sizeof(KeySlot));
     if (slots == NULL) {
         PyErr_NoMemory();
         return -1;
     }
-    for (Py_ssize_t id = 0; id < self->count; id++) {
-        Py_ssize_t at = (size_t)self->hashes[id] & (size - 1);
-        while (slots[at])
+    for (Py_ssize_t i = 0; i <= self->mask; i++) {
+        KeySlot slot = self->slots[i];
+        if (!slot.number)
+            continue;
+        Py_hash_t hash = self->hashes[slot.number - 1];
+        Py_ssize_t at = (size_t)hash & (size - 1);
+        while (slots[at].number)
             at = (at + 1) & (size - 1);
-        slots[at] = slot_of(self->hashes[id], id);
+        slot.tag = tag_of(hash);
+        slots[at] = slot;
     }
     PyMem_Free(self->slots);
     self->slots = slots;
@@ -1454,26 +1474,19 @@ KeyTable_rehash(KeyTable *self, Py_ssize_t size)
 static int
 KeyTable_reserve(KeyTable *self, Py_ssize_t length)
 {
-    if (self->count >= INT_MAX - 1) {
+    if (self->count >= (Py_ssize_t)UINT32_MAX - 1 || length > (Py_ssize_t)UINT32_MAX
+            || self->arena_used + length > (Py_ssize_t)UINT32_MAX) {
         PyErr_SetString(PyExc_OverflowError, "too many distinct keys");
         return -1;
     }
     if (self->count == self->id_capacity) {
         Py_ssize_t capacity = 2 * self->id_capacity;
         Py_hash_t *hashes = PyMem_Realloc(self->hashes, capacity * sizeof(Py_hash_t));
-        if (hashes != NULL)
-            self->hashes = hashes;
-        Py_ssize_t *starts = hashes == NULL ? NULL
-            : PyMem_Realloc(self->starts, capacity * sizeof(Py_ssize_t));
-        if (starts != NULL)
-            self->starts = starts;
-        Py_ssize_t *lengths = starts == NULL ? NULL
-            : PyMem_Realloc(self->lengths, capacity * sizeof(Py_ssize_t));
-        if (lengths == NULL) {
+        if (hashes == NULL) {
             PyErr_NoMemory();
             return -1;
         }
-        self->lengths = lengths;
+        self->hashes = hashes;
         self->id_capacity = capacity;
     }
     if (self->arena_used + length > self->arena_capacity) {
@@ -1496,28 +1509,33 @@ static int
 KeyTable_take_sip(KeyTable *self)
 {
     self->sip = 1;
-    for (Py_ssize_t id = 0; id < self->count; id++)
-        self->hashes[id] = key_hash(self, self->arena + self->starts[id], self->lengths[id]);
+    for (Py_ssize_t i = 0; i <= self->mask; i++) {
+        KeySlot slot = self->slots[i];
+        if (slot.number)
+            self->hashes[slot.number - 1] = key_hash(self, self->arena + slot.start,
+                                                     slot.length);
+    }
     return KeyTable_rehash(self, self->mask + 1);
 }
 
-/* The number of the key whose bytes are ``raw``, numbering (and decoding) it when new;
- * -1 with an exception set on failure. */
+/* The number of the key whose bytes are ``raw``, ``hash`` (key_hash) or any value when
+ * ``hashed`` is not the table's ``sip``; numbering (and decoding) the key when new; -1
+ * with an exception set on failure. */
 static Py_ssize_t
-KeyTable_number(KeyTable *self, const char *raw, Py_ssize_t length)
+KeyTable_find(KeyTable *self, const char *raw, Py_ssize_t length, Py_hash_t hash, int hashed)
 {
-    Py_hash_t hash = key_hash(self, raw, length);
+    if (hashed != self->sip)
+        hash = key_hash(self, raw, length);
+    uint32_t tag = tag_of(hash);
     Py_ssize_t at = (size_t)hash & self->mask, probes = 0;
-    uint64_t high = (uint64_t)hash & 0xffffffff00000000u;
-    for (uint64_t found; (found = self->slots[at]) != 0; at = (at + 1) & self->mask) {
-        Py_ssize_t id = (Py_ssize_t)(found & 0xffffffffu) - 1;
-        if ((found & 0xffffffff00000000u) == high && self->lengths[id] == length
-                && memcmp(self->arena + self->starts[id], raw, length) == 0)
-            return id;
+    for (KeySlot *slot; (slot = &self->slots[at])->number; at = (at + 1) & self->mask) {
+        if (slot->tag == tag && slot->length == (uint32_t)length
+                && memcmp(self->arena + slot->start, raw, length) == 0)
+            return (Py_ssize_t)slot->number - 1;
         if (++probes >= self->long_probe && !self->sip) {
             if (KeyTable_take_sip(self) < 0)
                 return -1;
-            return KeyTable_number(self, raw, length);
+            return KeyTable_find(self, raw, length, 0, -1);
         }
     }
     if (KeyTable_reserve(self, length) < 0)
@@ -1529,15 +1547,20 @@ KeyTable_number(KeyTable *self, const char *raw, Py_ssize_t length)
         return -1;
     Py_ssize_t id = self->count++;
     self->hashes[id] = hash;
-    self->starts[id] = self->arena_used;
-    self->lengths[id] = length;
+    at = (size_t)hash & self->mask;  /* the slots may have been laid out again */
+    while (self->slots[at].number)
+        at = (at + 1) & self->mask;
+    self->slots[at] = (KeySlot){tag, (uint32_t)id + 1, (uint32_t)length,
+                                (uint32_t)self->arena_used};
     memcpy(self->arena + self->arena_used, raw, length);
     self->arena_used += length;
-    at = (size_t)hash & self->mask;  /* the slots may have been rehashed */
-    while (self->slots[at])
-        at = (at + 1) & self->mask;
-    self->slots[at] = slot_of(hash, id);
     return id;
+}
+
+static Py_ssize_t
+KeyTable_number(KeyTable *self, const char *raw, Py_ssize_t length)
+{
+    return KeyTable_find(self, raw, length, 0, -1);
 }
 
 static PyObject *
@@ -1556,14 +1579,11 @@ KeyTable_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->mask = 127;
     self->texts = PyList_New(0);
     self->hashes = PyMem_Malloc(self->id_capacity * sizeof(Py_hash_t));
-    self->starts = PyMem_Malloc(self->id_capacity * sizeof(Py_ssize_t));
-    self->lengths = PyMem_Malloc(self->id_capacity * sizeof(Py_ssize_t));
-    self->slots = PyMem_Calloc(self->mask + 1, sizeof(uint64_t));
+    self->slots = PyMem_Calloc(self->mask + 1, sizeof(KeySlot));
     /* seeded by the interpreter's hash secret (and where the table lies) */
     KeyTable *where = self;
     self->seed = mix64((uint64_t)sip_hash(&where, sizeof(where)));
-    if (self->texts == NULL || self->hashes == NULL || self->starts == NULL
-            || self->lengths == NULL || self->slots == NULL) {
+    if (self->texts == NULL || self->hashes == NULL || self->slots == NULL) {
         Py_DECREF(self);
         return PyErr_Occurred() ? NULL : PyErr_NoMemory();
     }
@@ -1575,8 +1595,6 @@ KeyTable_dealloc(KeyTable *self)
 {
     Py_XDECREF(self->texts);
     PyMem_Free(self->hashes);
-    PyMem_Free(self->starts);
-    PyMem_Free(self->lengths);
     PyMem_Free(self->slots);
     PyMem_Free(self->arena);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -1641,6 +1659,15 @@ grow_append(char **buffer, Py_ssize_t *used, Py_ssize_t *capacity, const void *b
     return 0;
 }
 
+/* Entries the walk hashes ahead of their lookup: enough to cover the time a slot takes
+ * to come from memory. */
+#define KEY_TABLE_AHEAD 8
+#if defined(__GNUC__) || defined(__clang__)
+#define PREFETCH(address) __builtin_prefetch(address)
+#else
+#define PREFETCH(address) ((void)(address))
+#endif
+
 /* key_table(buffer, pos, used, payload, table) -> (keys, ids, offsets, pos, torn):
  * storage/reader.py FileReader._parse for a fixed payload, in one call. Walks the entries
  * from ``pos`` to ``used`` (each: int32 key length, key, 1 to 8 spaces, ``payload`` bytes)
@@ -1669,26 +1696,50 @@ key_table(PyObject *module, PyObject *args)
     int torn = 0;
     if (keys == NULL)
         goto done;
-    while (pos >= 0 && pos + 4 <= used && pos + 4 <= view.len) {
-        int32_t length;
-        memcpy(&length, buf + pos, 4);  /* little-endian on every platform we build for */
-        if (length <= 0 || pos + 4 + length > limit) {
-            torn = 1;
-            break;
+    /* entries hashed ahead of their lookup, their slots fetched meanwhile */
+    struct { Py_ssize_t pos, length; Py_hash_t hash; int sip; } ahead[KEY_TABLE_AHEAD];
+    int first = 0, waiting = 0, stopped = 0;
+    Py_ssize_t scan = pos;
+    for (;;) {
+        while (waiting < KEY_TABLE_AHEAD && !stopped) {
+            if (scan < 0 || scan + 4 > used || scan + 4 > view.len) {
+                stopped = 1;
+                break;
+            }
+            int32_t length;
+            memcpy(&length, buf + scan, 4);  /* little-endian on every platform we build for */
+            Py_ssize_t offset = scan + 4 + length + (8 - (length + 4) % 8);
+            if (length <= 0 || scan + 4 + length > limit || payload < 8
+                    || offset + payload > limit) {
+                stopped = torn = 1;
+                break;
+            }
+            int at = (first + waiting++) % KEY_TABLE_AHEAD;
+            ahead[at].pos = scan;
+            ahead[at].length = length;
+            ahead[at].sip = table->sip;
+            ahead[at].hash = key_hash(table, buf + scan + 4, length);
+            PREFETCH(first_slot(table, ahead[at].hash));
+            scan = offset + payload;
         }
-        Py_ssize_t padded = length + (8 - (length + 4) % 8);
-        Py_ssize_t offset = pos + 4 + padded;
-        if (payload < 8 || offset + payload > limit) {
-            torn = 1;
+        if (!waiting)
             break;
+        Py_ssize_t at = ahead[first].pos, length = ahead[first].length;
+        Py_ssize_t id = KeyTable_find(table, buf + at + 4, length, ahead[first].hash,
+                                      ahead[first].sip);
+        first = (first + 1) % KEY_TABLE_AHEAD;
+        if (--waiting) {  /* the next key's kept bytes, whose slot should be here by now */
+            KeySlot *next = first_slot(table, ahead[first].hash);
+            if (next->number && next->tag == tag_of(ahead[first].hash))
+                PREFETCH(table->arena + next->start);
         }
-        Py_ssize_t id = KeyTable_number(table, buf + pos + 4, length);
         if (id < 0 || PyList_Append(keys, PyList_GET_ITEM(table->texts, id)) < 0)
             goto done;
         int number = (int)id;
-        long long at = offset;
+        long long offset = at + 4 + length + (8 - (length + 4) % 8);
         if (grow_append(&ids, &ids_used, &ids_capacity, &number, sizeof(number)) < 0
-                || grow_append(&offsets, &offsets_used, &offsets_capacity, &at, sizeof(at)) < 0)
+                || grow_append(&offsets, &offsets_used, &offsets_capacity, &offset,
+                               sizeof(offset)) < 0)
             goto done;
         pos = offset + payload;
     }
