@@ -1600,8 +1600,9 @@ KeyTable_dealloc(KeyTable *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* table[raw]: the number of the key whose bytes are ``raw`` (numbered when new). */
 static PyObject *
-KeyTable_id_of(KeyTable *self, PyObject *raw)
+KeyTable_subscript(KeyTable *self, PyObject *raw)
 {
     Py_buffer view;
     if (PyObject_GetBuffer(raw, &view, PyBUF_SIMPLE) < 0)
@@ -1611,10 +1612,15 @@ KeyTable_id_of(KeyTable *self, PyObject *raw)
     return id < 0 ? NULL : PyLong_FromSsize_t(id);
 }
 
-static PyMethodDef KeyTable_methods[] = {
-    {"id_of", (PyCFunction)KeyTable_id_of, METH_O,
-     "id_of(raw) -> int: the number of the key whose bytes are raw (numbered when new)."},
-    {NULL, NULL, 0, NULL},
+static Py_ssize_t
+KeyTable_length(KeyTable *self)
+{
+    return self->count;
+}
+
+static PyMappingMethods KeyTable_as_mapping = {
+    .mp_length = (lenfunc)KeyTable_length,
+    .mp_subscript = (binaryfunc)KeyTable_subscript,
 };
 
 static PyMemberDef KeyTable_members[] = {
@@ -1631,11 +1637,12 @@ static PyTypeObject KeyTableType = {
     .tp_basicsize = sizeof(KeyTable),
     .tp_dealloc = (destructor)KeyTable_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "KeyTable(long_probe=256): storage.reader.KeyTable in C (the keys' bytes kept "
-              "and hashed here; CPython's hash for bytes once a lookup probes long_probe "
-              "slots).",
-    .tp_methods = KeyTable_methods,
+    .tp_doc = "KeyTable(long_probe=256): storage.reader.KeyTable in C: table[raw] "
+              "numbers the key whose bytes are raw; the keys' bytes kept and "
+              "hashed here, with CPython's hash for bytes once a lookup probes long_probe "
+              "slots.",
     .tp_members = KeyTable_members,
+    .tp_as_mapping = &KeyTable_as_mapping,
     .tp_new = KeyTable_new,
 };
 
