@@ -133,17 +133,19 @@ app = Starlette(
                 Middleware(ServerTiming)])
 '''
 
-#: worker type -> (plain class, plugin class, app module, module that must be importable)
+#: gunicorn's native asyncio worker (gunicorn 24 and later)
+GASGI = "gunicorn.workers.gasgi"
+#: worker type -> (plain class, plugin class, app module, modules that must be importable)
 WORKERS = {
     "gevent": ("gevent", "gunicorn_prometheus_exporter.PrometheusGeventWorker",
-               "hello_wsgi:app", "gevent"),
+               "hello_wsgi:app", ("gevent",)),
     "asgi": ("asgi", "gunicorn_prometheus_exporter.PrometheusASGIWorker", "hello_asgi:app",
-             "gunicorn.workers.gasgi"),
+             (GASGI,)),
     "asgi-starlette": ("asgi", "gunicorn_prometheus_exporter.PrometheusASGIWorker",
-                       "hello_starlette:app", "starlette"),
+                       "hello_starlette:app", (GASGI, "starlette")),
     "uvicorn": ("uvicorn_worker.UvicornWorker",
                 "gunicorn_prometheus_exporter.PrometheusUvicornWorker", "hello_asgi:app",
-                "uvicorn_worker"),
+                ("uvicorn_worker",)),
 }
 
 
