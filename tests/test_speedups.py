@@ -343,7 +343,7 @@ def test_a_worker_with_the_speedups_records_through_the_compiled_writer(tmp_path
     python = _instrumentation(tmp_path / "python", compiled=False)
     assert python.recorder.add.__func__ is Recorder._add
     assert type(asgi.instrument(_app, python, _extras(python, tmp_path),
-                                None)) is asgi.ASGIMetrics
+                                None).__self__) is asgi.ASGIMetrics
 
 
 def test_record_builds_the_key_layouts_it_hands_to_the_compiled_wrapper(tmp_path):

@@ -318,18 +318,21 @@ static PyObject *s_type, *s_status, *s_body, *s_more_body, *s_path, *s_get, *s_h
 static PyObject *s_response_start, *s_response_body, *s_response_pathsend;
 static PyObject *s_throw, *s_close;
 static PyObject *s_method, *s_headers;
-static PyObject *perf_counter;  /* time.perf_counter: the clock of the Python path */
 static PyObject *file_size;     /* workers.asgi_metrics._file_size, imported at the first pathsend */
 
+/* time.perf_counter(), the clock of the Python path, read without a call into Python. */
 static int
 now(double *out)
 {
-    PyObject *t = PyObject_CallNoArgs(perf_counter);
-    if (t == NULL)
+#if PY_VERSION_HEX >= 0x030D0000
+    PyTime_t t;
+    if (PyTime_PerfCounter(&t) < 0)
         return -1;
-    *out = PyFloat_AsDouble(t);
-    Py_DECREF(t);
-    return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
+    *out = PyTime_AsSecondsDouble(t);
+#else
+    *out = _PyTime_AsSecondsDouble(_PyTime_GetPerfCounter());
+#endif
+    return 0;
 }
 
 /* ``gauges[index] += delta`` (the in-flight gauge of a single-threaded event loop). */
@@ -360,6 +363,40 @@ message_get(PyObject *message, PyObject *key, int *owned)
         return NULL;
     }
     return value;
+}
+
+/* message[key]: a dict (what servers and applications send) looked up directly, anything
+ * else, and a missing key's KeyError, through PyObject_GetItem as Python does. New
+ * reference. */
+static PyObject *
+message_item(PyObject *message, PyObject *key)
+{
+    if (PyDict_CheckExact(message)) {
+        PyObject *value = PyDict_GetItemWithError(message, key);
+        if (value != NULL)
+            return Py_NewRef(value);
+        if (PyErr_Occurred())
+            return NULL;
+    }
+    return PyObject_GetItem(message, key);
+}
+
+/* ``value == text`` for one of the interned message types here: an exact str is compared
+ * in place (a message type is rarely the interned object itself: it has dots), anything
+ * else through ==. 1, 0, or -1 on error. */
+static int
+is_text(PyObject *value, PyObject *text)
+{
+    if (value == text)
+        return 1;
+    if (PyUnicode_CheckExact(value) && PyUnicode_IS_READY(value)) {
+        Py_ssize_t length = PyUnicode_GET_LENGTH(value);
+        return length == PyUnicode_GET_LENGTH(text)
+            && PyUnicode_KIND(value) == PyUnicode_KIND(text)
+            && memcmp(PyUnicode_DATA(value), PyUnicode_DATA(text),
+                      length * PyUnicode_KIND(value)) == 0;
+    }
+    return PyObject_RichCompareBool(value, text, Py_EQ);
 }
 
 /* A truthy ``message.get(key)``: 1, 0, or -1 on error; ``*length`` gets its len() when
@@ -522,11 +559,11 @@ count_pathsend(RequestMeter *self, PyObject *message)
 static int
 observe(RequestMeter *self, PyObject *message)
 {
-    PyObject *kind = PyObject_GetItem(message, s_type);
+    PyObject *kind = message_item(message, s_type);
     if (kind == NULL)
         return -1;
     int rc = 0, is;
-    if ((is = PyObject_RichCompareBool(kind, s_response_body, Py_EQ)) != 0) {
+    if ((is = is_text(kind, s_response_body)) != 0) {
         Py_ssize_t length = 0;
         int more;
         if (is < 0 || truthy_get(message, s_body, &length) < 0)
@@ -538,13 +575,13 @@ observe(RequestMeter *self, PyObject *message)
             if (!more)
                 rc = now(&self->ended);
         }
-    } else if ((is = PyObject_RichCompareBool(kind, s_response_start, Py_EQ)) != 0) {
-        PyObject *status = is < 0 ? NULL : PyObject_GetItem(message, s_status);
+    } else if ((is = is_text(kind, s_response_start)) != 0) {
+        PyObject *status = is < 0 ? NULL : message_item(message, s_status);
         if (status == NULL)
             rc = -1;
         else
             Py_SETREF(self->status, status);
-    } else if ((is = PyObject_RichCompareBool(kind, s_response_pathsend, Py_EQ)) != 0) {
+    } else if ((is = is_text(kind, s_response_pathsend)) != 0) {
         rc = is < 0 ? -1 : count_pathsend(self, message);
     }
     Py_DECREF(kind);
@@ -1172,10 +1209,10 @@ MeteredApp_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
         PyErr_SetString(PyExc_TypeError, "an ASGI application takes (scope, receive, send)");
         return NULL;
     }
-    PyObject *kind = PyObject_GetItem(args[0], s_type);
+    PyObject *kind = message_item(args[0], s_type);
     if (kind == NULL)
         return NULL;
-    int http = PyObject_RichCompareBool(kind, s_http, Py_EQ);
+    int http = is_text(kind, s_http);
     Py_DECREF(kind);
     if (http < 0)
         return NULL;
@@ -1954,12 +1991,7 @@ intern_all(void)
         if ((*names[i].slot = PyUnicode_InternFromString(names[i].text)) == NULL)
             return -1;
     }
-    PyObject *time = PyImport_ImportModule("time");
-    if (time == NULL)
-        return -1;
-    perf_counter = PyObject_GetAttrString(time, "perf_counter");
-    Py_DECREF(time);
-    return perf_counter == NULL ? -1 : 0;
+    return 0;
 }
 
 static int
