@@ -343,7 +343,7 @@ def test_a_worker_with_the_speedups_records_through_the_compiled_writer(tmp_path
     python = _instrumentation(tmp_path / "python", compiled=False)
     assert python.recorder.add.__func__ is Recorder._add
     assert type(asgi.instrument(_app, python, _extras(python, tmp_path),
-                                None)) is asgi.ASGIMetrics
+                                None).__self__) is asgi.ASGIMetrics
 
 
 def test_record_builds_the_key_layouts_it_hands_to_the_compiled_wrapper(tmp_path):
@@ -429,7 +429,7 @@ def test_requests_with_extras_reach_python_and_only_they(tmp_path):
 
 def _reader_state(reader) -> tuple:
     values = reader.read()
-    return (reader.keys, reader.key_ids, reader.offsets, reader.sizes, reader._struct.format,
+    return (reader.keys, list(reader.key_ids), list(reader.offsets), reader.sizes,
             reader._parsed_to, reader.torn, values)
 
 
@@ -453,19 +453,21 @@ def _grow_and_tear(path: str, reader_pairs) -> None:
 @needs_native
 @pytest.mark.parametrize("with_timestamps", [False, True], ids=["values", "timestamps"])
 def test_compiled_key_walk_reads_what_python_reads(tmp_path, with_timestamps):
-    """The pin of ``key_table``: a reader given the module walks in C (the Python ``_parse``
-    is never called) and ends in exactly the Python reader's state, torn entry included."""
+    """The pin of ``key_table`` and ``values``: a reader given the module walks in C (the
+    Python ``_parse`` is never called) and reads its values in C, and ends in exactly the
+    Python reader's state and values, torn entry included."""
     from gunicorn_prometheus_exporter.storage.reader import FileReader
 
     path = str(tmp_path / "counter_w0.db")
     python = FileReader(path, with_timestamps=with_timestamps)
     compiled = FileReader(path, with_timestamps=with_timestamps, native=native)
     compiled._format = None  # the Python walk's format builder: calling it would fail
+    compiled._struct = None  # and the values are read in C (``values``), not by a struct
     assert isinstance(compiled._table, native.KeyTable) and compiled._walk is native.key_table
     _grow_and_tear(path, [(python, compiled)])
     state = _reader_state(python)
     assert _reader_state(compiled) == state
-    assert state[6] is True and len(state[0]) == 40 and state[7][-1 if not with_timestamps
+    assert state[5] is True and len(state[0]) == 40 and state[6][-1 if not with_timestamps
                                                                    else -2] == 39.0
     assert list(state[1]) == list(range(40)) and compiled._table.texts == state[0]
 
@@ -555,6 +557,24 @@ def test_a_cold_scrape_numbers_each_shared_key_once(tmp_path):
     assert len(shared) == 1  # one worker numbers it; five look it up
     jobs = next(m for m in served if m.name == "app_jobs")
     assert [s.value for s in jobs.samples] == [21.0]
+
+
+@needs_native
+def test_a_key_table_numbers_as_python_does_and_takes_cpythons_hash_on_long_probes():
+    """The C KeyTable numbers keys as the Python one does; one that meets a long probe
+    sequence (crafted collisions: here any collision, ``long_probe=1``) hashes every key
+    again with CPython's hash for bytes and still finds each key under its number."""
+    from gunicorn_prometheus_exporter.storage.reader import KeyTable
+
+    keys = [f'["c", "c_total", {{"route": "/r{n}"}}, "h"]'.encode() for n in range(500)]
+    keys += [b"\xff\xfe not utf-8", b"x" * 8, b"x" * 7, b"x" * 9]
+    python = KeyTable()
+    expected = [python[k] for k in keys + keys[::-1]]
+    for long_probe, sip in ((256, 0), (1, 1)):
+        table = native.KeyTable(long_probe=long_probe)
+        assert [table[k] for k in keys + keys[::-1]] == expected
+        assert table.sip == sip and table.texts == python.texts
+        assert len(table) == len(python) == len(keys)
 
 
 @needs_native

@@ -293,7 +293,8 @@ class Played:
         path.write_text(yaml.safe_dump(obj, sort_keys=False))
         self.files.append(path)
         self.volumes += empty_dirs(obj)
-        self.run("kube", "play", "--network", "host", str(path), timeout=180)
+        # --replace: a pod of the same name left by an interrupted run is removed first
+        self.run("kube", "play", "--replace", "--network", "host", str(path), timeout=180)
 
     def down(self) -> None:
         for path in reversed(self.files):
