@@ -1,5 +1,5 @@
-"""Plumbing shared by the benchmarks: ports, readiness, gunicorn, wrk, CPU time of a process
-tree."""
+"""Plumbing shared by the benchmarks: ports, readiness, gunicorn, a client of bounded
+concurrency, wrk, CPU time of a process tree."""
 from __future__ import annotations
 
 import importlib.util
@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -32,6 +33,51 @@ def wait_port(port: int, timeout: float = 20.0,
                 break
             time.sleep(0.05)
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def send_requests(port: int, count: int, keep_alive: bool, request: bytes,
+                  clients: int) -> None:
+    """``count`` requests over ``clients`` connections at once (threads; the sync worker
+    gets a new connection per request), each request read to the end of its body."""
+    shares = [count // clients + (i < count % clients) for i in range(clients)]
+    with ThreadPoolExecutor(clients) as pool:
+        done = [pool.submit(_serial, port, n, keep_alive, request) for n in shares if n]
+        for future in done:
+            future.result()
+
+
+def _serial(port: int, count: int, keep_alive: bool, request: bytes) -> None:
+    """``count`` requests one after another on one connection (or one each)."""
+    sock = None
+    try:
+        for _ in range(count):
+            if sock is None:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=300)
+            sock.sendall(request % (b"" if keep_alive else b"Connection: close\r\n"))
+            _read_response(sock)
+            if not keep_alive:
+                sock.close()
+                sock = None
+    finally:
+        if sock is not None:
+            sock.close()
+
+
+def _read_response(sock: socket.socket) -> None:
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        buf += _recv(sock, buf)
+    head, _, body = buf.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))
+    while len(body) < length:
+        body += _recv(sock, head + body)
+
+
+def _recv(sock: socket.socket, so_far: bytes) -> bytes:
+    chunk = sock.recv(65536)
+    if not chunk:
+        raise RuntimeError(f"connection closed after {so_far!r}")
+    return chunk
 
 
 def cpu_seconds(pid: int) -> float:
@@ -97,17 +143,22 @@ def wrk_cpu(proc: subprocess.Popen, port: int, duration: int, connections: int,
     return run["rps"], cpu / run["requests"] * 1e6
 
 
-def runnable(cases: Dict[str, str]) -> List[str]:
-    """The benchmark cases (name -> the module each needs) that can run, in order; one
-    line for each case skipped because its module cannot be imported."""
+def runnable(cases: Dict[str, Sequence[str]]) -> List[str]:
+    """The benchmark cases (name -> the modules each needs) that can run, in order; one
+    line for each case skipped, naming the first of its modules that cannot be imported
+    (an ``asgi`` worker needs gunicorn 24 or later, which the oldest supported lacks)."""
     found = []
-    for case, module in cases.items():
-        try:
-            ok = importlib.util.find_spec(module) is not None
-        except ModuleNotFoundError:
-            ok = False
-        if ok:
+    for case, modules in cases.items():
+        missing = next((m for m in modules if not _importable(m)), None)
+        if missing is None:
             found.append(case)
         else:
-            print(f"{case}: skipped, {module} is not installed")
+            print(f"{case}: skipped, {missing} is not installed")
     return found
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False

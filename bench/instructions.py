@@ -3,12 +3,18 @@ valgrind's callgrind: a figure that does not move with the machine's load, unlik
 requests per second on a shared 2-core machine.
 
 For each worker type, gunicorn runs one worker under callgrind (which follows the fork), a
-client sends N serial requests (keep-alive where the worker keeps connections alive), and
-the worker process is counted until it exits. Two runs with different N give the
-count per request as the slope, so start-up and shutdown cancel out. The resource sampler
-is set to a one-hour interval: its cost is per second, not per request (docs/benchmarks.md
-gives it separately). Reported: instructions per request plain and with the plugin, what
-the plugin adds, and the ratio plain/plugin, which is the throughput ratio a CPU-bound
+client sends N requests over ``--clients`` connections in parallel (keep-alive where the
+worker keeps connections alive, a connection per request on the sync worker), and the
+worker process is counted until it exits. Two runs with different N give the count per
+request as the slope, so start-up and shutdown cancel out. Parallel connections keep a
+request always waiting for the worker, so it never idles between two (a serial client let
+the sync worker of gunicorn 23 wait in ``select`` a varying number of times, which moved
+its count by about 12 k between identical runs). Every slope is measured ``--runs`` times
+(variants interleaved) and reported as the median and the spread (min-max) of the runs.
+The resource sampler is set to a one-hour interval: its cost is per second, not per
+request (docs/benchmarks.md gives it separately). Reported: instructions per request plain
+and with the plugin, what the plugin adds (median and spread of the per-run differences),
+and the ratio plain/plugin of the medians, which is the throughput ratio a CPU-bound
 worker would see if every instruction cost the same.
 
 ``asgi-shop`` is a realistic Starlette service (middleware, a dozen routes, a JSON POST);
@@ -18,28 +24,37 @@ each) and with an ``X-Request-Start`` stamp (a queue time each); ``--compare-to 
 the plugin of another source tree (``DIR`` holds its package, built in place: for instance
 the previous commit's ``exporter/``), so that a change is measured against it in one run;
 ``--native-off`` adds the plugin without the native duration histogram (what its store
-costs).
+costs). Those last four are reported against the plugin. The runs are independent
+processes: ``--jobs`` runs that many at once (instruction counts do not depend on load).
 
 Run: ``python bench/instructions.py [--workers sync gthread gevent asgi asgi-starlette
-asgi-shop uvicorn] [--requests 300 1300] [--python] [--headers] [--compare-to DIR] [--native-off]``. Needs valgrind; several minutes (callgrind runs Python
-about 50 times slower).
+asgi-shop uvicorn] [--requests 200 800] [--clients 4] [--runs 3] [--jobs 1] [--python]
+[--headers] [--compare-to DIR] [--native-off] [--json FILE]``; ``--table FILE...`` prints
+the table of docs/benchmarks.md from the ``--json`` files of one or more runs. Needs
+valgrind; one callgrind run takes 5-10 s of a core (about 5 s to start, then 5 ms a
+request), a table of six workers, three variants and three runs about 15 minutes.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
 import re
 import shutil
-import socket
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from importlib import metadata
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, NamedTuple, Tuple
 
-from common import runnable, start_gunicorn, wait_port
+from common import runnable, send_requests, start_gunicorn, wait_port
 from gunicorn_prometheus_exporter import speedups
-from worker_bench import write_apps
+from worker_bench import GASGI, write_apps
 
 GET_USER = b"GET /users/42 HTTP/1.1\r\nHost: bench\r\n%s\r\n"
 _ORDER = (b'{"lines": [{"sku": "A-1", "qty": 2, "price": 9.5}, '
@@ -47,84 +62,99 @@ _ORDER = (b'{"lines": [{"sku": "A-1", "qty": 2, "price": 9.5}, '
 POST_ORDER = (b"POST /api/v1/users/42/orders HTTP/1.1\r\nHost: bench\r\n"
               b"Origin: https://shop.example\r\nContent-Type: application/json\r\n"
               b"Content-Length: " + str(len(_ORDER)).encode() + b"\r\n%s\r\n" + _ORDER)
+TRACEPARENT = b"traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n"
+PLUGIN = "gunicorn_prometheus_exporter.Prometheus"
 
-#: name -> (plain worker class, plugin worker class, app, keep-alive, module needed, request)
-WORKERS: Dict[str, Tuple[str, str, str, bool, str, bytes]] = {
-    "sync": ("sync", "gunicorn_prometheus_exporter.PrometheusWorker", "hello_wsgi:app",
-             False, "gunicorn", GET_USER),
-    "gthread": ("gthread", "gunicorn_prometheus_exporter.PrometheusThreadWorker",
-                "hello_wsgi:app", True, "gunicorn", GET_USER),
-    "gevent": ("gevent", "gunicorn_prometheus_exporter.PrometheusGeventWorker",
-               "hello_wsgi:app", True, "gevent", GET_USER),
-    "asgi": ("asgi", "gunicorn_prometheus_exporter.PrometheusASGIWorker", "hello_asgi:app",
-             True, "gunicorn.workers.gasgi", GET_USER),
-    "asgi-starlette": ("asgi", "gunicorn_prometheus_exporter.PrometheusASGIWorker",
-                       "hello_starlette:app", True, "starlette", GET_USER),
+
+class Case(NamedTuple):
+    plain: str  #: gunicorn's worker class
+    plugin: str  #: the plugin's worker class for it
+    app: str
+    keep_alive: bool
+    modules: Tuple[str, ...]  #: what must be importable to run it
+    request: bytes  #: with ``%s`` where a ``Connection: close`` line goes
+
+
+WORKERS: Dict[str, Case] = {
+    "sync": Case("sync", PLUGIN + "Worker", "hello_wsgi:app", False, ("gunicorn",),
+                 GET_USER),
+    "gthread": Case("gthread", PLUGIN + "ThreadWorker", "hello_wsgi:app", True,
+                    ("gunicorn",), GET_USER),
+    "gevent": Case("gevent", PLUGIN + "GeventWorker", "hello_wsgi:app", True, ("gevent",),
+                   GET_USER),
+    "asgi": Case("asgi", PLUGIN + "ASGIWorker", "hello_asgi:app", True, (GASGI,), GET_USER),
+    "asgi-starlette": Case("asgi", PLUGIN + "ASGIWorker", "hello_starlette:app", True,
+                           (GASGI, "starlette"), GET_USER),
     # a realistic service: middleware, a routed JSON POST (worker_bench.SHOP_STARLETTE)
-    "asgi-shop": ("asgi", "gunicorn_prometheus_exporter.PrometheusASGIWorker",
-                  "shop_starlette:app", True, "starlette", POST_ORDER),
-    "uvicorn": ("uvicorn_worker.UvicornWorker",
-                "gunicorn_prometheus_exporter.PrometheusUvicornWorker", "hello_asgi:app",
-                True, "uvicorn_worker", GET_USER),
+    "asgi-shop": Case("asgi", PLUGIN + "ASGIWorker", "shop_starlette:app", True,
+                      (GASGI, "starlette"), POST_ORDER),
+    "uvicorn": Case("uvicorn_worker.UvicornWorker", PLUGIN + "UvicornWorker",
+                    "hello_asgi:app", True, ("uvicorn_worker",), GET_USER),
 }
 
 
-def send_requests(port: int, count: int, keep_alive: bool, request: bytes) -> None:
-    """``count`` serial requests, each read to the end of its body (Content-Length)."""
-    sock = None
-    for _ in range(count):
-        if sock is None:
-            sock = socket.create_connection(("127.0.0.1", port), timeout=120)
-        sock.sendall(request % (b"" if keep_alive else b"Connection: close\r\n"))
-        _read_response(sock)
-        if not keep_alive:
-            sock.close()
-            sock = None
-    if sock is not None:
-        sock.close()
+class Variant(NamedTuple):
+    """One way of running a case: gunicorn's own worker or the plugin's, with settings."""
+    label: str
+    plugin: bool
+    env: Dict[str, str]
+    header: bytes = b""
+    against: str = "plain"  #: the variant its "added" column is measured against
 
 
-def _read_response(sock: socket.socket) -> None:
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        buf += _recv(sock, buf)
-    head, _, body = buf.partition(b"\r\n\r\n")
-    length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))
-    while len(body) < length:
-        body += _recv(sock, head + body)
+def variants(args: argparse.Namespace) -> List[Variant]:
+    found = [Variant("plain", False, {}), Variant("plugin", True, {})]
+    if args.python:
+        found.append(Variant("python", True, {speedups.SWITCH_ENV: "1"}))
+    if args.compare_to:
+        found.append(Variant("compared", True,
+                             {"PYTHONPATH": os.path.abspath(args.compare_to)},
+                             against="plugin"))
+    if args.native_off:
+        found.append(Variant("no native", True, {"PROMETHEUS_NATIVE_HISTOGRAMS": "false"},
+                             against="plugin"))
+    if args.headers:
+        found.append(Variant("traced", True, {}, TRACEPARENT, against="plugin"))
+        found.append(Variant("stamped", True, {"PROMETHEUS_QUEUE_MAX_SECONDS": "86400"},
+                             b"X-Request-Start: t=%.3f\r\n" % time.time(), against="plugin"))
+    return found
 
 
-def _recv(sock: socket.socket, so_far: bytes) -> bytes:
-    chunk = sock.recv(65536)
-    if not chunk:
-        raise RuntimeError(f"connection closed after {so_far!r}")
-    return chunk
-
-
-def count_run(worker_class: str, app: str, keep_alive: bool, request: bytes, requests: int,
-              tmp: str, env: Dict[str, str]) -> int:
+def count_run(case: Case, variant: Variant, requests: int, clients: int, tmp: str) -> int:
     """Instructions of the worker process (all its threads: gthread serves requests in a
-    pool) over its life with ``requests`` requests."""
+    pool) over its life with ``requests`` requests (after one per client to start)."""
     out = Path(tempfile.mkdtemp(prefix="cg-", dir=tmp))
     log = out / "gunicorn.log"
+    request = (case.request.replace(b"%s", variant.header + b"%s", 1) if variant.header
+               else case.request)
     with open(log, "w") as log_file:
         proc, port = start_gunicorn(
-            worker_class, app, tmp, output=log_file,
+            case.plugin if variant.plugin else case.plain, case.app, tmp, output=log_file,
             prefix=["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/out.%p"],
             args=["--keep-alive", "300", "--timeout", "600", "--graceful-timeout", "120"],
             env={"PROMETHEUS_SAMPLE_INTERVAL": "3600",
-                 "PYTHONHASHSEED": "0", **env})  # the same dict layouts in every run
+                 "PYTHONHASHSEED": "0", **variant.env})  # the same dict layouts every run
     try:
-        wait_port(port, timeout=300, proc=proc)
-        send_requests(port, 1, keep_alive, request)  # the worker is up and answered once
-        send_requests(port, requests, keep_alive, request)
+        wait_port(port, timeout=600, proc=proc)
+        send_requests(port, clients, case.keep_alive, request, clients)  # up and answering
+        send_requests(port, requests, case.keep_alive, request, clients)
     finally:
         proc.terminate()
-        proc.wait(300)
-    if "prometheus" in worker_class.lower():
-        _check_recorded(os.path.join(tmp, f"mp-{port}"), requests + 1)
+        proc.wait(600)
+    if variant.plugin:
+        _check_recorded(os.path.join(tmp, f"mp-{port}"), requests + clients)
     pid = re.search(r"Booting worker with pid: (\d+)", log.read_text()).group(1)
-    return _total(out / f"out.{pid}")
+    total = _total(out / f"out.{pid}")
+    shutil.rmtree(out)
+    return total
+
+
+def _counted(name: str, variant: Variant, requests: int, clients: int, tmp: str) -> int:
+    """``count_run`` with a line on stderr when it is done (a table takes a while)."""
+    total = count_run(WORKERS[name], variant, requests, clients, tmp)
+    print(f"  {name} {variant.label}, {requests} requests: {total:,} instructions",
+          file=sys.stderr, flush=True)
+    return total
 
 
 def _check_recorded(directory: str, expected: int) -> None:
@@ -144,22 +174,79 @@ def _total(path: Path) -> int:
     raise RuntimeError(f"no totals in {path}")
 
 
-TRACEPARENT = b"traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n"
+class Spread(NamedTuple):
+    median: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, values: List[float]) -> "Spread":
+        return cls(statistics.median(values), min(values), max(values))
+
+    def text(self, sign: str = "") -> str:
+        return (f"{self.median:{sign},.0f} ({self.low:{sign},.0f}..{self.high:{sign},.0f}, "
+                f"{self.high - self.low:,.0f})")
 
 
-def with_header(request: bytes, header: bytes) -> bytes:
-    """``request`` with one more header line (before the optional Connection: close)."""
-    return request.replace(b"%s", header + b"%s", 1)
-
-
-def per_request(worker_class: str, case: str, counts: Tuple[int, int], tmp: str,
-                env: Optional[Dict[str, str]] = None, header: bytes = b"") -> float:
-    _, _, app, keep_alive, _, request = WORKERS[case]
-    request = with_header(request, header) if header else request
+def slopes(futures: Dict[int, Future], counts: Tuple[int, int]) -> float:
     low, high = counts
-    runs = [count_run(worker_class, app, keep_alive, request, n, tmp, env or {})
-            for n in (high, low)]
-    return (runs[0] - runs[1]) / (high - low)
+    return (futures[high].result() - futures[low].result()) / (high - low)
+
+
+def report(name: str, found: List[Variant], per_run: Dict[str, List[float]]) -> List[str]:
+    """Lines for one case: each variant's median (min..max, range) per request and, but
+    for the plain one, the median and spread of what it adds run by run."""
+    lines = []
+    for variant in found:
+        runs = per_run[variant.label]
+        text = f"{name:15s} {variant.label:9s} {Spread.of(runs).text():>36s}"
+        if variant.label != variant.against:
+            base = per_run[variant.against]
+            added = Spread.of([a - b for a, b in zip(runs, base)])
+            ratio = statistics.median(base) / statistics.median(runs)
+            text += (f"  {added.text('+'):>34s} against {variant.against}, "
+                     f"{variant.against}/{variant.label} {ratio:.3f}")
+        lines.append(text)
+    return lines
+
+
+def describe() -> str:
+    """What was measured: gunicorn, Python, the plugin's source tree and its commit."""
+    source = Path(speedups.__file__).resolve().parents[2]
+    commit = subprocess.run(["git", "-C", str(source), "describe", "--always", "--dirty"],
+                            capture_output=True, text=True).stdout.strip()
+    return (f"gunicorn {metadata.version('gunicorn')}, Python {platform.python_version()}, "
+            f"plugin from {source}" + (f" at {commit}" if commit else ""))
+
+
+def markdown(saved: List[dict]) -> List[str]:
+    """docs/benchmarks.md's table from files written by ``--json``: per worker and
+    gunicorn, plain, the plugin (C) and what it adds, the Python path's addition; each
+    the median (min-max) of the runs."""
+    lines = ["| worker | gunicorn | plain | with the plugin (C) | added (C) | "
+             "**plain / plugin (C)** | added (Python path) | plain / plugin (Python) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for run in saved:
+        version = re.match(r"gunicorn (\S+),", run["about"]).group(1)
+        for name, per_run in run["slopes"].items():
+            plain, ours = per_run["plain"], per_run["plugin"]
+            cells = [name, version, _cell(plain), _cell(ours), _added(ours, plain),
+                     f"**{statistics.median(plain) / statistics.median(ours):.3f}**"]
+            python = per_run.get("python")
+            cells += ([_added(python, plain),
+                       f"{statistics.median(plain) / statistics.median(python):.3f}"]
+                      if python else ["", ""])
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _cell(values: List[float], sign: str = "") -> str:
+    low, high = min(values), max(values)
+    return f"{statistics.median(values):{sign},.0f} ({low:,.0f}–{high:,.0f})"
+
+
+def _added(ours: List[float], base: List[float]) -> str:
+    return _cell([a - b for a, b in zip(ours, base)], "+")
 
 
 def main() -> None:
@@ -167,7 +254,13 @@ def main() -> None:
     parser.add_argument("--workers", nargs="+", choices=sorted(WORKERS),
                         default=["sync", "gthread", "gevent", "asgi", "asgi-starlette",
                                  "asgi-shop", "uvicorn"])
-    parser.add_argument("--requests", nargs=2, type=int, default=[300, 1300])
+    parser.add_argument("--requests", nargs=2, type=int, default=[200, 800])
+    parser.add_argument("--clients", type=int, default=4,
+                        help="connections sending requests at once (default 4)")
+    parser.add_argument("--runs", type=int, default=3,
+                        help="slopes measured per variant, for the median and spread")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="callgrind runs at once (each takes one core)")
     parser.add_argument("--python", action="store_true",
                         help=f"also the plugin with the C speedups off ({speedups.SWITCH_ENV})")
     parser.add_argument("--headers", action="store_true",
@@ -177,53 +270,47 @@ def main() -> None:
     parser.add_argument("--native-off", action="store_true",
                         help="also the plugin without native histograms "
                              "(PROMETHEUS_NATIVE_HISTOGRAMS=false)")
+    parser.add_argument("--json", metavar="FILE", help="also write every run's slope here")
+    parser.add_argument("--table", nargs="+", metavar="FILE",
+                        help="only print the docs' table from files written by --json")
     args = parser.parse_args()
+    if args.table:
+        print("\n".join(markdown([json.loads(Path(f).read_text()) for f in args.table])))
+        return
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (apt-get install valgrind)")
-    rows = []
-    counts = tuple(args.requests)
-    with tempfile.TemporaryDirectory() as tmp:
+    low, high = counts = tuple(sorted(args.requests))
+    found = variants(args)
+    about = describe()
+    print(about, flush=True)
+    results: Dict[str, Dict[str, List[float]]] = {}
+    lines: List[str] = []
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.jobs) as pool:
         write_apps(tmp)
-        for name in runnable({n: WORKERS[n][4] for n in args.workers}):
-            plain, plugin = WORKERS[name][:2]
+        cases = runnable({n: WORKERS[n].modules for n in args.workers})
+        # every run submitted at once, run by run and variant by variant (interleaved)
+        futures = {(name, v.label, run): {n: pool.submit(_counted, name, v, n, args.clients,
+                                                          tmp)
+                                          for n in (high, low)}
+                   for name in cases for run in range(args.runs) for v in found}
+        for name in cases:
             started = time.monotonic()
-            base = per_request(plain, name, counts, tmp)
-            ours = per_request(plugin, name, counts, tmp)
-            python = (per_request(plugin, name, counts, tmp, {speedups.SWITCH_ENV: "1"})
-                      if args.python else None)
-            rows.append((name, base, ours, python))
-            print(_row(name, base, ours, python) + f"  ({time.monotonic() - started:.0f} s)",
+            per_run = {v.label: [slopes(futures[name, v.label, run], counts)
+                                 for run in range(args.runs)] for v in found}
+            results[name] = per_run
+            case_lines = report(name, found, per_run)
+            lines += case_lines
+            print("\n".join(case_lines) + f"  (waited {time.monotonic() - started:.0f} s)",
                   flush=True)
-            extra = []
-            if args.compare_to:
-                extra.append(("compared", per_request(
-                    plugin, name, counts, tmp, {"PYTHONPATH": os.path.abspath(args.compare_to)})))
-            if args.native_off:
-                extra.append(("no native", per_request(
-                    plugin, name, counts, tmp, {"PROMETHEUS_NATIVE_HISTOGRAMS": "false"})))
-            if args.headers:
-                stamp = b"X-Request-Start: t=%.3f\r\n" % time.time()
-                extra.append(("traced", per_request(plugin, name, counts, tmp,
-                                                    header=TRACEPARENT)))
-                extra.append(("stamped", per_request(
-                    plugin, name, counts, tmp, {"PROMETHEUS_QUEUE_MAX_SECONDS": "86400"},
-                    header=stamp)))
-            for label, count in extra:
-                print(f"{name:15s} {label:>9s} {count:9.0f} {count - ours:+8.0f} against the "
-                      f"plugin, same run", flush=True)
-    print(f"\ninstructions per request (callgrind, worker process, slope of "
-          f"{args.requests[0]} and {args.requests[1]} requests):")
-    print(f"{'worker':15s} {'plain':>9s} {'plugin':>9s} {'added':>8s} {'plain/plugin':>12s}"
-          + (f" {'python':>9s} {'added':>8s} {'plain/python':>12s}" if args.python else ""))
-    for row in rows:
-        print(_row(*row))
-
-
-def _row(name: str, base: float, ours: float, python: Optional[float]) -> str:
-    text = f"{name:15s} {base:9.0f} {ours:9.0f} {ours - base:+8.0f} {base / ours:12.3f}"
-    if python is not None:
-        text += f" {python:9.0f} {python - base:+8.0f} {base / python:12.3f}"
-    return text
+    print(f"\ninstructions per request (callgrind, worker process, slope of {low} and {high} "
+          f"requests over {args.clients} connections, median (min..max, range) of "
+          f"{args.runs} runs; added: median (min..max, range) of the per-run differences); "
+          f"{about}:")
+    print("\n".join(lines))
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"about": about, "requests": [low, high], "clients": args.clients,
+             "runs": args.runs, "slopes": results}, indent=1))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ Needs ``wrk`` and ``redis-server`` (Debian packages) and redis-py.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -183,6 +184,9 @@ def main() -> int:
         if shutil.which(tool) is None:
             print(f"{tool} is not installed (apt-get install {tool.split('-')[0]})")
             return 2
+    if importlib.util.find_spec("redis.client") is None:  # tests/redis would pass for it
+        print("redis-py is not installed (pip install 'gunicorn-prometheus-exporter[redis]')")
+        return 2
     tmp = tempfile.mkdtemp(prefix="redis-bench-")
     server = RedisServer(Path(tmp))
     try:

@@ -2,15 +2,23 @@
 worker without the plugin, interleaved in one run.
 
 For each worker type, wrk drives a hello-world app (WSGI for gevent, raw ASGI for asgi and
-uvicorn, a one-route Starlette app for asgi-starlette) on one worker process over keep-alive
-connections; plain and plugin variants run interleaved (A B A B ...) so that a shared
-machine's drift hits both alike. Reported per variant: median requests/s and median CPU time
-per request of all gunicorn processes (from /proc, steadier than req/s on a busy machine);
-then the throughput ratio (target >= 0.97) and the CPU the plugin adds per request.
+uvicorn, a one-route Starlette app for asgi-starlette) on one worker process (``--processes``
+for more) over keep-alive connections; plain and plugin variants run interleaved
+(A B A B ...) so that a shared machine's drift hits both alike. Reported per variant: median
+requests/s and median CPU time per request of all gunicorn processes (from /proc, steadier
+than req/s on a busy machine); then the throughput ratio (target >= 0.97) and the CPU the
+plugin adds per request.
+
+With several worker processes, each round also reports how wrk's connections were split
+between them (counted mid-run): an asyncio worker accepts every connection waiting when it
+wakes, so the split is decided in wrk's first milliseconds, differs from round to round,
+and moves throughput by far more than the plugin does (docs/benchmarks.md, issue 18). The
+summary therefore also compares the variants within each split.
 
 Run: ``python bench/worker_bench.py [--workers gevent asgi asgi-starlette uvicorn] [--rounds 6]
-[--duration 5] [--connections 16]``. Needs ``wrk`` (Debian package) and, per worker type,
-gevent / gunicorn >= 24 / uvicorn-worker. Results and how to read them: docs/workers.md.
+[--duration 5] [--connections 16] [--processes 1]``. Needs ``wrk`` (Debian package) and, per
+worker type, gevent / gunicorn >= 24 / uvicorn-worker. Results and how to read them:
+docs/workers.md, docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -19,8 +27,13 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
+from collections import defaultdict
 from pathlib import Path
+from typing import Dict, List, Tuple
+
+import psutil
 
 from common import runnable, start_gunicorn, wait_port, wrk_cpu
 
@@ -120,17 +133,19 @@ app = Starlette(
                 Middleware(ServerTiming)])
 '''
 
-#: worker type -> (plain class, plugin class, app module, module that must be importable)
+#: gunicorn's native asyncio worker (gunicorn 24 and later)
+GASGI = "gunicorn.workers.gasgi"
+#: worker type -> (plain class, plugin class, app module, modules that must be importable)
 WORKERS = {
     "gevent": ("gevent", "gunicorn_prometheus_exporter.PrometheusGeventWorker",
-               "hello_wsgi:app", "gevent"),
+               "hello_wsgi:app", ("gevent",)),
     "asgi": ("asgi", "gunicorn_prometheus_exporter.PrometheusASGIWorker", "hello_asgi:app",
-             "gunicorn.workers.gasgi"),
+             (GASGI,)),
     "asgi-starlette": ("asgi", "gunicorn_prometheus_exporter.PrometheusASGIWorker",
-                       "hello_starlette:app", "starlette"),
+                       "hello_starlette:app", (GASGI, "starlette")),
     "uvicorn": ("uvicorn_worker.UvicornWorker",
                 "gunicorn_prometheus_exporter.PrometheusUvicornWorker", "hello_asgi:app",
-                "uvicorn_worker"),
+                ("uvicorn_worker",)),
 }
 
 
@@ -142,32 +157,78 @@ def write_apps(tmp: str) -> None:
         Path(tmp, f"{module}.py").write_text(text)
 
 
+def connection_split(pid: int, processes: int) -> Tuple[int, ...]:
+    """Established connections of each of the ``processes`` busiest children of ``pid``
+    (the workers; the plugin's metrics process has none), most first."""
+    counts = []
+    for child in psutil.Process(pid).children():
+        try:
+            counts.append(sum(1 for c in child.net_connections("tcp")
+                              if c.status == psutil.CONN_ESTABLISHED))
+        except psutil.Error:
+            pass
+    return tuple(sorted(counts, reverse=True)[:processes])
+
+
 def run_variant(worker_class: str, app: str, args: argparse.Namespace, tmp: str) -> tuple:
-    proc, port = start_gunicorn(worker_class, app, tmp, args=["--keep-alive", "30"])
+    """(requests/s, µs CPU per request, connections per worker) of one round."""
+    proc, port = start_gunicorn(worker_class, app, tmp, workers=args.processes,
+                                args=["--keep-alive", "30"])
     try:
         try:
             wait_port(port, proc=proc)
         except RuntimeError:
             raise SystemExit(f"{worker_class} did not start") from None
-        return wrk_cpu(proc, port, args.duration, args.connections)
+        split: List[Tuple[int, ...]] = []
+        # the warm-up second and half the run: the split of the measured connections
+        timer = threading.Timer(1 + args.duration / 2,
+                                lambda: split.append(connection_split(proc.pid, args.processes)))
+        timer.start()
+        rps, cpu = wrk_cpu(proc, port, args.duration, args.connections)
+        timer.join()
+        return rps, cpu, split[0] if split else ()
     finally:
         proc.terminate()
         proc.wait(15)
 
 
-def bench(name: str, args: argparse.Namespace, tmp: str) -> dict:
+def bench(name: str, args: argparse.Namespace, tmp: str) -> Dict[str, list]:
     plain, plugin, app, _ = WORKERS[name]
-    results = {"plain": [], "plugin": []}
+    results: Dict[str, list] = {"plain": [], "plugin": []}
     for n in range(args.rounds):
         for variant in (("plain", "plugin") if n % 2 == 0 else ("plugin", "plain")):
             wc = plain if variant == "plain" else plugin
             results[variant].append(run_variant(wc, app, args, tmp))
-            rps, cpu = results[variant][-1]
+            rps, cpu, split = results[variant][-1]
+            shown = f"  connections {':'.join(map(str, split))}" if args.processes > 1 else ""
             print(f"{name:8s} round {n + 1} {variant:6s} {rps:9.0f} req/s "
-                  f"{cpu:7.1f} us CPU/request", flush=True)
-    med = {v: (statistics.median(r for r, _ in rs), statistics.median(c for _, c in rs))
-           for v, rs in results.items()}
-    return med
+                  f"{cpu:7.1f} us CPU/request{shown}", flush=True)
+    return results
+
+
+def medians(rounds: list) -> Tuple[float, float]:
+    return (statistics.median(r[0] for r in rounds), statistics.median(r[1] for r in rounds))
+
+
+def spread(values: List[float]) -> str:
+    return f"{min(values):.0f}-{max(values):.0f}"
+
+
+def by_split(results: Dict[str, list]) -> None:
+    """The variants compared within each connection split both of them met."""
+    groups: Dict[Tuple[int, ...], Dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for variant, rounds in results.items():
+        for r in rounds:
+            groups[r[2]][variant].append(r)
+    for split, variants in sorted(groups.items(), reverse=True):
+        plain, plugin = variants.get("plain", []), variants.get("plugin", [])
+        line = (f"  split {':'.join(map(str, split)):7s} rounds plain {len(plain)}, "
+                f"plugin {len(plugin)}")
+        if plain and plugin:
+            (prps, pcpu), (qrps, qcpu) = medians(plain), medians(plugin)
+            line += (f": req/s {prps:.0f} / {qrps:.0f} = {qrps / prps:.3f}, CPU/request "
+                     f"{pcpu:.1f} / {qcpu:.1f} us ({qcpu - pcpu:+.1f})")
+        print(line)
 
 
 def asgi_micro(requests: int) -> tuple:
@@ -183,7 +244,7 @@ def asgi_micro(requests: int) -> tuple:
     app = namespace["app"]
     with tempfile.TemporaryDirectory() as tmp:
         metrics, _ = build_instrumentation(tmp)
-        wrapped = instrument(app, metrics.labeller, metrics.native)
+        wrapped = instrument(app, metrics.labeller, metrics.extras, metrics.native)
         scope = {"type": "http", "method": "GET", "path": "/users/42", "headers": []}
 
         async def receive():
@@ -215,6 +276,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--processes", type=int, default=1,
+                        help="gunicorn worker processes (-w)")
     parser.add_argument("--micro-requests", type=int, default=20000,
                         help="requests of the in-process ASGI wrapper measurement (0: skip)")
     args = parser.parse_args()
@@ -229,14 +292,17 @@ def main() -> None:
         write_apps(tmp)
         for name in runnable({n: WORKERS[n][3] for n in args.workers}):
             summary.append((name, bench(name, args, tmp)))
-    print(f"\n1 worker, wrk -t1 -c{args.connections} keep-alive, {args.rounds} rounds x "
-          f"{args.duration}s interleaved, medians:")
-    print(f"{'worker':8s} {'plain req/s':>12s} {'plugin req/s':>13s} {'ratio':>6s} "
+    print(f"\n{args.processes} worker(s), wrk -t1 -c{args.connections} keep-alive, "
+          f"{args.rounds} rounds x {args.duration}s interleaved, medians (range):")
+    print(f"{'worker':8s} {'plain req/s':>22s} {'plugin req/s':>22s} {'ratio':>6s} "
           f"{'plain us/req':>13s} {'plugin us/req':>14s} {'added us':>9s}")
-    for name, med in summary:
-        (prps, pcpu), (qrps, qcpu) = med["plain"], med["plugin"]
-        print(f"{name:8s} {prps:12.0f} {qrps:13.0f} {qrps / prps:6.3f} {pcpu:13.1f} "
-              f"{qcpu:14.1f} {qcpu - pcpu:+9.1f}")
+    for name, results in summary:
+        (prps, pcpu), (qrps, qcpu) = medians(results["plain"]), medians(results["plugin"])
+        print(f"{name:8s} {prps:8.0f} ({spread([r[0] for r in results['plain']]):>11s}) "
+              f"{qrps:8.0f} ({spread([r[0] for r in results['plugin']]):>11s}) "
+              f"{qrps / prps:6.3f} {pcpu:13.1f} {qcpu:14.1f} {qcpu - pcpu:+9.1f}")
+        if args.processes > 1:
+            by_split(results)
 
 
 if __name__ == "__main__":

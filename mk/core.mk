@@ -7,7 +7,7 @@ GUNICORN_OLDEST ?= 23.0.0
 VENV_OLDEST ?= .venv-gunicorn-$(GUNICORN_OLDEST)
 PYTEST_ARGS ?=
 
-.PHONY: venv demo system-deps test-deps test test-quick test-core test-oldest lint-imports e2e bench bench-instructions clean
+.PHONY: venv demo system-deps test-deps test test-quick test-core test-oldest lint-imports e2e bench bench-instructions bench-memory clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -74,3 +74,7 @@ clean:
 ## bench-instructions: instructions per request in a running worker, plain and with the plugin (valgrind)
 bench-instructions: venv
 	$(BIN)/python bench/instructions.py
+
+## bench-memory: RSS and PSS of the workers, master and metrics process, plain and with the plugin
+bench-memory: venv
+	$(BIN)/python bench/memory.py

@@ -1,29 +1,19 @@
 """gunicorn 27's dirty-worker pool through real gunicorn with a real dirty app: pool size,
 busy/idle dirty workers, tasks, their duration and failures by dirty app, and dirty worker
-exits by reason."""
+exits by reason (timeout, killed, crashed, exited)."""
 import os
 import signal
 from pathlib import Path
 
 import pytest
 
+from apps.dirty_app import DIRTY_APP as APP, POOL_ARGS
 from support.wait import until
 
 gunicorn_dirty = pytest.importorskip("gunicorn.dirty", reason="gunicorn >= 27 (dirty workers)")
 
 TESTS = ["--chdir", str(Path(__file__).parent)]
-APP = "apps.dirty_app:Compute"
-POOL = TESTS + ["--dirty-app", APP, "--dirty-workers", "2", "--dirty-timeout", "2"]
-
-
-
-def _dirty_pids(g):
-    """The dirty workers: the children of the dirty arbiter, the one child of the master
-    that has children (HTTP workers and the metrics process have none)."""
-    import psutil
-
-    return sorted(p.pid for child in psutil.Process(g.pid).children()
-                  for p in child.children() if p.status() != psutil.STATUS_ZOMBIE)
+POOL = TESTS + POOL_ARGS
 
 
 def test_dirty_pool_tasks_failures_and_exits(start_gunicorn):
@@ -50,11 +40,11 @@ def test_dirty_pool_tasks_failures_and_exits(start_gunicorn):
 
     # a dirty worker that stops answering (SIGSTOP: its heartbeat stops) is killed after
     # dirty_timeout; the arbiter starts a replacement
-    first, second = _dirty_pids(g)
+    first, second = g.dirty_pids()
     os.kill(first, signal.SIGSTOP)
     g.scrape_until(lambda s: s.value("gunicorn_dirty_worker_exits_total",
                                      reason="timeout") == 1, timeout=30)
-    until(lambda: len(_dirty_pids(g)) == 2 and first not in _dirty_pids(g), timeout=30,
+    until(lambda: len(g.dirty_pids()) == 2 and first not in g.dirty_pids(), timeout=30,
           message="a replacement dirty worker")
     g.scrape_until(lambda s: s.value("gunicorn_dirty_workers", state="idle") == 2)
     # a dirty worker told to stop exits on its own
@@ -62,10 +52,40 @@ def test_dirty_pool_tasks_failures_and_exits(start_gunicorn):
     s = g.scrape_until(lambda s: s.value("gunicorn_dirty_worker_exits_total",
                                          reason="exited") == 1, timeout=30)
     assert s.value("gunicorn_dirty_worker_exits_total", reason="timeout") == 1
-    until(lambda: len(_dirty_pids(g)) == 2, timeout=30, message="the pool to be whole again")
+    until(lambda: len(g.dirty_pids()) == 2, timeout=30, message="the pool to be whole again")
     s = g.scrape_until(lambda s: s.value("gunicorn_dirty_workers", state="idle") == 2)
     # the tasks counted by the workers that are gone are kept
     assert s.value("gunicorn_dirty_tasks_total", app=APP) == 5
+    # the exit status names the rest: SIGKILL from outside the arbiter (as the OOM killer
+    # sends), and a dirty worker that exits with code 1 in the middle of a task
+    victim = g.dirty_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    g.scrape_until(lambda s: s.value("gunicorn_dirty_worker_exits_total",
+                                     reason="killed") == 1, timeout=30)
+    until(lambda: len(g.dirty_pids()) == 2 and victim not in g.dirty_pids(), timeout=30,
+          message="a replacement for the SIGKILLed dirty worker")
+    assert g.request("/crash")[0] == 500
+    s = g.scrape_until(lambda s: s.value("gunicorn_dirty_worker_exits_total",
+                                         reason="crashed") == 1, timeout=30)
+    assert s.series("gunicorn_dirty_worker_exits_total") == {
+        frozenset({("reason", r)}): 1.0 for r in ("timeout", "killed", "crashed", "exited")}
+
+
+@pytest.mark.parametrize("aborted,status,reason", [
+    (True, (os.CLD_KILLED, signal.SIGKILL), "timeout"),  # the arbiter's own kill
+    (True, None, "timeout"),
+    (False, (os.CLD_KILLED, signal.SIGKILL), "killed"),
+    (False, (os.CLD_KILLED, signal.SIGSEGV), "crashed"),
+    (False, (os.CLD_DUMPED, signal.SIGABRT), "crashed"),
+    (False, (os.CLD_EXITED, 1), "crashed"),
+    (False, (os.CLD_EXITED, 3), "crashed"),  # gunicorn's boot error
+    (False, (os.CLD_EXITED, 0), "exited"),
+    (False, None, "exited"),  # status not read
+])
+def test_exit_reasons(aborted, status, reason):
+    from gunicorn_prometheus_exporter.dirty import exit_reason
+
+    assert exit_reason(aborted, status) == reason
 
 
 def test_no_dirty_families_without_a_pool(start_gunicorn):

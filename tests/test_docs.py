@@ -58,6 +58,34 @@ def full_scrape(tmp_path_factory):
         g.stop()
 
 
+@pytest.fixture(scope="module")
+def server_scrapes(tmp_path_factory):
+    """Scrapes of what only some servers write, by ``Family.servers``: the ASGI worker's
+    WebSocket families (at zero once it has loaded the application) and gunicorn 27's
+    dirty pool after a task that failed."""
+    pytest.importorskip("gunicorn.dirty", reason="gunicorn >= 27 (dirty workers)")
+    from apps.dirty_app import DIRTY_APP, POOL_ARGS
+    from support.procs import Gunicorn
+
+    tmp = tmp_path_factory.mktemp("servers")
+    tests = ["--chdir", str(ROOT / "tests")]
+    asgi = Gunicorn(tmp, app="apps.traced:asgi_app", workers=1, extra_args=tests,
+                    worker_class="gunicorn_prometheus_exporter.PrometheusASGIWorker")
+    dirty = Gunicorn(tmp, app="apps.dirty_app:app", workers=1, extra_args=tests + POOL_ARGS)
+    try:
+        asgi.wait_ready(workers=1)
+        dirty.wait_ready(workers=1)
+        assert dirty.request("/fail") == (500, b"DirtyAppError")
+        yield {"asgi": asgi.scrape_until(
+                   lambda s: s.value("gunicorn_websocket_connections", worker_id="0") == 0),
+               "dirty": dirty.scrape_until(
+                   lambda s: s.value("gunicorn_dirty_task_failures_total", app=DIRTY_APP,
+                                     error_type="ValueError") == 1, timeout=30)}
+    finally:
+        asgi.stop()
+        dirty.stop()
+
+
 def _names(scrape):
     names = set(scrape.types)
     for name, typ in scrape.types.items():
@@ -72,10 +100,21 @@ def test_reference_and_real_scrape_hold_the_same_families(full_scrape):
     assert scraped == documented
 
 
-def test_dashboard_alerts_and_kubernetes_docs_use_real_metrics(full_scrape):
+@pytest.mark.parametrize("servers", ["asgi", "dirty"])
+def test_reference_and_real_scrape_of_other_servers(server_scrapes, servers):
+    """Beside the families of every server, a scrape of the ASGI worker (or of a dirty
+    pool) holds exactly the reference's families of those servers."""
+    documented = {f.name for f in catalogue.ALL if f.servers == servers}
+    scraped = {name for name in server_scrapes[servers].types if name.startswith("gunicorn_")}
+    assert scraped <= set(catalogue.BY_NAME)
+    assert {name for name in scraped if catalogue.BY_NAME[name].servers != "any"} == documented
+
+
+def test_dashboard_alerts_and_kubernetes_docs_use_real_metrics(full_scrape, server_scrapes):
     from chart.metric_names import series_names
 
-    missing = sorted(n for n in series_names() if n not in _names(full_scrape))
+    real = _names(full_scrape).union(*map(_names, server_scrapes.values()))
+    missing = sorted(n for n in series_names() if n not in real)
     assert missing == []
 
 

@@ -1,5 +1,6 @@
-"""The protocol of requests (HTTP/1.0, HTTP/2 over gunicorn's own HTTP/2, WebSocket upgrades)
-and the WebSocket connections of the ASGI workers, through real gunicorn: the request
+"""The protocol of requests (HTTP/1.0, HTTP/2 over gunicorn's own HTTP/2, in cleartext and
+over TLS with ALPN, WebSocket upgrades) and the WebSocket connections of the ASGI workers
+(native and uvicorn), through real gunicorn: the request
 families keep their series, only requests not over HTTP/1.1 are counted by protocol, and a
 WebSocket is a connection measured by itself, never an hours-long request."""
 import http.client
@@ -10,6 +11,7 @@ import pytest
 from gunicorn_prometheus_exporter import protocols
 
 ASGI = "gunicorn_prometheus_exporter.PrometheusASGIWorker"
+UVICORN = "gunicorn_prometheus_exporter.PrometheusUvicornWorker"
 TESTS = ["--chdir", str(Path(__file__).parent)]
 PROTOCOL = "gunicorn_http_protocol_requests_total"
 H2C = ["--http-protocols", "h2,h1", "--http2-cleartext", "both"]  # h2c and HTTP/1 alike
@@ -34,13 +36,21 @@ def _http10(g) -> int:
         conn.close()
 
 
-def _http2(g, count: int) -> None:
+def _get(g, count: int, version: str, tls=None) -> None:
+    """``count`` GET / over one connection in ``version`` (HTTP/2: prior knowledge in
+    cleartext, ALPN over TLS; ``tls``: the client's ssl context)."""
     httpx = pytest.importorskip("httpx")
     pytest.importorskip("h2", reason="HTTP/2 needs h2 (tests/requirements-frameworks.txt)")
-    with httpx.Client(http1=False, http2=True, base_url=f"http://127.0.0.1:{g.port}") as c:
+    h2 = version == "HTTP/2"
+    base = f"{'https' if tls else 'http'}://127.0.0.1:{g.port}"
+    with httpx.Client(http1=not h2, http2=h2, verify=tls or True, base_url=base) as c:
         for _ in range(count):
             resp = c.get("/")
-            assert resp.status_code == 200 and resp.http_version == "HTTP/2"
+            assert resp.status_code == 200 and resp.http_version == version
+
+
+def _http2(g, count: int) -> None:
+    _get(g, count, "HTTP/2")
 
 
 @pytest.mark.parametrize("worker_class,app,extra,h2", [
@@ -71,14 +81,45 @@ def test_requests_by_protocol(start_gunicorn, worker_class, app, extra, h2, comp
                    status="200") == 5 + h2
 
 
+@pytest.mark.parametrize("worker_class,app,extra", [
+    ("gthread", "apps.traced:app", ["--threads", "2"]),
+    ("gunicorn_prometheus_exporter.PrometheusGeventWorker", "apps.traced:app", []),
+    (ASGI, "apps.traced:asgi_app", []),
+], ids=["gthread", "gevent", "asgi"])
+def test_http2_over_tls_is_counted_as_http2(start_gunicorn, tmp_path, worker_class, app, extra):
+    """gunicorn 27 serves HTTP/2 over TLS when the client selects ``h2`` by ALPN: it needs
+    only ``--certfile``/``--keyfile`` and ``--http-protocols h2,h1`` (h2c settings play no
+    part). HTTP/1.1 over the same TLS port stays uncounted by protocol."""
+    if "Gevent" in worker_class:
+        pytest.importorskip("gevent", reason="tests/requirements-frameworks.txt")
+    from support.tls import make_certs
+
+    certs = make_certs(tmp_path / "tls")
+    tls_args = ["--certfile", str(certs.server_cert), "--keyfile", str(certs.server_key),
+                "--http-protocols", "h2,h1"]
+    g = start_gunicorn(app=app, worker_class=worker_class, workers=2,
+                       extra_args=extra + tls_args + TESTS).wait_ready(workers=2)
+    g.scrape_until(lambda s: s.value(PROTOCOL, protocol="HTTP/2") == 0)
+    _get(g, 3, "HTTP/1.1", tls=certs.client_context())  # ALPN http/1.1
+    _get(g, 4, "HTTP/2", tls=certs.client_context())    # ALPN h2
+    s = g.scrape_until(lambda s: s.total("gunicorn_http_requests_total") == 7)
+    assert s.value(PROTOCOL, protocol="HTTP/2") == 4
+    assert s.value(PROTOCOL, protocol="HTTP/1.0") == 0
+    assert s.value("gunicorn_http_requests_total", method="GET", route="/",
+                   status="200") == 7
+
+
+@pytest.mark.parametrize("worker_class", [ASGI, UVICORN], ids=["asgi", "uvicorn"])
 @pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
-def test_websocket_connections_are_not_requests(start_gunicorn, compiled):
+def test_websocket_connections_are_not_requests(start_gunicorn, worker_class, compiled):
     pytest.importorskip("websockets", reason="tests/requirements-frameworks.txt")
+    if worker_class == UVICORN:
+        pytest.importorskip("uvicorn_worker", reason="tests/requirements-frameworks.txt")
     from websockets.sync.client import connect
 
     env = {} if compiled else {"GUNICORN_PROMETHEUS_NO_SPEEDUPS": "1"}
-    g = start_gunicorn(app="apps.traced:asgi_app", worker_class=ASGI, workers=1, env=env,
-                       extra_args=TESTS).wait_ready(workers=1)
+    g = start_gunicorn(app="apps.traced:asgi_app", worker_class=worker_class, workers=1,
+                       env=env, extra_args=TESTS).wait_ready(workers=1)
     # the series exist at zero once the worker has loaded the application
     g.scrape_until(lambda s: s.value("gunicorn_websocket_connections", worker_id="0") == 0
                    and s.value(PROTOCOL, protocol="websocket") == 0

@@ -345,7 +345,7 @@ def test_a_worker_with_the_speedups_records_through_the_compiled_writer(tmp_path
     python = _instrumentation(tmp_path / "python", compiled=False)
     assert python.recorder.add.__func__ is Recorder._add
     assert type(asgi.instrument(_app, python, _extras(python, tmp_path),
-                                None)) is asgi.ASGIMetrics
+                                None).__self__) is asgi.ASGIMetrics
 
 
 def test_record_builds_the_key_layouts_it_hands_to_the_compiled_wrapper(tmp_path):
@@ -431,7 +431,7 @@ def test_requests_with_extras_reach_python_and_only_they(tmp_path):
 
 def _reader_state(reader) -> tuple:
     values = reader.read()
-    return (reader.keys, reader.offsets, reader.sizes, reader._struct.format,
+    return (reader.keys, list(reader.key_ids), list(reader.offsets), reader.sizes,
             reader._parsed_to, reader.torn, values)
 
 
@@ -455,29 +455,34 @@ def _grow_and_tear(path: str, reader_pairs) -> None:
 @needs_native
 @pytest.mark.parametrize("with_timestamps", [False, True], ids=["values", "timestamps"])
 def test_compiled_key_walk_reads_what_python_reads(tmp_path, with_timestamps):
-    """The pin of ``key_table``: a reader given the module walks in C (the Python ``_parse``
-    is never called) and ends in exactly the Python reader's state, torn entry included."""
+    """The pin of ``key_table`` and ``values``: a reader given the module walks in C (the
+    Python ``_parse`` is never called) and reads its values in C, and ends in exactly the
+    Python reader's state and values, torn entry included."""
     from gunicorn_prometheus_exporter.storage.reader import FileReader
 
     path = str(tmp_path / "counter_w0.db")
     python = FileReader(path, with_timestamps=with_timestamps)
-    compiled = FileReader(path, with_timestamps=with_timestamps, native=native, names={})
+    compiled = FileReader(path, with_timestamps=with_timestamps, native=native)
     compiled._format = None  # the Python walk's format builder: calling it would fail
+    compiled._struct = None  # and the values are read in C (``values``), not by a struct
+    assert isinstance(compiled._table, native.KeyTable) and compiled._walk is native.key_table
     _grow_and_tear(path, [(python, compiled)])
     state = _reader_state(python)
     assert _reader_state(compiled) == state
     assert state[5] is True and len(state[0]) == 40 and state[6][-1 if not with_timestamps
                                                                    else -2] == 39.0
+    assert list(state[1]) == list(range(40)) and compiled._table.texts == state[0]
 
 
 @needs_native
 def test_compiled_key_walk_shares_key_texts_and_follows_a_recreated_file(tmp_path):
-    """Two files with the same keys share one string per key (decoded once); a file deleted
-    and created again with other keys at the same positions is read through its own keys."""
+    """Two files with the same keys share one string and number per key (decoded once); a
+    file deleted and created again with other keys at the same positions is read through
+    its own keys."""
     from gunicorn_prometheus_exporter.storage.mmap_file import MmapFile, sample_key
     from gunicorn_prometheus_exporter.storage.reader import FileReader
 
-    names: dict = {}
+    table = native.KeyTable()
     readers = []
     for identity in ("w0", "w1"):
         path = str(tmp_path / f"counter_{identity}.db")
@@ -485,9 +490,11 @@ def test_compiled_key_walk_shares_key_texts_and_follows_a_recreated_file(tmp_pat
         for route in ("/a", "/b"):
             f.values[f.index(sample_key("c", "c_total", {"route": route}, "h"))] = 1.0
         f.close()
-        readers.append(FileReader(path, native=native, names=names))
+        readers.append(FileReader(path, native=native, table=table))
         assert readers[-1].read() == (1.0, 1.0)
-    assert len(names) == 2 and all(a is b for a, b in zip(readers[0].keys, readers[1].keys))
+    assert len(table.texts) == 2 and all(a is b for a, b in zip(readers[0].keys,
+                                                                readers[1].keys))
+    assert list(readers[0].key_ids) == list(readers[1].key_ids) == [0, 1]
     os.unlink(readers[0].path)
     f = MmapFile(readers[0].path)  # same key lengths, same positions, other keys
     for route in ("/x", "/y"):
@@ -496,6 +503,7 @@ def test_compiled_key_walk_shares_key_texts_and_follows_a_recreated_file(tmp_pat
     assert readers[0].read(os.stat(readers[0].path).st_ino) == (7.0, 7.0)
     assert readers[0].keys == [sample_key("c", "c_total", {"route": r}, "h")
                                for r in ("/x", "/y")]
+    assert list(readers[0].key_ids) == [2, 3] and table.texts[2:] == readers[0].keys
 
 
 def _worker_files(directory: Path, workers: int) -> None:
@@ -530,9 +538,9 @@ def test_a_cold_scrape_numbers_each_shared_key_once(tmp_path):
     numbered = []
     original = collection.Merger._index_one
 
-    def counting(self, shard, key, position, plain):
+    def counting(self, shard, key, position, plain, slot):
         numbered.append((shard.worker_id, key))
-        return original(self, shard, key, position, plain)
+        return original(self, shard, key, position, plain, slot)
 
     collection.Merger._index_one = counting
     try:
@@ -546,11 +554,181 @@ def test_a_cold_scrape_numbers_each_shared_key_once(tmp_path):
     assert view(served) == view(python.read()) and view(compiled.read()) == view(served)
     files = [r for _, r in compiled._files.values() if isinstance(r, FileReader)]
     assert len(files) == 18  # counters, gauges and histograms of 6 workers
-    assert len(compiled._key_names) == len(set().union(*(r.keys for r in files)))
+    assert len(compiled._key_table.texts) == len(set().union(*(r.keys for r in files)))
     shared = [k for w, k in numbered if '"app_jobs"' in k]
     assert len(shared) == 1  # one worker numbers it; five look it up
     jobs = next(m for m in served if m.name == "app_jobs")
     assert [s.value for s in jobs.samples] == [21.0]
+
+
+@needs_native
+def test_a_key_table_numbers_as_python_does_and_takes_cpythons_hash_on_long_probes():
+    """The C KeyTable numbers keys as the Python one does; one that meets a long probe
+    sequence (crafted collisions: here any collision, ``long_probe=1``) hashes every key
+    again with CPython's hash for bytes and still finds each key under its number."""
+    from gunicorn_prometheus_exporter.storage.reader import KeyTable
+
+    keys = [f'["c", "c_total", {{"route": "/r{n}"}}, "h"]'.encode() for n in range(500)]
+    keys += [b"\xff\xfe not utf-8", b"x" * 8, b"x" * 7, b"x" * 9]
+    python = KeyTable()
+    expected = [python[k] for k in keys + keys[::-1]]
+    for long_probe, sip in ((256, 0), (1, 1)):
+        table = native.KeyTable(long_probe=long_probe)
+        assert [table[k] for k in keys + keys[::-1]] == expected
+        assert table.sip == sip and table.texts == python.texts
+        assert len(table) == len(python) == len(keys)
+
+
+@needs_native
+def test_compiled_key_numbers_pick_and_key_sets():
+    """``pick`` is collector.pick in C; ``key_set`` tells two files of the same keys in any
+    order from any other."""
+    import array
+
+    from gunicorn_prometheus_exporter.collector import pick
+
+    for ids, start in (([3, 0, 2], 0), ([3, 0, 2], 1), ([], 0), ([7], 0), ([1, 1], 1)):
+        python_column, compiled_column = [10, None, 12], [10, None, 12]
+        keys = array.array("i", ids)
+        assert native.pick(compiled_column, keys, start) == pick(python_column, keys, start)
+        assert compiled_column == python_column
+    same = [native.key_set(array.array("i", ids)) for ids in ([5, 0, 9], [9, 5, 0], [0, 9, 5])]
+    assert same[0] == same[1] == same[2] == bytes([0b100001, 0b10])
+    others = [native.key_set(array.array("i", ids)) for ids in ([5, 0], [5, 0, 9, 16], [5, 1, 9])]
+    assert len(set(others) | {same[0]}) == 4
+    with pytest.raises(TypeError):
+        native.key_set(array.array("q", [1]))
+    with pytest.raises(ValueError):
+        native.pick([], array.array("i", [-1]), 0)
+
+
+def _more_files(directory: Path, workers: int, rounds: int) -> int:
+    """Appends to the files ``_worker_files`` wrote (more routes, in each worker's own
+    order) and writes gauges of every kind of file (``max``, ``all`` labelled by pid,
+    ``mostrecent`` with timestamps) in worker and non-worker processes. The requests
+    recorded, so that a test can check what it is served."""
+    from gunicorn_prometheus_exporter.storage.mmap_file import sample_key
+
+    requests = 0
+    for w in range(workers):
+        store = ProcessStore(str(directory), f"w{w}")
+        rec = Recorder(store, DURATIONS, SIZES, threaded=False, native=None,
+                       native_layout=LAYOUT)
+        for r in sorted(range(5, 5 + 3 * rounds), key=lambda r: (r * (w + 5)) % 7):
+            rec.add(rec.series("GET", f"/r{r}", "200"), 0.02 * r, r, 3 * w)
+            requests += 1
+        for mode, value in (("max", w * 1.5), ("all", w + 0.25), ("mostrecent", -w)):
+            gauges = store.file("gauge", mode)
+            queues = ("a", "b", f"q{rounds}") + (("odd",) if w % 2 else ())
+            for queue in sorted(queues, key=lambda q: hash((q, w))):
+                at = gauges.index(sample_key(f"app_{mode}", f"app_{mode}", {"queue": queue},
+                                             "Depth."))
+                gauges.values[at] = value + rounds
+                gauges.set_timestamp(at, 1000.0 * w + rounds)
+        store.close()
+    store = ProcessStore(str(directory), "4242")  # an app process that is no worker
+    counters = store.file("counter")
+    counters.values[counters.index(sample_key("app_jobs", "app_jobs_total", {"queue": "q"},
+                                              "Jobs."))] += 100
+    store.close()
+    return requests
+
+
+def _served(found) -> list:
+    """What a scrape serves, sample by sample (native histograms included); samples in a
+    family in one order (the order of series first seen, which depends on when the
+    collector first read each file, is not part of what is served)."""
+    return [(m.name, m.type, m.documentation,
+             sorted(m.samples, key=lambda s: (s.name, sorted(s.labels.items()))),
+             getattr(m, "native", None)) for m in found]
+
+
+@pytest.mark.parametrize("compiled", [pytest.param(native, marks=needs_native), None],
+                         ids=["C", "Python"])
+def test_a_cold_scrape_serves_what_a_warm_one_does(tmp_path, compiled):
+    """A collector that starts beside a busy directory (a restarted metrics process, or
+    ``serve`` started late) serves, sample by sample, what one that read the directory as
+    it filled serves: keys numbered by a fresh key table, series sets shared between files
+    of the same keys, against keys numbered as they were appended. On both paths, and the
+    two paths alike."""
+    _worker_files(tmp_path, 6)
+    warm = DirectoryCollector(str(tmp_path), compiled=compiled)
+    assert warm.read()
+    requests = 5 * 6
+    for rounds in (1, 2):
+        requests += _more_files(tmp_path, 6, rounds)
+        served = warm.read()
+        cold = DirectoryCollector(str(tmp_path), compiled=compiled)
+        assert _served(cold.read()) == _served(served)
+        assert _served(cold.read()) == _served(served)  # and its own repeat
+        for collector in (warm, cold):  # a shared set of series is exactly each one's
+            for shard, _ in collector._files.values():
+                assert shard.series == set(shard.targets) | {sid for sid, _ in shard.derived}
+    python = DirectoryCollector(str(tmp_path))
+    assert _served(python.read()) == _served(served)
+    for family in (catalogue.HTTP_REQUESTS, catalogue.WORKER_REQUESTS):  # derived per worker
+        totals = next(m for m in served if m.name == family.name)
+        assert sum(s.value for s in totals.samples) == requests
+    depth = {(s.name, tuple(sorted(s.labels.items()))): s.value
+             for m in served if m.name.startswith("app_") for s in m.samples}
+    assert len(depth) == 6 * 4 + 3 * 1 + 5 + 5 + 1  # "all": per pid; a, b, q1, q2, odd; jobs
+    assert depth["app_max", (("queue", "a"),)] == 5 * 1.5 + 2
+    assert depth["app_max", (("queue", "q1"),)] == 5 * 1.5 + 1
+    assert depth["app_mostrecent", (("queue", "b"),)] == -5 + 2
+    assert depth["app_all", (("pid", "w1"), ("queue", "q2"))] == 1.25 + 2
+    assert depth["app_max", (("queue", "odd"),)] == 5 * 1.5 + 2
+    # the files that hold "odd" go: no file feeds its series any more, whatever files of
+    # the same keys shared, and a collector that read them serves what a fresh one does
+    for w in (1, 3, 5):
+        for mode in ("max", "all", "mostrecent"):
+            os.unlink(tmp_path / f"gauge_{mode}_w{w}.db")
+    after = _served(DirectoryCollector(str(tmp_path), compiled=compiled).read())
+    assert _served(cold.read()) == after and _served(warm.read()) == after
+    assert not any(s.labels.get("queue") == "odd" for m in after for s in m[3])
+    jobs = next(m for m in served if m.name == "app_jobs")
+    assert [s.value for s in jobs.samples] == [sum(range(1, 7)) + 200.0]
+
+
+@needs_native
+def test_a_cold_scrape_takes_the_compiled_path(tmp_path, monkeypatch):
+    """The pin of the cold scrape's C path: every file's keys are walked and numbered by
+    ``key_table`` in one C ``KeyTable``, their series looked up by ``pick``, and files of
+    the same keys share one set of series (``key_set``); the Python twins are never
+    called."""
+    from gunicorn_prometheus_exporter import collector as collection
+    from gunicorn_prometheus_exporter.storage.reader import FileReader
+
+    def not_here(*args):
+        raise AssertionError("the Python path was taken")
+
+    walked_in_python = []
+    python_walk = FileReader._parse
+
+    def parse(self, used):
+        if self._walk is None:
+            walked_in_python.append(self.path)
+        return python_walk(self, used)
+
+    monkeypatch.setattr(collection, "pick", not_here)
+    monkeypatch.setattr(FileReader, "_parse", parse)
+    _worker_files(tmp_path, 6)
+    _more_files(tmp_path, 6, 1)
+    compiled = DirectoryCollector(str(tmp_path), compiled=native)
+    assert compiled.read()
+    assert isinstance(compiled._key_table, native.KeyTable)
+    files = [(s, r) for s, r in compiled._files.values() if isinstance(r, FileReader)]
+    assert len(files) == 6 * 6 + 1  # counters, gauges (4 modes), histograms; the app's
+    assert all(r._walk is native.key_table and r._table is compiled._key_table
+               for _, r in files)
+    # only the files of other payloads: native histograms (a payload per key), exemplars
+    assert walked_in_python and not {r.path for _, r in files} & set(walked_in_python)
+    # two key sets (with "odd" or without) in three files each: in whatever order the
+    # files are read, the third of each set at the latest takes the set of series of an
+    # earlier one
+    most = [s for s, _ in files if s.mode == "max"]
+    assert len(most) == 6 and len({id(s.series) for s in most}) <= 4
+    assert compiled.merger._pick is native.pick
+    assert len(compiled._key_table.texts) == len(set().union(*(r.keys for _, r in files)))
 
 
 @needs_native

@@ -816,18 +816,21 @@ static PyObject *s_type, *s_status, *s_body, *s_more_body, *s_path, *s_get, *s_h
 static PyObject *s_response_start, *s_response_body, *s_response_pathsend;
 static PyObject *s_throw, *s_close;
 static PyObject *s_method, *s_headers;
-static PyObject *perf_counter;  /* time.perf_counter: the clock of the Python path */
 static PyObject *file_size;     /* workers.asgi_metrics._file_size, imported at the first pathsend */
 
+/* time.perf_counter(), the clock of the Python path, read without a call into Python. */
 static int
 now(double *out)
 {
-    PyObject *t = PyObject_CallNoArgs(perf_counter);
-    if (t == NULL)
+#if PY_VERSION_HEX >= 0x030D0000
+    PyTime_t t;
+    if (PyTime_PerfCounter(&t) < 0)
         return -1;
-    *out = PyFloat_AsDouble(t);
-    Py_DECREF(t);
-    return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
+    *out = PyTime_AsSecondsDouble(t);
+#else
+    *out = _PyTime_AsSecondsDouble(_PyTime_GetPerfCounter());
+#endif
+    return 0;
 }
 
 /* ``gauges[index] += delta`` (the in-flight gauge of a single-threaded event loop). */
@@ -858,6 +861,40 @@ message_get(PyObject *message, PyObject *key, int *owned)
         return NULL;
     }
     return value;
+}
+
+/* message[key]: a dict (what servers and applications send) looked up directly, anything
+ * else, and a missing key's KeyError, through PyObject_GetItem as Python does. New
+ * reference. */
+static PyObject *
+message_item(PyObject *message, PyObject *key)
+{
+    if (PyDict_CheckExact(message)) {
+        PyObject *value = PyDict_GetItemWithError(message, key);
+        if (value != NULL)
+            return Py_NewRef(value);
+        if (PyErr_Occurred())
+            return NULL;
+    }
+    return PyObject_GetItem(message, key);
+}
+
+/* ``value == text`` for one of the interned message types here: an exact str is compared
+ * in place (a message type is rarely the interned object itself: it has dots), anything
+ * else through ==. 1, 0, or -1 on error. */
+static int
+is_text(PyObject *value, PyObject *text)
+{
+    if (value == text)
+        return 1;
+    if (PyUnicode_CheckExact(value) && PyUnicode_IS_READY(value)) {
+        Py_ssize_t length = PyUnicode_GET_LENGTH(value);
+        return length == PyUnicode_GET_LENGTH(text)
+            && PyUnicode_KIND(value) == PyUnicode_KIND(text)
+            && memcmp(PyUnicode_DATA(value), PyUnicode_DATA(text),
+                      length * PyUnicode_KIND(value)) == 0;
+    }
+    return PyObject_RichCompareBool(value, text, Py_EQ);
 }
 
 /* A truthy ``message.get(key)``: 1, 0, or -1 on error; ``*length`` gets its len() when
@@ -1020,11 +1057,11 @@ count_pathsend(RequestMeter *self, PyObject *message)
 static int
 observe(RequestMeter *self, PyObject *message)
 {
-    PyObject *kind = PyObject_GetItem(message, s_type);
+    PyObject *kind = message_item(message, s_type);
     if (kind == NULL)
         return -1;
     int rc = 0, is;
-    if ((is = PyObject_RichCompareBool(kind, s_response_body, Py_EQ)) != 0) {
+    if ((is = is_text(kind, s_response_body)) != 0) {
         Py_ssize_t length = 0;
         int more;
         if (is < 0 || truthy_get(message, s_body, &length) < 0)
@@ -1036,13 +1073,13 @@ observe(RequestMeter *self, PyObject *message)
             if (!more)
                 rc = now(&self->ended);
         }
-    } else if ((is = PyObject_RichCompareBool(kind, s_response_start, Py_EQ)) != 0) {
-        PyObject *status = is < 0 ? NULL : PyObject_GetItem(message, s_status);
+    } else if ((is = is_text(kind, s_response_start)) != 0) {
+        PyObject *status = is < 0 ? NULL : message_item(message, s_status);
         if (status == NULL)
             rc = -1;
         else
             Py_SETREF(self->status, status);
-    } else if ((is = PyObject_RichCompareBool(kind, s_response_pathsend, Py_EQ)) != 0) {
+    } else if ((is = is_text(kind, s_response_pathsend)) != 0) {
         rc = is < 0 ? -1 : count_pathsend(self, message);
     }
     Py_DECREF(kind);
@@ -1670,10 +1707,10 @@ MeteredApp_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
         PyErr_SetString(PyExc_TypeError, "an ASGI application takes (scope, receive, send)");
         return NULL;
     }
-    PyObject *kind = PyObject_GetItem(args[0], s_type);
+    PyObject *kind = message_item(args[0], s_type);
     if (kind == NULL)
         return NULL;
-    int http = PyObject_RichCompareBool(kind, s_http, Py_EQ);
+    int http = is_text(kind, s_http);
     Py_DECREF(kind);
     if (http < 0)
         return NULL;
@@ -1852,101 +1889,578 @@ static PyTypeObject MeteredAppType = {
 
 /* -- the scrape: a file's key table ------------------------------------------------------ */
 
-/* key_table(buffer, pos, used, payload, item, width, cursor, names) -> (keys, offsets, pos,
- * torn, format):
+/* KeyTable(): the distinct keys of a directory's files, numbered in the order first seen
+ * (storage/reader.py KeyTable in C). The files of different workers hold the same keys, so
+ * a cold scrape of 64 files x 17,000 entries meets each key 64 times: here each meeting is
+ * a hash of the key's bytes where they lie in the map and a compare with the bytes kept
+ * from the first meeting, with no Python object made; the text is decoded once per
+ * distinct key. A slot holds what a lookup needs (part of the hash, the key's length and
+ * where its bytes are kept), so a lookup touches one slot and the kept bytes; the walk
+ * (key_table) hashes entries a few ahead and fetches their slots early, since at that
+ * size the slots are not in the cache. The hash is a fast one, seeded per table, of 16
+ * bytes a step in two lanes (a quarter of the instructions of CPython's SipHash for a
+ * 100-byte key);
+ * should crafted keys ever make a probe sequence long, the table switches for good to
+ * CPython's own hash for bytes (keyed by the interpreter's hash secret), so they collide
+ * no more than in a dict. */
+typedef struct {
+    uint32_t tag;             /* the hash's high 32 bits */
+    uint32_t number;          /* the key's number + 1; 0: a free slot */
+    uint32_t length;          /* of the key's bytes */
+    uint32_t start;           /* where they are in the table's arena */
+} KeySlot;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *texts;          /* list: each distinct key's text, by number */
+    Py_ssize_t count;         /* distinct keys */
+    Py_ssize_t id_capacity;
+    Py_hash_t *hashes;        /* by number (to lay the slots out again) */
+    KeySlot *slots;           /* open addressing, linear probing */
+    Py_ssize_t mask;          /* slots - 1 (a power of two, at most half full) */
+    char *arena;              /* every key's bytes, one after the other */
+    Py_ssize_t arena_used, arena_capacity;
+    uint64_t seed;            /* of the fast hash */
+    Py_ssize_t long_probe;    /* probes that make the table take CPython's hash */
+    int sip;                  /* 1: CPython's hash (a probe sequence was found long) */
+} KeyTable;
+
+static inline uint64_t
+mix64(uint64_t h)
+{
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ULL;
+    h ^= h >> 33;
+    return h;
+}
+
+static Py_hash_t
+sip_hash(const void *raw, Py_ssize_t length)
+{
+#if PY_VERSION_HEX >= 0x030E0000
+    return Py_HashBuffer(raw, length);
+#else
+    return _Py_HashBytes(raw, length);
+#endif
+}
+
+static Py_hash_t
+key_hash(const KeyTable *table, const char *raw, Py_ssize_t length)
+{
+    if (table->sip)
+        return sip_hash(raw, length);
+    uint64_t h = table->seed ^ ((uint64_t)length * 0x9e3779b97f4a7c15ULL);
+    uint64_t g = ~table->seed;
+    for (; length >= 16; raw += 16, length -= 16) {  /* two lanes: half the latency */
+        uint64_t one, two;
+        memcpy(&one, raw, 8);
+        memcpy(&two, raw + 8, 8);
+        h = (h ^ one) * 0xbf58476d1ce4e5b9ULL;
+        g = (g ^ two) * 0x94d049bb133111ebULL;
+        h ^= h >> 31;
+        g ^= g >> 29;
+    }
+    h ^= mix64(g);
+    if (length >= 8) {
+        uint64_t word;
+        memcpy(&word, raw, 8);
+        h = (h ^ word) * 0xbf58476d1ce4e5b9ULL;
+        h ^= h >> 31;
+        raw += 8;
+        length -= 8;
+    }
+    if (length > 0) {
+        uint64_t word = 0;
+        memcpy(&word, raw, length);
+        h = (h ^ word) * 0xbf58476d1ce4e5b9ULL;
+        h ^= h >> 31;
+    }
+    return (Py_hash_t)mix64(h);
+}
+
+static inline uint32_t
+tag_of(Py_hash_t hash)
+{
+    return (uint32_t)((uint64_t)hash >> 32);
+}
+
+/* The slot where a lookup of ``hash`` starts. */
+static inline KeySlot *
+first_slot(const KeyTable *self, Py_hash_t hash)
+{
+    return &self->slots[(size_t)hash & self->mask];
+}
+
+/* Slots of ``size``, the keys laid out again by their ``hashes``. */
+static int
+KeyTable_rehash(KeyTable *self, Py_ssize_t size)
+{
+    KeySlot *slots = PyMem_Calloc(size, sizeof(KeySlot));
+    if (slots == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i <= self->mask; i++) {
+        KeySlot slot = self->slots[i];
+        if (!slot.number)
+            continue;
+        Py_hash_t hash = self->hashes[slot.number - 1];
+        Py_ssize_t at = (size_t)hash & (size - 1);
+        while (slots[at].number)
+            at = (at + 1) & (size - 1);
+        slot.tag = tag_of(hash);
+        slots[at] = slot;
+    }
+    PyMem_Free(self->slots);
+    self->slots = slots;
+    self->mask = size - 1;
+    return 0;
+}
+
+/* Room for one more number, its bytes (``length``) and a half-free slot table. */
+static int
+KeyTable_reserve(KeyTable *self, Py_ssize_t length)
+{
+    if (self->count >= (Py_ssize_t)UINT32_MAX - 1 || length > (Py_ssize_t)UINT32_MAX
+            || self->arena_used + length > (Py_ssize_t)UINT32_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "too many distinct keys");
+        return -1;
+    }
+    if (self->count == self->id_capacity) {
+        Py_ssize_t capacity = 2 * self->id_capacity;
+        Py_hash_t *hashes = PyMem_Realloc(self->hashes, capacity * sizeof(Py_hash_t));
+        if (hashes == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        self->hashes = hashes;
+        self->id_capacity = capacity;
+    }
+    if (self->arena_used + length > self->arena_capacity) {
+        Py_ssize_t capacity = 2 * self->arena_capacity + length;
+        char *arena = PyMem_Realloc(self->arena, capacity);
+        if (arena == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        self->arena = arena;
+        self->arena_capacity = capacity;
+    }
+    if (2 * (self->count + 1) > self->mask + 1)
+        return KeyTable_rehash(self, 2 * (self->mask + 1));
+    return 0;
+}
+
+/* From now on CPython's hash: every key hashed again, the slots laid out again. */
+static int
+KeyTable_take_sip(KeyTable *self)
+{
+    self->sip = 1;
+    for (Py_ssize_t i = 0; i <= self->mask; i++) {
+        KeySlot slot = self->slots[i];
+        if (slot.number)
+            self->hashes[slot.number - 1] = key_hash(self, self->arena + slot.start,
+                                                     slot.length);
+    }
+    return KeyTable_rehash(self, self->mask + 1);
+}
+
+/* The number of the key whose bytes are ``raw``, ``hash`` (key_hash) or any value when
+ * ``hashed`` is not the table's ``sip``; numbering (and decoding) the key when new; -1
+ * with an exception set on failure. */
+static Py_ssize_t
+KeyTable_find(KeyTable *self, const char *raw, Py_ssize_t length, Py_hash_t hash, int hashed)
+{
+    if (hashed != self->sip)
+        hash = key_hash(self, raw, length);
+    uint32_t tag = tag_of(hash);
+    Py_ssize_t at = (size_t)hash & self->mask, probes = 0;
+    for (KeySlot *slot; (slot = &self->slots[at])->number; at = (at + 1) & self->mask) {
+        if (slot->tag == tag && slot->length == (uint32_t)length
+                && memcmp(self->arena + slot->start, raw, length) == 0)
+            return (Py_ssize_t)slot->number - 1;
+        if (++probes >= self->long_probe && !self->sip) {
+            if (KeyTable_take_sip(self) < 0)
+                return -1;
+            return KeyTable_find(self, raw, length, 0, -1);
+        }
+    }
+    if (KeyTable_reserve(self, length) < 0)
+        return -1;
+    PyObject *text = PyUnicode_DecodeUTF8(raw, length, "replace");
+    int failed = text == NULL || PyList_Append(self->texts, text) < 0;
+    Py_XDECREF(text);
+    if (failed)
+        return -1;
+    Py_ssize_t id = self->count++;
+    self->hashes[id] = hash;
+    at = (size_t)hash & self->mask;  /* the slots may have been laid out again */
+    while (self->slots[at].number)
+        at = (at + 1) & self->mask;
+    self->slots[at] = (KeySlot){tag, (uint32_t)id + 1, (uint32_t)length,
+                                (uint32_t)self->arena_used};
+    memcpy(self->arena + self->arena_used, raw, length);
+    self->arena_used += length;
+    return id;
+}
+
+static Py_ssize_t
+KeyTable_number(KeyTable *self, const char *raw, Py_ssize_t length)
+{
+    return KeyTable_find(self, raw, length, 0, -1);
+}
+
+static PyObject *
+KeyTable_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    /* at most half full, 256 probes do not happen by chance with a hash that mixes */
+    Py_ssize_t long_probe = 256;
+    static char *names[] = {"long_probe", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|n:KeyTable", names, &long_probe))
+        return NULL;
+    KeyTable *self = (KeyTable *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->long_probe = long_probe < 1 ? 1 : long_probe;
+    self->id_capacity = 64;
+    self->mask = 127;
+    self->texts = PyList_New(0);
+    self->hashes = PyMem_Malloc(self->id_capacity * sizeof(Py_hash_t));
+    self->slots = PyMem_Calloc(self->mask + 1, sizeof(KeySlot));
+    /* seeded by the interpreter's hash secret (and where the table lies) */
+    KeyTable *where = self;
+    self->seed = mix64((uint64_t)sip_hash(&where, sizeof(where)));
+    if (self->texts == NULL || self->hashes == NULL || self->slots == NULL) {
+        Py_DECREF(self);
+        return PyErr_Occurred() ? NULL : PyErr_NoMemory();
+    }
+    return (PyObject *)self;
+}
+
+static void
+KeyTable_dealloc(KeyTable *self)
+{
+    Py_XDECREF(self->texts);
+    PyMem_Free(self->hashes);
+    PyMem_Free(self->slots);
+    PyMem_Free(self->arena);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* table[raw]: the number of the key whose bytes are ``raw`` (numbered when new). */
+static PyObject *
+KeyTable_subscript(KeyTable *self, PyObject *raw)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(raw, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    Py_ssize_t id = KeyTable_number(self, view.buf, view.len);
+    PyBuffer_Release(&view);
+    return id < 0 ? NULL : PyLong_FromSsize_t(id);
+}
+
+static Py_ssize_t
+KeyTable_length(KeyTable *self)
+{
+    return self->count;
+}
+
+static PyMappingMethods KeyTable_as_mapping = {
+    .mp_length = (lenfunc)KeyTable_length,
+    .mp_subscript = (binaryfunc)KeyTable_subscript,
+};
+
+static PyMemberDef KeyTable_members[] = {
+    {"texts", T_OBJECT, offsetof(KeyTable, texts), READONLY,
+     "Each distinct key's text, by number."},
+    {"sip", T_INT, offsetof(KeyTable, sip), READONLY,
+     "1 once a long probe sequence made the table take CPython's hash for bytes."},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject KeyTableType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "gunicorn_prometheus_exporter._speedups.KeyTable",
+    .tp_basicsize = sizeof(KeyTable),
+    .tp_dealloc = (destructor)KeyTable_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "KeyTable(long_probe=256): storage.reader.KeyTable in C: table[raw] "
+              "numbers the key whose bytes are raw; the keys' bytes kept and "
+              "hashed here, with CPython's hash for bytes once a lookup probes long_probe "
+              "slots.",
+    .tp_members = KeyTable_members,
+    .tp_as_mapping = &KeyTable_as_mapping,
+    .tp_new = KeyTable_new,
+};
+
+/* Appends ``n`` bytes to a growing buffer; -1 (MemoryError set) on failure. */
+static int
+grow_append(char **buffer, Py_ssize_t *used, Py_ssize_t *capacity, const void *bytes,
+            Py_ssize_t n)
+{
+    if (*used + n > *capacity) {
+        Py_ssize_t wanted = 2 * *capacity + n;
+        char *grown = PyMem_Realloc(*buffer, wanted);
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        *buffer = grown;
+        *capacity = wanted;
+    }
+    memcpy(*buffer + *used, bytes, n);
+    *used += n;
+    return 0;
+}
+
+/* Entries the walk hashes ahead of their lookup: enough to cover the time a slot takes
+ * to come from memory. */
+#define KEY_TABLE_AHEAD 8
+#if defined(__GNUC__) || defined(__clang__)
+#define PREFETCH(address) __builtin_prefetch(address)
+#else
+#define PREFETCH(address) ((void)(address))
+#endif
+
+/* key_table(buffer, pos, used, payload, table) -> (keys, ids, offsets, pos, torn):
  * storage/reader.py FileReader._parse for a fixed payload, in one call. Walks the entries
  * from ``pos`` to ``used`` (each: int32 key length, key, 1 to 8 spaces, ``payload`` bytes)
- * and gives each key's text (looked up by its bytes in the dict ``names``, decoded and added
- * there the first time), each payload's offset, where the walk stopped, whether it
- * stopped at a torn entry, and the struct format that unpacks the new values (``item``, of
- * ``width`` bytes, per value; gaps skipped from ``cursor``, the end of the last value
- * already in the format).
- * A cold scrape walks a million entries: in Python that was most of its time. */
+ * and gives each key's text and number in ``table`` (a KeyTable: the text is shared by
+ * every file that holds the key), the numbers as the bytes of an array('i'), each payload's
+ * offset as the bytes of an array('q'), where the walk stopped, and whether it stopped at a
+ * torn entry. A cold scrape walks a million entries: per entry this makes no Python
+ * object. */
 static PyObject *
 key_table(PyObject *module, PyObject *args)
 {
-    PyObject *source, *item, *names;
-    Py_ssize_t pos, used, payload, width, cursor;
-    if (!PyArg_ParseTuple(args, "OnnnUnnO!:key_table", &source, &pos, &used, &payload, &item,
-                          &width, &cursor, &PyDict_Type, &names))
+    PyObject *source;
+    KeyTable *table;
+    Py_ssize_t pos, used, payload;
+    if (!PyArg_ParseTuple(args, "OnnnO!:key_table", &source, &pos, &used, &payload,
+                          &KeyTableType, &table))
         return NULL;
     Py_buffer view;
     if (PyObject_GetBuffer(source, &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    const unsigned char *buf = view.buf;
+    const char *buf = view.buf;
     Py_ssize_t limit = used < view.len ? used : view.len;
-    PyObject *keys = PyList_New(0), *offsets = PyList_New(0), *format = NULL, *result = NULL;
-    Py_ssize_t item_length;
-    const char *item_text = PyUnicode_AsUTF8AndSize(item, &item_length);
-    Py_ssize_t capacity = 256, length_so_far = 0;
-    char *text = PyMem_Malloc(capacity);
+    PyObject *keys = PyList_New(0), *result = NULL;
+    char *ids = NULL, *offsets = NULL;
+    Py_ssize_t ids_used = 0, ids_capacity = 0, offsets_used = 0, offsets_capacity = 0;
     int torn = 0;
-    if (keys == NULL || offsets == NULL || item_text == NULL || text == NULL)
+    if (keys == NULL)
         goto done;
-    while (pos >= 0 && pos + 4 <= used && pos + 4 <= view.len) {
-        int32_t length;
-        memcpy(&length, buf + pos, 4);  /* little-endian on every platform we build for */
-        if (length <= 0 || pos + 4 + length > limit) {
-            torn = 1;
-            break;
-        }
-        Py_ssize_t padded = length + (8 - (length + 4) % 8);
-        Py_ssize_t offset = pos + 4 + padded;
-        if (payload < 8 || offset + payload > limit) {
-            torn = 1;
-            break;
-        }
-        if (length_so_far + 32 + item_length > capacity) {
-            capacity = 2 * capacity + 32 + item_length;
-            char *grown = PyMem_Realloc(text, capacity);
-            if (grown == NULL) {
-                PyErr_NoMemory();
-                goto done;
+    /* entries hashed ahead of their lookup, their slots fetched meanwhile */
+    struct { Py_ssize_t pos, length; Py_hash_t hash; int sip; } ahead[KEY_TABLE_AHEAD];
+    int first = 0, waiting = 0, stopped = 0;
+    Py_ssize_t scan = pos;
+    for (;;) {
+        while (waiting < KEY_TABLE_AHEAD && !stopped) {
+            if (scan < 0 || scan + 4 > used || scan + 4 > view.len) {
+                stopped = 1;
+                break;
             }
-            text = grown;
+            int32_t length;
+            memcpy(&length, buf + scan, 4);  /* little-endian on every platform we build for */
+            Py_ssize_t offset = scan + 4 + length + (8 - (length + 4) % 8);
+            if (length <= 0 || scan + 4 + length > limit || payload < 8
+                    || offset + payload > limit) {
+                stopped = torn = 1;
+                break;
+            }
+            int at = (first + waiting++) % KEY_TABLE_AHEAD;
+            ahead[at].pos = scan;
+            ahead[at].length = length;
+            ahead[at].sip = table->sip;
+            ahead[at].hash = key_hash(table, buf + scan + 4, length);
+            PREFETCH(first_slot(table, ahead[at].hash));
+            scan = offset + payload;
         }
-        Py_ssize_t gap = offset - cursor;
-        if (gap)
-            length_so_far += sprintf(text + length_so_far, "%zdx", gap);
-        memcpy(text + length_so_far, item_text, item_length);
-        length_so_far += item_length;
-        PyObject *raw = PyBytes_FromStringAndSize((const char *)buf + pos + 4, length);
-        PyObject *key = raw == NULL ? NULL : PyDict_GetItemWithError(names, raw);
-        if (key != NULL) {
-            Py_INCREF(key);
-        } else if (raw != NULL && !PyErr_Occurred()) {
-            key = PyUnicode_DecodeUTF8((const char *)buf + pos + 4, length, "replace");
-            if (key != NULL && PyDict_SetItem(names, raw, key) < 0)
-                Py_CLEAR(key);
+        if (!waiting)
+            break;
+        Py_ssize_t at = ahead[first].pos, length = ahead[first].length;
+        Py_ssize_t id = KeyTable_find(table, buf + at + 4, length, ahead[first].hash,
+                                      ahead[first].sip);
+        first = (first + 1) % KEY_TABLE_AHEAD;
+        if (--waiting) {  /* the next key's kept bytes, whose slot should be here by now */
+            KeySlot *next = first_slot(table, ahead[first].hash);
+            if (next->number && next->tag == tag_of(ahead[first].hash))
+                PREFETCH(table->arena + next->start);
         }
-        Py_XDECREF(raw);
-        PyObject *at = key == NULL ? NULL : PyLong_FromSsize_t(offset);
-        int failed = at == NULL || PyList_Append(keys, key) < 0
-                     || PyList_Append(offsets, at) < 0;
-        Py_XDECREF(key);
-        Py_XDECREF(at);
-        if (failed)
+        if (id < 0 || PyList_Append(keys, PyList_GET_ITEM(table->texts, id)) < 0)
             goto done;
-        cursor = offset + width;
+        int number = (int)id;
+        long long offset = at + 4 + length + (8 - (length + 4) % 8);
+        if (grow_append(&ids, &ids_used, &ids_capacity, &number, sizeof(number)) < 0
+                || grow_append(&offsets, &offsets_used, &offsets_capacity, &offset,
+                               sizeof(offset)) < 0)
+            goto done;
         pos = offset + payload;
     }
-    format = PyUnicode_FromStringAndSize(text, length_so_far);
-    if (format != NULL)
-        result = Py_BuildValue("(OOnOO)", keys, offsets, pos, torn ? Py_True : Py_False,
-                               format);
+    result = Py_BuildValue("(Oy#y#nO)", keys, ids == NULL ? "" : ids, ids_used,
+                           offsets == NULL ? "" : offsets, offsets_used, pos,
+                           torn ? Py_True : Py_False);
 done:
     PyBuffer_Release(&view);
-    PyMem_Free(text);
+    PyMem_Free(ids);
+    PyMem_Free(offsets);
     Py_XDECREF(keys);
-    Py_XDECREF(offsets);
-    Py_XDECREF(format);
     return result;
+}
+
+/* values(buffer, offsets, per) -> tuple: the ``per`` (1, or 2 with a timestamp) doubles at
+ * each offset of the array('q') ``offsets``, in order: what the struct of FileReader._format
+ * unpacks, without a format to build for a million entries on a cold scrape. */
+static PyObject *
+values(PyObject *module, PyObject *args)
+{
+    PyObject *source, *positions;
+    Py_ssize_t per;
+    if (!PyArg_ParseTuple(args, "OOn:values", &source, &positions, &per))
+        return NULL;
+    if (per != 1 && per != 2) {
+        PyErr_SetString(PyExc_ValueError, "values: per must be 1 or 2");
+        return NULL;
+    }
+    Py_buffer view, at;
+    if (PyObject_GetBuffer(source, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(positions, &at, PyBUF_FORMAT) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    PyObject *out = NULL;
+    if (at.itemsize != sizeof(long long) || at.format == NULL || strcmp(at.format, "q") != 0) {
+        PyErr_SetString(PyExc_TypeError, "values: offsets must be an array('q')");
+        goto done;
+    }
+    const long long *offsets = at.buf;
+    Py_ssize_t count = at.len / (Py_ssize_t)sizeof(long long);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (offsets[i] < 0 || offsets[i] + 8 * per > view.len) {
+            PyErr_SetString(PyExc_ValueError, "values: an offset beyond the buffer");
+            goto done;
+        }
+    }
+    out = PyTuple_New(count * per);
+    if (out == NULL)
+        goto done;
+    const char *buf = view.buf;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        for (Py_ssize_t j = 0; j < per; j++) {
+            double value;
+            memcpy(&value, buf + offsets[i] + 8 * j, 8);  /* little-endian, as struct's "<d" */
+            PyObject *number = PyFloat_FromDouble(value);
+            if (number == NULL) {
+                Py_CLEAR(out);
+                goto done;
+            }
+            PyTuple_SET_ITEM(out, per * i + j, number);
+        }
+    }
+done:
+    PyBuffer_Release(&at);
+    PyBuffer_Release(&view);
+    return out;
+}
+
+/* pick(column, ids, start) -> list: ``column[i]`` for each number ``i`` of the array('i')
+ * ``ids`` from ``start`` on, the list ``column`` first grown with None to hold every such
+ * number (collector.py pick in C: the series numbers of a file's keys, known or None). */
+static PyObject *
+pick(PyObject *module, PyObject *args)
+{
+    PyObject *column, *source;
+    Py_ssize_t start;
+    if (!PyArg_ParseTuple(args, "O!On:pick", &PyList_Type, &column, &source, &start))
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(source, &view, PyBUF_FORMAT) < 0)
+        return NULL;
+    PyObject *out = NULL;
+    if (view.itemsize != sizeof(int) || view.format == NULL || strcmp(view.format, "i") != 0) {
+        PyErr_SetString(PyExc_TypeError, "pick: ids must be an array('i')");
+        goto done;
+    }
+    const int *ids = view.buf;
+    Py_ssize_t count = view.len / (Py_ssize_t)sizeof(int);
+    if (start < 0)
+        start = 0;
+    int top = -1;
+    for (Py_ssize_t i = start; i < count; i++) {
+        if (ids[i] < 0) {
+            PyErr_SetString(PyExc_ValueError, "pick: a negative key number");
+            goto done;
+        }
+        if (ids[i] > top)
+            top = ids[i];
+    }
+    while (PyList_GET_SIZE(column) <= top) {
+        if (PyList_Append(column, Py_None) < 0)
+            goto done;
+    }
+    out = PyList_New(count > start ? count - start : 0);
+    if (out == NULL)
+        goto done;
+    for (Py_ssize_t i = start; i < count; i++) {
+        PyObject *found = PyList_GET_ITEM(column, ids[i]);
+        Py_INCREF(found);
+        PyList_SET_ITEM(out, i - start, found);
+    }
+done:
+    PyBuffer_Release(&view);
+    return out;
+}
+
+/* key_set(ids) -> bytes: the set of numbers in the array('i') ``ids`` as a bitmap (bit
+ * ``i % 8`` of byte ``i / 8``, as long as the largest needs): equal for two files that
+ * hold the same keys in any order (collector.py Merger.index shares their set of series). */
+static PyObject *
+key_set(PyObject *module, PyObject *source)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(source, &view, PyBUF_FORMAT) < 0)
+        return NULL;
+    PyObject *out = NULL;
+    if (view.itemsize != sizeof(int) || view.format == NULL || strcmp(view.format, "i") != 0) {
+        PyErr_SetString(PyExc_TypeError, "key_set: ids must be an array('i')");
+        goto done;
+    }
+    const int *ids = view.buf;
+    Py_ssize_t count = view.len / (Py_ssize_t)sizeof(int);
+    int top = -1;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (ids[i] < 0) {
+            PyErr_SetString(PyExc_ValueError, "key_set: a negative key number");
+            goto done;
+        }
+        if (ids[i] > top)
+            top = ids[i];
+    }
+    out = PyBytes_FromStringAndSize(NULL, top / 8 + 1);
+    if (out == NULL)
+        goto done;
+    unsigned char *bits = (unsigned char *)PyBytes_AS_STRING(out);
+    memset(bits, 0, top / 8 + 1);
+    for (Py_ssize_t i = 0; i < count; i++)
+        bits[ids[i] / 8] |= (unsigned char)(1u << (ids[i] % 8));
+done:
+    PyBuffer_Release(&view);
+    return out;
 }
 
 static PyMethodDef speedups_functions[] = {
     {"key_table", key_table, METH_VARARGS,
-     "key_table(buffer, pos, used, payload, item, width, cursor, names) -> (keys, offsets, "
-     "pos, torn, format): FileReader._parse for a fixed payload."},
+     "key_table(buffer, pos, used, payload, table) -> (keys, ids, offsets, pos, torn): "
+     "FileReader._parse for a fixed payload."},
+    {"values", values, METH_VARARGS,
+     "values(buffer, offsets, per) -> tuple: the per doubles at each offset."},
+    {"pick", pick, METH_VARARGS,
+     "pick(column, ids, start) -> list: column[i] for each i of ids[start:] (collector.pick)."},
+    {"key_set", key_set, METH_O,
+     "key_set(ids) -> bytes: the numbers in the array('i') ids as a bitmap."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1980,12 +2494,7 @@ intern_all(void)
         if ((*names[i].slot = PyUnicode_InternFromString(names[i].text)) == NULL)
             return -1;
     }
-    PyObject *time = PyImport_ImportModule("time");
-    if (time == NULL)
-        return -1;
-    perf_counter = PyObject_GetAttrString(time, "perf_counter");
-    Py_DECREF(time);
-    return perf_counter == NULL ? -1 : 0;
+    return 0;
 }
 
 static int
@@ -2014,7 +2523,8 @@ PyInit__speedups(void)
             || PyType_Ready(&MeteredCallType) < 0
             || add_type(module, "MeteredApp", &MeteredAppType) < 0
             || add_type(module, "WSGIHooks", &WSGIHooksType) < 0
-            || add_type(module, "MeteredWSGI", &MeteredWSGIType) < 0) {
+            || add_type(module, "MeteredWSGI", &MeteredWSGIType) < 0
+            || add_type(module, "KeyTable", &KeyTableType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -17,7 +17,7 @@ import platform
 import threading
 import time
 from types import ModuleType
-from typing import Dict, Iterable, List, Optional, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Exemplar, Sample
@@ -27,7 +27,7 @@ from .bounded import BoundedCall
 from .storage import directory as storage_dir
 from .storage import exemplars as exemplar_files
 from .storage import native
-from .storage.reader import FileReader, Unreadable
+from .storage.reader import FileReader, KeyTable, Unreadable
 from .version import __version__
 
 Labels = Tuple[Tuple[str, str], ...]
@@ -58,30 +58,37 @@ class SeriesRegistry:
         sid = len(self.keys)
         self.ids[key] = sid
         self.keys.append(key)
-        self.label_dicts.append(dict(labels))
-        self.family_of.setdefault(family, (typ, help_text))
+        label_dict = dict(labels)
+        self.label_dicts.append(label_dict)
+        if family not in self.family_of:
+            self.family_of[family] = (typ, help_text)
         if typ == "histogram":
             self.histogram_ids.add(sid)
-            self._index_histogram(family, sample, labels, sid)
+            self._index_histogram(family, sample, labels, label_dict, sid)
         return sid
 
-    def _index_histogram(self, family: str, sample: str, labels: Labels, sid: int) -> None:
-        base = tuple(kv for kv in labels if kv[0] not in ("le", native.BUCKET_LABEL))
+    def _index_histogram(self, family: str, sample: str, labels: Labels,
+                         label_dict: Dict[str, str], sid: int) -> None:
+        base = tuple([kv for kv in labels if kv[0] not in _NOT_BASE])
         group = self.histograms.get((family, base))
         if group is None:
             group = self.histograms[(family, base)] = {"buckets": [], "sum": None,
                                                        "labels": dict(base), "native": [],
                                                        "ordered": True}
         if sample.endswith(native.SAMPLE_SUFFIX):
-            bucket = native.parse_bucket(dict(labels).get(native.BUCKET_LABEL, ""))
+            bucket = native.parse_bucket(label_dict.get(native.BUCKET_LABEL, ""))
             if bucket is not None:
                 group["native"].append((bucket, sid))
         elif sample.endswith("_bucket"):
-            le = dict(labels).get("le", "+Inf")
+            le = label_dict.get("le", "+Inf")
             group["buckets"].append((_bound(le), le, sid))
             group["ordered"] = False  # sorted once, at the next exposition
         elif sample.endswith("_sum"):
             group["sum"] = sid
+
+
+#: labels that tell a histogram's samples apart (not part of its label set)
+_NOT_BASE = ("le", native.BUCKET_LABEL)
 
 
 def _bound(le: str) -> float:
@@ -107,52 +114,127 @@ class Shard:
         self.targets: List[int] = []
         self.derived: List[Tuple[int, int]] = []  # (series, value position)
         self.series: set = set()  # every series this shard feeds
+        self._series_shared = False  # ``series`` is also another shard's (``share``)
         self.generation = 0  # of the keys ``targets`` number (FileReader.generation)
 
     def renumber(self, generation: int) -> None:
         """The file under this name is another file now: its keys are numbered anew."""
         self.targets, self.derived, self.series = [], [], set()
+        self._series_shared = False
         self.generation = generation
+
+    def feed(self, sids: Iterable[int]) -> None:
+        """Add to the series this shard feeds (copying a set it shares first)."""
+        if self._series_shared:
+            self.series = set(self.series)
+            self._series_shared = False
+        self.series.update(sids)
+
+    def share(self, series: set) -> None:
+        """Feed exactly ``series``, a set other shards of the same keys feed too (one set
+        instead of one per file: a set of 16,000 series is half a megabyte)."""
+        self.series = series
+        self._series_shared = True
+
+
+#: series numbers of keys numbered alike in every shard of a kind: by key number (None
+#: where not yet numbered) or by key text
+Plain = Union[List[Optional[int]], Dict[str, int]]
+
+
+def pick(column: List[Optional[int]], ids: Sequence[int], start: int) -> List[Optional[int]]:
+    """``column[i]`` for each key number ``i`` of ``ids[start:]``, ``column`` first grown
+    with None to hold them all (``_speedups.pick`` is the same in one C call)."""
+    new = ids[start:]
+    top = max(new, default=-1) + 1
+    if top > len(column):
+        column.extend([None] * (top - len(column)))
+    return list(map(column.__getitem__, new))
+
+
+#: the decoder's scanner (``raw_decode`` without its Python frame): (value, end) of the
+#: JSON value at an index, StopIteration where there is none
+_SCAN = json.JSONDecoder().scan_once
+
+
+def _decode_key(key: str) -> object:
+    """``json.loads(key)`` in a third of the time: a cold scrape decodes every distinct key
+    (17,000 at 64 x 1,000), and ``loads`` spends two thirds of a key's time around the
+    decoding itself. Anything but a whole JSON document without surrounding space is left
+    to ``loads``, which answers it (or fails) as it always did."""
+    try:
+        found, end = _SCAN(key, 0)
+    except StopIteration:
+        return json.loads(key)
+    return found if end == len(key) else json.loads(key)
 
 
 class Merger:
     """Numbers series and merges the values of many shards into families. Shared by the
     directory collector and the Redis reader, so both expose exactly the same thing."""
 
-    def __init__(self) -> None:
+    def __init__(self, compiled: Optional[ModuleType] = None) -> None:
         self.registry = SeriesRegistry()
         self._parsed_keys: Dict[str, tuple] = {}
-        #: (type, worker shard?) -> key -> series number, for keys numbered alike in every
-        #: such shard (``index``)
-        self._plain_sids: Dict[Tuple[str, bool], Dict[str, int]] = {}
+        #: (type, worker shard?, by number?) -> key (number or text) -> series number, for
+        #: keys numbered alike in every such shard (``index``)
+        self._plain_sids: Dict[Tuple[str, bool, bool], Plain] = {}
+        self._pick = compiled.pick if compiled is not None else pick
+        #: the set of key numbers of a file as bytes (``_speedups.key_set``); None: the
+        #: Python path, where each shard builds its own set of series
+        self._key_set = compiled.key_set if compiled is not None else None
+        #: (kind, key set) -> the series of a shard holding exactly those keys, all plain;
+        #: kept for one read (``merge`` clears it)
+        self._shared_series: Dict[Tuple[Tuple[str, bool, bool], bytes], set] = {}
 
-    def index(self, shard: Shard, keys: List[str]) -> None:
-        """Give series numbers to the keys the shard gained since the last call.
+    def index(self, shard: Shard, keys: List[str], ids: Optional[Sequence[int]] = None) -> None:
+        """Give series numbers to the keys the shard gained since the last call (``ids``:
+        their numbers in a ``KeyTable``, when the shard's reader has them).
 
         Most keys number the same in every shard of a kind (no label added per worker or
-        pid, no per-worker family derived): those are remembered by key text in a table per
-        kind, so a cold scrape of many files holding the same keys numbers each key once
-        and looks the rest up in one C-level pass."""
+        pid, no per-worker family derived): those are remembered per kind, by key number
+        (a list, read in one C call by ``pick``) or else by key text, so a cold scrape of
+        many files holding the same keys numbers each key once and looks the rest up."""
         start = len(shard.targets)
         if start >= len(keys):
             return
         pid_labelled = shard.typ == "gauge" and shard.mode in ("all", "liveall")
-        plain = None
+        plain: Optional[Plain] = None
         if not shard.extra and not pid_labelled:
-            plain = self._plain_sids.setdefault((shard.typ, shard.worker_id is not None), {})
-        sids = list(map(plain.get, keys[start:])) if plain is not None else [None] * (
-            len(keys) - start)
+            kind = (shard.typ, shard.worker_id is not None, ids is not None)
+            plain = self._plain_sids.get(kind)
+            if plain is None:
+                plain = self._plain_sids[kind] = [] if ids is not None else {}
+        if plain is None:
+            sids: List[Optional[int]] = [None] * (len(keys) - start)
+        elif ids is not None:
+            sids = self._pick(plain, ids, start)
+        else:
+            sids = list(map(plain.get, keys[start:]))
+        shared = None
         if None in sids:
             for i, sid in enumerate(sids):
                 if sid is None:
-                    sids[i] = self._index_one(shard, keys[start + i], start + i, plain)
+                    slot = keys[start + i] if ids is None else ids[start + i]
+                    sids[i] = self._index_one(shard, keys[start + i], start + i, plain, slot)
+        elif start == 0 and ids is not None and self._key_set is not None:
+            # every key plain: the series are those of any other shard with the same keys
+            shared = (kind, self._key_set(ids))
+            found = self._shared_series.get(shared)
+            if found is not None:
+                shard.targets.extend(sids)
+                shard.share(found)
+                return
         shard.targets.extend(sids)
-        shard.series.update(sids)
+        shard.feed(sids)
+        if shared is not None:
+            self._shared_series[shared] = shard.series
+            shard.share(shard.series)
 
-    def _index_one(self, shard: Shard, key: str, position: int,
-                   plain: Optional[Dict[str, int]]) -> int:
+    def _index_one(self, shard: Shard, key: str, position: int, plain: Optional[Plain],
+                   slot: Union[str, int]) -> int:
         """The series number of one key in ``shard`` (and its derived per-worker series),
-        remembered in ``plain`` when it does not depend on the shard."""
+        remembered in ``plain`` at ``slot`` when it does not depend on the shard."""
         worker_id = shard.worker_id
         family, sample, labels, help_text = self._parse_key(key)
         known = families.BY_NAME.get(family)
@@ -172,18 +254,19 @@ class Merger:
             derived_sid = self.registry.add(derived.name, derived.typ, derived.help,
                                             derived.name + suffix, tuple(sorted(kept)))
             shard.derived.append((derived_sid, position))
-            shard.series.add(derived_sid)
+            shard.feed((derived_sid,))
         elif plain is not None and not extra:
-            plain[key] = sid
+            plain[slot] = sid  # type: ignore[index]
         return sid
 
     def _parse_key(self, key: str) -> tuple:
         found = self._parsed_keys.get(key)
         if found is None:
             try:
-                family, sample, labels, help_text = json.loads(key)
-                found = (family, sample, tuple(sorted((str(k), str(v))
-                                                      for k, v in labels.items())), help_text)
+                family, sample, labels, help_text = _decode_key(key)
+                found = (family, sample,
+                         tuple(sorted(zip(map(str, labels), map(str, labels.values())))),
+                         help_text)
             except (ValueError, TypeError, AttributeError):
                 found = ("gunicorn_exporter_unreadable", "gunicorn_exporter_unreadable", (), "")
             self._parsed_keys[key] = found
@@ -211,6 +294,7 @@ class Merger:
         """Families from (shard, values) pairs; values as the shard's keys are numbered
         (value and timestamp interleaved for ``mostrecent`` gauges). ``exemplars`` by
         series number (``newest_exemplars``) go on their samples."""
+        self._shared_series.clear()  # the shards indexed for this merge are numbered
         sums = [0.0] * len(self.registry.keys)
         present = set().union(*(shard.series for shard, _ in batches))
         extremes: Dict[int, float] = {}
@@ -348,9 +432,10 @@ class DirectoryCollector(ReadStats):
         super().__init__()
         self.directory = directory
         self._compiled = compiled  # speedups.load(): the readers' key walk in C
-        self._key_names: Dict[bytes, str] = {}  # shared by the readers (FileReader)
+        #: the keys of every file, numbered once (shared by the readers: FileReader)
+        self._key_table = compiled.KeyTable() if compiled is not None else KeyTable()
         self.deadline = READ_DEADLINE if deadline is None else deadline
-        self.merger = Merger()
+        self.merger = Merger(compiled)
         self._files: Dict[str, Tuple[Shard, Reader]] = {}
         self._exemplar_readers: Dict[str, exemplar_files.ExemplarReader] = {}
         self._lock = threading.Lock()
@@ -395,7 +480,7 @@ class DirectoryCollector(ReadStats):
             entry = self._files.get(db.path)
             if entry is None:
                 entry = self._files[db.path] = (Shard(db.typ, db.mode, db.identity),
-                                                _reader(db, self._compiled, self._key_names))
+                                                _reader(db, self._compiled, self._key_table))
             shard, reader = entry
             if shard.live_only and not live.get(db.owner, False):
                 continue
@@ -423,7 +508,7 @@ class DirectoryCollector(ReadStats):
         batches = []
         values_read = 0
         for shard, reader, values in self.shards():
-            self.merger.index(shard, reader.keys)
+            self.merger.index(shard, reader.keys, reader.key_ids)
             batches.append((shard, values))
             values_read += len(values)
         self.last_files = len(batches)
@@ -451,12 +536,12 @@ class DirectoryCollector(ReadStats):
 
 
 def _reader(db: storage_dir.DbFile, compiled: Optional[ModuleType],
-            names: Dict[bytes, str]) -> Reader:
+            table: KeyTable) -> Reader:
     """A native histogram file's reader gives virtual entries, one per bucket in use."""
     if db.mode == storage_dir.NATIVE_MODE:
         return native.NativeReader(db.path)
     return FileReader(db.path, with_timestamps=_OPS.get(db.mode) == "recent",
-                      native=compiled, names=names)
+                      native=compiled, table=table)
 
 
 def _distribution_version(name: str) -> str:

@@ -176,7 +176,9 @@ DIRTY_TASK_DURATION = _f("gunicorn_dirty_task_duration_seconds", "histogram",
                          buckets="duration", origin="master", servers="dirty")
 DIRTY_WORKER_EXITS = _f("gunicorn_dirty_worker_exits", "counter",
                         "Dirty worker exits seen by the dirty arbiter, by reason: timeout "
-                        "(killed after dirty_timeout), exited (anything else).", ("reason",),
+                        "(killed after dirty_timeout), killed (SIGKILL from elsewhere, e.g. "
+                        "the OOM killer), crashed (another signal or a non-zero exit code), "
+                        "exited (exit code 0: told to stop; or the status was unknown).", ("reason",),
                         origin="master", servers="dirty")
 
 # -- the exporter itself -----------------------------------------------------------------------

@@ -1,9 +1,14 @@
 """A dirty app (gunicorn >= 27) and the WSGI app that calls it: ``/square?x=N`` (N*N),
-``/fail`` (the dirty app raises ValueError), ``/slow?ms=N`` (the task sleeps N ms)."""
+``/fail`` (the dirty app raises ValueError), ``/slow?ms=N`` (the task sleeps N ms),
+``/crash`` (the dirty worker exits with code 1 mid-task)."""
+import os
 import time
 from urllib.parse import parse_qs
 
 DIRTY_APP = "apps.dirty_app:Compute"
+#: gunicorn's arguments for a pool of two dirty workers running it (gunicorn run with
+#: ``--chdir tests``), killed after 2 s without a heartbeat
+POOL_ARGS = ["--dirty-app", DIRTY_APP, "--dirty-workers", "2", "--dirty-timeout", "2"]
 
 try:
     from gunicorn.dirty import DirtyApp, get_dirty_client
@@ -21,6 +26,9 @@ class Compute(DirtyApp):
     def slow(self, ms):
         time.sleep(ms / 1000.0)
         return ms
+
+    def crash(self):
+        os._exit(1)
 
 
 def app(environ, start_response):

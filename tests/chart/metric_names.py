@@ -29,10 +29,16 @@ RECORDED = re.compile(r"\bgunicorn:[a-z0-9_:]*[a-z0-9]\b")
 SUFFIXES = ("_bucket", "_sum", "_count")
 
 
+def dashboard_panels(dash: dict) -> list[dict]:
+    """Every panel of the dashboard, those inside collapsed rows included (Grafana keeps a
+    collapsed row's panels in the row's own ``panels``)."""
+    return [p for top in dash["panels"] for p in [top, *top.get("panels", [])]]
+
+
 def _dashboard_exprs() -> list[str]:
     dash = json.loads(DASHBOARD.read_text())
     exprs = []
-    for panel in dash["panels"]:
+    for panel in dashboard_panels(dash):
         exprs += [t["expr"] for t in panel.get("targets", [])]
     for var in dash["templating"]["list"]:
         q = var.get("query")

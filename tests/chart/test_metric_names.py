@@ -20,6 +20,19 @@ def test_every_name_is_in_the_contract():
     assert not unknown, f"not in docs/interface-contract.md: {unknown}"
 
 
+def test_dashboard_reads_queue_time_protocols_websockets_and_the_dirty_pool():
+    """Every family of what gunicorn 27 serves (WebSockets, the dirty pool) and of the
+    queue time and protocols has a dashboard query."""
+    from gunicorn_prometheus_exporter import families
+
+    wanted = {f.sample for f in families.ALL if f.servers != "any"} | {
+        f.sample for f in (families.HTTP_QUEUE, families.HTTP_QUEUE_INVALID,
+                           families.HTTP_PROTOCOL)}
+    assert len(wanted) == 11
+    used = {metric_names.family(n) for n in metric_names.series_names_by_source()["dashboard"]}
+    assert sorted(wanted - used) == []
+
+
 def test_histogram_suffixes_map_to_families():
     assert metric_names.family("gunicorn_http_request_duration_seconds_bucket") == "gunicorn_http_request_duration_seconds"
     assert metric_names.family("gunicorn_http_requests_total") == "gunicorn_http_requests_total"

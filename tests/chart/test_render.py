@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 
 import pytest
 import yaml
@@ -672,6 +673,33 @@ def test_dashboard_configmap():
     link, = latency["fieldConfig"]["defaults"]["links"]
     assert "${trace_datasource}" in link["url"] and "${__data.fields.trace_id}" in link["url"]
     assert not render("sidecar-values.yaml").kind("ConfigMap")
+
+
+def test_dashboard_rows_of_queue_time_protocols_websockets_and_the_dirty_pool():
+    """What only some users turn on (queue time needs a proxy's stamp, WebSockets an ASGI
+    worker, the dirty pool gunicorn 27's dirty_workers) has panels in collapsed rows of its
+    own: one line each on the dashboard of who does not use it."""
+    cm = render("monitors-values.yaml").get("ConfigMap", component="dashboard")
+    (text,) = cm["data"].values()
+    dash = json.loads(text)
+    rows = {p["title"].split(" (")[0]: p for p in dash["panels"]
+            if p["type"] == "row" and p["collapsed"]}
+    assert {row: [p["title"] for p in r["panels"]] for row, r in rows.items()} == {
+        "Queue time": ["Queue time p50 / p90 / p99", "Queue stamps not observed, by reason"],
+        "Protocols and WebSockets": ["Requests by protocol", "Open WebSocket connections",
+                                     "WebSocket connection duration p50 / p90 / p99"],
+        "Dirty workers": ["Dirty workers busy / idle", "Dirty tasks per app",
+                          "Dirty task duration p50 / p90 / p99 per app",
+                          "Dirty task failures by app and error type",
+                          "Dirty worker exits by reason"]}
+    exprs = [t["expr"] for r in rows.values() for p in r["panels"] for t in p["targets"]]
+    # every series read is the dashboard's job and namespace
+    reads = re.findall(r"\b(gunicorn_\w+)(\{[^}]*\})?", " ".join(exprs))
+    assert len(reads) == 20
+    assert all(sel.startswith('{job=~"$job", namespace=~"$namespace"') for _, sel in reads), reads
+    assert ('histogram_quantile(0.99, sum by (le, namespace, job) (rate('
+            'gunicorn_http_request_queue_duration_seconds_bucket{job=~"$job", '
+            'namespace=~"$namespace"}[$__rate_interval])))') in exprs
 
 
 def test_monitors_scrape_openmetrics_first_for_exemplars():

@@ -35,7 +35,8 @@ from support.containers import Runtime
 
 CLONE_NEWNET = 0x40000000
 
-# What the tests change in a rendered object before playing it, and why (kube play's limits).
+# What the tests change in a rendered object before playing it, or do differently to a played
+# pod than Kubernetes would, and why (kube play's limits).
 ADAPTATIONS = {
     "$(VAR) in command and args": "expanded from the container's env (values and the rendered "
                                   "Secrets) as the kubelet does: kube play 4.3 passes them "
@@ -66,6 +67,17 @@ ADAPTATIONS = {
     "fieldRef spec.nodeName": "becomes the node's name as a value: kube play 4.3 refuses it "
                               "(\"fieldPath spec.nodeName is either not valid or not "
                               "supported\")",
+    "exporter container restart": "the test SIGTERMs the container's main process from the node "
+                                  "and podman's restart policy (the pod's restartPolicy: Always) "
+                                  "starts it in the same pod, as the kubelet restarts an ended "
+                                  "container; not `podman restart`: kube play 4.3 gives every pod "
+                                  "the exit policy \"stop\", and the cleanup of the stopped "
+                                  "container (`podman container cleanup`, run by conmon while "
+                                  "`podman restart` waits) then stops the pod when no other "
+                                  "container than the infra one runs, which the DaemonSet's "
+                                  "one-container pod always is: the restart fails (\"cannot get "
+                                  "namespace path unless container <infra> is running\") or the "
+                                  "restarted exporter gets SIGTERM with the pod, by timing",
     "image (raw k8s/ manifests only)": "localhost/NAME:TAG, where podman finds the images "
                                        "`make image` built (the chart renders take "
                                        "app.image.registry=localhost instead)",
@@ -281,7 +293,8 @@ class Played:
         path.write_text(yaml.safe_dump(obj, sort_keys=False))
         self.files.append(path)
         self.volumes += empty_dirs(obj)
-        self.run("kube", "play", "--network", "host", str(path), timeout=180)
+        # --replace: a pod of the same name left by an interrupted run is removed first
+        self.run("kube", "play", "--replace", "--network", "host", str(path), timeout=180)
 
     def down(self) -> None:
         for path in reversed(self.files):

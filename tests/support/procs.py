@@ -144,6 +144,15 @@ class Gunicorn(Process):
                       if c.pid != monitor and c.status() != psutil.STATUS_ZOMBIE)
 
 
+    def dirty_pids(self) -> List[int]:
+        """gunicorn 27's dirty workers: the children of the dirty arbiter, the one child of
+        the master that has children (HTTP workers and the metrics process have none)."""
+        import psutil
+
+        return sorted(p.pid for child in psutil.Process(self.pid).children()
+                      for p in child.children() if p.status() != psutil.STATUS_ZOMBIE)
+
+
 class Exporter(Process):
     """``gunicorn-prometheus-exporter serve`` on a free loopback port (Redis storage: the
     tests give it ``REDIS_*`` in ``env``)."""

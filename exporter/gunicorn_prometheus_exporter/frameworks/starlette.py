@@ -10,6 +10,7 @@ the exception and counts it once.
 Nothing here imports Starlette unless a mounted route has to be resolved."""
 from __future__ import annotations
 
+import sys
 from typing import Any, Optional, Sequence
 
 from . import UNMATCHED
@@ -25,14 +26,52 @@ def route_template(scope: dict) -> Optional[str]:
     route = scope.get(ROUTE)
     if route is None:
         return UNMATCHED if ROUTER in scope else None
-    if MOUNT_ROOT in scope:  # below a Mount: resolve the whole path
-        router = scope.get(ROUTER)
-        found = _resolve(getattr(router, "routes", ()), {
-            "type": scope["type"], "path": scope.get("path", "/"),
-            "root_path": scope[MOUNT_ROOT], "method": scope.get("method", "GET")}, "")
+    if MOUNT_ROOT in scope:  # below a Mount: the mounts' paths in front of the route's
+        routes = getattr(scope.get(ROUTER), "routes", ())
+        found = only_path_to(route, routes) or resolve_mounted(scope, routes)
         if found:
             return found
     return getattr(route, TEMPLATE_ATTR, None) or None
+
+
+def only_path_to(route: Any, routes: Sequence[Any]) -> Optional[str]:
+    """The template of ``route``, which Starlette's router chose, when the router's tree
+    holds it exactly once and only below Mounts: their paths in front of its own, found by
+    identity, with no pattern matched again (a tenth of a request's instructions saved on
+    a mounted route). None when it is held more than once (the same routes mounted twice)
+    or a route of another kind (a ``Host``, an application's own) has routes below it:
+    which one served the request depends on the request, and ``resolve_mounted`` decides
+    by matching it again."""
+    routing = sys.modules.get("starlette.routing")  # there: its router chose ``route``
+    if routing is None:
+        return None
+    mount, leaves = routing.Mount, (routing.Route, routing.WebSocketRoute)
+    found = None
+    levels = [(routes, "")]
+    while levels:
+        level, prefix = levels.pop()
+        for candidate in level:
+            if candidate is route:
+                if found is not None:
+                    return None
+                found = prefix + candidate.path
+            elif isinstance(candidate, leaves):
+                continue
+            elif isinstance(candidate, mount):
+                levels.append((candidate.routes, prefix + candidate.path))
+            else:
+                return None
+    return found
+
+
+def resolve_mounted(scope: dict, routes: Sequence[Any]) -> Optional[str]:
+    """The template of a request below a Mount found by matching its whole path against
+    the router's routes again, as the router did (with its headers: a ``Host`` reads
+    them)."""
+    return _resolve(routes, {
+        "type": scope["type"], "path": scope.get("path", "/"),
+        "root_path": scope[MOUNT_ROOT], "method": scope.get("method", "GET"),
+        "headers": scope.get("headers", [])}, "")
 
 
 def _resolve(routes: Sequence[Any], scope: dict, prefix: str) -> Optional[str]:

@@ -170,6 +170,9 @@ class NativeReader:
     and ``keys`` only grows, as a classic file's keys do; a file replaced by another starts
     afresh."""
 
+    #: virtual keys have no number in a key table (``FileReader.key_ids``)
+    key_ids = None
+
     def __init__(self, path: str) -> None:
         self.path = path
         self._file = FileReader(path, payload=entry_payload)

@@ -12,13 +12,14 @@ was replaced) starts a new ``generation``: its keys are parsed again from the st
 whoever numbered the old keys must number them again."""
 from __future__ import annotations
 
+import array
 import errno
 import mmap
 import os
 import stat
 import struct
 from types import ModuleType
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .mmap_file import Payload, padded_length, payload_of
 
@@ -48,25 +49,48 @@ def open_regular(path: str) -> int:
     return fd
 
 
+class KeyTable(Dict[bytes, int]):
+    """The distinct keys of a directory's files, numbered in the order first seen, each
+    decoded once: ``table[raw]`` is the number of the key whose bytes are ``raw`` (numbered
+    when new: a known key costs one dict lookup). The collector shares one between all its
+    readers: the files of different workers hold the same keys, so on a cold scrape most
+    entries are keys some other file already showed. ``_speedups.KeyTable`` is the same in
+    C, where an entry's key is hashed and compared where it lies in the map, without making
+    a Python object."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: each distinct key's text, by number
+        self.texts: List[str] = []
+
+    def __missing__(self, raw: bytes) -> int:
+        number = self[raw] = len(self.texts)
+        self.texts.append(raw.decode("utf-8", "replace"))
+        return number
+
+
 class FileReader:
     """Values of one file; ``keys`` grows as writers append entries.
 
-    With the C speedups (``native``, what ``speedups.load()`` gave) and a fixed payload,
-    new entries are walked in one C call, and each key's text is looked up by its bytes in
-    ``names``, a table the collector shares between all its readers: the files of different
-    workers hold the same keys, so a cold scrape decodes each distinct key once and every
-    file's ``keys`` share the same strings. The table is keyed by the key's bytes, never by
-    a position, so a file created again can only ever be read through its own entries."""
+    Each key is numbered by its bytes in ``table`` (a ``KeyTable``, or the C one), which
+    the collector shares between all its readers, so a cold scrape decodes each distinct key
+    once, every file's ``keys`` share the same strings, and ``key_ids`` let the collector
+    number series by key without hashing text. The table is keyed by the key's bytes, never
+    by a position, so a file created again can only ever be read through its own entries.
+    With the C speedups (``native``, what ``speedups.load()`` gave, and its ``KeyTable``)
+    and a fixed payload, new entries are walked in one C call."""
 
     def __init__(self, path: str, with_timestamps: bool = False,
                  payload: Payload = 16, native: Optional[ModuleType] = None,
-                 names: Optional[Dict[bytes, str]] = None) -> None:
+                 table: Optional[KeyTable] = None) -> None:
         self.path = path
         self.with_timestamps = with_timestamps
         self.payload = payload  # bytes after each key (``MmapFile.payload``)
         self.keys: List[str] = []
+        #: each key's number in ``table``
+        self.key_ids: Sequence[int] = []
         #: byte offset of each key's payload in the file, and its size
-        self.offsets: List[int] = []
+        self.offsets: Sequence[int] = []
         self.sizes: List[int] = []
         #: counts the times the file was found replaced (its entries read afresh)
         self.generation = 0
@@ -75,10 +99,25 @@ class FileReader:
         self._map: Optional[mmap.mmap] = None
         self._struct = struct.Struct("<")
         self.torn = False
-        self._walk = native.key_table if native is not None and isinstance(payload, int) \
-            else None
-        self._names: Dict[bytes, str] = {} if names is None else names
-        self._format_text = "<"  # the C walk's format so far (the Python one starts afresh)
+        if table is None:
+            table = native.KeyTable() if native is not None else KeyTable()
+        self._table = table
+        compiled = (native is not None and isinstance(payload, int)
+                    and isinstance(table, native.KeyTable))
+        #: the C walk, and the C read of the values at ``offsets`` (no struct format)
+        self._walk = native.key_table if compiled else None
+        self._values = native.values if compiled else None
+        self._empty()
+
+    def _empty(self) -> None:
+        """No entries read: the C walk hands key numbers and offsets over as the bytes of
+        arrays; the Python walk appends to lists (an array's ``append`` parses its argument,
+        ten times the instructions of a list's)."""
+        self.keys, self.sizes, self._parsed_to = [], [], 8
+        if self._walk is not None:
+            self.key_ids, self.offsets = array.array("i"), array.array("q")
+        else:
+            self.key_ids, self.offsets = [], []
 
     def _reopen(self) -> bool:
         try:
@@ -93,9 +132,8 @@ class FileReader:
             self._map = mmap.mmap(fd, st.st_size, prot=mmap.PROT_READ)
             identity = (st.st_dev, st.st_ino)
             if identity != self._ino:
-                self.keys, self.offsets, self.sizes, self._parsed_to = [], [], [], 8
+                self._empty()
                 self._struct = struct.Struct("<")
-                self._format_text = "<"
                 self.generation += 1
             self._ino = identity
             return True
@@ -108,7 +146,11 @@ class FileReader:
         the map held since the last read keeps the old inode alive, so a new file under
         the name always has another number. Raises ``Unreadable``."""
         m = self.refresh(inode)
-        return None if m is None else self._struct.unpack_from(m, 0)
+        if m is None:
+            return None
+        if self._values is not None:
+            return self._values(m, self.offsets, 2 if self.with_timestamps else 1)
+        return self._struct.unpack_from(m, 0)
 
     def refresh(self, inode: Optional[int] = None) -> Optional[mmap.mmap]:
         """Map the file as it is now and parse the entries appended since the last call;
@@ -131,13 +173,16 @@ class FileReader:
             return
         m = self._map
         pos = self._parsed_to
+        table = self._table
+        texts = table.texts
         while pos + 4 <= used:
             length = _USED.unpack_from(m, pos)[0]
             limit = min(used, len(m))
             if length <= 0 or pos + 4 + length > limit:
                 self.torn = True
                 break
-            key = bytes(m[pos + 4:pos + 4 + length]).decode("utf-8", "replace")
+            number = table[m[pos + 4:pos + 4 + length]]
+            key = texts[number]
             try:
                 size = payload_of(self.payload, key)
             except (ValueError, TypeError, IndexError):
@@ -147,6 +192,7 @@ class FileReader:
                 self.torn = True
                 break
             self.keys.append(key)
+            self.key_ids.append(number)
             self.offsets.append(pos + 4 + padded_length(length))
             self.sizes.append(size)
             pos = end
@@ -154,20 +200,17 @@ class FileReader:
         self._struct = struct.Struct(self._format())
 
     def _parse_fixed(self, used: int) -> None:
-        """``_parse`` in one C call (``key_table``) for a fixed payload; key texts from the
-        shared ``names`` table, decoded only the first time any file shows them (in C)."""
-        item, width = ("dd", 16) if self.with_timestamps else ("d", 8)
-        cursor = self.offsets[-1] + width if self.offsets else 0
-        keys, offsets, pos, torn, text = self._walk(self._map, self._parsed_to, used,
-                                                    self.payload, item, width, cursor,
-                                                    self._names)
+        """``_parse`` in one C call (``key_table``) for a fixed payload, keys numbered in
+        the shared C ``KeyTable``; no struct format (``read`` takes the values at
+        ``offsets`` in C): a format of a million entries costs as much as the walk."""
+        keys, ids, offsets, pos, torn = self._walk(self._map, self._parsed_to, used,
+                                                   self.payload, self._table)
         self.keys.extend(keys)
-        self.offsets.extend(offsets)
-        self.sizes.extend([self.payload] * len(offsets))
+        self.key_ids.frombytes(ids)
+        self.offsets.frombytes(offsets)
+        self.sizes.extend([self.payload] * len(keys))
         self.torn = self.torn or torn
         self._parsed_to = pos
-        self._format_text += text
-        self._struct = struct.Struct(self._format_text)
 
     def _format(self) -> str:
         parts = ["<"]
