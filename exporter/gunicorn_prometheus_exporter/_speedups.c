@@ -1,4 +1,5 @@
-/* The request path in C: an optional accelerator of recorder.py and workers/asgi_metrics.py.
+/* The request path in C: an optional accelerator of recorder.py, workers/wsgi_hooks.py,
+ * workers/body.py and workers/asgi_metrics.py.
  *
  * The Python code stays the reference: speedups.py loads this module when it was built and
  * not switched off, and tests/test_speedups.py checks that both write the same bytes and

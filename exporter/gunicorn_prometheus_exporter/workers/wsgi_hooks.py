@@ -4,7 +4,9 @@ Requests are timed between the two: ``post_request`` runs after the last body by
 written (``sendfile`` included) and inside the ``finally`` of an exception, so status, sent
 bytes and any escaping exception are all known there. The hooks are set on the worker's own
 copy of the config, in front of the user's; nothing of gunicorn's request handling is
-copied or replaced."""
+copied or replaced. Where the C speedups are loaded, the hooks are their ``WSGIHooks``,
+which records the common request (a known series, nothing else to record) itself and
+hands every other to ``finish`` here: this module stays the policy and the reference."""
 from __future__ import annotations
 
 import errno
