@@ -28,9 +28,11 @@ costs). Those last four are reported against the plugin. The runs are independen
 processes: ``--jobs`` runs that many at once (instruction counts do not depend on load).
 
 Run: ``python bench/instructions.py [--workers sync gthread gevent asgi asgi-starlette
-asgi-shop uvicorn] [--requests 300 1300] [--clients 4] [--runs 3] [--jobs 1] [--python]
-[--headers] [--compare-to DIR] [--native-off] [--json FILE]``. Needs valgrind; a run of
-one variant takes 0.5-1 minute of a core (callgrind runs Python about 50 times slower).
+asgi-shop uvicorn] [--requests 200 800] [--clients 4] [--runs 3] [--jobs 1] [--python]
+[--headers] [--compare-to DIR] [--native-off] [--json FILE]``; ``--table FILE...`` prints
+the table of docs/benchmarks.md from the ``--json`` files of one or more runs. Needs
+valgrind; one callgrind run takes 5-10 s of a core (about 5 s to start, then 5 ms a
+request), a table of six workers, three variants and three runs about 15 minutes.
 """
 from __future__ import annotations
 
@@ -147,6 +149,14 @@ def count_run(case: Case, variant: Variant, requests: int, clients: int, tmp: st
     return total
 
 
+def _counted(name: str, variant: Variant, requests: int, clients: int, tmp: str) -> int:
+    """``count_run`` with a line on stderr when it is done (a table takes a while)."""
+    total = count_run(WORKERS[name], variant, requests, clients, tmp)
+    print(f"  {name} {variant.label}, {requests} requests: {total:,} instructions",
+          file=sys.stderr, flush=True)
+    return total
+
+
 def _check_recorded(directory: str, expected: int) -> None:
     """A count is only worth something if the plugin recorded every request it served."""
     from gunicorn_prometheus_exporter.collector import DirectoryCollector
@@ -209,12 +219,42 @@ def describe() -> str:
             f"plugin from {source}" + (f" at {commit}" if commit else ""))
 
 
+def markdown(saved: List[dict]) -> List[str]:
+    """docs/benchmarks.md's table from files written by ``--json``: per worker and
+    gunicorn, plain, the plugin (C) and what it adds, the Python path's addition; each
+    the median (min-max) of the runs."""
+    lines = ["| worker | gunicorn | plain | with the plugin (C) | added (C) | "
+             "**plain / plugin (C)** | added (Python path) | plain / plugin (Python) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for run in saved:
+        version = re.match(r"gunicorn (\S+),", run["about"]).group(1)
+        for name, per_run in run["slopes"].items():
+            plain, ours = per_run["plain"], per_run["plugin"]
+            cells = [name, version, _cell(plain), _cell(ours), _added(ours, plain),
+                     f"**{statistics.median(plain) / statistics.median(ours):.3f}**"]
+            python = per_run.get("python")
+            cells += ([_added(python, plain),
+                       f"{statistics.median(plain) / statistics.median(python):.3f}"]
+                      if python else ["", ""])
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _cell(values: List[float], sign: str = "") -> str:
+    low, high = min(values), max(values)
+    return f"{statistics.median(values):{sign},.0f} ({low:,.0f}–{high:,.0f})"
+
+
+def _added(ours: List[float], base: List[float]) -> str:
+    return _cell([a - b for a, b in zip(ours, base)], "+")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", nargs="+", choices=sorted(WORKERS),
                         default=["sync", "gthread", "gevent", "asgi", "asgi-starlette",
                                  "asgi-shop", "uvicorn"])
-    parser.add_argument("--requests", nargs=2, type=int, default=[300, 1300])
+    parser.add_argument("--requests", nargs=2, type=int, default=[200, 800])
     parser.add_argument("--clients", type=int, default=4,
                         help="connections sending requests at once (default 4)")
     parser.add_argument("--runs", type=int, default=3,
@@ -231,7 +271,12 @@ def main() -> None:
                         help="also the plugin without native histograms "
                              "(PROMETHEUS_NATIVE_HISTOGRAMS=false)")
     parser.add_argument("--json", metavar="FILE", help="also write every run's slope here")
+    parser.add_argument("--table", nargs="+", metavar="FILE",
+                        help="only print the docs' table from files written by --json")
     args = parser.parse_args()
+    if args.table:
+        print("\n".join(markdown([json.loads(Path(f).read_text()) for f in args.table])))
+        return
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (apt-get install valgrind)")
     low, high = counts = tuple(sorted(args.requests))
@@ -244,8 +289,8 @@ def main() -> None:
         write_apps(tmp)
         cases = runnable({n: WORKERS[n].modules for n in args.workers})
         # every run submitted at once, run by run and variant by variant (interleaved)
-        futures = {(name, v.label, run): {n: pool.submit(count_run, WORKERS[name], v, n,
-                                                          args.clients, tmp)
+        futures = {(name, v.label, run): {n: pool.submit(_counted, name, v, n, args.clients,
+                                                          tmp)
                                           for n in (high, low)}
                    for name in cases for run in range(args.runs) for v in found}
         for name in cases:

@@ -19,7 +19,7 @@ import os
 import stat
 import struct
 from types import ModuleType
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .mmap_file import Payload, padded_length, payload_of
 
@@ -49,25 +49,24 @@ def open_regular(path: str) -> int:
     return fd
 
 
-class KeyTable:
+class KeyTable(Dict[bytes, int]):
     """The distinct keys of a directory's files, numbered in the order first seen, each
-    decoded once. The collector shares one between all its readers: the files of different
-    workers hold the same keys, so on a cold scrape most entries are keys some other file
-    already showed. ``_speedups.KeyTable`` is the same in C, where an entry's key is
-    hashed and compared where it lies in the map, without making a Python object."""
+    decoded once: ``table[raw]`` is the number of the key whose bytes are ``raw`` (numbered
+    when new: a known key costs one dict lookup). The collector shares one between all its
+    readers: the files of different workers hold the same keys, so on a cold scrape most
+    entries are keys some other file already showed. ``_speedups.KeyTable`` is the same in
+    C, where an entry's key is hashed and compared where it lies in the map, without making
+    a Python object."""
 
     def __init__(self) -> None:
-        self._numbers: Dict[bytes, int] = {}
+        super().__init__()
         #: each distinct key's text, by number
         self.texts: List[str] = []
 
-    def id_of(self, raw: bytes) -> int:
-        """The number of the key whose bytes are ``raw`` (numbered when new)."""
-        found = self._numbers.get(raw)
-        if found is None:
-            found = self._numbers[raw] = len(self.texts)
-            self.texts.append(raw.decode("utf-8", "replace"))
-        return found
+    def __missing__(self, raw: bytes) -> int:
+        number = self[raw] = len(self.texts)
+        self.texts.append(raw.decode("utf-8", "replace"))
+        return number
 
 
 class FileReader:
@@ -89,9 +88,9 @@ class FileReader:
         self.payload = payload  # bytes after each key (``MmapFile.payload``)
         self.keys: List[str] = []
         #: each key's number in ``table``
-        self.key_ids = array.array("i")
+        self.key_ids: Sequence[int] = []
         #: byte offset of each key's payload in the file, and its size
-        self.offsets = array.array("q")
+        self.offsets: Sequence[int] = []
         self.sizes: List[int] = []
         #: counts the times the file was found replaced (its entries read afresh)
         self.generation = 0
@@ -108,6 +107,17 @@ class FileReader:
         #: the C walk, and the C read of the values at ``offsets`` (no struct format)
         self._walk = native.key_table if compiled else None
         self._values = native.values if compiled else None
+        self._empty()
+
+    def _empty(self) -> None:
+        """No entries read: the C walk hands key numbers and offsets over as the bytes of
+        arrays; the Python walk appends to lists (an array's ``append`` parses its argument,
+        ten times the instructions of a list's)."""
+        self.keys, self.sizes, self._parsed_to = [], [], 8
+        if self._walk is not None:
+            self.key_ids, self.offsets = array.array("i"), array.array("q")
+        else:
+            self.key_ids, self.offsets = [], []
 
     def _reopen(self) -> bool:
         try:
@@ -122,8 +132,7 @@ class FileReader:
             self._map = mmap.mmap(fd, st.st_size, prot=mmap.PROT_READ)
             identity = (st.st_dev, st.st_ino)
             if identity != self._ino:
-                self.keys, self.sizes, self._parsed_to = [], [], 8
-                self.key_ids, self.offsets = array.array("i"), array.array("q")
+                self._empty()
                 self._struct = struct.Struct("<")
                 self.generation += 1
             self._ino = identity
@@ -172,7 +181,7 @@ class FileReader:
             if length <= 0 or pos + 4 + length > limit:
                 self.torn = True
                 break
-            number = table.id_of(m[pos + 4:pos + 4 + length])
+            number = table[m[pos + 4:pos + 4 + length]]
             key = texts[number]
             try:
                 size = payload_of(self.payload, key)
