@@ -312,6 +312,23 @@ def test_compiled_send_fails_like_python(tmp_path, message, error):
     assert results == [(0.0, 1.0), (0.0, 1.0)]
 
 
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=needs_native)],
+                         ids=["python", "compiled"])
+def test_a_released_in_flight_gauge_is_never_written(tmp_path, compiled):
+    """The compiled wrapper writes the in-flight gauge through the memoryview's own buffer;
+    a released view still raises, as it does in Python, and nothing is written."""
+    inst = _instrumentation(tmp_path, compiled)
+    wrapped = asgi.instrument(_app, inst, _extras(inst, tmp_path), native if compiled else None)
+    gauges, _ = inst.recorder.in_flight_cell()
+    gauges.release()
+
+    async def send(message):
+        pass
+
+    with pytest.raises(ValueError, match="released"):
+        asyncio.run(wrapped({"type": "http", "method": "GET", "path": "/"}, None, send))
+
+
 @needs_native
 def test_compiled_wrapper_refuses_bad_calls(tmp_path):
     inst = _instrumentation(tmp_path)

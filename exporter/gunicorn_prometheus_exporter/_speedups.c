@@ -1994,14 +1994,24 @@ first_slot(const KeyTable *self, Py_hash_t hash)
     return &self->slots[(size_t)hash & self->mask];
 }
 
-/* Slots of ``size``, the keys laid out again by their ``hashes``. */
+/* Slots of ``size``, the keys laid out again by their ``hashes``; with ``sip``, first
+ * switched to CPython's hash (every key hashed again). Nothing changes on failure. */
 static int
-KeyTable_rehash(KeyTable *self, Py_ssize_t size)
+KeyTable_layout(KeyTable *self, Py_ssize_t size, int sip)
 {
     KeySlot *slots = PyMem_Calloc(size, sizeof(KeySlot));
     if (slots == NULL) {
         PyErr_NoMemory();
         return -1;
+    }
+    if (sip) {
+        self->sip = 1;
+        for (Py_ssize_t i = 0; i <= self->mask; i++) {
+            KeySlot slot = self->slots[i];
+            if (slot.number)
+                self->hashes[slot.number - 1] = key_hash(self, self->arena + slot.start,
+                                                         slot.length);
+        }
     }
     for (Py_ssize_t i = 0; i <= self->mask; i++) {
         KeySlot slot = self->slots[i];
@@ -2050,22 +2060,8 @@ KeyTable_reserve(KeyTable *self, Py_ssize_t length)
         self->arena_capacity = capacity;
     }
     if (2 * (self->count + 1) > self->mask + 1)
-        return KeyTable_rehash(self, 2 * (self->mask + 1));
+        return KeyTable_layout(self, 2 * (self->mask + 1), 0);
     return 0;
-}
-
-/* From now on CPython's hash: every key hashed again, the slots laid out again. */
-static int
-KeyTable_take_sip(KeyTable *self)
-{
-    self->sip = 1;
-    for (Py_ssize_t i = 0; i <= self->mask; i++) {
-        KeySlot slot = self->slots[i];
-        if (slot.number)
-            self->hashes[slot.number - 1] = key_hash(self, self->arena + slot.start,
-                                                     slot.length);
-    }
-    return KeyTable_rehash(self, self->mask + 1);
 }
 
 /* The number of the key whose bytes are ``raw``, ``hash`` (key_hash) or any value when
@@ -2083,7 +2079,7 @@ KeyTable_find(KeyTable *self, const char *raw, Py_ssize_t length, Py_hash_t hash
                 && memcmp(self->arena + slot->start, raw, length) == 0)
             return (Py_ssize_t)slot->number - 1;
         if (++probes >= self->long_probe && !self->sip) {
-            if (KeyTable_take_sip(self) < 0)
+            if (KeyTable_layout(self, self->mask + 1, 1) < 0)
                 return -1;
             return KeyTable_find(self, raw, length, 0, -1);
         }
@@ -2289,6 +2285,10 @@ key_table(PyObject *module, PyObject *args)
             KeySlot *next = first_slot(table, ahead[first].hash);
             if (next->number && next->tag == tag_of(ahead[first].hash))
                 PREFETCH(table->arena + next->start);
+        }
+        if (id >= 0 && id >= PyList_GET_SIZE(table->texts)) {
+            PyErr_SetString(PyExc_RuntimeError, "key_table: the table's texts were changed");
+            goto done;
         }
         if (id < 0 || PyList_Append(keys, PyList_GET_ITEM(table->texts, id)) < 0)
             goto done;
