@@ -38,6 +38,7 @@ class WSGIRequestHooks:
                  native: Optional[ModuleType] = None) -> None:
         self.record = labeller.record  # bound once: no attribute lookup per request
         self.extras = extras.wsgi
+        self._extra_keys = extras.wsgi_keys
         self.recorder = recorder
         self.intent = intent
         self.log = labeller.log
@@ -139,7 +140,12 @@ class WSGIRequestHooks:
         series = self.record(environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), code,
                              duration, received, sent, environ.get(ROUTE_ENVIRON_KEY),
                              str(error_type) if error_type else None)
-        self.extras(environ, series, duration)
+        # the extras only for a request that has one (the compiled hooks ask the same):
+        # another protocol, or a key they read; a call less per request
+        protocol = environ.get("SERVER_PROTOCOL")
+        if protocol != protocols.USUAL and protocol is not None \
+                or not environ.keys().isdisjoint(self._extra_keys):
+            self.extras(environ, series, duration)
 
 
 def _escaped(exc: BaseException, resp: Any, code: Optional[int]
