@@ -1,8 +1,9 @@
 """Incremental reader of one multiprocess file.
 
 Entries are append-only, so a reader parses each key once and afterwards only re-reads the
-values: one ``struct`` call over the mapped file unpacks every value of the file in C. This
-is what keeps a scrape cheap when files hold thousands of entries.
+values: one call over the mapped file reads every value of the file in C (a ``struct``, or
+``_speedups.values`` at the offsets the C walk found). This is what keeps a scrape cheap
+when files hold thousands of entries.
 
 A reader never blocks and never follows a name elsewhere: files are opened with
 ``O_NOFOLLOW | O_NONBLOCK`` and anything but a regular file (a FIFO, socket, device,
