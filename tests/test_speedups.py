@@ -9,10 +9,12 @@ import logging
 import math
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 
+from gunicorn_prometheus_exporter import exits
 from gunicorn_prometheus_exporter import families as catalogue
 from gunicorn_prometheus_exporter import speedups
 from gunicorn_prometheus_exporter.collector import DirectoryCollector
@@ -762,3 +764,170 @@ def test_the_metrics_process_reads_with_the_compiled_key_walk(tmp_path, monkeypa
     assert source.collector.read()
     assert all(r._walk is None for _, r in source.collector._files.values()
                if hasattr(r, "_walk"))
+
+
+# -- the WSGI hooks and application wrapper -----------------------------------------------
+class _Socket:
+    """Where gunicorn's Response writes: kept nowhere (sendfile counts what it would send)."""
+
+    def sendall(self, data):
+        pass
+
+    def sendfile(self, file, offset=0, count=None):
+        return count
+
+
+def _wsgi_app(environ, start_response):
+    """One behaviour per path, the cases both hook implementations must record alike."""
+    path = environ["PATH_INFO"]
+    if path == "/boom":
+        raise ValueError("before the response started")
+    if path == "/chunked":
+        environ["wsgi.input"].read()
+    elif path == "/handled":
+        environ[ERROR_ENVIRON_KEY] = "HandledError"
+    elif path == "/custom/9":
+        environ[ROUTE_ENVIRON_KEY] = "/custom/{n}"
+    elif path == "/object/9":  # a framework's own template object: its str() counts
+        environ[ROUTE_ENVIRON_KEY] = _Template()
+    elif path == "/file":
+        start_response("200 OK", [])
+        return environ["wsgi.file_wrapper"](open(__file__, "rb"))
+    start_response("404 Not Found" if path == "/nowhere" else "200 OK", [])
+    if path == "/late-boom":
+        return _late_boom()
+    return [b"abc", b"de"]
+
+
+class _Template:
+    def __str__(self) -> str:
+        return "/object/{n}"
+
+
+def _late_boom():
+    yield b"abc"
+    raise KeyError("after the response started")
+
+
+#: (path, request line and headers after the Host) of the mix; every request is sent twice
+WSGI_REQUESTS = [
+    ("/ok", b""), ("/upload", b"Content-Length: 8\r\n\r\n12345678"),
+    ("/chunked", b"Transfer-Encoding: chunked\r\n\r\n5\r\n12345\r\n3\r\n678\r\n0\r\n\r\n"),
+    ("/file", b""), ("/boom", b""), ("/late-boom", b""), ("/handled", b""),
+    ("/custom/9", b""), ("/object/9", b""), ("/nowhere", b""),
+    ("/old", b""),  # over HTTP/1.0
+    ("/stamped", b"X-Request-Start: t=%.3f\r\n"),
+    ("/traced", b"traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n"),
+]
+
+
+def _wsgi_request(cfg, path: str, rest: bytes):
+    from gunicorn.http.message import Request
+    from gunicorn.http.unreader import IterUnreader
+
+    version = b"1.0" if path == "/old" else b"1.1"
+    if b"%.3f" in rest:
+        rest = rest % (time.time() - 0.3,)  # a proxy stamped it 0.3 s before
+    method = b"POST" if rest.startswith((b"Content", b"Transfer")) else b"GET"
+    head = b"%s %s HTTP/%s\r\nHost: t\r\n" % (method, path.encode(), version)
+    data = head + (rest if rest.endswith(b"\r\n\r\n") or b"\r\n\r\n" in rest else rest + b"\r\n")
+    return Request(cfg, IterUnreader([data]), ("127.0.0.1", 5000), 1)
+
+
+def _wsgi_samples(directory: Path, compiled: bool):
+    """Every sample the mix leaves through the worker's hooks and application wrapper, as
+    gunicorn's sync worker calls them; and the paths whose recording reached Python."""
+    from gunicorn.config import Config
+    from gunicorn.http import wsgi
+
+    from gunicorn_prometheus_exporter.workers.body import metered
+    from gunicorn_prometheus_exporter.workers.wsgi_hooks import WSGIRequestHooks
+
+    directory.mkdir()
+    inst = _instrumentation(directory, compiled)
+    extras = _extras(inst, directory, on=True)
+    hooks = WSGIRequestHooks(inst, inst.recorder, exits.Intent(str(directory), "w0"), False,
+                             extras, native if compiled else None)
+    in_python = []
+    record = hooks.record
+
+    def counted(method, path, *args):
+        in_python.append(path)
+        return record(method, path, *args)
+
+    hooks.record = counted
+    cfg = Config()
+    hooks.install(cfg)
+    assert (type(cfg.pre_request).__name__ == "builtin_function_or_method") is compiled
+    app = metered(_wsgi_app, None, native if compiled else None)
+    assert (type(app).__name__ == "MeteredWSGI") is compiled
+    worker = type("Worker", (), {"nr": 0, "max_requests": 2 * len(WSGI_REQUESTS)})()
+
+    def serve(req) -> None:  # as gunicorn's sync worker: post_request in the finally
+        environ, resp = {}, None
+        try:
+            cfg.pre_request(worker, req)
+            resp, environ = wsgi.create(req, _Socket(), ("127.0.0.1", 5000),
+                                        ("127.0.0.1", 8000), cfg)
+            worker.nr += 1
+            body = app(environ, resp.start_response)
+            if isinstance(body, environ["wsgi.file_wrapper"]):
+                resp.write_file(body)
+            else:
+                for chunk in body:
+                    resp.write(chunk)
+            resp.close()
+        finally:
+            cfg.post_request(worker, req, environ, resp)
+
+    for path, rest in WSGI_REQUESTS * 2:
+        try:
+            serve(_wsgi_request(cfg, path, rest))
+        except (ValueError, KeyError):
+            pass
+    refused = _wsgi_request(cfg, "/refused", b"")
+    cfg.pre_request(worker, refused)
+    cfg.post_request(worker, refused, {}, None)  # gunicorn refused it: no environ
+    cfg.post_request(worker, _wsgi_request(cfg, "/unseen", b""), {}, None)  # no pre_request
+    gauges, index = inst.recorder.in_flight_cell()
+    assert gauges[index] == 0.0
+    inst.recorder.store.close()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in DirectoryCollector(str(directory)).read() for s in f.samples
+               if not s.name.endswith("_duration_seconds_sum")}
+    return samples, in_python, exits.take_intent(str(directory), "w0")
+
+
+@needs_native
+def test_compiled_wsgi_hooks_record_what_python_records(tmp_path):
+    python, python_paths, python_intent = _wsgi_samples(tmp_path / "python", False)
+    compiled, compiled_paths, compiled_intent = _wsgi_samples(tmp_path / "c", True)
+    requests = {labels: v for (name, labels), v in python.items()
+                if name == "gunicorn_http_requests_total"}
+    assert requests == {
+        (("method", "GET"), ("route", path), ("status", "200")): 2
+        for path in ("/ok", "/file", "/late-boom", "/handled", "/custom/{n}", "/object/{n}",
+                     "/old", "/stamped", "/traced")
+    } | {
+        (("method", "POST"), ("route", "/upload"), ("status", "200")): 2,
+        (("method", "POST"), ("route", "/chunked"), ("status", "200")): 2,
+        (("method", "GET"), ("route", "/boom"), ("status", "500")): 2,
+        (("method", "GET"), ("route", "unmatched"), ("status", "404")): 2,
+    }, requests
+    received = {labels: v for (name, labels), v in python.items()
+                if name == "gunicorn_http_request_size_bytes_sum"}
+    sent = {labels: v for (name, labels), v in python.items()
+            if name == "gunicorn_http_response_size_bytes_sum"}
+    assert (received[(("method", "POST"), ("route", "/upload"))],
+            received[(("method", "POST"), ("route", "/chunked"))]) == (2 * 8, 2 * 8)
+    assert sent[(("method", "GET"), ("route", "/file"))] == 2 * Path(__file__).stat().st_size
+    assert python[("gunicorn_http_protocol_requests_total", (("protocol", "HTTP/1.0"),))] == 2
+    assert python[("gunicorn_http_request_queue_duration_seconds_count", ())] == 2
+    assert compiled == python
+    assert python_intent == compiled_intent == exits.MAX_REQUESTS
+    # the pin: on the compiled path, a request of a known series that failed in no way
+    # and has no sendfile or chunked body is recorded in C (its extras, if any, in Python)
+    paths = [p for p, _ in WSGI_REQUESTS]
+    assert python_paths == paths * 2
+    in_c = {"/ok", "/upload", "/custom/9", "/old", "/stamped", "/traced"}
+    assert compiled_paths == paths + [p for p in paths if p not in in_c]

@@ -1,4 +1,5 @@
-/* The request path in C: an optional accelerator of recorder.py and workers/asgi_metrics.py.
+/* The request path in C: an optional accelerator of recorder.py, workers/wsgi_hooks.py,
+ * workers/body.py and workers/asgi_metrics.py.
  *
  * The Python code stays the reference: speedups.py loads this module when it was built and
  * not switched off, and tests/test_speedups.py checks that both write the same bytes and
@@ -299,6 +300,504 @@ static PyTypeObject RequestWriterType = {
     .tp_methods = RequestWriter_methods,
     .tp_init = (initproc)RequestWriter_init,
     .tp_new = PyType_GenericNew,
+};
+
+/* -- the WSGI hooks: workers/wsgi_hooks.py's WSGIRequestHooks ------------------------------
+ *
+ * WSGIHooks(...) gives gunicorn's pre_request and post_request as C methods: the start time
+ * (on the request object, as in Python), the in-flight gauge, and the common finished
+ * request recorded without a Python frame: no exception, none of the plugin's own environ
+ * keys (a framework's error, a metered body, sendfile bytes), its series already known, no
+ * extra (another protocol, a queue stamp, a trace). Every other request goes to
+ * WSGIRequestHooks.finish, so the policy lives in Python; the key layouts and environ keys
+ * are handed over by Python, never re-derived here. Nothing raises into gunicorn: a failure
+ * goes to WSGIRequestHooks.failed, which logs the first.
+ */
+
+static int now(double *out);
+static int add_to_gauge(PyObject *gauges, Py_ssize_t index, double delta);
+static PyObject *s_request_method, *s_path_info, *s_content_length, *s_server_protocol;
+static PyObject *s_status_code, *s_sent, *s_nr, *s_max_requests;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *started_attr; /* the request attribute holding its start time */
+    PyObject *gauges;       /* the in-flight gauge: view and index */
+    Py_ssize_t gauge_index;
+    PyObject *resolved;     /* RequestLabeller.resolved: request key -> series */
+    PyObject *add;          /* Recorder.add */
+    PyObject *own_keys;     /* environ keys that leave a request to finish() */
+    PyObject *route_key;    /* a framework's matched route template */
+    int by_path[3];         /* the key layouts of ``resolved``: positions in */
+    int by_template[3];     /* (method, path, status, template) */
+    PyObject *extras;       /* RequestExtras.wsgi */
+    PyObject *extra_keys;   /* environ keys whose presence means the extras have work */
+    PyObject *usual;        /* the usual SERVER_PROTOCOL: any other goes to the extras */
+    PyObject *finish;       /* WSGIRequestHooks.finish(environ, resp, duration) */
+    PyObject *failed;       /* WSGIRequestHooks.failed(exception) */
+    PyObject *max_reached;  /* called when the worker reached max_requests */
+} WSGIHooks;
+
+static int parse_layout(PyObject *positions, int absent, int out[3]);
+
+/* A failure to record: handed to failed(), never raised into gunicorn. */
+static void
+hooks_failed(WSGIHooks *self)
+{
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyErr_NormalizeException(&type, &value, &traceback);
+    if (value != NULL && traceback != NULL)
+        PyException_SetTraceback(value, traceback);
+    PyObject *done = value == NULL ? NULL : PyObject_CallOneArg(self->failed, value);
+    if (done == NULL)
+        PyErr_WriteUnraisable(self->failed);
+    Py_XDECREF(done);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(traceback);
+}
+
+/* Whether an exception is being handled: post_request runs in the finally of one. */
+static int
+handling_exception(void)
+{
+#if PY_VERSION_HEX >= 0x030B0000
+    PyObject *exc = PyErr_GetHandledException();
+    int handling = exc != NULL && exc != Py_None;
+    Py_XDECREF(exc);
+#else
+    PyObject *type, *exc, *traceback;
+    PyErr_GetExcInfo(&type, &exc, &traceback);
+    int handling = exc != NULL && exc != Py_None;
+    Py_XDECREF(type);
+    Py_XDECREF(exc);
+    Py_XDECREF(traceback);
+#endif
+    return handling;
+}
+
+/* environ.get(key) of a dict: borrowed, NULL when absent (error set on failure only). */
+#define ENVIRON_GET(environ, key) PyDict_GetItemWithError((environ), (key))
+
+/* The request body's size as WSGIRequestHooks._record reads it: CONTENT_LENGTH when it is
+ * a number, else 0 (a body metered in Python is an own key: finish() reads it). NULL
+ * without an error: not a plain str, finish() decides. */
+static PyObject *
+received_bytes(PyObject *environ)
+{
+    PyObject *length = ENVIRON_GET(environ, s_content_length);
+    if (length == NULL)
+        return PyErr_Occurred() ? NULL : PyLong_FromLong(0);
+    if (!PyUnicode_CheckExact(length))
+        return NULL;
+    if (PyUnicode_GET_LENGTH(length) == 0)
+        return PyLong_FromLong(0);
+    PyObject *received = PyLong_FromUnicodeObject(length, 10);
+    if (received == NULL && PyErr_ExceptionMatches(PyExc_ValueError)) {
+        PyErr_Clear();
+        return PyLong_FromLong(0);  /* int() refused it: as _record */
+    }
+    return received;
+}
+
+/* The extras have work when the protocol is not the usual one or a key they read is
+ * present (RequestExtras.wsgi then decides). 1: call them, 0: not, -1: an error. */
+static int
+extras_wanted(WSGIHooks *self, PyObject *environ)
+{
+    PyObject *protocol = ENVIRON_GET(environ, s_server_protocol);
+    if (protocol == NULL && PyErr_Occurred())
+        return -1;
+    if (protocol != NULL && protocol != Py_None && protocol != self->usual) {
+        int usual = PyObject_RichCompareBool(protocol, self->usual, Py_EQ);
+        if (usual <= 0)
+            return usual < 0 ? -1 : 1;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(self->extra_keys); i++) {
+        int present = PyDict_Contains(environ, PyTuple_GET_ITEM(self->extra_keys, i));
+        if (present != 0)
+            return present;
+    }
+    return 0;
+}
+
+/* The common finished request, as WSGIRequestHooks._record and RequestLabeller.record
+ * record it. 1: recorded; 0: not this kind, finish() takes it; -1: an error. */
+static int
+record_known_wsgi(WSGIHooks *self, PyObject *environ, PyObject *resp, PyObject *duration)
+{
+    if (!PyDict_CheckExact(environ) || resp == Py_None || handling_exception())
+        return 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(self->own_keys); i++) {
+        int present = PyDict_Contains(environ, PyTuple_GET_ITEM(self->own_keys, i));
+        if (present != 0)
+            return present < 0 ? -1 : 0;
+    }
+    PyObject *fields[4] = {NULL, NULL, NULL, NULL};
+    const int *layout = self->by_path;
+    PyObject *template = ENVIRON_GET(environ, self->route_key);
+    if (template != NULL && template != Py_None
+            && !(PyUnicode_Check(template) && PyUnicode_GET_LENGTH(template) == 0)) {
+        if (!PyUnicode_CheckExact(template))
+            return 0;  /* an app's own object: record() makes it a str */
+        fields[3] = template;
+        layout = self->by_template;
+    }
+    if (PyErr_Occurred())
+        return -1;
+    for (int i = 0; i < 2; i++) {  /* environ.get(): None when absent */
+        fields[i] = ENVIRON_GET(environ, i == 0 ? s_request_method : s_path_info);
+        if (fields[i] == NULL) {
+            if (PyErr_Occurred())
+                return -1;
+            fields[i] = Py_None;
+        }
+    }
+    PyObject *code = PyObject_GetAttr(resp, s_status_code);
+    if (code == NULL) {  /* start_response did not run */
+        PyErr_Clear();
+        return 0;
+    }
+    fields[2] = code;
+    PyObject *key = PyTuple_Pack(3, fields[layout[0]], fields[layout[1]], fields[layout[2]]);
+    Py_DECREF(code);
+    if (key == NULL)
+        return -1;
+    PyObject *series = PyDict_GetItemWithError(self->resolved, key);
+    Py_DECREF(key);
+    if (series == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    PyObject *sent = PyObject_GetAttr(resp, s_sent);
+    if (sent == NULL)
+        return -1;
+    PyObject *received = received_bytes(environ);
+    if (received == NULL) {
+        Py_DECREF(sent);
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    Py_INCREF(series);  /* resolved may be cleared by what the extras record */
+    PyObject *args[] = {series, duration, received, sent};
+    PyObject *done = PyObject_Vectorcall(self->add, args, 4, NULL);
+    Py_DECREF(received);
+    Py_DECREF(sent);
+    int wanted = done == NULL ? -1 : extras_wanted(self, environ);
+    Py_XDECREF(done);
+    if (wanted == 1) {
+        PyObject *extra_args[] = {environ, series, duration};
+        done = PyObject_Vectorcall(self->extras, extra_args, 3, NULL);
+        Py_XDECREF(done);
+        wanted = done == NULL ? -1 : 0;
+    }
+    Py_DECREF(series);
+    return wanted < 0 ? -1 : 1;
+}
+
+/* pre_request(worker, req): the start time rides on the request; one more in flight. */
+static PyObject *
+WSGIHooks_pre_request(WSGIHooks *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "pre_request() takes 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    double started;
+    PyObject *stamp = NULL;
+    if (now(&started) < 0 || (stamp = PyFloat_FromDouble(started)) == NULL
+            || PyObject_SetAttr(args[1], self->started_attr, stamp) < 0
+            || add_to_gauge(self->gauges, self->gauge_index, 1.0) < 0)
+        hooks_failed(self);
+    Py_XDECREF(stamp);
+    Py_RETURN_NONE;
+}
+
+/* Whether ``worker`` served its max_requests: its exit intent says so. */
+static int
+check_max_requests(WSGIHooks *self, PyObject *worker)
+{
+    PyObject *nr = PyObject_GetAttr(worker, s_nr);
+    PyObject *most = nr == NULL ? NULL : PyObject_GetAttr(worker, s_max_requests);
+    int reached = most == NULL ? -1 : PyObject_RichCompareBool(nr, most, Py_GE);
+    Py_XDECREF(nr);
+    Py_XDECREF(most);
+    if (reached == 1) {
+        PyObject *done = PyObject_CallNoArgs(self->max_reached);
+        reached = done == NULL ? -1 : 0;
+        Py_XDECREF(done);
+    }
+    return reached;
+}
+
+/* post_request(worker, req, environ, resp): out of flight, recorded here or by finish(). */
+static PyObject *
+WSGIHooks_post_request(WSGIHooks *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "post_request() takes 4 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *worker = args[0], *req = args[1], *environ = args[2], *resp = args[3];
+    double ended;
+    if (now(&ended) < 0) {
+        hooks_failed(self);
+        Py_RETURN_NONE;
+    }
+    PyObject *stamp = PyObject_GetAttr(req, self->started_attr);
+    if (stamp == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_AttributeError))
+            PyErr_Clear();  /* pre_request did not run for this request */
+        else
+            hooks_failed(self);
+        Py_RETURN_NONE;
+    }
+    double started = PyFloat_AsDouble(stamp);
+    Py_DECREF(stamp);
+    PyObject *duration = NULL;
+    if ((started == -1.0 && PyErr_Occurred())
+            || add_to_gauge(self->gauges, self->gauge_index, -1.0) < 0
+            || (duration = PyFloat_FromDouble(ended - started)) == NULL) {
+        hooks_failed(self);
+        Py_RETURN_NONE;
+    }
+    int truthy = PyObject_IsTrue(environ);
+    int known = truthy <= 0 ? truthy : record_known_wsgi(self, environ, resp, duration);
+    if (known == 0 && truthy == 1) {
+        PyObject *finish_args[] = {environ, resp, duration};
+        PyObject *done = PyObject_Vectorcall(self->finish, finish_args, 3, NULL);
+        Py_XDECREF(done);
+        known = done == NULL ? -1 : 1;
+    }
+    Py_DECREF(duration);
+    if (known < 0 || check_max_requests(self, worker) < 0)
+        hooks_failed(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+WSGIHooks_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"started_attr", "gauges", "index", "resolved", "add", "known",
+                               "extras", "usual", "finish", "failed", "max_reached", NULL};
+    PyObject *started_attr, *gauges, *resolved, *add, *own_keys, *route_key, *by_path,
+        *by_template, *extras, *extra_keys, *usual, *finish, *failed, *max_reached;
+    Py_ssize_t index;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "UOnO!O(O!UOO)(OO!)UOOO:WSGIHooks",
+                                     keywords, &started_attr, &gauges, &index, &PyDict_Type,
+                                     &resolved, &add, &PyTuple_Type, &own_keys, &route_key,
+                                     &by_path, &by_template, &extras, &PyTuple_Type,
+                                     &extra_keys, &usual, &finish, &failed, &max_reached))
+        return NULL;
+    int path_layout[3], template_layout[3];
+    if (parse_layout(by_path, 3, path_layout) < 0
+            || parse_layout(by_template, 1, template_layout) < 0)
+        return NULL;
+    Py_buffer values;  /* checked once here; every request checks again */
+    if (get_values(gauges, &values) < 0)
+        return NULL;
+    PyBuffer_Release(&values);
+    WSGIHooks *self = (WSGIHooks *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->started_attr = Py_NewRef(started_attr);
+    PyUnicode_InternInPlace(&self->started_attr);
+    self->gauges = Py_NewRef(gauges);
+    self->gauge_index = index;
+    self->resolved = Py_NewRef(resolved);
+    self->add = Py_NewRef(add);
+    self->own_keys = Py_NewRef(own_keys);
+    self->route_key = Py_NewRef(route_key);
+    memcpy(self->by_path, path_layout, sizeof(path_layout));
+    memcpy(self->by_template, template_layout, sizeof(template_layout));
+    self->extras = Py_NewRef(extras);
+    self->extra_keys = Py_NewRef(extra_keys);
+    self->usual = Py_NewRef(usual);
+    self->finish = Py_NewRef(finish);
+    self->failed = Py_NewRef(failed);
+    self->max_reached = Py_NewRef(max_reached);
+    return (PyObject *)self;
+}
+
+static int
+WSGIHooks_traverse(WSGIHooks *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->gauges);
+    Py_VISIT(self->resolved);
+    Py_VISIT(self->add);
+    Py_VISIT(self->own_keys);
+    Py_VISIT(self->extras);
+    Py_VISIT(self->extra_keys);
+    Py_VISIT(self->finish);
+    Py_VISIT(self->failed);
+    Py_VISIT(self->max_reached);
+    return 0;
+}
+
+static int
+WSGIHooks_clear(WSGIHooks *self)
+{
+    Py_CLEAR(self->started_attr);
+    Py_CLEAR(self->gauges);
+    Py_CLEAR(self->resolved);
+    Py_CLEAR(self->add);
+    Py_CLEAR(self->own_keys);
+    Py_CLEAR(self->route_key);
+    Py_CLEAR(self->extras);
+    Py_CLEAR(self->extra_keys);
+    Py_CLEAR(self->usual);
+    Py_CLEAR(self->finish);
+    Py_CLEAR(self->failed);
+    Py_CLEAR(self->max_reached);
+    return 0;
+}
+
+static void
+WSGIHooks_dealloc(WSGIHooks *self)
+{
+    PyObject_GC_UnTrack(self);
+    WSGIHooks_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef WSGIHooks_methods[] = {
+    {"pre_request", (PyCFunction)(void (*)(void))WSGIHooks_pre_request, METH_FASTCALL,
+     "pre_request($self, worker, req, /)\n--\n\ngunicorn's pre_request hook."},
+    {"post_request", (PyCFunction)(void (*)(void))WSGIHooks_post_request, METH_FASTCALL,
+     "post_request($self, worker, req, environ, resp, /)\n--\n\n"
+     "gunicorn's post_request hook."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject WSGIHooksType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "gunicorn_prometheus_exporter._speedups.WSGIHooks",
+    .tp_basicsize = sizeof(WSGIHooks),
+    .tp_dealloc = (destructor)WSGIHooks_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "WSGIHooks(started_attr, gauges, index, resolved, add, known, extras, usual, "
+              "finish, failed, max_reached): WSGIRequestHooks' pre_request and post_request "
+              "in C; known = (own environ keys, route key, key by path, key by template), "
+              "extras = (RequestExtras.wsgi, the environ keys it reads).",
+    .tp_traverse = (traverseproc)WSGIHooks_traverse,
+    .tp_clear = (inquiry)WSGIHooks_clear,
+    .tp_methods = WSGIHooks_methods,
+    .tp_new = WSGIHooks_new,
+};
+
+/* -- the WSGI application: workers/body.py's metered ------------------------------------
+ *
+ * MeteredWSGI(app, python, file_key, file_bytes) is the application a WSGI worker calls:
+ * the common request goes straight to ``app``; one with a chunked body (or an environ that
+ * is not a dict) goes to ``python``, body.metered's own wrapper, which meters the body.
+ * A ``wsgi.file_wrapper`` response leaves file_bytes(result) in environ[file_key], as the
+ * Python wrapper does.
+ */
+
+static PyObject *s_transfer_encoding, *s_file_wrapper;
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *app, *python, *file_key, *file_bytes;
+} MeteredWSGI;
+
+static PyObject *
+MeteredWSGI_vectorcall(MeteredWSGI *self, PyObject *const *args, size_t nargsf,
+                       PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *environ = nargs > 0 ? args[0] : NULL;
+    int python = environ == NULL || !PyDict_CheckExact(environ) || kwnames != NULL;
+    if (!python) {  /* a body without a declared length: the Python wrapper meters it */
+        int length = PyDict_Contains(environ, s_content_length);
+        python = length != 0 ? length : PyDict_Contains(environ, s_transfer_encoding);
+        if (python < 0)
+            return NULL;
+        python = length == 0 && python == 1;
+    }
+    if (python)
+        return PyObject_Vectorcall(self->python, args, nargsf, kwnames);
+    PyObject *result = PyObject_Vectorcall(self->app, args, nargsf, kwnames);
+    if (result == NULL)
+        return NULL;
+    PyObject *wrapper = PyDict_GetItemWithError(environ, s_file_wrapper);
+    int file = wrapper == NULL || wrapper == Py_None ? 0 : PyObject_IsInstance(result, wrapper);
+    if (file == 1) {
+        PyObject *size = PyObject_CallOneArg(self->file_bytes, result);
+        file = size == NULL ? -1 : PyDict_SetItem(environ, self->file_key, size);
+        Py_XDECREF(size);
+    }
+    if (file < 0 || PyErr_Occurred()) {
+        Py_DECREF(result);
+        return NULL;
+    }
+    return result;
+}
+
+static PyObject *
+MeteredWSGI_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"app", "python", "file_key", "file_bytes", NULL};
+    PyObject *app, *python, *file_key, *file_bytes;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOUO:MeteredWSGI", keywords, &app,
+                                     &python, &file_key, &file_bytes))
+        return NULL;
+    MeteredWSGI *self = (MeteredWSGI *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->vectorcall = (vectorcallfunc)MeteredWSGI_vectorcall;
+    self->app = Py_NewRef(app);
+    self->python = Py_NewRef(python);
+    self->file_key = Py_NewRef(file_key);
+    self->file_bytes = Py_NewRef(file_bytes);
+    return (PyObject *)self;
+}
+
+static int
+MeteredWSGI_traverse(MeteredWSGI *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->app);
+    Py_VISIT(self->python);
+    Py_VISIT(self->file_bytes);
+    return 0;
+}
+
+static int
+MeteredWSGI_clear(MeteredWSGI *self)
+{
+    Py_CLEAR(self->app);
+    Py_CLEAR(self->python);
+    Py_CLEAR(self->file_key);
+    Py_CLEAR(self->file_bytes);
+    return 0;
+}
+
+static void
+MeteredWSGI_dealloc(MeteredWSGI *self)
+{
+    PyObject_GC_UnTrack(self);
+    MeteredWSGI_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMemberDef MeteredWSGI_members[] = {
+    {"app", T_OBJECT, offsetof(MeteredWSGI, app), READONLY, "The application wrapped."},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject MeteredWSGIType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "gunicorn_prometheus_exporter._speedups.MeteredWSGI",
+    .tp_basicsize = sizeof(MeteredWSGI),
+    .tp_dealloc = (destructor)MeteredWSGI_dealloc,
+    .tp_vectorcall_offset = offsetof(MeteredWSGI, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "MeteredWSGI(app, python, file_key, file_bytes): body.metered's wrapper in C; "
+              "a request with a chunked body goes to python().",
+    .tp_traverse = (traverseproc)MeteredWSGI_traverse,
+    .tp_clear = (inquiry)MeteredWSGI_clear,
+    .tp_members = MeteredWSGI_members,
+    .tp_new = MeteredWSGI_new,
 };
 
 
@@ -1986,6 +2485,11 @@ intern_all(void)
         {&s_response_start, "http.response.start"},
         {&s_response_body, "http.response.body"},
         {&s_response_pathsend, "http.response.pathsend"},
+        {&s_request_method, "REQUEST_METHOD"}, {&s_path_info, "PATH_INFO"},
+        {&s_content_length, "CONTENT_LENGTH"}, {&s_server_protocol, "SERVER_PROTOCOL"},
+        {&s_status_code, "status_code"}, {&s_sent, "sent"}, {&s_nr, "nr"},
+        {&s_max_requests, "max_requests"}, {&s_transfer_encoding, "HTTP_TRANSFER_ENCODING"},
+        {&s_file_wrapper, "wsgi.file_wrapper"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if ((*names[i].slot = PyUnicode_InternFromString(names[i].text)) == NULL)
@@ -2019,6 +2523,8 @@ PyInit__speedups(void)
             || PyType_Ready(&RequestMeterType) < 0 || PyType_Ready(&ReceivingType) < 0
             || PyType_Ready(&MeteredCallType) < 0
             || add_type(module, "MeteredApp", &MeteredAppType) < 0
+            || add_type(module, "WSGIHooks", &WSGIHooksType) < 0
+            || add_type(module, "MeteredWSGI", &MeteredWSGIType) < 0
             || add_type(module, "KeyTable", &KeyTableType) < 0) {
         Py_DECREF(module);
         return NULL;

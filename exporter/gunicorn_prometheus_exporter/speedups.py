@@ -2,7 +2,8 @@
 
 The C module is built when the package is installed from source where a C compiler is
 present (setup.py marks it optional: without one the install still succeeds). It takes
-the per-request steps that cost most in Python: ``Recorder.add`` and the whole ASGI
+the per-request steps that cost most in Python: ``Recorder.add``, the WSGI hooks and
+application wrapper (``workers.wsgi_hooks``, ``workers.body.metered``) and the whole ASGI
 wrapper (``workers.asgi_metrics.instrument``); and, in the metrics process, the walk over a
 file's key table on a cold scrape (``storage.reader.FileReader``). Each worker process (and
 the metrics process's directory source) calls ``load()`` once

@@ -5,6 +5,7 @@ for ``wsgi_hooks`` to read when the request ends."""
 from __future__ import annotations
 
 import os
+from types import ModuleType
 from typing import Any, Callable, Iterable, Optional
 
 from ..tracing import SPAN_KEY, Trace
@@ -46,10 +47,12 @@ class BodyMeter:
             yield line
 
 
-def metered(app: Any, span: Optional[Callable[[], Optional[Trace]]] = None) -> Any:
+def metered(app: Any, span: Optional[Callable[[], Optional[Trace]]] = None,
+            native: Optional[ModuleType] = None) -> Any:
     """``app`` with chunked request bodies counted, and, given ``span`` (the OpenTelemetry
     reader of ``tracing``), the span current when the application starts its response
-    left in the environ for the exemplar."""
+    left in the environ for the exemplar. Given ``native`` (``speedups.load()``), the
+    common request passes the compiled wrapper, which hands the others to the Python one."""
     def app_with_body_meter(environ: dict, start_response: Any) -> Any:
         if "CONTENT_LENGTH" not in environ and "HTTP_TRANSFER_ENCODING" in environ:
             environ["wsgi.input"] = environ[BODY_METER_KEY] = BodyMeter(environ["wsgi.input"])
@@ -59,8 +62,10 @@ def metered(app: Any, span: Optional[Callable[[], Optional[Trace]]] = None) -> A
             environ[FILE_BYTES_KEY] = _file_bytes(result)
         return result
 
+    body = app_with_body_meter if native is None else native.MeteredWSGI(
+        app, app_with_body_meter, FILE_BYTES_KEY, _file_bytes)
     if span is None:
-        return app_with_body_meter
+        return body
 
     def app_with_span(environ: dict, start_response: Any) -> Any:
         def start_response_in_span(*args: Any) -> Any:
@@ -69,7 +74,7 @@ def metered(app: Any, span: Optional[Callable[[], Optional[Trace]]] = None) -> A
                 environ[SPAN_KEY] = trace
             return start_response(*args)
 
-        return app_with_body_meter(environ, start_response_in_span)
+        return body(environ, start_response_in_span)
 
     return app_with_span
 

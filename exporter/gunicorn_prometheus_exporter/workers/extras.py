@@ -10,6 +10,7 @@ from typing import Any, Callable, Optional
 
 from .. import families, protocols, tracing
 from ..exemplars import ExemplarRecorder
+from ..queue_time import ENVIRON_KEYS
 from ..queue_time import HEADER_NAMES as QUEUE_HEADERS
 from ..queue_time import QueueTime
 from ..recorder import Recorder, Series
@@ -36,6 +37,10 @@ class RequestExtras:
         self._opentelemetry = metrics.opentelemetry
         self._trace_key = tracing.environ_key(metrics.trace_header)
         self._trace_name = metrics.trace_header.encode()
+        #: the WSGI environ keys of the requests that have extras (besides the protocol)
+        self.wsgi_keys: tuple = ((ENVIRON_KEYS if self.queue is not None else ())
+                                 + ((self._trace_key, tracing.SPAN_KEY)
+                                    if self.exemplars is not None else ()))
         #: the ASGI header names (lower-case bytes) of the requests that have extras
         self.wanted: tuple = ((QUEUE_HEADERS if self.queue is not None else ())
                               + ((self._trace_name,) if self.exemplars is not None else ()))

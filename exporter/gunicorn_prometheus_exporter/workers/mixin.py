@@ -58,7 +58,8 @@ class PrometheusWorkerMixin:
         super().load_wsgi()
         if self._prometheus is not None:
             self._prometheus.extras.application_loaded()
-            self.wsgi = metered(self.wsgi, self._prometheus.extras.span)
+            self.wsgi = metered(self.wsgi, self._prometheus.extras.span,
+                                self._prometheus.native)
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         if self._prometheus is not None:

@@ -46,7 +46,7 @@ class WorkerMetrics:
         self.sampler.start()
         if getattr(worker, "request_hooks", True):  # else it records through the labeller
             WSGIRequestHooks(self.labeller, self.recorder, self.intent, worker.threaded,
-                             self.extras).install(worker.cfg)
+                             self.extras, self.native).install(worker.cfg)
 
     def set_state(self, state: str) -> None:
         for name in ("running", "stopping"):

@@ -4,30 +4,38 @@ Requests are timed between the two: ``post_request`` runs after the last body by
 written (``sendfile`` included) and inside the ``finally`` of an exception, so status, sent
 bytes and any escaping exception are all known there. The hooks are set on the worker's own
 copy of the config, in front of the user's; nothing of gunicorn's request handling is
-copied or replaced."""
+copied or replaced. Where the C speedups are loaded, the hooks are their ``WSGIHooks``,
+which records the common request (a known series, nothing else to record) itself and
+hands every other to ``finish`` here: this module stays the policy and the reference."""
 from __future__ import annotations
 
 import errno
 import sys
 from time import perf_counter
+from types import ModuleType
 from typing import Any, Optional, Tuple
 
-from .. import exits, hookchain
+from .. import exits, hookchain, protocols
 from ..frameworks import ERROR_ENVIRON_KEY
 from ..recorder import Recorder
 from ..routes import ROUTE_ENVIRON_KEY
 from .body import BODY_METER_KEY, FILE_BYTES_KEY
 from .extras import RequestExtras
-from .labelling import COUNTED, RequestLabeller
+from .labelling import COUNTED, KEY_BY_PATH, KEY_BY_TEMPLATE, RequestLabeller
 
 _GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN)
+#: the request attribute holding its start time
+STARTED = "_gunicorn_prometheus_started"
+#: environ keys of the plugin's own that the compiled hooks leave to ``finish``
+OWN_KEYS = (ERROR_ENVIRON_KEY, BODY_METER_KEY, FILE_BYTES_KEY)
 
 
 class WSGIRequestHooks:
     """``pre_request``/``post_request`` of one worker process."""
 
     def __init__(self, labeller: RequestLabeller, recorder: Recorder, intent: exits.Intent,
-                 threaded: bool, extras: RequestExtras) -> None:
+                 threaded: bool, extras: RequestExtras,
+                 native: Optional[ModuleType] = None) -> None:
         self.record = labeller.record  # bound once: no attribute lookup per request
         self.extras = extras.wsgi
         self.recorder = recorder
@@ -39,17 +47,25 @@ class WSGIRequestHooks:
         self._gauges: Optional[memoryview] = None
         if not threaded:
             self._gauges, self._in_flight = recorder.in_flight_cell()
+        #: the compiled hooks (``native``: ``speedups.load()``), holding the GIL throughout
+        #: (gthread needs no lock); None: these methods are the hooks
+        self.compiled = None if native is None else native.WSGIHooks(
+            STARTED, *recorder.in_flight_cell(), labeller.resolved, recorder.add,
+            (OWN_KEYS, ROUTE_ENVIRON_KEY, KEY_BY_PATH, KEY_BY_TEMPLATE),
+            (self.extras, extras.wsgi_keys), protocols.USUAL, self.finish, self.failed,
+            self.max_reached)
 
     def install(self, cfg: Any) -> None:
-        for name, ours in (("pre_request", self.pre_request),
-                           ("post_request", self.post_request)):
+        hooks = self if self.compiled is None else self.compiled
+        for name, ours in (("pre_request", hooks.pre_request),
+                           ("post_request", hooks.post_request)):
             theirs = hookchain.user_hook(cfg, name)
             # no wrapper frame on the request path unless there is a user hook to call too
             cfg.set(name, ours if theirs is None else hookchain.chained(ours, theirs))
 
     # gunicorn makes a new request object per request: the start time rides on it
     def pre_request(self, worker: Any, req: Any) -> None:
-        req._gunicorn_prometheus_started = perf_counter()
+        req._gunicorn_prometheus_started = perf_counter()  # STARTED
         if self._gauges is None:
             self.recorder.in_flight(1.0)
         else:
@@ -69,11 +85,26 @@ class WSGIRequestHooks:
             if environ:  # else gunicorn refused the request itself: see gunicorn_error
                 self._record(environ, resp, ended - started)
             if worker.nr >= worker.max_requests:
-                self.intent.set(exits.MAX_REQUESTS)
-        except Exception:  # recording must never break a request
-            if not self._failed_once:
-                self._failed_once = True
-                self.log.exception("prometheus: could not record a request")
+                self.max_reached()
+        except Exception as exc:  # recording must never break a request
+            self.failed(exc)
+
+    def finish(self, environ: dict, resp: Any, duration: float) -> None:
+        """A finished request the compiled hooks leave to Python: any but a known series
+        with nothing more to record (``_speedups.WSGIHooks``)."""
+        try:
+            self._record(environ, resp, duration)
+        except Exception as exc:  # recording must never break a request
+            self.failed(exc)
+
+    def failed(self, exc: BaseException) -> None:
+        """A request could not be recorded: the first failure is logged."""
+        if not self._failed_once:
+            self._failed_once = True
+            self.log.error("prometheus: could not record a request", exc_info=exc)
+
+    def max_reached(self) -> None:
+        self.intent.set(exits.MAX_REQUESTS)
 
     def _record(self, environ: dict, resp: Any, duration: float) -> None:
         try:
