@@ -19,7 +19,11 @@ and without it (``GUNICORN_PROMETHEUS_NO_SPEEDUPS``'s path): CPU time of the scr
 process (``time.process_time``, which a loaded machine disturbs far less than wall-clock
 time), several runs, median and range.
 
-Run: ``python bench/scrape_bench.py [--quick] [--native] [--cold]``. Prints Markdown
+``--cold --warm-up``: the same with the metrics process's start-up read
+(``DirectoryCollector.warm_up``, run before Prometheus's first scrape arrives): CPU time of
+that read, and of the first scrape after it against a repeat scrape.
+
+Run: ``python bench/scrape_bench.py [--quick] [--native] [--cold [--warm-up]]``. Prints Markdown
 (medians).
 """
 from __future__ import annotations
@@ -132,26 +136,31 @@ def churn(workers: int, label_sets: int, restarts: int, repeats: int) -> None:
               f"{base * 1000:.1f} ms fresh = {after / base:.2f}x; files after churn: {files}")
 
 
-def cold(processes: int, label_sets: int, runs: int) -> None:
-    """First scrape against a repeat scrape, CPU time, C key walk and Python."""
-    print(f"| {processes} processes x {label_sets:,} label sets | first scrape | repeat scrape "
-          f"| first / repeat (median, range over {runs} runs) |")
-    print("|---|---:|---:|---:|")
+def cold(processes: int, label_sets: int, runs: int, warm_up: bool = False) -> None:
+    """First scrape against a repeat scrape, CPU time, C key walk and Python; with
+    ``warm_up``, after the start-up read (its CPU time in the first column)."""
+    start_up = "start-up read | " if warm_up else ""
+    print(f"| {processes} processes x {label_sets:,} label sets | {start_up}first scrape "
+          f"| repeat scrape | first / repeat (median, range over {runs} runs) |")
+    print("|---|---:|---:|---:|" + ("---:|" if warm_up else ""))
     with tempfile.TemporaryDirectory() as directory:
         for n in range(processes):
             write_process(directory, f"w{n}", label_sets, shuffle=n + 1)
         for name, compiled in (("C key walk", speedups.load()), ("Python", None)):
             if name == "C key walk" and compiled is None:
                 continue
-            firsts, repeats, ratios = [], [], []
+            firsts, repeats, ratios, warms = [], [], [], []
             for _ in range(runs):
                 collector = DirectoryCollector(directory, deadline=600.0, compiled=compiled)
+                if warm_up:
+                    warms.append(_cpu(lambda: collector.warm_up() or True))
                 first = _cpu(collector.read)
                 repeat = statistics.median(_cpu(collector.read) for _ in range(3))
                 firsts.append(first)
                 repeats.append(repeat)
                 ratios.append(first / repeat)
-            print(f"| {name} | {statistics.median(firsts) * 1000:.0f} ms "
+            warm = f" {statistics.median(warms) * 1000:.0f} ms |" if warm_up else ""
+            print(f"| {name} |{warm} {statistics.median(firsts) * 1000:.0f} ms "
                   f"| {statistics.median(repeats) * 1000:.0f} ms "
                   f"| {statistics.median(ratios):.1f}x ({min(ratios):.1f}-{max(ratios):.1f}) |",
                   flush=True)
@@ -220,11 +229,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a small grid (CI smoke)")
     parser.add_argument("--cold", action="store_true",
                         help="first scrape vs repeat scrape, 64 processes x 1,000 label sets")
+    parser.add_argument("--warm-up", action="store_true",
+                        help="with --cold: the first scrape after the start-up read")
     parser.add_argument("--native", action="store_true",
                         help="native vs classic duration histograms, 64 workers x 200 routes")
     args = parser.parse_args()
     if args.cold:
-        cold(8 if args.quick else 64, 100 if args.quick else 1000, 3 if args.quick else 5)
+        cold(8 if args.quick else 64, 100 if args.quick else 1000, 3 if args.quick else 5,
+             warm_up=args.warm_up)
         return
     if args.native:
         native_compare(8 if args.quick else 64, 20 if args.quick else 200, 50, repeats=5)

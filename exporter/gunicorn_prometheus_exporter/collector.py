@@ -414,6 +414,14 @@ class ReadStats:
         self.read_errors = 0
         self.last_success: Optional[float] = None
         self.source_up = 0
+        #: the series tables were built by the start-up read (``DirectoryCollector.warm_up``)
+        self.warmed_up = False
+
+    @property
+    def warm(self) -> bool:
+        """The series tables hold the storage's keys (built at start or by a read), so a
+        scrape only reads values."""
+        return self.warmed_up or self.last_success is not None
 
 
 #: seconds a scrape waits for the directory to be read (Prometheus's default scrape timeout)
@@ -466,6 +474,16 @@ class DirectoryCollector(ReadStats):
             self.source_up = 1
             self.last_success = time.time()
             return families
+
+    def warm_up(self) -> None:
+        """Read the directory once and serve nothing of it: numbering every key of every
+        file is most of a first read (several times a repeat read at 64 files x 1,000
+        label sets), done here before Prometheus's first scrape arrives. It holds the read
+        lock, so a scrape arriving meanwhile waits for it (within its deadline), then reads
+        the values itself: what a scrape serves is always read by that scrape."""
+        with self._lock, gc_paused():
+            self._read()
+            self.warmed_up = True
 
     def shards(self) -> List[Tuple[Shard, Reader, tuple]]:
         """Every readable file with its values (live-mode gauges of dead identities left
@@ -571,5 +589,6 @@ def health_families(collector: ReadStats, source: str) -> Iterable[Metric]:
     yield gauge(families.SAMPLES_READ, collector.last_values)
     yield gauge(families.READ_ERRORS, collector.read_errors)
     yield gauge(families.SOURCE_UP, collector.source_up, {"source": source})
+    yield gauge(families.WARM, int(collector.warm))
     if collector.last_success is not None:
         yield gauge(families.LAST_READ, collector.last_success)

@@ -196,6 +196,11 @@ READ_ERRORS = _f("gunicorn_exporter_read_errors", "counter",
 SOURCE_UP = _f("gunicorn_exporter_source_up", "gauge",
                "1 when the last read of the storage (directory or Redis) succeeded.",
                ("source",), origin="exporter")
+WARM = _f("gunicorn_exporter_warm", "gauge",
+          "1 once the exporter's series tables hold the storage's keys (built by the "
+          "metrics process's read at start, or by a scrape's read): until then a scrape "
+          "numbers every stored key, several times the work of a repeat scrape.",
+          origin="exporter")
 LAST_READ = _f("gunicorn_exporter_last_read_timestamp_seconds", "gauge",
                "Unix time of the last successful storage read.", origin="exporter")
 UNSTORED = _f("gunicorn_exporter_storage_unstored", "counter",

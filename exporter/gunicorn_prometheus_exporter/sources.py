@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any, Iterable, Iterator, Protocol
 
 from . import speedups
@@ -23,6 +24,10 @@ class Source(Protocol):
 
     def ready(self) -> bool:
         """False while a read cannot finish (``/-/ready`` answers 503)."""
+
+    def warm_up(self) -> None:
+        """Build what makes a first scrape cheap, before one arrives (a background thread
+        of the metrics process at start); never raises."""
 
     def close(self) -> None: ...
 
@@ -57,6 +62,22 @@ class DirectorySource:
 
     def ready(self) -> bool:
         return not self.collector.stuck
+
+    def warm_up(self) -> None:
+        """One read at start, so the first scrape numbers no keys; a missing directory was
+        said at start already (its first read after it appears is a full one)."""
+        if not self._was_up:
+            return
+        started = time.perf_counter()
+        try:
+            self.collector.warm_up()
+        except Exception as exc:  # noqa: BLE001 - the first scrape reads it in full
+            self._log.warning("reading %s at start failed (%s: %s); the first scrape reads "
+                              "it in full", self.description, type(exc).__name__, exc)
+            return
+        self._log.info("read %s at start in %.2f s (%d files): scrapes only read values",
+                       self.description, time.perf_counter() - started,
+                       self.collector.last_files)
 
     def close(self) -> None:
         pass

@@ -110,6 +110,10 @@ class RedisSource:
         """Redis reads are bounded by the client's socket timeouts."""
         return True
 
+    def warm_up(self) -> None:
+        """Nothing read at start: a read here decides what counters continue from (see
+        ``_restore``), so only scrapes read Redis."""
+
     def close(self) -> None:
         if self._client is not None:
             try:

@@ -101,6 +101,9 @@ def serve(sock: Optional[socket.socket], source: Source, web: WebConfig, log: An
         threading.Thread(target=server.serve_forever,
                          kwargs={"poll_interval": poll_interval},
                          name="metrics-server", daemon=True).start()
+        # the first read off the accept loop: /-/healthy answers at once, and Prometheus's
+        # first scrape finds the series tables built (or waits for them, within its deadline)
+        threading.Thread(target=source.warm_up, name="warm-up", daemon=True).start()
     scheduler = Scheduler(list(tasks), log)
     received = None
     while parent is None or os.getppid() == parent:
