@@ -1937,16 +1937,28 @@ mix64(uint64_t h)
     return h;
 }
 
+/* CPython's hash of ``raw`` as bytes (keyed by the interpreter's hash secret), through
+ * public API only: ``Py_HashBuffer`` from 3.14; before, a bytes object's hash (the same
+ * value; the private ``_Py_HashBytes`` is not declared by 3.13's headers), an allocation
+ * paid only once a table has switched to this hash. Never -1 but on failure (an exception
+ * set: the bytes object could not be made). */
 static Py_hash_t
 sip_hash(const void *raw, Py_ssize_t length)
 {
 #if PY_VERSION_HEX >= 0x030E0000
     return Py_HashBuffer(raw, length);
 #else
-    return _Py_HashBytes(raw, length);
+    PyObject *bytes = PyBytes_FromStringAndSize(raw, length);
+    if (bytes == NULL)
+        return -1;
+    Py_hash_t hash = PyObject_Hash(bytes);
+    Py_DECREF(bytes);
+    return hash;
 #endif
 }
 
+/* The table's hash of a key: -1 with an exception set when CPython's hash failed
+ * (``key_hash_failed``). */
 static Py_hash_t
 key_hash(const KeyTable *table, const char *raw, Py_ssize_t length)
 {
@@ -1981,6 +1993,14 @@ key_hash(const KeyTable *table, const char *raw, Py_ssize_t length)
     return (Py_hash_t)mix64(h);
 }
 
+/* Whether ``key_hash`` failed: only CPython's hash fails, and it gives -1 only then (the
+ * fast hash may give -1 as a value). */
+static inline int
+key_hash_failed(const KeyTable *table, Py_hash_t hash)
+{
+    return table->sip && hash == -1;
+}
+
 static inline uint32_t
 tag_of(Py_hash_t hash)
 {
@@ -2004,14 +2024,28 @@ KeyTable_layout(KeyTable *self, Py_ssize_t size, int sip)
         PyErr_NoMemory();
         return -1;
     }
-    if (sip) {
-        self->sip = 1;
+    if (sip) {  /* every key's CPython hash into a new array, kept only when all are */
+        Py_hash_t *hashes = PyMem_Malloc(self->id_capacity * sizeof(Py_hash_t));
+        if (hashes == NULL) {
+            PyMem_Free(slots);
+            PyErr_NoMemory();
+            return -1;
+        }
         for (Py_ssize_t i = 0; i <= self->mask; i++) {
             KeySlot slot = self->slots[i];
-            if (slot.number)
-                self->hashes[slot.number - 1] = key_hash(self, self->arena + slot.start,
-                                                         slot.length);
+            if (!slot.number)
+                continue;
+            Py_hash_t hash = sip_hash(self->arena + slot.start, slot.length);
+            if (hash == -1) {
+                PyMem_Free(hashes);
+                PyMem_Free(slots);
+                return -1;
+            }
+            hashes[slot.number - 1] = hash;
         }
+        PyMem_Free(self->hashes);
+        self->hashes = hashes;
+        self->sip = 1;
     }
     for (Py_ssize_t i = 0; i <= self->mask; i++) {
         KeySlot slot = self->slots[i];
@@ -2070,8 +2104,11 @@ KeyTable_reserve(KeyTable *self, Py_ssize_t length)
 static Py_ssize_t
 KeyTable_find(KeyTable *self, const char *raw, Py_ssize_t length, Py_hash_t hash, int hashed)
 {
-    if (hashed != self->sip)
+    if (hashed != self->sip) {
         hash = key_hash(self, raw, length);
+        if (key_hash_failed(self, hash))
+            return -1;
+    }
     uint32_t tag = tag_of(hash);
     Py_ssize_t at = (size_t)hash & self->mask, probes = 0;
     for (KeySlot *slot; (slot = &self->slots[at])->number; at = (at + 1) & self->mask) {
@@ -2128,8 +2165,9 @@ KeyTable_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->slots = PyMem_Calloc(self->mask + 1, sizeof(KeySlot));
     /* seeded by the interpreter's hash secret (and where the table lies) */
     KeyTable *where = self;
-    self->seed = mix64((uint64_t)sip_hash(&where, sizeof(where)));
-    if (self->texts == NULL || self->hashes == NULL || self->slots == NULL) {
+    Py_hash_t seed = sip_hash(&where, sizeof(where));
+    self->seed = mix64((uint64_t)seed);
+    if (seed == -1 || self->texts == NULL || self->hashes == NULL || self->slots == NULL) {
         Py_DECREF(self);
         return PyErr_Occurred() ? NULL : PyErr_NoMemory();
     }
@@ -2272,6 +2310,8 @@ key_table(PyObject *module, PyObject *args)
             ahead[at].length = length;
             ahead[at].sip = table->sip;
             ahead[at].hash = key_hash(table, buf + scan + 4, length);
+            if (key_hash_failed(table, ahead[at].hash))
+                goto done;
             PREFETCH(first_slot(table, ahead[at].hash));
             scan = offset + payload;
         }
