@@ -20,12 +20,12 @@ from gunicorn_prometheus_exporter import speedups
 from gunicorn_prometheus_exporter.collector import DirectoryCollector
 from gunicorn_prometheus_exporter.frameworks import ERROR_ENVIRON_KEY, ROUTE_ENVIRON_KEY
 from gunicorn_prometheus_exporter.recorder import Recorder
-from gunicorn_prometheus_exporter.routes import RouteTable
 from gunicorn_prometheus_exporter.storage.native import Layout
 from gunicorn_prometheus_exporter.storage.store import ProcessStore
 from gunicorn_prometheus_exporter.workers import asgi_metrics as asgi
 from gunicorn_prometheus_exporter.workers import labelling
 from gunicorn_prometheus_exporter.workers.labelling import RequestLabeller
+from support import asgi_recording
 
 native = speedups.load({})
 needs_native = pytest.mark.skipif(native is None, reason="the C speedups are not built here")
@@ -154,23 +154,12 @@ PATHS = ["/ok", "/upload", "/tasks", "/boom", "/gone", "/wait", "/items/7", "/no
          "/custom/9", "/mounted/1", "/pathsend", "/late-boom"]
 
 
-def _extras(labeller: RequestLabeller, directory: Path, on: bool = False):
-    """The worker's request extras, queue time and exemplars off unless ``on`` (tests/
-    test_queue_time.py and test_exemplars.py cover them through real gunicorn)."""
-    from gunicorn_prometheus_exporter.config.loader import build
-    from gunicorn_prometheus_exporter.workers.extras import RequestExtras
-
-    off = {} if on else {"PROMETHEUS_QUEUE_TIME": "false", "PROMETHEUS_EXEMPLARS": "false"}
-    return RequestExtras(build(None, off), labeller.recorder, str(directory), "w0")
+_extras = asgi_recording.request_extras
 
 
 def _instrumentation(directory: Path, compiled: bool = False) -> RequestLabeller:
     """The worker's request labeller and recorder over real files."""
-    store = ProcessStore(str(directory), "w0")
-    recorder = Recorder(store, [60.0], SIZES, threaded=False,
-                        native=native if compiled else None)
-    return RequestLabeller(recorder, RouteTable(str(directory), 100),
-                           logging.getLogger("test-speedups"))
+    return asgi_recording.labeller(directory, native if compiled else None, SIZES)
 
 
 async def _serve(wrapped, path: str) -> None:
