@@ -920,3 +920,36 @@ def test_compiled_wsgi_hooks_record_what_python_records(tmp_path):
     assert python_paths == paths * 2
     in_c = {"/ok", "/upload", "/custom/9", "/old", "/stamped", "/traced"}
     assert compiled_paths == paths + [p for p in paths if p not in in_c]
+
+
+@needs_native
+@pytest.mark.parametrize("user_hook", [False, True])
+def test_the_compiled_hooks_are_set_without_gunicorns_arity_check(tmp_path, monkeypatch,
+                                                                  user_hook):
+    """gunicorn's arity check parses a compiled method's text signature with tokenize,
+    which in a worker dirties about 1.2 MiB of pages shared with the master
+    (docs/benchmarks.md, Memory): the hooks are set past it, alone or chained."""
+    import gunicorn.util
+    from gunicorn.config import Config
+
+    from gunicorn_prometheus_exporter.workers.wsgi_hooks import WSGIRequestHooks
+
+    inst = _instrumentation(tmp_path, True)
+    hooks = WSGIRequestHooks(inst, inst.recorder, exits.Intent(str(tmp_path), "w0"), False,
+                             _extras(inst, tmp_path, on=False), native)
+    cfg = Config()
+    called = []
+    if user_hook:
+        cfg.set("pre_request", lambda worker, req: called.append(req))
+    checked = []
+    real = gunicorn.util.get_arity
+    monkeypatch.setattr(gunicorn.util, "get_arity", lambda f: checked.append(f) or real(f))
+    hooks.install(cfg)
+    assert checked == []
+    req = type("Request", (), {})()
+    cfg.pre_request(None, req)
+    assert isinstance(getattr(req, "_gunicorn_prometheus_started"), float)
+    assert called == ([req] if user_hook else [])
+    gauges, index = inst.recorder.in_flight_cell()
+    assert gauges[index] == 1.0
+    inst.recorder.store.close()

@@ -15,6 +15,16 @@ def chain(cfg: Any, name: str, ours: Callable[..., None]) -> None:
     cfg.set(name, chained(ours, user_hook(cfg, name)))
 
 
+def set_hook(cfg: Any, name: str, hook: Callable[..., None]) -> None:
+    """Set hook ``name`` to ``hook``, one of the plugin's, past gunicorn's validator. Its
+    arity check runs ``inspect.signature``, which for a compiled method (and a wrapper of
+    one) parses the method's text signature with ``tokenize``: in a worker, after the fork,
+    that compiles tokenize's large regular expression and triggers collections, writing to
+    about 1.2 MiB of pages the worker shared with the master (docs/benchmarks.md, Memory).
+    The plugin's hooks take what gunicorn passes; the tests call them as gunicorn does."""
+    cfg.settings[name].value = hook
+
+
 def user_hook(cfg: Any, name: str) -> Optional[Callable[..., None]]:
     """The hook the user configured for ``name``, or None (gunicorn's no-op default, or
     one of ours already)."""

@@ -62,7 +62,8 @@ class WSGIRequestHooks:
                            ("post_request", hooks.post_request)):
             theirs = hookchain.user_hook(cfg, name)
             # no wrapper frame on the request path unless there is a user hook to call too
-            cfg.set(name, ours if theirs is None else hookchain.chained(ours, theirs))
+            hookchain.set_hook(cfg, name,
+                               ours if theirs is None else hookchain.chained(ours, theirs))
 
     # gunicorn makes a new request object per request: the start time rides on it
     def pre_request(self, worker: Any, req: Any) -> None:
