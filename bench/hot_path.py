@@ -42,9 +42,10 @@ class _Resp:
     sent = 512
 
 
-def build_instrumentation(directory: str):
+def build_instrumentation(directory: str, threaded: bool = False):
     """The plugin as a worker process has it (a real slot, store and route table in
-    ``directory``), with its sampler stopped; returns (its WorkerMetrics, worker)."""
+    ``directory``), with its sampler stopped; returns (its WorkerMetrics, worker).
+    ``threaded``: as gthread with several threads (its request path takes a lock)."""
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
     from gunicorn_prometheus_exporter import config, master
     from gunicorn_prometheus_exporter.storage import directory as storage_dir
@@ -69,9 +70,11 @@ def build_instrumentation(directory: str):
             return self.settings[name].get()
 
     class _Worker:
-        threaded = False
-        capacity = 1
+        capacity = 2 if threaded else 1
         log = _Log()
+        nr, max_requests = 0, sys.maxsize  # read by post_request
+
+    _Worker.threaded = threaded
 
     runtime = master.MasterRuntime(_Log())
     worker = _Worker()
