@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 import random
+from bisect import bisect_left
 from fractions import Fraction
 
 import pytest
 
 from gunicorn_prometheus_exporter.collector import DirectoryCollector, health_families
-from gunicorn_prometheus_exporter.recorder import Recorder
+from gunicorn_prometheus_exporter.config.schema import DEFAULT_DURATION_BUCKETS
+from gunicorn_prometheus_exporter.recorder import Recorder, duration_search
 from gunicorn_prometheus_exporter.server import protobuf
 from gunicorn_prometheus_exporter.server.http import Exposition
 from gunicorn_prometheus_exporter.storage import native
@@ -64,6 +66,26 @@ def test_default_layout_range_size_and_edges():
         native.Layout.for_range(9, 1e-6, 1.0)
     with pytest.raises(ValueError, match="expected 0 < min < max"):
         native.Layout.for_range(3, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("layout", [None, LAYOUT, native.Layout.for_range(0, 1e-3, 10.0),
+                                    native.Layout.for_range(8, 1e-9, 1e6)])
+@pytest.mark.parametrize("bounds", [DEFAULT_DURATION_BUCKETS, (0.5, 1.0, 2.0, math.inf),
+                                    (1e-12, 2.0 ** -20, 3600.0, 1e9)])
+def test_one_bisect_finds_both_duration_buckets_as_their_own_searches(layout, bounds):
+    """The recorder's single search gives, for any duration, the classic bucket of
+    ``bisect_left(bounds, d)`` and the native slot of ``Layout.slot``: at every bound of
+    either, just below and just above it, and between."""
+    union, classic_at, native_at = duration_search(bounds, layout)
+    rng = random.Random(3)
+    values = [0.0, -0.0, -1.0, math.nan, math.inf, -math.inf, 1e-300, 5e-324]
+    values += [rng.lognormvariate(-4, 3) for _ in range(2000)]
+    for bound in union:
+        values += [bound, math.nextafter(bound, -math.inf), math.nextafter(bound, math.inf)]
+    for value in values:
+        at = bisect_left(union, value)
+        assert classic_at[at] == bisect_left(bounds, value), value
+        assert native_at[at] == (layout.slot(value) if layout else 0), value
 
 
 def _record(directory, identity, durations, layout=LAYOUT, route="/a"):

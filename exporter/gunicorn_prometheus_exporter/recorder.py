@@ -1,14 +1,15 @@
 """The request path: turn one finished request into a handful of stores into the worker's
 mapped files. Everything that can be computed once (entry positions for a label set, bucket
-bounds, the views) is kept with the series, so a request costs at most three bisects and
-seven float stores (five without a body), one more bucket search and store for the native
-duration histogram when it is on, plus the in-flight gauge's two."""
+bounds, the views) is kept with the series, so a request costs at most two bisects and
+seven float stores (five without a body), one more store for the native duration histogram
+when it is on (its bucket is found by the same bisect as the classic one), plus the
+in-flight gauge's two."""
 from __future__ import annotations
 
 import math
 from bisect import bisect_left
 from types import ModuleType
-from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from prometheus_client.utils import floatToGoString
 
@@ -57,6 +58,33 @@ def histogram_positions(file: MmapFile, family: Family, labels: Dict[str, str],
     return tuple(buckets), total
 
 
+def duration_search(bounds: Sequence[float], layout: Optional[Layout]
+                    ) -> Tuple[List[float], Tuple[int, ...], Tuple[int, ...]]:
+    """Both duration histograms' buckets from one bisect: the sorted union of the classic
+    bounds and of every value where the native slot (``Layout.slot``) changes, and for
+    each place ``k`` a duration can be inserted at (``bisect_left(union, duration)``) its
+    classic bucket and its native slot. A duration inserted at ``k`` is above
+    ``union[k-1]`` and at most ``union[k]`` (or NaN, at 0), where neither bucket changes,
+    so both are those of ``union[k]`` (of +inf past the end): exactly what each search
+    gives, NaN and negative durations included. On the Python path this is two thirds of
+    a bucket search fewer per request (``frexp``, a bisect and a call, ~2,500
+    instructions) for a few more comparisons."""
+    union = set(bounds)
+    slot: Callable[[float], int] = lambda value: 0  # noqa: E731 (native off)
+    if layout is not None:
+        slot = layout.slot
+        zero, top = layout.zero_threshold, layout.top
+        # within an octave the slot changes where the mantissa passes one of its bounds
+        octaves = range(math.frexp(zero)[1], math.frexp(top)[1] + 1)
+        union.update(x for e in octaves for x in (math.ldexp(b, e) for b in layout.bounds)
+                     if zero < x < top)
+        union.update((zero, top))
+    ordered = sorted(union)
+    places = ordered + ([] if math.inf in union else [math.inf])
+    return (ordered, tuple(bisect_left(bounds, value) for value in places),
+            tuple(slot(value) for value in places))
+
+
 class Recorder(Writer):
     """Writes the request families and the worker's own gauges of one process."""
 
@@ -69,9 +97,11 @@ class Recorder(Writer):
         #: the native duration histogram's buckets (storage/native.py), None when it is off
         self._native_layout = native_layout
         self._native = store.file("histogram", NATIVE_MODE) if native_layout else None
-        self._native_slot = native_layout.slot if native_layout else None
         self._gauges = store.file("gauge", "livesum")
         self._duration_bounds = list(duration_bounds)
+        #: one bisect in ``_durations`` gives the classic bucket and the native slot
+        self._durations, self._classic_at, self._native_at = duration_search(
+            self._duration_bounds, native_layout)
         # sizes are whole bytes, so ``size <= bound`` exactly when ``size <= floor(bound)``;
         # comparing int with int makes the cheaper bisect
         self._size_label_bounds = list(size_bounds)
@@ -144,11 +174,12 @@ class Recorder(Writer):
         be eleven."""
         counters, requests, h, dur_b, dur_s, req_b, req_s, resp_b, resp_s, nh, zero = series
         counters[requests] += 1.0  # gunicorn_http_requests_total
-        # gunicorn_http_request_duration_seconds, classic and native
-        h[dur_b[bisect_left(self._duration_bounds, duration)]] += 1.0
+        # gunicorn_http_request_duration_seconds, classic and native: one bisect
+        at = bisect_left(self._durations, duration)
+        h[dur_b[self._classic_at[at]]] += 1.0
         h[dur_s] += duration
         if nh is not None:
-            nh[zero + self._native_slot(duration)] += 1.0
+            nh[zero + self._native_at[at]] += 1.0
         # gunicorn_http_request_size_bytes
         if request_bytes:
             h[req_b[bisect_left(self._size_bounds, request_bytes)]] += 1.0
