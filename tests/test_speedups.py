@@ -825,7 +825,8 @@ def _wsgi_request(cfg, path: str, rest: bytes):
 
 def _wsgi_samples(directory: Path, compiled: bool):
     """Every sample the mix leaves through the worker's hooks and application wrapper, as
-    gunicorn's sync worker calls them; and the paths whose recording reached Python."""
+    gunicorn's sync worker calls them; and the paths whose recording reached Python
+    (``record``, or the recorder's ``add`` from Python)."""
     from gunicorn.config import Config
     from gunicorn.http import wsgi
 
@@ -845,6 +846,13 @@ def _wsgi_samples(directory: Path, compiled: bool):
         return record(method, path, *args)
 
     hooks.record = counted
+    add = hooks._add  # a known series is added without ``record`` (its route is its path)
+
+    def counted_add(series, *args):
+        in_python.append(inst.recorder.labels_of[series.requests][1])
+        return add(series, *args)
+
+    hooks._add = counted_add
     cfg = Config()
     hooks.install(cfg)
     assert (type(cfg.pre_request).__name__ == "builtin_function_or_method") is compiled

@@ -32,7 +32,7 @@ class WorkerMetrics:
                                  settings.metrics.size_buckets, threaded=worker.threaded,
                                  native=self.native,
                                  native_layout=native_histograms.layout_of(settings.metrics),
-                                 log=worker.log)
+                                 log=worker.log, serial_requests=worker.capacity == 1)
         identity.report_unstored(self.recorder.unstored)  # the app's own metrics
         self.routes = RouteTable(runtime.directory, settings.metrics.route_cap,
                                  settings.metrics.route_rules)
@@ -45,7 +45,8 @@ class WorkerMetrics:
         self.sampler = ResourceSampler(self.recorder, settings.metrics.sample_interval)
         self.sampler.start()
         if getattr(worker, "request_hooks", True):  # else it records through the labeller
-            WSGIRequestHooks(self.labeller, self.recorder, self.intent, worker.threaded,
+            WSGIRequestHooks(self.labeller, self.recorder, self.intent,
+                             self.recorder.parallel_requests,
                              self.extras, self.native).install(worker.cfg)
 
     def set_state(self, state: str) -> None:
