@@ -18,7 +18,8 @@ and the ratio plain/plugin of the medians, which is the throughput ratio a CPU-b
 worker would see if every instruction cost the same.
 
 ``asgi-shop`` is a realistic Starlette service (middleware, a dozen routes, a JSON POST);
-``--python`` adds the plugin with the C speedups switched off, in the same run;
+``--python`` adds the plugin with the C speedups switched off, in the same run (with
+``--compare-to``, the other tree's too);
 ``--headers`` adds the plugin serving requests with a sampled ``traceparent`` (an exemplar
 each) and with an ``X-Request-Start`` stamp (a queue time each); ``--compare-to DIR`` adds
 the plugin of another source tree (``DIR`` holds its package, built in place: for instance
@@ -110,6 +111,10 @@ def variants(args: argparse.Namespace) -> List[Variant]:
         found.append(Variant("compared", True,
                              {"PYTHONPATH": os.path.abspath(args.compare_to)},
                              against="plugin"))
+        if args.python:  # the other tree's Python path, against this one's
+            found.append(Variant("compared python", True,
+                                 {"PYTHONPATH": os.path.abspath(args.compare_to),
+                                  speedups.SWITCH_ENV: "1"}, against="python"))
     if args.native_off:
         found.append(Variant("no native", True, {"PROMETHEUS_NATIVE_HISTOGRAMS": "false"},
                              against="plugin"))
@@ -199,7 +204,7 @@ def report(name: str, found: List[Variant], per_run: Dict[str, List[float]]) -> 
     lines = []
     for variant in found:
         runs = per_run[variant.label]
-        text = f"{name:15s} {variant.label:9s} {Spread.of(runs).text():>36s}"
+        text = f"{name:15s} {variant.label:15s} {Spread.of(runs).text():>36s}"
         if variant.label != variant.against:
             base = per_run[variant.against]
             added = Spread.of([a - b for a, b in zip(runs, base)])
