@@ -35,6 +35,7 @@ GONE = (asyncio.CancelledError, ConnectionError)
 #: the scope keys of a Starlette router: only a request that has one pays for
 #: ``route_template``
 _ROUTE, _ROUTER = starlette.ROUTE, starlette.ROUTER
+_VERSION, _USUAL_VERSION = protocols.ASGI_USUAL
 #: what the compiled wrapper needs to record a request whose series is known exactly as
 #: ``ASGIMetrics.record`` would, handed to it rather than re-derived in C: the scope keys
 #: that leave a request to ``record`` (our route and error keys, a Starlette mount to
@@ -55,7 +56,14 @@ class ASGIMetrics:
                  extras: RequestExtras) -> None:
         self.app = app
         self._record = labeller.record
+        #: a request like an earlier one (no framework route, no error) is looked up and
+        #: added here, as the compiled wrapper does: one Python frame fewer
+        self._resolved = labeller.resolved
+        self._add = labeller.recorder.add
         self._extras = extras
+        #: the extras read every request's headers when one is on; else only a request
+        #: over another protocol has one (``RequestExtras.asgi``)
+        self._extras_on = bool(extras.wanted)
         self.gauges, self.in_flight = labeller.recorder.in_flight_cell()
         self._log = labeller.log
         self._failed_once = False
@@ -129,9 +137,19 @@ class ASGIMetrics:
             template = scope.get(ROUTE_ENVIRON_KEY)
             if not template and (_ROUTE in scope or _ROUTER in scope):  # Starlette routed it
                 template = route_template(scope)
-            series = self._record(scope["method"], scope["path"], status, duration, received,
-                                  sent, template, scope.get(ERROR_ENVIRON_KEY) or error_type)
-            self._extras.asgi(scope, series, duration)
+            error_type = scope.get(ERROR_ENVIRON_KEY) or error_type
+            method, path = scope["method"], scope["path"]
+            # its key as ``RequestLabeller.record`` builds it (KEY_BY_PATH)
+            series = None if template or error_type else self._resolved.get(
+                (method, path, status))
+            if series is None:
+                series = self._record(method, path, status, duration, received, sent,
+                                      template, error_type)
+            else:
+                self._add(series, duration, received, sent)
+            version = scope.get(_VERSION)
+            if self._extras_on or version != _USUAL_VERSION and version is not None:
+                self._extras.asgi(scope, series, duration)
         except Exception:
             if not self._failed_once:
                 self._failed_once = True
