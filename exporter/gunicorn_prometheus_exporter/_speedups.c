@@ -32,12 +32,34 @@ bisect_left(const double *bounds, Py_ssize_t count, double x)
     return lo;
 }
 
-/* A writable, native-double view of a mapped file, as MmapFile.values is. The buffer is
- * taken through the protocol so that a released view (a closed file) raises ValueError as
- * it does in Python, instead of writing to memory that is gone. */
+/* A writable, native-double view of a mapped file, as MmapFile.values is. A released view
+ * (a closed file) raises ValueError as it does in Python, instead of writing to memory that
+ * is gone. A memoryview, which is what the storage hands out, is read in place: its buffer
+ * stays valid until it is released, and nothing between this and the store can release it
+ * (no Python code runs, the GIL is held), so no export is taken (an acquisition and its
+ * release are about 150 instructions, and an ASGI request made five). ``buffer->obj`` is
+ * then NULL, which PyBuffer_Release passes over. Any other object goes through the buffer
+ * protocol. */
 static int
 get_values(PyObject *view, Py_buffer *buffer)
 {
+    if (PyMemoryView_Check(view)) {
+        PyMemoryViewObject *memory = (PyMemoryViewObject *)view;
+        if ((memory->flags & _Py_MEMORYVIEW_RELEASED)
+                || (memory->mbuf->flags & _Py_MANAGED_BUFFER_RELEASED)) {
+            PyErr_SetString(PyExc_ValueError,
+                            "operation forbidden on released memoryview object");
+            return -1;
+        }
+        Py_buffer *own = &memory->view;
+        if (!own->readonly && own->ndim == 1 && own->itemsize == (Py_ssize_t)sizeof(double)
+                && (own->strides == NULL || own->strides[0] == own->itemsize)
+                && own->format != NULL && strcmp(own->format, "d") == 0) {
+            *buffer = *own;
+            buffer->obj = NULL;
+            return 0;
+        }
+    }
     if (PyObject_GetBuffer(view, buffer, PyBUF_CONTIG | PyBUF_FORMAT) < 0)
         return -1;
     if (buffer->itemsize != (Py_ssize_t)sizeof(double) || buffer->format == NULL
@@ -236,6 +258,39 @@ as_size(PyObject *value)
     return PyLong_Check(value) ? PyLong_AsDouble(value) : PyFloat_AsDouble(value);
 }
 
+/* The stores of one finished request into ``series``: what Recorder.add does. 0, or -1
+ * with an exception set. */
+static int
+write_request(RequestWriter *self, PyObject *series, double duration, double received,
+              double sent)
+{
+    if (!PyTuple_Check(series) || PyTuple_GET_SIZE(series) != 11) {
+        PyErr_SetString(PyExc_TypeError, "series must be the 11-tuple Recorder.series() gives");
+        return -1;
+    }
+    PyObject **item = &PyTuple_GET_ITEM(series, 0);
+    Py_buffer counters, h;
+    if (get_values(item[0], &counters) < 0)
+        return -1;
+    if (get_values(item[2], &h) < 0) {
+        PyBuffer_Release(&counters);
+        return -1;
+    }
+    int failed = add_at(&counters, item[1], 1.0) < 0;
+    if (!failed) {
+        PyObject *position = bucket(item[3], self->duration_bounds, self->duration_count,
+                                    duration);
+        failed = position == NULL || add_at(&h, position, 1.0) < 0
+                 || add_at(&h, item[4], duration) < 0
+                 || add_size(self, &h, item[5], item[6], received) < 0
+                 || add_size(self, &h, item[7], item[8], sent) < 0
+                 || add_native(self, item[9], item[10], duration) < 0;
+    }
+    PyBuffer_Release(&h);
+    PyBuffer_Release(&counters);
+    return failed ? -1 : 0;
+}
+
 /* add(series, duration, request_bytes, response_bytes): what Recorder.add does. */
 static PyObject *
 RequestWriter_add(RequestWriter *self, PyObject *const *args, Py_ssize_t nargs)
@@ -258,28 +313,7 @@ RequestWriter_add(RequestWriter *self, PyObject *const *args, Py_ssize_t nargs)
     double sent = as_size(args[3]);
     if (sent == -1.0 && PyErr_Occurred())
         return NULL;
-
-    PyObject **item = &PyTuple_GET_ITEM(series, 0);
-    Py_buffer counters, h;
-    if (get_values(item[0], &counters) < 0)
-        return NULL;
-    if (get_values(item[2], &h) < 0) {
-        PyBuffer_Release(&counters);
-        return NULL;
-    }
-    int failed = add_at(&counters, item[1], 1.0) < 0;
-    if (!failed) {
-        PyObject *position = bucket(item[3], self->duration_bounds, self->duration_count,
-                                    duration);
-        failed = position == NULL || add_at(&h, position, 1.0) < 0
-                 || add_at(&h, item[4], duration) < 0
-                 || add_size(self, &h, item[5], item[6], received) < 0
-                 || add_size(self, &h, item[7], item[8], sent) < 0
-                 || add_native(self, item[9], item[10], duration) < 0;
-    }
-    PyBuffer_Release(&h);
-    PyBuffer_Release(&counters);
-    if (failed)
+    if (write_request(self, series, duration, received, sent) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -1102,6 +1136,18 @@ RequestMeter_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf
     return PyObject_Vectorcall(self->send, args, nargsf, NULL);
 }
 
+/* Sets the meter out for a request served by ``send`` and ``receive``, its clock started. */
+static int
+start_meter(RequestMeter *self, PyObject *send, PyObject *receive)
+{
+    Py_XSETREF(self->send, Py_NewRef(send));
+    Py_XSETREF(self->receive, Py_NewRef(receive));
+    Py_XSETREF(self->status, PyLong_FromLong(0));
+    self->sent = self->received = 0;
+    self->ended = 0.0;
+    return self->status == NULL ? -1 : now(&self->started);
+}
+
 static RequestMeter *
 new_meter(PyObject *send, PyObject *receive)
 {
@@ -1109,13 +1155,9 @@ new_meter(PyObject *send, PyObject *receive)
     if (self == NULL)
         return NULL;
     self->vectorcall = RequestMeter_vectorcall;
-    self->send = Py_NewRef(send);
-    self->receive = Py_NewRef(receive);
-    self->status = PyLong_FromLong(0);
-    self->sent = self->received = 0;
-    self->started = self->ended = 0.0;
+    self->send = self->receive = self->status = NULL;
     PyObject_GC_Track(self);
-    if (self->status == NULL || now(&self->started) < 0) {
+    if (start_meter(self, send, receive) < 0) {
         Py_DECREF(self);
         return NULL;
     }
@@ -1299,6 +1341,8 @@ typedef struct {
     PyObject *record;   /* ASGIMetrics.record: any request, labelled in Python */
     PyObject *resolved; /* RequestLabeller.resolved: request key -> series */
     PyObject *add;      /* Recorder.add */
+    RequestWriter *writer; /* the RequestWriter whose add ``add`` is, called directly; NULL
+                            * for any other ``add`` (called as Python calls it) */
     PyObject *gone;     /* exception classes of a client that went away (499) */
     PyObject *gauges;   /* the in-flight gauge: view and index */
     Py_ssize_t gauge_index;
@@ -1314,15 +1358,17 @@ typedef struct {
     PyObject *usual_version; /* ... its usual value: any other goes to record() */
     PyObject *other;         /* serves the scopes other than http (the app, or
                               * ASGIMetrics.other_scope: WebSockets measured) */
+    struct MeteredCall *spare; /* a finished call, served again when nothing else holds it */
 } MeteredApp;
 
 enum { CALL_NEW, CALL_RUNNING, CALL_DONE };
 
-typedef struct {
+typedef struct MeteredCall {
     PyObject_HEAD
     MeteredApp *owner;
     PyObject *scope, *receive, *send;
     RequestMeter *meter;  /* from the first step */
+    PyObject *metered_receive; /* meter.receive, the receive the application is given */
     PyObject *inner;      /* the application's awaitable, driven */
     int state;
 } MeteredCall;
@@ -1380,8 +1426,7 @@ usual_version(MeteredApp *owner, PyObject *scope)
  * handed over (RequestLabeller.record builds it the same way). 1: recorded; 0: not this
  * kind, record() labels it; -1: an error. */
 static int
-record_known(MeteredApp *owner, PyObject *scope, RequestMeter *meter, PyObject *duration,
-             PyObject *received, PyObject *sent)
+record_known(MeteredApp *owner, PyObject *scope, RequestMeter *meter, double duration)
 {
     if (!PyDict_CheckExact(scope))
         return 0;
@@ -1431,10 +1476,41 @@ record_known(MeteredApp *owner, PyObject *scope, RequestMeter *meter, PyObject *
     Py_DECREF(key);
     if (series == NULL)
         return PyErr_Occurred() ? -1 : 0;
-    PyObject *args[] = {series, duration, received, sent};
-    PyObject *done = PyObject_Vectorcall(owner->add, args, 4, NULL);
+    if (owner->writer != NULL)  /* no Python call, and no objects for the numbers */
+        return write_request(owner->writer, series, duration, (double)meter->received,
+                             (double)meter->sent) < 0 ? -1 : 1;
+    Py_INCREF(series);  /* an add of Python's own may change ``resolved`` */
+    PyObject *numbers[] = {PyFloat_FromDouble(duration), PyLong_FromLongLong(meter->received),
+                           PyLong_FromLongLong(meter->sent)};
+    PyObject *done = NULL;
+    if (numbers[0] != NULL && numbers[1] != NULL && numbers[2] != NULL) {
+        PyObject *args[] = {series, numbers[0], numbers[1], numbers[2]};
+        done = PyObject_Vectorcall(owner->add, args, 4, NULL);
+    }
+    for (int i = 0; i < 3; i++)
+        Py_XDECREF(numbers[i]);
+    Py_DECREF(series);
     Py_XDECREF(done);
     return done == NULL ? -1 : 1;
+}
+
+/* ``record(scope, status, duration, received, sent, error_type)``: ASGIMetrics.record. */
+static int
+record_in_python(MeteredCall *self, double duration, PyObject *error_type)
+{
+    RequestMeter *meter = self->meter;
+    PyObject *numbers[] = {PyFloat_FromDouble(duration), PyLong_FromLongLong(meter->received),
+                           PyLong_FromLongLong(meter->sent)};
+    PyObject *done = NULL;
+    if (numbers[0] != NULL && numbers[1] != NULL && numbers[2] != NULL) {
+        PyObject *args[] = {self->scope, meter->status, numbers[0], numbers[1], numbers[2],
+                            error_type};
+        done = PyObject_Vectorcall(self->owner->record, args, 6, NULL);
+    }
+    for (int i = 0; i < 3; i++)
+        Py_XDECREF(numbers[i]);
+    Py_XDECREF(done);
+    return done == NULL ? -1 : 0;
 }
 
 /* The request is over: out of the in-flight gauge, and recorded. ``error`` is what the
@@ -1476,29 +1552,17 @@ conclude(MeteredCall *self, PyObject *error)
             error_type = name;
         }
     }
-    PyObject *duration = NULL, *received = NULL, *sent = NULL, *done = NULL;
-    if ((end != 0.0 || now(&end) == 0)
-            && (duration = PyFloat_FromDouble(end - meter->started)) != NULL
-            && (received = PyLong_FromLongLong(meter->received)) != NULL
-            && (sent = PyLong_FromLongLong(meter->sent)) != NULL) {
-        int known = error == NULL
-            ? record_known(owner, self->scope, meter, duration, received, sent) : 0;
-        if (known < 0)  /* record() tries again, and logs what fails */
-            PyErr_Clear();
-        if (known == 1) {
-            done = Py_NewRef(Py_None);
-        } else {
-            PyObject *args[] = {self->scope, meter->status, duration, received, sent,
-                                error_type};
-            done = PyObject_Vectorcall(owner->record, args, 6, NULL);
-        }
-    }
-    if (done == NULL)
+    if (end == 0.0 && now(&end) < 0) {
         PyErr_WriteUnraisable((PyObject *)self);
-    Py_XDECREF(done);
-    Py_XDECREF(sent);
-    Py_XDECREF(received);
-    Py_XDECREF(duration);
+        Py_XDECREF(name);
+        return;
+    }
+    int known = error == NULL ? record_known(owner, self->scope, meter, end - meter->started)
+                              : 0;
+    if (known < 0)  /* record() tries again, and logs what fails */
+        PyErr_Clear();
+    if (known != 1 && record_in_python(self, end - meter->started, error_type) < 0)
+        PyErr_WriteUnraisable((PyObject *)self);
     Py_XDECREF(name);
 }
 
@@ -1523,23 +1587,51 @@ end_of(MeteredCall *self, PySendResult status, PyObject **result)
     return status;
 }
 
+/* A finished call, kept by its owner to serve a later request once the server has let go
+ * of it: a call, its meter and the meter's receive allocated, tracked by the collector and
+ * freed per request were about 700 instructions. The request's own objects are let go of
+ * now; the meter and its receive are kept only where nothing else holds them (an
+ * application may keep its send or receive past its return). */
+static void
+retire(MeteredCall *self)
+{
+    MeteredApp *owner = self->owner;
+    Py_CLEAR(self->scope);
+    Py_CLEAR(self->receive);
+    Py_CLEAR(self->send);
+    RequestMeter *meter = self->meter;
+    if (meter != NULL && self->metered_receive != NULL && Py_REFCNT(meter) == 2
+            && Py_REFCNT(self->metered_receive) == 1) {
+        Py_CLEAR(meter->send);  /* the server's: not kept past its request */
+        Py_CLEAR(meter->receive);
+    } else {
+        Py_CLEAR(self->metered_receive);
+        Py_CLEAR(self->meter);
+    }
+    if (owner->spare == NULL)
+        owner->spare = (MeteredCall *)Py_NewRef(self);
+}
+
 /* The first step: count the request in flight and call the application. */
 static int
 begin(MeteredCall *self)
 {
     MeteredApp *owner = self->owner;
     self->state = CALL_RUNNING;
-    self->meter = new_meter(self->send, self->receive);
-    if (self->meter == NULL || add_to_gauge(owner->gauges, owner->gauge_index, 1.0) < 0) {
+    int metered = self->meter != NULL  /* kept from its last request (retire) */
+        ? start_meter(self->meter, self->send, self->receive)
+        : (self->meter = new_meter(self->send, self->receive)) == NULL ? -1 : 0;
+    if (metered < 0 || add_to_gauge(owner->gauges, owner->gauge_index, 1.0) < 0) {
         self->state = CALL_DONE;  /* never counted: nothing to conclude */
         return -1;
     }
-    PyObject *receive = PyCFunction_New(&RequestMeter_receive_def, (PyObject *)self->meter);
+    if (self->metered_receive == NULL)
+        self->metered_receive = PyCFunction_New(&RequestMeter_receive_def,
+                                                (PyObject *)self->meter);
     PyObject *awaitable = NULL;
-    if (receive != NULL) {
-        PyObject *args[] = {self->scope, receive, (PyObject *)self->meter};
+    if (self->metered_receive != NULL) {
+        PyObject *args[] = {self->scope, self->metered_receive, (PyObject *)self->meter};
         awaitable = PyObject_Vectorcall(owner->app, args, 3, NULL);
-        Py_DECREF(receive);
     }
     if (awaitable != NULL) {
         self->inner = await_iter(awaitable);
@@ -1558,16 +1650,19 @@ MeteredCall_am_send(MeteredCall *self, PyObject *value, PyObject **result)
         PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
         return PYGEN_ERROR;
     }
-    if (self->state == CALL_NEW) {
-        if (value != Py_None) {
-            PyErr_SetString(PyExc_TypeError,
-                            "can't send non-None value to a just-started coroutine");
-            return PYGEN_ERROR;
-        }
-        if (begin(self) < 0)
-            return self->state == CALL_DONE ? PYGEN_ERROR : end_of(self, PYGEN_ERROR, result);
+    if (self->state == CALL_NEW && value != Py_None) {
+        PyErr_SetString(PyExc_TypeError,
+                        "can't send non-None value to a just-started coroutine");
+        return PYGEN_ERROR;
     }
-    return end_of(self, PyIter_Send(self->inner, value, result), result);
+    PySendResult status;
+    if (self->state == CALL_NEW && begin(self) < 0)
+        status = self->state == CALL_DONE ? PYGEN_ERROR : end_of(self, PYGEN_ERROR, result);
+    else
+        status = end_of(self, PyIter_Send(self->inner, value, result), result);
+    if (status != PYGEN_NEXT)
+        retire(self);
+    return status;
 }
 
 /* throw(type[, value[, traceback]]): into the application where it waits; before the
@@ -1642,6 +1737,7 @@ MeteredCall_traverse(MeteredCall *self, visitproc visit, void *arg)
     Py_VISIT(self->receive);
     Py_VISIT(self->send);
     Py_VISIT(self->meter);
+    Py_VISIT(self->metered_receive);
     Py_VISIT(self->inner);
     return 0;
 }
@@ -1653,6 +1749,7 @@ MeteredCall_clear(MeteredCall *self)
     Py_CLEAR(self->scope);
     Py_CLEAR(self->receive);
     Py_CLEAR(self->send);
+    Py_CLEAR(self->metered_receive);
     Py_CLEAR(self->meter);
     Py_CLEAR(self->inner);
     return 0;
@@ -1717,18 +1814,37 @@ MeteredApp_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
         return NULL;
     if (!http)  /* lifespan, websocket: ASGIMetrics.other_scope, or the application's own */
         return PyObject_Vectorcall(self->other, args, 3, NULL);
-    MeteredCall *call = PyObject_GC_New(MeteredCall, &MeteredCallType);
-    if (call == NULL)
-        return NULL;
-    call->owner = (MeteredApp *)Py_NewRef(self);
+    MeteredCall *call = self->spare;
+    if (call != NULL && Py_REFCNT(call) == 1) {  /* finished, and only the owner holds it */
+        self->spare = NULL;  /* its reference is the caller's now */
+    } else {
+        call = PyObject_GC_New(MeteredCall, &MeteredCallType);
+        if (call == NULL)
+            return NULL;
+        call->owner = (MeteredApp *)Py_NewRef(self);
+        call->meter = NULL;
+        call->metered_receive = NULL;
+        PyObject_GC_Track(call);
+    }
     call->scope = Py_NewRef(args[0]);
     call->receive = Py_NewRef(args[1]);
     call->send = Py_NewRef(args[2]);
-    call->meter = NULL;
     call->inner = NULL;
     call->state = CALL_NEW;
-    PyObject_GC_Track(call);
     return (PyObject *)call;
+}
+
+/* The RequestWriter whose bound ``add`` this is (a new reference), or NULL: an add of
+ * another kind (the Python path's, a test's) is called as Python calls it. */
+static RequestWriter *
+writer_of(PyObject *add)
+{
+    if (!PyCFunction_Check(add)
+            || PyCFunction_GET_FUNCTION(add) != (PyCFunction)(void (*)(void))RequestWriter_add)
+        return NULL;
+    PyObject *owner = PyCFunction_GET_SELF(add);
+    return owner != NULL && Py_IS_TYPE(owner, &RequestWriterType)
+        ? (RequestWriter *)Py_NewRef(owner) : NULL;
 }
 
 /* One key layout: three positions in (method, path, status, template), none of them
@@ -1810,6 +1926,8 @@ MeteredApp_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->version_key = Py_XNewRef(version_key);
     self->usual_version = Py_XNewRef(usual);
     self->other = Py_NewRef(other != NULL && other != Py_None ? other : app);
+    self->writer = writer_of(add);
+    self->spare = NULL;
     if (self->wanted == NULL) {
         Py_DECREF(self);
         return NULL;
@@ -1834,6 +1952,8 @@ MeteredApp_traverse(MeteredApp *self, visitproc visit, void *arg)
     Py_VISIT(self->version_key);
     Py_VISIT(self->usual_version);
     Py_VISIT(self->other);
+    Py_VISIT(self->writer);
+    Py_VISIT(self->spare);
     return 0;
 }
 
@@ -1854,6 +1974,8 @@ MeteredApp_clear(MeteredApp *self)
     Py_CLEAR(self->version_key);
     Py_CLEAR(self->usual_version);
     Py_CLEAR(self->other);
+    Py_CLEAR(self->writer);
+    Py_CLEAR(self->spare);
     return 0;
 }
 
