@@ -1359,6 +1359,7 @@ typedef struct {
     PyObject *other;         /* serves the scopes other than http (the app, or
                               * ASGIMetrics.other_scope: WebSockets measured) */
     struct MeteredCall *spare; /* a finished call, served again when nothing else holds it */
+    PyObject *last_key, *last_series; /* the last request key found in ``resolved`` */
 } MeteredApp;
 
 enum { CALL_NEW, CALL_RUNNING, CALL_DONE };
@@ -1416,9 +1417,48 @@ usual_version(MeteredApp *owner, PyObject *scope)
     PyObject *version = PyDict_GetItemWithError(scope, owner->version_key);
     if (version == NULL)
         return PyErr_Occurred() ? -1 : 1;
-    if (version == owner->usual_version)
-        return 1;
-    return PyObject_RichCompareBool(version, owner->usual_version, Py_EQ);
+    return is_text(version, owner->usual_version);
+}
+
+/* 1 when ``fields`` are the items of ``key``, as dict keys compare them, for the str and
+ * int a request key holds; 0 for anything else, or another key. */
+static int
+same_key(PyObject *key, PyObject *const fields[3])
+{
+    for (int i = 0; i < 3; i++) {
+        PyObject *known = PyTuple_GET_ITEM(key, i), *field = fields[i];
+        if (known == field)
+            continue;
+        if (PyUnicode_CheckExact(known) && PyUnicode_CheckExact(field)) {
+            if (is_text(field, known) != 1)
+                return 0;
+        } else if (!(PyLong_CheckExact(known) && PyLong_CheckExact(field)
+                     && PyObject_RichCompareBool(known, field, Py_EQ) == 1)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* ``resolved[key]`` of the key made of ``fields`` (borrowed; NULL: absent or an error),
+ * remembered with its key: the next request is most often the same, and is then known
+ * without making, hashing and comparing a key tuple (about 400 instructions). An answer
+ * in ``resolved`` never changes (RequestLabeller._resolve keeps only those), so one
+ * remembered stays right when ``resolved`` is cleared. */
+static PyObject *
+resolved_series(MeteredApp *owner, PyObject *const fields[3])
+{
+    PyObject *key = PyTuple_Pack(3, fields[0], fields[1], fields[2]);
+    if (key == NULL)
+        return NULL;
+    PyObject *series = PyDict_GetItemWithError(owner->resolved, key);
+    if (series != NULL) {
+        Py_XSETREF(owner->last_series, Py_NewRef(series));
+        Py_XSETREF(owner->last_key, key);
+        return series;  /* held by last_series too */
+    }
+    Py_DECREF(key);
+    return NULL;
 }
 
 /* The common request in C: no exception, none of the scope keys Python labels itself
@@ -1468,12 +1508,10 @@ record_known(MeteredApp *owner, PyObject *scope, RequestMeter *meter, double dur
         fields[3] = template;
         layout = owner->by_template;
     }
-    PyObject *key = PyTuple_Pack(3, fields[layout[0]], fields[layout[1]], fields[layout[2]]);
+    PyObject *key_fields[3] = {fields[layout[0]], fields[layout[1]], fields[layout[2]]};
+    PyObject *series = owner->last_key != NULL && same_key(owner->last_key, key_fields)
+        ? owner->last_series : resolved_series(owner, key_fields);
     Py_XDECREF(template);
-    if (key == NULL)
-        return -1;
-    PyObject *series = PyDict_GetItemWithError(owner->resolved, key);
-    Py_DECREF(key);
     if (series == NULL)
         return PyErr_Occurred() ? -1 : 0;
     if (owner->writer != NULL)  /* no Python call, and no objects for the numbers */
@@ -1928,6 +1966,7 @@ MeteredApp_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->other = Py_NewRef(other != NULL && other != Py_None ? other : app);
     self->writer = writer_of(add);
     self->spare = NULL;
+    self->last_key = self->last_series = NULL;
     if (self->wanted == NULL) {
         Py_DECREF(self);
         return NULL;
@@ -1954,6 +1993,8 @@ MeteredApp_traverse(MeteredApp *self, visitproc visit, void *arg)
     Py_VISIT(self->other);
     Py_VISIT(self->writer);
     Py_VISIT(self->spare);
+    Py_VISIT(self->last_key);
+    Py_VISIT(self->last_series);
     return 0;
 }
 
@@ -1976,6 +2017,8 @@ MeteredApp_clear(MeteredApp *self)
     Py_CLEAR(self->other);
     Py_CLEAR(self->writer);
     Py_CLEAR(self->spare);
+    Py_CLEAR(self->last_key);
+    Py_CLEAR(self->last_series);
     return 0;
 }
 
