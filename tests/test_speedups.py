@@ -437,7 +437,7 @@ def test_requests_with_extras_reach_python_and_only_they(tmp_path):
 
 def _reader_state(reader) -> tuple:
     values = reader.read()
-    return (reader.keys, list(reader.key_ids), list(reader.offsets), reader.sizes,
+    return (list(reader.keys), list(reader.key_ids), list(reader.offsets), reader.sizes,
             reader._parsed_to, reader.torn, values)
 
 

@@ -2259,14 +2259,14 @@ grow_append(char **buffer, Py_ssize_t *used, Py_ssize_t *capacity, const void *b
 #define PREFETCH(address) ((void)(address))
 #endif
 
-/* key_table(buffer, pos, used, payload, table) -> (keys, ids, offsets, pos, torn):
+/* key_table(buffer, pos, used, payload, table) -> (ids, offsets, pos, torn):
  * storage/reader.py FileReader._parse for a fixed payload, in one call. Walks the entries
  * from ``pos`` to ``used`` (each: int32 key length, key, 1 to 8 spaces, ``payload`` bytes)
- * and gives each key's text and number in ``table`` (a KeyTable: the text is shared by
- * every file that holds the key), the numbers as the bytes of an array('i'), each payload's
- * offset as the bytes of an array('q'), where the walk stopped, and whether it stopped at a
- * torn entry. A cold scrape walks a million entries: per entry this makes no Python
- * object. */
+ * and gives each key's number in ``table`` (a KeyTable, whose ``texts`` has the key's text
+ * by number) as the bytes of an array('i'), each payload's offset as the bytes of an
+ * array('q'), where the walk stopped, and whether it stopped at a torn entry. A cold
+ * scrape walks a million entries: per entry this makes no Python object (not even a
+ * list's reference to the key's text: FileReader.keys is a view of the numbers). */
 static PyObject *
 key_table(PyObject *module, PyObject *args)
 {
@@ -2281,12 +2281,10 @@ key_table(PyObject *module, PyObject *args)
         return NULL;
     const char *buf = view.buf;
     Py_ssize_t limit = used < view.len ? used : view.len;
-    PyObject *keys = PyList_New(0), *result = NULL;
+    PyObject *result = NULL;
     char *ids = NULL, *offsets = NULL;
     Py_ssize_t ids_used = 0, ids_capacity = 0, offsets_used = 0, offsets_capacity = 0;
     int torn = 0;
-    if (keys == NULL)
-        goto done;
     /* entries hashed ahead of their lookup, their slots fetched meanwhile */
     struct { Py_ssize_t pos, length; Py_hash_t hash; int sip; } ahead[KEY_TABLE_AHEAD];
     int first = 0, waiting = 0, stopped = 0;
@@ -2326,11 +2324,7 @@ key_table(PyObject *module, PyObject *args)
             if (next->number && next->tag == tag_of(ahead[first].hash))
                 PREFETCH(table->arena + next->start);
         }
-        if (id >= 0 && id >= PyList_GET_SIZE(table->texts)) {
-            PyErr_SetString(PyExc_RuntimeError, "key_table: the table's texts were changed");
-            goto done;
-        }
-        if (id < 0 || PyList_Append(keys, PyList_GET_ITEM(table->texts, id)) < 0)
+        if (id < 0)
             goto done;
         int number = (int)id;
         long long offset = at + 4 + length + (8 - (length + 4) % 8);
@@ -2340,14 +2334,13 @@ key_table(PyObject *module, PyObject *args)
             goto done;
         pos = offset + payload;
     }
-    result = Py_BuildValue("(Oy#y#nO)", keys, ids == NULL ? "" : ids, ids_used,
+    result = Py_BuildValue("(y#y#nO)", ids == NULL ? "" : ids, ids_used,
                            offsets == NULL ? "" : offsets, offsets_used, pos,
                            torn ? Py_True : Py_False);
 done:
     PyBuffer_Release(&view);
     PyMem_Free(ids);
     PyMem_Free(offsets);
-    Py_XDECREF(keys);
     return result;
 }
 
@@ -2494,7 +2487,7 @@ done:
 
 static PyMethodDef speedups_functions[] = {
     {"key_table", key_table, METH_VARARGS,
-     "key_table(buffer, pos, used, payload, table) -> (keys, ids, offsets, pos, torn): "
+     "key_table(buffer, pos, used, payload, table) -> (ids, offsets, pos, torn): "
      "FileReader._parse for a fixed payload."},
     {"values", values, METH_VARARGS,
      "values(buffer, offsets, per) -> tuple: the per doubles at each offset."},

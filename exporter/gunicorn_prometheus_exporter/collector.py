@@ -187,7 +187,8 @@ class Merger:
         #: kept for one read (``merge`` clears it)
         self._shared_series: Dict[Tuple[Tuple[str, bool, bool], bytes], set] = {}
 
-    def index(self, shard: Shard, keys: List[str], ids: Optional[Sequence[int]] = None) -> None:
+    def index(self, shard: Shard, keys: Sequence[str],
+              ids: Optional[Sequence[int]] = None) -> None:
         """Give series numbers to the keys the shard gained since the last call (``ids``:
         their numbers in a ``KeyTable``, when the shard's reader has them).
 
