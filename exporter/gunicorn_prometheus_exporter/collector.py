@@ -169,6 +169,17 @@ def _decode_key(key: str) -> object:
     return found if end == len(key) else json.loads(key)
 
 
+def _parse_key(key: str) -> tuple:
+    """(family, sample, labels sorted, help) of a key; a key that is not one of
+    prometheus_client's is served as ``gunicorn_exporter_unreadable``."""
+    try:
+        family, sample, labels, help_text = _decode_key(key)
+        return (family, sample,
+                tuple(sorted(zip(map(str, labels), map(str, labels.values())))), help_text)
+    except (ValueError, TypeError, AttributeError):
+        return ("gunicorn_exporter_unreadable", "gunicorn_exporter_unreadable", (), "")
+
+
 class Merger:
     """Numbers series and merges the values of many shards into families. Shared by the
     directory collector and the Redis reader, so both expose exactly the same thing."""
@@ -186,6 +197,8 @@ class Merger:
         #: (kind, key set) -> the series of a shard holding exactly those keys, all plain;
         #: kept for one read (``merge`` clears it)
         self._shared_series: Dict[Tuple[Tuple[str, bool, bool], bytes], set] = {}
+        #: a plain key's parts in one C call (``_speedups.parse_key``, None for any other)
+        self._parse_plain = compiled.parse_key if compiled is not None else None
 
     def index(self, shard: Shard, keys: Sequence[str],
               ids: Optional[Sequence[int]] = None) -> None:
@@ -261,15 +274,14 @@ class Merger:
         return sid
 
     def _parse_key(self, key: str) -> tuple:
+        """(family, sample, labels sorted, help) of a key, each distinct key parsed once (in
+        one C call when the key is plain)."""
         found = self._parsed_keys.get(key)
         if found is None:
-            try:
-                family, sample, labels, help_text = _decode_key(key)
-                found = (family, sample,
-                         tuple(sorted(zip(map(str, labels), map(str, labels.values())))),
-                         help_text)
-            except (ValueError, TypeError, AttributeError):
-                found = ("gunicorn_exporter_unreadable", "gunicorn_exporter_unreadable", (), "")
+            if self._parse_plain is not None:
+                found = self._parse_plain(key)
+            if found is None:
+                found = _parse_key(key)
             self._parsed_keys[key] = found
         return found
 
