@@ -507,9 +507,9 @@ def test_compiled_key_walk_shares_key_texts_and_follows_a_recreated_file(tmp_pat
         f.values[f.index(sample_key("c", "c_total", {"route": route}, "h"))] = 7.0
     f.close()
     assert readers[0].read(os.stat(readers[0].path).st_ino) == (7.0, 7.0)
-    assert readers[0].keys == [sample_key("c", "c_total", {"route": r}, "h")
-                               for r in ("/x", "/y")]
-    assert list(readers[0].key_ids) == [2, 3] and table.texts[2:] == readers[0].keys
+    assert list(readers[0].keys) == [sample_key("c", "c_total", {"route": r}, "h")
+                                     for r in ("/x", "/y")]
+    assert list(readers[0].key_ids) == [2, 3] and table.texts[2:] == list(readers[0].keys)
 
 
 def _worker_files(directory: Path, workers: int) -> None:

@@ -2400,9 +2400,10 @@ done:
     return out;
 }
 
-/* pick(column, ids, start) -> list: ``column[i]`` for each number ``i`` of the array('i')
- * ``ids`` from ``start`` on, the list ``column`` first grown with None to hold every such
- * number (collector.py pick in C: the series numbers of a file's keys, known or None). */
+/* pick(column, ids, start) -> (list, missing): ``column[i]`` for each number ``i`` of the
+ * array('i') ``ids`` from ``start`` on, the list ``column`` first grown with None to hold
+ * every such number, and how many of those are None (collector.py pick in C: the series
+ * numbers of a file's keys, known or None). */
 static PyObject *
 pick(PyObject *module, PyObject *args)
 {
@@ -2413,7 +2414,8 @@ pick(PyObject *module, PyObject *args)
     Py_buffer view;
     if (PyObject_GetBuffer(source, &view, PyBUF_FORMAT) < 0)
         return NULL;
-    PyObject *out = NULL;
+    PyObject *out = NULL, *result = NULL;
+    Py_ssize_t missing = 0;
     if (view.itemsize != sizeof(int) || view.format == NULL || strcmp(view.format, "i") != 0) {
         PyErr_SetString(PyExc_TypeError, "pick: ids must be an array('i')");
         goto done;
@@ -2440,12 +2442,15 @@ pick(PyObject *module, PyObject *args)
         goto done;
     for (Py_ssize_t i = start; i < count; i++) {
         PyObject *found = PyList_GET_ITEM(column, ids[i]);
+        missing += found == Py_None;
         Py_INCREF(found);
         PyList_SET_ITEM(out, i - start, found);
     }
+    result = Py_BuildValue("(On)", out, missing);
 done:
     PyBuffer_Release(&view);
-    return out;
+    Py_XDECREF(out);
+    return result;
 }
 
 /* key_set(ids) -> bytes: the set of numbers in the array('i') ``ids`` as a bitmap (bit
@@ -2613,7 +2618,8 @@ static PyMethodDef speedups_functions[] = {
     {"values", values, METH_VARARGS,
      "values(buffer, offsets, per) -> tuple: the per doubles at each offset."},
     {"pick", pick, METH_VARARGS,
-     "pick(column, ids, start) -> list: column[i] for each i of ids[start:] (collector.pick)."},
+     "pick(column, ids, start) -> (list, missing): column[i] for each i of ids[start:] "
+     "and how many are None (collector.pick)."},
     {"parse_key", parse_key, METH_O,
      "parse_key(text) -> (family, sample, labels, help) or None: a plain key's parts."},
     {"key_set", key_set, METH_O,

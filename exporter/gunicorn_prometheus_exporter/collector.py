@@ -142,14 +142,18 @@ class Shard:
 Plain = Union[List[Optional[int]], Dict[str, int]]
 
 
-def pick(column: List[Optional[int]], ids: Sequence[int], start: int) -> List[Optional[int]]:
+def pick(column: List[Optional[int]], ids: Sequence[int],
+         start: int) -> Tuple[List[Optional[int]], int]:
     """``column[i]`` for each key number ``i`` of ``ids[start:]``, ``column`` first grown
-    with None to hold them all (``_speedups.pick`` is the same in one C call)."""
+    with None to hold them all, and how many of those are None (``_speedups.pick`` is the
+    same in one C call: asking a list of a million entries ``None in`` costs a comparison
+    of an int with None per entry)."""
     new = ids[start:]
     top = max(new, default=-1) + 1
     if top > len(column):
         column.extend([None] * (top - len(column)))
-    return list(map(column.__getitem__, new))
+    found = list(map(column.__getitem__, new))
+    return found, found.count(None)
 
 
 #: the decoder's scanner (``raw_decode`` without its Python frame): (value, end) of the
@@ -221,12 +225,14 @@ class Merger:
                 plain = self._plain_sids[kind] = [] if ids is not None else {}
         if plain is None:
             sids: List[Optional[int]] = [None] * (len(keys) - start)
+            missing = len(sids)
         elif ids is not None:
-            sids = self._pick(plain, ids, start)
+            sids, missing = self._pick(plain, ids, start)
         else:
             sids = list(map(plain.get, keys[start:]))
+            missing = sids.count(None)
         shared = None
-        if None in sids:
+        if missing:
             for i, sid in enumerate(sids):
                 if sid is None:
                     slot = keys[start + i] if ids is None else ids[start + i]
