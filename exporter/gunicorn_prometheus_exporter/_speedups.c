@@ -2616,6 +2616,181 @@ parse_key(PyObject *module, PyObject *text)
     return out;
 }
 
+/* -- the scrape: a new series numbered ------------------------------------------------- */
+
+/* collector.py SeriesRegistry's attributes and a histogram group's keys */
+static PyObject *s_ids, *s_keys, *s_label_dicts, *s_family_of, *s_histogram_ids;
+static PyObject *s_histograms, *s_buckets, *s_sum, *s_labels, *s_native, *s_ordered, *s_le;
+static PyObject *s_inf_label, *s_add;
+
+/* Whether the str ``text`` ends with the ASCII ``suffix``. */
+static int
+ends_with(PyObject *text, const char *suffix)
+{
+    Py_ssize_t n = (Py_ssize_t)strlen(suffix), length = PyUnicode_GET_LENGTH(text);
+    if (length < n)
+        return 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (PyUnicode_READ_CHAR(text, length - n + i) != (Py_UCS4)(unsigned char)suffix[i])
+            return 0;
+    }
+    return 1;
+}
+
+/* The tuple of ``labels``'s pairs whose name is not in ``not_base`` (a histogram's labels
+ * without its bucket's). */
+static PyObject *
+base_labels(PyObject *labels, PyObject *not_base)
+{
+    PyObject *kept = PyList_New(0), *out = NULL;
+    if (kept == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(labels); i++) {
+        PyObject *pair = PyTuple_GET_ITEM(labels, i);
+        PyObject *name = PySequence_GetItem(pair, 0);
+        int skip = name == NULL ? -1 : PySequence_Contains(not_base, name);
+        Py_XDECREF(name);
+        if (skip < 0 || (!skip && PyList_Append(kept, pair) < 0))
+            goto done;
+    }
+    out = PyList_AsTuple(kept);
+done:
+    Py_DECREF(kept);
+    return out;
+}
+
+/* A classic histogram's bucket or sum, numbered ``sid``, in its group of
+ * ``registry.histograms`` (SeriesRegistry._index_histogram). */
+static int
+index_histogram(PyObject *histograms, PyObject *not_base, PyObject *family, PyObject *labels,
+                PyObject *label_dict, PyObject *sid, int bucket)
+{
+    PyObject *base = base_labels(labels, not_base), *where = NULL, *group = NULL;
+    int result = -1;
+    if (base == NULL || (where = PyTuple_Pack(2, family, base)) == NULL)
+        goto done;
+    group = PyDict_GetItemWithError(histograms, where);
+    if (group != NULL) {
+        Py_INCREF(group);
+    } else {
+        if (PyErr_Occurred())
+            goto done;
+        PyObject *buckets = PyList_New(0), *natives = PyList_New(0), *fixed = PyDict_New();
+        if (buckets != NULL && natives != NULL && fixed != NULL
+                && PyDict_MergeFromSeq2(fixed, base, 1) == 0)
+            group = Py_BuildValue("{OOOOOOOOOO}", s_buckets, buckets, s_sum, Py_None,
+                                  s_labels, fixed, s_native, natives, s_ordered, Py_True);
+        Py_XDECREF(buckets);
+        Py_XDECREF(natives);
+        Py_XDECREF(fixed);
+        if (group == NULL || PyDict_SetItem(histograms, where, group) < 0)
+            goto done;
+    }
+    if (!bucket) {
+        result = PyDict_SetItem(group, s_sum, sid);
+        goto done;
+    }
+    PyObject *le = PyDict_GetItemWithError(label_dict, s_le);
+    if (le == NULL && PyErr_Occurred())
+        goto done;
+    le = le != NULL ? le : s_inf_label;
+    PyObject *bound = PyNumber_Float(le);  /* _bound: float(le), +inf where it is none */
+    if (bound == NULL && PyErr_ExceptionMatches(PyExc_ValueError)) {
+        PyErr_Clear();
+        bound = PyFloat_FromDouble(Py_HUGE_VAL);
+    }
+    PyObject *entry = bound == NULL ? NULL : PyTuple_Pack(3, bound, le, sid);
+    PyObject *list = PyDict_GetItemWithError(group, s_buckets);
+    if (entry != NULL && list != NULL && PyList_Append(list, entry) == 0)
+        result = PyDict_SetItem(group, s_ordered, Py_False);
+    else if (entry != NULL && list == NULL && !PyErr_Occurred())
+        PyErr_SetObject(PyExc_KeyError, s_buckets);
+    Py_XDECREF(bound);
+    Py_XDECREF(entry);
+done:
+    Py_XDECREF(base);
+    Py_XDECREF(where);
+    Py_XDECREF(group);
+    return result;
+}
+
+/* register(registry, not_base, family, typ, help, sample, labels) -> int: collector.py
+ * SeriesRegistry.add in one call: the number of the series (family, sample, labels), a new
+ * one numbered with its label dict and, for a histogram's bucket or sum, its place in the
+ * histogram's group (labels named in ``not_base`` are the bucket's). A cold scrape numbers
+ * 17,000 series at 64 files x 1,000 label sets; in Python each is some hundred steps. Any
+ * other histogram sample (a native one, or anything but _bucket and _sum) is left to
+ * ``registry.add``. */
+static PyObject *
+register_series(PyObject *module, PyObject *args)
+{
+    PyObject *registry, *not_base, *family, *typ, *help, *sample, *labels;
+    if (!PyArg_ParseTuple(args, "OOOOOOO!:register", &registry, &not_base, &family, &typ,
+                          &help, &sample, &PyTuple_Type, &labels))
+        return NULL;
+    int histogram = PyUnicode_Check(typ) && PyUnicode_CompareWithASCIIString(typ, "histogram") == 0;
+    int bucket = 0;
+    if (histogram) {
+        if (!PyUnicode_Check(sample))
+            return PyObject_CallMethodObjArgs(registry, s_add, family, typ, help, sample,
+                                              labels, NULL);
+        bucket = ends_with(sample, "_bucket");
+        if (!bucket && !ends_with(sample, "_sum"))
+            return PyObject_CallMethodObjArgs(registry, s_add, family, typ, help, sample,
+                                              labels, NULL);
+    }
+    PyObject *ids = PyObject_GetAttr(registry, s_ids), *keys = NULL, *label_dicts = NULL;
+    PyObject *family_of = NULL, *key = NULL, *sid = NULL, *label_dict = NULL, *out = NULL;
+    if (ids == NULL || (keys = PyObject_GetAttr(registry, s_keys)) == NULL
+            || (label_dicts = PyObject_GetAttr(registry, s_label_dicts)) == NULL
+            || (family_of = PyObject_GetAttr(registry, s_family_of)) == NULL
+            || (key = PyTuple_Pack(3, family, sample, labels)) == NULL)
+        goto done;
+    PyObject *found = PyDict_GetItemWithError(ids, key);
+    if (found != NULL || PyErr_Occurred()) {
+        out = Py_XNewRef(found);
+        goto done;
+    }
+    if ((sid = PyLong_FromSsize_t(PyObject_Length(keys))) == NULL
+            || PyDict_SetItem(ids, key, sid) < 0 || PyList_Append(keys, key) < 0
+            || (label_dict = PyDict_New()) == NULL
+            || PyDict_MergeFromSeq2(label_dict, labels, 1) < 0
+            || PyList_Append(label_dicts, label_dict) < 0)
+        goto done;
+    int known = PyDict_Contains(family_of, family);
+    if (known < 0)
+        goto done;
+    if (!known) {
+        PyObject *kind = PyTuple_Pack(2, typ, help);
+        int failed = kind == NULL || PyDict_SetItem(family_of, family, kind) < 0;
+        Py_XDECREF(kind);
+        if (failed)
+            goto done;
+    }
+    if (histogram) {
+        PyObject *histogram_ids = PyObject_GetAttr(registry, s_histogram_ids);
+        PyObject *histograms = histogram_ids == NULL ? NULL
+                               : PyObject_GetAttr(registry, s_histograms);
+        int failed = histograms == NULL || PySet_Add(histogram_ids, sid) < 0
+                     || index_histogram(histograms, not_base, family, labels, label_dict,
+                                        sid, bucket) < 0;
+        Py_XDECREF(histogram_ids);
+        Py_XDECREF(histograms);
+        if (failed)
+            goto done;
+    }
+    out = Py_NewRef(sid);
+done:
+    Py_XDECREF(ids);
+    Py_XDECREF(keys);
+    Py_XDECREF(label_dicts);
+    Py_XDECREF(family_of);
+    Py_XDECREF(key);
+    Py_XDECREF(sid);
+    Py_XDECREF(label_dict);
+    return out;
+}
+
 static PyMethodDef speedups_functions[] = {
     {"key_table", key_table, METH_VARARGS,
      "key_table(buffer, pos, used, payload, table) -> (ids, offsets, pos, torn): "
@@ -2625,6 +2800,9 @@ static PyMethodDef speedups_functions[] = {
     {"pick", pick, METH_VARARGS,
      "pick(column, ids, start) -> (list, missing): column[i] for each i of ids[start:] "
      "and how many are None (collector.pick)."},
+    {"register", register_series, METH_VARARGS,
+     "register(registry, not_base, family, typ, help, sample, labels) -> int: "
+     "SeriesRegistry.add in C."},
     {"parse_key", parse_key, METH_O,
      "parse_key(text) -> (family, sample, labels, help) or None: a plain key's parts."},
     {"key_set", key_set, METH_O,
@@ -2657,6 +2835,11 @@ intern_all(void)
         {&s_status_code, "status_code"}, {&s_sent, "sent"}, {&s_nr, "nr"},
         {&s_max_requests, "max_requests"}, {&s_transfer_encoding, "HTTP_TRANSFER_ENCODING"},
         {&s_file_wrapper, "wsgi.file_wrapper"},
+        {&s_ids, "ids"}, {&s_keys, "keys"}, {&s_label_dicts, "label_dicts"},
+        {&s_family_of, "family_of"}, {&s_histogram_ids, "histogram_ids"},
+        {&s_histograms, "histograms"}, {&s_buckets, "buckets"}, {&s_sum, "sum"},
+        {&s_labels, "labels"}, {&s_native, "native"}, {&s_ordered, "ordered"}, {&s_le, "le"},
+        {&s_inf_label, "+Inf"}, {&s_add, "add"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if ((*names[i].slot = PyUnicode_InternFromString(names[i].text)) == NULL)
