@@ -647,6 +647,8 @@ def test_compiled_series_numbering_is_the_registrys():
     """``register`` leaves the series registry exactly as ``SeriesRegistry.add`` does
     (numbers, keys, label dicts, families, histogram groups with their buckets, bounds and
     sums), and hands every other histogram sample (native, _count) to ``add``."""
+    import gc
+
     from gunicorn_prometheus_exporter.collector import Merger
 
     native_label = {"__native__": "3/1"}
@@ -669,6 +671,10 @@ def test_compiled_series_numbering_is_the_registrys():
         assert numbers == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0] + [0, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0]
     for name in ("ids", "keys", "label_dicts", "histogram_ids", "family_of", "histograms"):
         assert getattr(compiled.registry, name) == getattr(python.registry, name), name
+    # tuples of strings and numbers only: untracked, as the GC's first pass would make them
+    assert not any(map(gc.is_tracked, compiled.registry.keys))
+    assert not any(gc.is_tracked(entry) for group in compiled.registry.histograms.values()
+                   for entry in group["buckets"])
     assert compiled._add.func is native.register
 
 

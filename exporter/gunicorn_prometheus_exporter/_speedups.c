@@ -2623,6 +2623,23 @@ static PyObject *s_ids, *s_keys, *s_label_dicts, *s_family_of, *s_histogram_ids;
 static PyObject *s_histograms, *s_buckets, *s_sum, *s_labels, *s_native, *s_ordered, *s_le;
 static PyObject *s_inf_label, *s_add;
 
+/* Untracks ``tuple`` by the cyclic GC when nothing it holds is tracked (it can then be in
+ * no cycle), as the GC's first pass over it would: the pass after a cold scrape need not
+ * visit the tens of thousands of tuples of a new series registry. Returns ``tuple``. */
+static PyObject *
+untrack_atomic(PyObject *tuple)
+{
+    if (tuple == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(tuple); i++) {
+        PyObject *item = PyTuple_GET_ITEM(tuple, i);
+        if (PyObject_IS_GC(item) && PyObject_GC_IsTracked(item))
+            return tuple;
+    }
+    PyObject_GC_UnTrack(tuple);
+    return tuple;
+}
+
 /* Whether the str ``text`` ends with the ASCII ``suffix``. */
 static int
 ends_with(PyObject *text, const char *suffix)
@@ -2653,7 +2670,7 @@ base_labels(PyObject *labels, PyObject *not_base)
         if (skip < 0 || (!skip && PyList_Append(kept, pair) < 0))
             goto done;
     }
-    out = PyList_AsTuple(kept);
+    out = untrack_atomic(PyList_AsTuple(kept));
 done:
     Py_DECREF(kept);
     return out;
@@ -2667,7 +2684,7 @@ index_histogram(PyObject *histograms, PyObject *not_base, PyObject *family, PyOb
 {
     PyObject *base = base_labels(labels, not_base), *where = NULL, *group = NULL;
     int result = -1;
-    if (base == NULL || (where = PyTuple_Pack(2, family, base)) == NULL)
+    if (base == NULL || (where = untrack_atomic(PyTuple_Pack(2, family, base))) == NULL)
         goto done;
     group = PyDict_GetItemWithError(histograms, where);
     if (group != NULL) {
@@ -2699,7 +2716,7 @@ index_histogram(PyObject *histograms, PyObject *not_base, PyObject *family, PyOb
         PyErr_Clear();
         bound = PyFloat_FromDouble(Py_HUGE_VAL);
     }
-    PyObject *entry = bound == NULL ? NULL : PyTuple_Pack(3, bound, le, sid);
+    PyObject *entry = bound == NULL ? NULL : untrack_atomic(PyTuple_Pack(3, bound, le, sid));
     PyObject *list = PyDict_GetItemWithError(group, s_buckets);
     if (entry != NULL && list != NULL && PyList_Append(list, entry) == 0)
         result = PyDict_SetItem(group, s_ordered, Py_False);
@@ -2717,8 +2734,9 @@ done:
 /* register(registry, not_base, family, typ, help, sample, labels) -> int: collector.py
  * SeriesRegistry.add in one call: the number of the series (family, sample, labels), a new
  * one numbered with its label dict and, for a histogram's bucket or sum, its place in the
- * histogram's group (labels named in ``not_base`` are the bucket's). A cold scrape numbers
- * 17,000 series at 64 files x 1,000 label sets; in Python each is some hundred steps. Any
+ * histogram's group (labels named in ``not_base`` are the bucket's), its tuples untracked
+ * where they can be. A cold scrape numbers 17,000 series at 64 files x 1,000 label sets;
+ * in Python each is some hundred steps. Any
  * other histogram sample (a native one, or anything but _bucket and _sum) is left to
  * ``registry.add``. */
 static PyObject *
@@ -2744,7 +2762,7 @@ register_series(PyObject *module, PyObject *args)
     if (ids == NULL || (keys = PyObject_GetAttr(registry, s_keys)) == NULL
             || (label_dicts = PyObject_GetAttr(registry, s_label_dicts)) == NULL
             || (family_of = PyObject_GetAttr(registry, s_family_of)) == NULL
-            || (key = PyTuple_Pack(3, family, sample, labels)) == NULL)
+            || (key = untrack_atomic(PyTuple_Pack(3, family, sample, labels))) == NULL)
         goto done;
     PyObject *found = PyDict_GetItemWithError(ids, key);
     if (found != NULL || PyErr_Occurred()) {
@@ -2761,7 +2779,7 @@ register_series(PyObject *module, PyObject *args)
     if (known < 0)
         goto done;
     if (!known) {
-        PyObject *kind = PyTuple_Pack(2, typ, help);
+        PyObject *kind = untrack_atomic(PyTuple_Pack(2, typ, help));
         int failed = kind == NULL || PyDict_SetItem(family_of, family, kind) < 0;
         Py_XDECREF(kind);
         if (failed)
