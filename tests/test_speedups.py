@@ -635,6 +635,9 @@ def test_compiled_key_parts_are_the_python_parts():
         assert parts == _parse_key(key) and parts[2] == tuple(sorted(parts[2]))
         assert not gc.is_tracked(parts) and not gc.is_tracked(parts[2])
     assert [native.parse_key(key) for key in other] == [None] * len(other)
+    # the strings keys repeat are made once (kept by parse_key), not once per key
+    one, two = (native.parse_key(plain[0].replace("/r", route)) for route in ("/x", "/y"))
+    assert one[0] is two[0] and one[1] is two[1] and one[2][0][0] is two[2][0][0]
     compiled, python = Merger(native), Merger()
     for key in plain + other:
         assert compiled._parse_key(key) == python._parse_key(key) == _parse_key(key)
