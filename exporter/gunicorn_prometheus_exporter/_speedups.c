@@ -2509,10 +2509,19 @@ json_space(const char *at, const char *end)
 /* Strings parse_key made lately, by a hash of their text: the keys of a directory repeat
  * their family, sample, help, label names and bucket bounds (at 64 x 1,000 label sets,
  * six of a key's seven strings), so a cold scrape makes each of those once instead of once
- * per key: fewer allocations, and 6 MB less in the series registry. A slot keeps the last
- * string that hashed to it (GIL held: no lock). */
-#define KEY_STRINGS 256
+ * per key: fewer allocations, and 6 MB less in the series registry. Two slots per hash
+ * (the newer first), so two strings of one hash that keys keep repeating both stay; a
+ * string met once (a route) pushes out the older only. GIL held: no lock. */
+#define KEY_STRINGS 1024
 static PyObject *key_strings[KEY_STRINGS];
+
+/* Whether ``kept`` is the str of the ``n`` ASCII characters at ``text``. */
+static inline int
+key_string_is(PyObject *kept, const char *text, Py_ssize_t n)
+{
+    return kept != NULL && PyUnicode_GET_LENGTH(kept) == n
+           && memcmp(PyUnicode_DATA(kept), text, n) == 0;
+}
 
 /* The str of the ``n`` ASCII characters at ``text``, made or one kept (a new reference). */
 static PyObject *
@@ -2521,14 +2530,17 @@ key_string(const char *text, Py_ssize_t n)
     uint32_t hash = 2166136261u;
     for (Py_ssize_t i = 0; i < n; i++)
         hash = (hash ^ (unsigned char)text[i]) * 16777619u;
-    PyObject **slot = &key_strings[(hash ^ (hash >> 16)) % KEY_STRINGS];
-    PyObject *kept = *slot;
-    if (kept != NULL && PyUnicode_GET_LENGTH(kept) == n
-            && memcmp(PyUnicode_DATA(kept), text, n) == 0)
-        return Py_NewRef(kept);
+    PyObject **pair = &key_strings[2 * ((hash ^ (hash >> 16)) % (KEY_STRINGS / 2))];
+    if (key_string_is(pair[0], text, n))
+        return Py_NewRef(pair[0]);
+    if (key_string_is(pair[1], text, n))
+        return Py_NewRef(pair[1]);
     PyObject *made = PyUnicode_FromStringAndSize(text, n);
-    if (made != NULL && PyUnicode_IS_COMPACT_ASCII(made))
-        Py_XSETREF(*slot, Py_NewRef(made));
+    if (made != NULL && PyUnicode_IS_COMPACT_ASCII(made)) {
+        Py_XDECREF(pair[1]);
+        pair[1] = pair[0];
+        pair[0] = Py_NewRef(made);
+    }
     return made;
 }
 
