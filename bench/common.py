@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -97,11 +98,22 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def wrk(port: int, duration: int, connections: int, threads: int = 1) -> Dict[str, object]:
-    """One wrk run against ``http://127.0.0.1:port/``."""
-    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s",
-                          f"http://127.0.0.1:{port}/"], capture_output=True, text=True,
-                         timeout=duration + 60).stdout
+def wrk(port: int, duration: int, connections: int, threads: int = 1,
+        stagger_ms: int = 0) -> Dict[str, object]:
+    """One wrk run against ``http://127.0.0.1:port/``. ``stagger_ms``: open the connections
+    one at a time, that many milliseconds apart (one wrk thread per connection, each thread
+    started after the previous one's ``setup`` slept), as clients arriving over time do,
+    instead of all within the first millisecond."""
+    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s"]
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        if stagger_ms:
+            script.write(f'function setup(thread)\n  os.execute("sleep {stagger_ms / 1000}")\n'
+                         f'end\n')
+            script.flush()
+            command = ["wrk", f"-t{connections}", f"-c{connections}", f"-d{duration}s",
+                       "-s", script.name]
+        out = subprocess.run([*command, f"http://127.0.0.1:{port}/"], capture_output=True,
+                             text=True, timeout=duration + 60).stdout
     errors = re.search(r"Socket errors: (.*)", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
@@ -132,13 +144,13 @@ def start_gunicorn(worker_class: str, app: str, tmp: str, *, workers: int = 1,
 
 
 def wrk_cpu(proc: subprocess.Popen, port: int, duration: int, connections: int,
-            threads: int = 1) -> Tuple[float, float]:
+            threads: int = 1, stagger_ms: int = 0) -> Tuple[float, float]:
     """One wrk run after a one-second warm-up at the same concurrency: requests/s, and µs
     of CPU per request of ``proc`` and all its children (steadier than requests/s on a busy
     machine)."""
-    wrk(port, 1, connections, threads=threads)
+    wrk(port, 1, connections, threads=threads, stagger_ms=stagger_ms)
     before = cpu_seconds(proc.pid)
-    run = wrk(port, duration, connections, threads=threads)
+    run = wrk(port, duration, connections, threads=threads, stagger_ms=stagger_ms)
     cpu = cpu_seconds(proc.pid) - before
     return run["rps"], cpu / run["requests"] * 1e6
 

@@ -12,11 +12,13 @@ plugin adds per request.
 With several worker processes, each round also reports how wrk's connections were split
 between them (counted mid-run): an asyncio worker accepts every connection waiting when it
 wakes, so the split is decided in wrk's first milliseconds, differs from round to round,
-and moves throughput by far more than the plugin does (docs/benchmarks.md, issue 18). The
-summary therefore also compares the variants within each split.
+and moves throughput by far more than the plugin does (docs/benchmarks.md, issue 18). So
+with several processes wrk opens its connections one at a time (``--stagger``, 20 ms apart
+by default), as clients arriving over time do, and each worker takes its share; the summary
+also compares the variants within each split, and gives the ratio of each round's pair.
 
 Run: ``python bench/worker_bench.py [--workers gevent asgi asgi-starlette uvicorn] [--rounds 6]
-[--duration 5] [--connections 16] [--processes 1]``. Needs ``wrk`` (Debian package) and, per
+[--duration 5] [--connections 16] [--processes 1] [--stagger MS]``. Needs ``wrk`` (Debian package) and, per
 worker type, gevent / gunicorn >= 24 / uvicorn-worker. Results and how to read them:
 docs/workers.md, docs/benchmarks.md.
 """
@@ -184,7 +186,8 @@ def run_variant(worker_class: str, app: str, args: argparse.Namespace, tmp: str)
         timer = threading.Timer(1 + args.duration / 2,
                                 lambda: split.append(connection_split(proc.pid, args.processes)))
         timer.start()
-        rps, cpu = wrk_cpu(proc, port, args.duration, args.connections)
+        rps, cpu = wrk_cpu(proc, port, args.duration, args.connections,
+                           stagger_ms=args.stagger)
         timer.join()
         return rps, cpu, split[0] if split else ()
     finally:
@@ -278,9 +281,14 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--processes", type=int, default=1,
                         help="gunicorn worker processes (-w)")
+    parser.add_argument("--stagger", type=int, default=None, metavar="MS",
+                        help="open wrk's connections one at a time, MS apart (default: 20 "
+                             "with several processes, else 0: all at once)")
     parser.add_argument("--micro-requests", type=int, default=20000,
                         help="requests of the in-process ASGI wrapper measurement (0: skip)")
     args = parser.parse_args()
+    if args.stagger is None:
+        args.stagger = 20 if args.processes > 1 else 0
     if args.micro_requests:
         bare, through = asgi_micro(args.micro_requests)
         print(f"in-process ASGI hello app: {bare:.2f} us bare, {through:.2f} us through the "
@@ -292,7 +300,9 @@ def main() -> None:
         write_apps(tmp)
         for name in runnable({n: WORKERS[n][3] for n in args.workers}):
             summary.append((name, bench(name, args, tmp)))
-    print(f"\n{args.processes} worker(s), wrk -t1 -c{args.connections} keep-alive, "
+    opened = (f"-t{args.connections} -c{args.connections}, opened {args.stagger} ms apart"
+              if args.stagger else f"-t1 -c{args.connections}, opened at once")
+    print(f"\n{args.processes} worker(s), wrk {opened}, keep-alive, "
           f"{args.rounds} rounds x {args.duration}s interleaved, medians (range):")
     print(f"{'worker':8s} {'plain req/s':>22s} {'plugin req/s':>22s} {'ratio':>6s} "
           f"{'plain us/req':>13s} {'plugin us/req':>14s} {'added us':>9s}")
@@ -301,6 +311,9 @@ def main() -> None:
         print(f"{name:8s} {prps:8.0f} ({spread([r[0] for r in results['plain']]):>11s}) "
               f"{qrps:8.0f} ({spread([r[0] for r in results['plugin']]):>11s}) "
               f"{qrps / prps:6.3f} {pcpu:13.1f} {qcpu:14.1f} {qcpu - pcpu:+9.1f}")
+        paired = [q[0] / p[0] for p, q in zip(results["plain"], results["plugin"])]
+        print(f"{'':8s} req/s ratio of each round's pair: median {statistics.median(paired):.3f} "
+              f"({min(paired):.3f}-{max(paired):.3f})")
         if args.processes > 1:
             by_split(results)
 
