@@ -10,6 +10,7 @@ import math
 import os
 import shutil
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,30 @@ def test_the_speedups_are_built_where_a_compiler_is():
     assert native is not None, "setup.py did not build gunicorn_prometheus_exporter._speedups"
     assert speedups.load({speedups.SWITCH_ENV: "1"}) is None
     assert speedups.load({speedups.SWITCH_ENV: "0"}) is native
+
+
+def test_a_build_from_another_source_is_not_loaded(tmp_path):
+    """An editable install whose ``_speedups.c`` changed without a rebuild: the old module
+    would fail every worker on a missing name, so the Python path runs instead; a module
+    without its source beside it (a wheel) is its source's."""
+    source = tmp_path / "_speedups.c"
+    source.write_text("/* one source */\n")
+
+    def built(digest):
+        module = types.ModuleType("gunicorn_prometheus_exporter._speedups")
+        module.__file__ = str(tmp_path / "_speedups.so")
+        if digest is not None:
+            module.SOURCE_DIGEST = digest
+        return module
+
+    assert not speedups.is_stale(built(speedups.source_digest(str(source))))
+    assert speedups.is_stale(built("0" * 16))
+    assert speedups.is_stale(built(None))
+    wheel = built(None)
+    wheel.__file__ = str(tmp_path / "elsewhere" / "_speedups.so")
+    assert not speedups.is_stale(wheel)
+    if native is not None:  # this checkout's own build is its source's
+        assert not speedups.is_stale(native)
 
 
 def _write(directory: Path, compiled: bool, threaded: bool, layout=None) -> bytes:

@@ -3096,7 +3096,11 @@ PyInit__speedups(void)
             || add_type(module, "MeteredApp", &MeteredAppType) < 0
             || add_type(module, "WSGIHooks", &WSGIHooksType) < 0
             || add_type(module, "MeteredWSGI", &MeteredWSGIType) < 0
-            || add_type(module, "KeyTable", &KeyTableType) < 0) {
+            || add_type(module, "KeyTable", &KeyTableType) < 0
+#ifdef SOURCE_DIGEST
+            || PyModule_AddStringConstant(module, "SOURCE_DIGEST", SOURCE_DIGEST) < 0
+#endif
+            ) {
         Py_DECREF(module);
         return NULL;
     }
