@@ -10,10 +10,10 @@ import sys
 
 from setuptools import Extension, setup
 
-# the package's own reading of the switch (the package itself is not importable yet)
-_switched_off = runpy.run_path(
-    os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                 "gunicorn_prometheus_exporter", "speedups.py"))["switched_off"]
+_PACKAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gunicorn_prometheus_exporter")
+# the package's own reading of the switch and digest (the package is not importable yet)
+_speedups = runpy.run_path(os.path.join(_PACKAGE, "speedups.py"))
+_switched_off = _speedups["switched_off"]
 
 
 def _wanted() -> bool:
@@ -24,5 +24,8 @@ def _wanted() -> bool:
 setup(ext_modules=[
     Extension("gunicorn_prometheus_exporter._speedups",
               sources=["gunicorn_prometheus_exporter/_speedups.c"],
+              # the source it was built from, so that a stale build is never loaded
+              define_macros=[("SOURCE_DIGEST", '"%s"' % _speedups["source_digest"](
+                  os.path.join(_PACKAGE, "_speedups.c")))],
               optional=True),  # a failed build is a warning: the Python path is used
 ] if _wanted() else [])

@@ -10,6 +10,7 @@ import math
 import os
 import shutil
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,30 @@ def test_the_speedups_are_built_where_a_compiler_is():
     assert native is not None, "setup.py did not build gunicorn_prometheus_exporter._speedups"
     assert speedups.load({speedups.SWITCH_ENV: "1"}) is None
     assert speedups.load({speedups.SWITCH_ENV: "0"}) is native
+
+
+def test_a_build_from_another_source_is_not_loaded(tmp_path):
+    """An editable install whose ``_speedups.c`` changed without a rebuild: the old module
+    would fail every worker on a missing name, so the Python path runs instead; a module
+    without its source beside it (a wheel) is its source's."""
+    source = tmp_path / "_speedups.c"
+    source.write_text("/* one source */\n")
+
+    def built(digest):
+        module = types.ModuleType("gunicorn_prometheus_exporter._speedups")
+        module.__file__ = str(tmp_path / "_speedups.so")
+        if digest is not None:
+            module.SOURCE_DIGEST = digest
+        return module
+
+    assert not speedups.is_stale(built(speedups.source_digest(str(source))))
+    assert speedups.is_stale(built("0" * 16))
+    assert speedups.is_stale(built(None))
+    wheel = built(None)
+    wheel.__file__ = str(tmp_path / "elsewhere" / "_speedups.so")
+    assert not speedups.is_stale(wheel)
+    if native is not None:  # this checkout's own build is its source's
+        assert not speedups.is_stale(native)
 
 
 def _write(directory: Path, compiled: bool, threaded: bool, layout=None) -> bytes:
@@ -442,7 +467,7 @@ def test_requests_with_extras_reach_python_and_only_they(tmp_path, monkeypatch):
 
 def _reader_state(reader) -> tuple:
     values = reader.read()
-    return (reader.keys, list(reader.key_ids), list(reader.offsets), reader.sizes,
+    return (list(reader.keys), list(reader.key_ids), list(reader.offsets), reader.sizes,
             reader._parsed_to, reader.torn, values)
 
 
@@ -512,9 +537,9 @@ def test_compiled_key_walk_shares_key_texts_and_follows_a_recreated_file(tmp_pat
         f.values[f.index(sample_key("c", "c_total", {"route": route}, "h"))] = 7.0
     f.close()
     assert readers[0].read(os.stat(readers[0].path).st_ino) == (7.0, 7.0)
-    assert readers[0].keys == [sample_key("c", "c_total", {"route": r}, "h")
-                               for r in ("/x", "/y")]
-    assert list(readers[0].key_ids) == [2, 3] and table.texts[2:] == readers[0].keys
+    assert list(readers[0].keys) == [sample_key("c", "c_total", {"route": r}, "h")
+                                     for r in ("/x", "/y")]
+    assert list(readers[0].key_ids) == [2, 3] and table.texts[2:] == list(readers[0].keys)
 
 
 def _worker_files(directory: Path, workers: int) -> None:
@@ -613,6 +638,82 @@ def test_compiled_key_numbers_pick_and_key_sets():
         native.pick([], array.array("i", [-1]), 0)
 
 
+@needs_native
+def test_compiled_key_parts_are_the_python_parts():
+    """``parse_key`` gives exactly what the Python parse gives (labels sorted by name, the
+    same strings) for a key of plain strings, whatever its spacing, and None for every
+    other key, which the Python parse then answers: escapes, non-ASCII, numbers, a label
+    named twice, another shape, text around it. Its tuples are untracked by the GC."""
+    import gc
+    import json
+
+    from gunicorn_prometheus_exporter.collector import Merger, _parse_key
+
+    plain = [json.dumps(["f", "f_bucket", {"route": "/r", "le": "0.5"}, "Help."],
+                        sort_keys=True),
+             json.dumps(["f", "f_total", {"b": "2", "a": "1", "c": ""}, ""]),
+             '["f","f",{},"h"]', ' \t["f" ,"f", { "z" :"1","y":"2" } ,"h"]\n ',
+             json.dumps(["f", "f", {"a": "x y: {z}, [w]"}, "h ]"])]
+    other = [json.dumps(["f", "f", {"route": "/é"}, "h"]),
+             json.dumps(["f", "f", {"route": "/é"}, "h"], ensure_ascii=False),
+             '["f\\n","f",{},"h"]', '["f","f",{"le":0.5},"h"]', '["f","f",{"a":null},"h"]',
+             '["f","f",{"a":"1","a":"2"},"h"]', '["f","f",{},"h",1]', '["f","f",{}]',
+             '["f","f",{},"h"]x', '["f","f",{},"h"', '["f","f",{"a":"1",},"h"]',
+             '["f","f",{"a":"\x01"},"h"]', '{"f": 1}', "", "not json", '["f",1,{},"h"]']
+    for key in plain:
+        parts = native.parse_key(key)
+        assert parts == _parse_key(key) and parts[2] == tuple(sorted(parts[2]))
+        assert not gc.is_tracked(parts) and not gc.is_tracked(parts[2])
+    assert [native.parse_key(key) for key in other] == [None] * len(other)
+    # the strings keys repeat are made once (kept by parse_key), not once per key
+    one, two = (native.parse_key(plain[0].replace("/r", route)) for route in ("/x", "/y"))
+    assert one[0] is two[0] and one[1] is two[1] and one[2][0][0] is two[2][0][0]
+    compiled, python = Merger(native), Merger()
+    for key in plain + other:
+        assert compiled._parse_key(key) == python._parse_key(key) == _parse_key(key)
+    with pytest.raises(TypeError):
+        native.parse_key(b'["f","f",{},"h"]')
+
+
+@needs_native
+def test_compiled_series_numbering_is_the_registrys():
+    """``register`` leaves the series registry exactly as ``SeriesRegistry.add`` does
+    (numbers, keys, label dicts, families, histogram groups with their buckets, bounds and
+    sums), and hands every other histogram sample (native, _count) to ``add``."""
+    import gc
+
+    from gunicorn_prometheus_exporter.collector import Merger
+
+    native_label = {"__native__": "3/1"}
+    series = [("c", "counter", "C.", "c_total", (("route", "/a"),)),
+              ("g", "gauge", "G.", "g", ()),
+              ("h", "histogram", "H.", "h_bucket", (("le", "0.5"), ("route", "/a"))),
+              ("h", "histogram", "H.", "h_bucket", (("le", "+Inf"), ("route", "/a"))),
+              ("h", "histogram", "H.", "h_bucket", (("le", "abc"), ("route", "/a"))),
+              ("h", "histogram", "H.", "h_bucket", (("route", "/b"),)),
+              ("h", "histogram", "H.", "h_sum", (("route", "/a"),)),
+              ("h", "histogram", "H2.", "h_count", (("route", "/a"),)),
+              ("h", "histogram", "H.", "h_native", tuple(native_label.items())
+               + (("route", "/a"),)),
+              ("h", "histogram", "H.", "h_bucket", (("le", "1"), ("route", "/a"),
+                                                   ("worker_id", "0"))),
+              ("c", "counter", "other help", "c_total", (("route", "/a"),))]
+    compiled, python = Merger(native), Merger()
+    for merger in (compiled, python):
+        numbers = [merger._add(*one) for one in series + series[::-1]]
+        assert numbers == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0] + [0, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0]
+    for name in ("ids", "keys", "label_dicts", "histogram_ids", "family_of", "histograms"):
+        assert getattr(compiled.registry, name) == getattr(python.registry, name), name
+    # tuples of strings and numbers only: untracked, as the GC's first pass would make them
+    # (but the keys ``add`` numbered)
+    keys = compiled.registry.keys
+    assert [k for k in keys if gc.is_tracked(k)] == [k for k in keys
+                                                     if k[1] in ("h_count", "h_native")]
+    assert not any(gc.is_tracked(entry) for group in compiled.registry.histograms.values()
+                   for entry in group["buckets"])
+    assert compiled._add.func is native.register
+
+
 def _more_files(directory: Path, workers: int, rounds: int) -> int:
     """Appends to the files ``_worker_files`` wrote (more routes, in each worker's own
     order) and writes gauges of every kind of file (``max``, ``all`` labelled by pid,
@@ -704,8 +805,9 @@ def test_a_cold_scrape_serves_what_a_warm_one_does(tmp_path, compiled):
 def test_a_cold_scrape_takes_the_compiled_path(tmp_path, monkeypatch):
     """The pin of the cold scrape's C path: every file's keys are walked and numbered by
     ``key_table`` in one C ``KeyTable``, their series looked up by ``pick``, and files of
-    the same keys share one set of series (``key_set``); the Python twins are never
-    called."""
+    the same keys share one set of series (``key_set``), each key's parts parsed by
+    ``parse_key`` and its series numbered by ``register``; the Python twins are never
+    called (``SeriesRegistry.add`` only for what ``register`` leaves to it)."""
     from gunicorn_prometheus_exporter import collector as collection
     from gunicorn_prometheus_exporter.storage.reader import FileReader
 
@@ -720,7 +822,16 @@ def test_a_cold_scrape_takes_the_compiled_path(tmp_path, monkeypatch):
             walked_in_python.append(self.path)
         return python_walk(self, used)
 
+    added_in_python = []
+    python_add = collection.SeriesRegistry.add
+
+    def add(self, family, typ, help_text, sample, labels):
+        added_in_python.append((typ, sample))
+        return python_add(self, family, typ, help_text, sample, labels)
+
     monkeypatch.setattr(collection, "pick", not_here)
+    monkeypatch.setattr(collection, "_parse_key", not_here)
+    monkeypatch.setattr(collection.SeriesRegistry, "add", add)
     monkeypatch.setattr(FileReader, "_parse", parse)
     _worker_files(tmp_path, 6)
     _more_files(tmp_path, 6, 1)
@@ -739,6 +850,11 @@ def test_a_cold_scrape_takes_the_compiled_path(tmp_path, monkeypatch):
     most = [s for s, _ in files if s.mode == "max"]
     assert len(most) == 6 and len({id(s.series) for s in most}) <= 4
     assert compiled.merger._pick is native.pick
+    assert compiled.merger._parse_plain is native.parse_key
+    # series numbered in C (``register``) but native and _count samples of histograms
+    assert compiled.merger._add.func is native.register and added_in_python
+    assert all(typ == "histogram" and not sample.endswith(("_bucket", "_sum"))
+               for typ, sample in added_in_python)
     assert len(compiled._key_table.texts) == len(set().union(*(r.keys for _, r in files)))
 
 

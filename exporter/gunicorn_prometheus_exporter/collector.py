@@ -9,6 +9,7 @@ locks, and busy/idle workers."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import json
 import math
@@ -123,6 +124,14 @@ class Shard:
         self._series_shared = False
         self.generation = generation
 
+    def extend(self, sids: List[int]) -> None:
+        """Number the shard's next keys ``sids`` (a list of the caller's own: taken as
+        is for the first keys, not copied, a million references on a cold scrape)."""
+        if self.targets:
+            self.targets.extend(sids)
+        else:
+            self.targets = sids
+
     def feed(self, sids: Iterable[int]) -> None:
         """Add to the series this shard feeds (copying a set it shares first)."""
         if self._series_shared:
@@ -142,14 +151,18 @@ class Shard:
 Plain = Union[List[Optional[int]], Dict[str, int]]
 
 
-def pick(column: List[Optional[int]], ids: Sequence[int], start: int) -> List[Optional[int]]:
+def pick(column: List[Optional[int]], ids: Sequence[int],
+         start: int) -> Tuple[List[Optional[int]], int]:
     """``column[i]`` for each key number ``i`` of ``ids[start:]``, ``column`` first grown
-    with None to hold them all (``_speedups.pick`` is the same in one C call)."""
+    with None to hold them all, and how many of those are None (``_speedups.pick`` is the
+    same in one C call: asking a list of a million entries ``None in`` costs a comparison
+    of an int with None per entry)."""
     new = ids[start:]
     top = max(new, default=-1) + 1
     if top > len(column):
         column.extend([None] * (top - len(column)))
-    return list(map(column.__getitem__, new))
+    found = list(map(column.__getitem__, new))
+    return found, found.count(None)
 
 
 #: the decoder's scanner (``raw_decode`` without its Python frame): (value, end) of the
@@ -169,6 +182,17 @@ def _decode_key(key: str) -> object:
     return found if end == len(key) else json.loads(key)
 
 
+def _parse_key(key: str) -> tuple:
+    """(family, sample, labels sorted, help) of a key; a key that is not one of
+    prometheus_client's is served as ``gunicorn_exporter_unreadable``."""
+    try:
+        family, sample, labels, help_text = _decode_key(key)
+        return (family, sample,
+                tuple(sorted(zip(map(str, labels), map(str, labels.values())))), help_text)
+    except (ValueError, TypeError, AttributeError):
+        return ("gunicorn_exporter_unreadable", "gunicorn_exporter_unreadable", (), "")
+
+
 class Merger:
     """Numbers series and merges the values of many shards into families. Shared by the
     directory collector and the Redis reader, so both expose exactly the same thing."""
@@ -186,8 +210,14 @@ class Merger:
         #: (kind, key set) -> the series of a shard holding exactly those keys, all plain;
         #: kept for one read (``merge`` clears it)
         self._shared_series: Dict[Tuple[Tuple[str, bool, bool], bytes], set] = {}
+        #: a plain key's parts in one C call (``_speedups.parse_key``, None for any other)
+        self._parse_plain = compiled.parse_key if compiled is not None else None
+        #: ``registry.add``, in one C call with the speedups (``_speedups.register``)
+        self._add = (functools.partial(compiled.register, self.registry, _NOT_BASE)
+                     if compiled is not None else self.registry.add)
 
-    def index(self, shard: Shard, keys: List[str], ids: Optional[Sequence[int]] = None) -> None:
+    def index(self, shard: Shard, keys: Sequence[str],
+              ids: Optional[Sequence[int]] = None) -> None:
         """Give series numbers to the keys the shard gained since the last call (``ids``:
         their numbers in a ``KeyTable``, when the shard's reader has them).
 
@@ -207,12 +237,14 @@ class Merger:
                 plain = self._plain_sids[kind] = [] if ids is not None else {}
         if plain is None:
             sids: List[Optional[int]] = [None] * (len(keys) - start)
+            missing = len(sids)
         elif ids is not None:
-            sids = self._pick(plain, ids, start)
+            sids, missing = self._pick(plain, ids, start)
         else:
             sids = list(map(plain.get, keys[start:]))
+            missing = sids.count(None)
         shared = None
-        if None in sids:
+        if missing:
             for i, sid in enumerate(sids):
                 if sid is None:
                     slot = keys[start + i] if ids is None else ids[start + i]
@@ -222,10 +254,10 @@ class Merger:
             shared = (kind, self._key_set(ids))
             found = self._shared_series.get(shared)
             if found is not None:
-                shard.targets.extend(sids)
+                shard.extend(sids)
                 shard.share(found)
                 return
-        shard.targets.extend(sids)
+        shard.extend(sids)
         shard.feed(sids)
         if shared is not None:
             self._shared_series[shared] = shard.series
@@ -244,15 +276,15 @@ class Merger:
         elif shard.typ == "gauge" and shard.mode in ("all", "liveall"):
             extra = extra + (("pid", shard.identity),)
         merged = tuple(sorted(labels + extra)) if extra else labels
-        sid = self.registry.add(family, shard.typ, help_text, sample, merged)
+        sid = self._add(family, shard.typ, help_text, sample, merged)
         derived = families.DERIVED.get(family)
         if (derived is not None and worker_id is not None
                 and not sample.endswith(native.SAMPLE_SUFFIX)):
             suffix = "_total" if derived.typ == "counter" else sample[len(family):]
             kept = (tuple(kv for kv in labels if kv[0] == "le") + shard.extra
                     + (("worker_id", worker_id),))
-            derived_sid = self.registry.add(derived.name, derived.typ, derived.help,
-                                            derived.name + suffix, tuple(sorted(kept)))
+            derived_sid = self._add(derived.name, derived.typ, derived.help,
+                                    derived.name + suffix, tuple(sorted(kept)))
             shard.derived.append((derived_sid, position))
             shard.feed((derived_sid,))
         elif plain is not None and not extra:
@@ -260,15 +292,14 @@ class Merger:
         return sid
 
     def _parse_key(self, key: str) -> tuple:
+        """(family, sample, labels sorted, help) of a key, each distinct key parsed once (in
+        one C call when the key is plain)."""
         found = self._parsed_keys.get(key)
         if found is None:
-            try:
-                family, sample, labels, help_text = _decode_key(key)
-                found = (family, sample,
-                         tuple(sorted(zip(map(str, labels), map(str, labels.values())))),
-                         help_text)
-            except (ValueError, TypeError, AttributeError):
-                found = ("gunicorn_exporter_unreadable", "gunicorn_exporter_unreadable", (), "")
+            if self._parse_plain is not None:
+                found = self._parse_plain(key)
+            if found is None:
+                found = _parse_key(key)
             self._parsed_keys[key] = found
         return found
 

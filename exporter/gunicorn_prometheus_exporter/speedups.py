@@ -13,6 +13,8 @@ reference, and the fallback wherever the module is missing or switched off with
 ``switched_off`` here too); tests/test_speedups.py holds both to the same results."""
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 from types import ModuleType
 from typing import Mapping, Optional
@@ -26,15 +28,42 @@ def switched_off(environ: Mapping[str, str]) -> bool:
     return environ.get(SWITCH_ENV, "").strip().lower() not in _OFF
 
 
-def load(environ: Optional[Mapping[str, str]] = None) -> Optional[ModuleType]:
-    """The compiled module, or None: not built here, or switched off."""
-    if switched_off(os.environ if environ is None else environ):
-        return None
+def source_digest(path: str) -> str:
+    """What setup.py compiles into the module (``SOURCE_DIGEST``) of the source it built."""
+    with open(path, "rb") as source:
+        return hashlib.sha256(source.read()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=None)
+def is_stale(module: ModuleType) -> bool:
+    """Whether ``module`` was built from another ``_speedups.c`` than the one beside it: an
+    editable install whose C source changed without a rebuild, where the old module lacks
+    what the Python code now asks of it and would fail every worker at boot. An install
+    without the source beside the module is taken as built from its own. Read once per
+    process (the master's answer is inherited by its workers)."""
+    path = os.path.join(os.path.dirname(module.__file__ or ""), "_speedups.c")
+    try:
+        digest = source_digest(path)
+    except OSError:
+        return False
+    return getattr(module, "SOURCE_DIGEST", None) != digest
+
+
+def _built() -> Optional[ModuleType]:
     try:
         from . import _speedups
     except ImportError:
         return None
     return _speedups
+
+
+def load(environ: Optional[Mapping[str, str]] = None) -> Optional[ModuleType]:
+    """The compiled module, or None: not built here, built from another source (stale), or
+    switched off."""
+    if switched_off(os.environ if environ is None else environ):
+        return None
+    module = _built()
+    return None if module is None or is_stale(module) else module
 
 
 def describe(native: Optional[ModuleType]) -> str:
@@ -43,4 +72,7 @@ def describe(native: Optional[ModuleType]) -> str:
         return "compiled (C speedups)"
     if load({}) is not None:
         return f"Python ({SWITCH_ENV} is set)"
+    if _built() is not None:
+        return ("Python (the C speedups were built from another _speedups.c: rebuild them "
+                "with pip install -e ./exporter)")
     return "Python (the C speedups are not built in this install)"

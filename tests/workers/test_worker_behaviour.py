@@ -10,7 +10,7 @@ from importlib import metadata
 
 import pytest
 
-from frameworks.mix import Example, eventlet_gunicorn, exporter_path_env, require
+from frameworks.mix import FASTAPI, Example, eventlet_gunicorn, exporter_path_env, require
 from support.procs import Gunicorn, gunicorn_bin
 from support.wait import until
 
@@ -54,6 +54,28 @@ def test_eventlet_counts_concurrent_requests(tmp_path):
     _concurrency(tmp_path, "gunicorn_eventlet_async.conf.py",
                  "gunicorn_prometheus_exporter.demo.app:app", gunicorn=eventlet_gunicorn(),
                  env=exporter_path_env())
+
+
+@pytest.mark.parametrize("config,packages", [
+    ("gunicorn_asgi.conf.py", ()),
+    ("gunicorn_uvicorn.conf.py", ("uvicorn", "uvicorn_worker")),
+], ids=["asgi", "uvicorn"])
+def test_asgi_workers_sample_on_their_loop_in_one_thread(tmp_path, config, packages):
+    """The ASGI workers' resource sampler is a timer of their event loop, not a thread: it
+    samples again and again, and the worker process keeps a single thread (a second one
+    makes every later malloc of the process dearer: docs/benchmarks.md, uvicorn)."""
+    require("fastapi", *packages)
+    g = Example(tmp_path, config, FASTAPI.module, workers=1,
+                env={"PROMETHEUS_SAMPLE_INTERVAL": "0.2"})
+    try:
+        g.wait_ready(workers=1)
+        first = g.scrape().total("gunicorn_worker_uptime_seconds")
+        until(lambda: g.scrape().total("gunicorn_worker_uptime_seconds") > first + 0.3,
+              timeout=5, message="the sampler to sample again")
+        [worker] = g.worker_pids()
+        assert os.listdir(f"/proc/{worker}/task") == [str(worker)]
+    finally:
+        g.stop()
 
 
 @pytest.mark.skipif(GUNICORN_MAJOR < 26, reason="gunicorn < 26 still has the eventlet worker")

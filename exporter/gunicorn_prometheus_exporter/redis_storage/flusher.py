@@ -29,7 +29,7 @@ import random
 import re
 import socket
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .. import families
 from ..collector import DirectoryCollector
@@ -235,7 +235,8 @@ class Flusher:
         return {field(EXEMPLAR_SHARD, key): f"{t!r} {v!r} {trace} {span}"
                 for key, (t, v, trace, span) in newest.items()}
 
-    def _fields(self, name: str, shard: Any, keys: List[str], values: tuple) -> Dict[str, str]:
+    def _fields(self, name: str, shard: Any, keys: Sequence[str],
+                values: tuple) -> Dict[str, str]:
         cached = self._names.get(name)
         if cached is None or cached[0] != shard.generation or len(cached[1]) > len(keys):
             cached = self._names[name] = (shard.generation, [])  # a new file: new keys

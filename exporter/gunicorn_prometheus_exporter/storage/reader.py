@@ -20,7 +20,7 @@ import os
 import stat
 import struct
 from types import ModuleType
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union, overload
 
 from .mmap_file import Payload, padded_length, payload_of
 
@@ -70,6 +70,37 @@ class KeyTable(Dict[bytes, int]):
         return number
 
 
+class KeyTexts(Sequence[str]):
+    """The keys of a file walked in C, as texts: the text of each key number, looked up
+    when asked for. The C walk hands over numbers only; a list of a million references to
+    the texts (64 files x 17,000 entries) would cost the walk an append per entry and the
+    cyclic GC a visit per entry after a cold scrape, while the collector only ever needs the
+    texts of keys it has not numbered yet."""
+
+    __slots__ = ("_texts", "_ids")
+
+    def __init__(self, texts: List[str], ids: Sequence[int]) -> None:
+        self._texts = texts
+        self._ids = ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> List[str]: ...
+
+    def __getitem__(self, index: Union[int, slice]) -> Union[str, List[str]]:
+        if isinstance(index, slice):
+            return list(map(self._texts.__getitem__, self._ids[index]))
+        return self._texts[self._ids[index]]
+
+    def __iter__(self) -> Iterator[str]:
+        return map(self._texts.__getitem__, self._ids)
+
+
 class FileReader:
     """Values of one file; ``keys`` grows as writers append entries.
 
@@ -87,12 +118,12 @@ class FileReader:
         self.path = path
         self.with_timestamps = with_timestamps
         self.payload = payload  # bytes after each key (``MmapFile.payload``)
-        self.keys: List[str] = []
+        self._keys: List[str] = []  # the Python walk's (``keys``)
         #: each key's number in ``table``
         self.key_ids: Sequence[int] = []
-        #: byte offset of each key's payload in the file, and its size
+        #: byte offset of each key's payload in the file
         self.offsets: Sequence[int] = []
-        self.sizes: List[int] = []
+        self._sizes: List[int] = []  # the Python walk's (``sizes``)
         #: counts the times the file was found replaced (its entries read afresh)
         self.generation = 0
         self._parsed_to = 8
@@ -114,7 +145,7 @@ class FileReader:
         """No entries read: the C walk hands key numbers and offsets over as the bytes of
         arrays; the Python walk appends to lists (an array's ``append`` parses its argument,
         ten times the instructions of a list's)."""
-        self.keys, self.sizes, self._parsed_to = [], [], 8
+        self._keys, self._sizes, self._parsed_to = [], [], 8
         if self._walk is not None:
             self.key_ids, self.offsets = array.array("i"), array.array("q")
         else:
@@ -192,10 +223,10 @@ class FileReader:
             if size < 8 or end > limit:
                 self.torn = True
                 break
-            self.keys.append(key)
+            self._keys.append(key)
             self.key_ids.append(number)
             self.offsets.append(pos + 4 + padded_length(length))
-            self.sizes.append(size)
+            self._sizes.append(size)
             pos = end
         self._parsed_to = pos
         self._struct = struct.Struct(self._format())
@@ -204,14 +235,26 @@ class FileReader:
         """``_parse`` in one C call (``key_table``) for a fixed payload, keys numbered in
         the shared C ``KeyTable``; no struct format (``read`` takes the values at
         ``offsets`` in C): a format of a million entries costs as much as the walk."""
-        keys, ids, offsets, pos, torn = self._walk(self._map, self._parsed_to, used,
-                                                   self.payload, self._table)
-        self.keys.extend(keys)
+        ids, offsets, pos, torn = self._walk(self._map, self._parsed_to, used, self.payload,
+                                             self._table)
         self.key_ids.frombytes(ids)
         self.offsets.frombytes(offsets)
-        self.sizes.extend([self.payload] * len(keys))
         self.torn = self.torn or torn
         self._parsed_to = pos
+
+    @property
+    def keys(self) -> Sequence[str]:
+        """Each entry's key, in file order (a view of ``key_ids`` after the C walk)."""
+        if self._walk is not None:
+            return KeyTexts(self._table.texts, self.key_ids)
+        return self._keys
+
+    @property
+    def sizes(self) -> List[int]:
+        """Each entry's payload size (``payload`` for every one after the C walk)."""
+        if self._walk is not None:
+            return [self.payload] * len(self.key_ids)  # type: ignore[list-item]
+        return self._sizes
 
     def _format(self) -> str:
         parts = ["<"]

@@ -24,6 +24,7 @@ if ASGIWorker is not None:
     class PrometheusASGIWorker(ConnectionsMixin, ASGIWorker):  # type: ignore
         threaded = False
         request_hooks = False
+        samples_on_loop = True
 
         def load_wsgi(self) -> None:
             ASGIWorker.load_wsgi(self)
@@ -31,6 +32,8 @@ if ASGIWorker is not None:
                 self._prometheus.extras.application_loaded()
                 self.asgi = instrument(self.asgi, self._prometheus.labeller,
                                        self._prometheus.extras, self._prometheus.native)
+                # set up by ASGIWorker.init_process before this; its timers run once it runs
+                self._prometheus.sampler.run_on(self.loop)
 
         # the asyncio worker takes its signals through the event loop, not through
         # handle_exit/handle_quit/handle_abort as the other workers do

@@ -26,6 +26,9 @@ class PrometheusWorkerMixin:
     #: whether requests are timed by gunicorn's pre_request/post_request hooks (WSGI
     #: workers); an ASGI worker records each request itself through ``record()``
     request_hooks = True
+    #: whether the worker runs the resource sampler on its event loop (``run_on``, called
+    #: by the worker class) rather than in a thread of its own
+    samples_on_loop = False
     _prometheus: Optional[WorkerMetrics] = None
 
     @property

@@ -43,7 +43,10 @@ class WorkerMetrics:
         logcount.counter().use(self.recorder)
         self.set_state("running")
         self.sampler = ResourceSampler(self.recorder, settings.metrics.sample_interval)
-        self.sampler.start()
+        if getattr(worker, "samples_on_loop", False):
+            self.sampler.sample()  # the later samples on the worker's loop (``run_on``)
+        else:
+            self.sampler.start()
         if getattr(worker, "request_hooks", True):  # else it records through the labeller
             WSGIRequestHooks(self.labeller, self.recorder, self.intent,
                              self.recorder.parallel_requests,

@@ -32,6 +32,7 @@ else:
     class PrometheusUvicornWorker(ConnectionsMixin, UvicornWorker):
         threaded = False
         request_hooks = False
+        samples_on_loop = True
 
         def load_wsgi(self) -> None:
             UvicornWorker.load_wsgi(self)
@@ -48,7 +49,10 @@ else:
             # installs its own TERM/INT handlers synchronously on entry: a callback scheduled
             # now runs after that, and puts ours in front so a draining worker is `stopping`.
             UvicornWorker._install_sigquit_handler(self)
-            asyncio.get_running_loop().call_soon(self._chain_server_signals)
+            loop = asyncio.get_running_loop()
+            loop.call_soon(self._chain_server_signals)
+            if self._prometheus is not None:
+                self._prometheus.sampler.run_on(loop)
 
         def _chain_server_signals(self) -> None:
             for sig in _SERVER_SIGNALS:
