@@ -23,7 +23,9 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
+
+from common import PYTHON_PATH_ENV, tree_environments
 
 HERE = Path(__file__).resolve().parent
 #: a scope as gunicorn's ASGI worker builds it for ``GET /users/42``
@@ -90,17 +92,12 @@ def main() -> None:
         serve(args.serve[0], int(args.serve[1]))
         return
     counts = tuple(args.requests)
-    python = {"GUNICORN_PROMETHEUS_NO_SPEEDUPS": "1"}
-    trees: Dict[str, Optional[str]] = {"this tree": None}
-    if args.compare_to:
-        trees["compared"] = os.path.abspath(args.compare_to)
     bare = per_request("bare", counts, {})
     print(f"hello-world ASGI app, bare: {bare:.0f} instructions per request "
           f"(slope of {counts[0]} and {counts[1]} requests)")
-    for name, tree in trees.items():
-        env = {"PYTHONPATH": tree} if tree else {}
+    for name, env in tree_environments(args.compare_to).items():
         compiled = per_request("wrapped", counts, env)
-        pure = per_request("wrapped", counts, {**env, **python})
+        pure = per_request("wrapped", counts, {**env, **PYTHON_PATH_ENV})
         print(f"{name:10s} compiled wrapper {compiled - bare:+7.0f}   "
               f"Python path {pure - bare:+7.0f}", flush=True)
 

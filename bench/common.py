@@ -98,6 +98,19 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+#: the environment of the plugin's Python path (its compiled module switched off)
+PYTHON_PATH_ENV = {"GUNICORN_PROMETHEUS_NO_SPEEDUPS": "1"}
+
+
+def tree_environments(compare_to: Optional[str]) -> Dict[str, Dict[str, str]]:
+    """The environment to run each plugin tree in: this checkout's, and with ``--compare-to
+    DIR`` the package found in DIR first on PYTHONPATH ("compared")."""
+    trees: Dict[str, Dict[str, str]] = {"this tree": {}}
+    if compare_to:
+        trees["compared"] = {"PYTHONPATH": os.path.abspath(compare_to)}
+    return trees
+
+
 def wrk(port: int, duration: int, connections: int, threads: int = 1,
         stagger_ms: int = 0) -> Dict[str, object]:
     """One wrk run against ``http://127.0.0.1:port/``. ``stagger_ms``: open the connections

@@ -23,7 +23,9 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
+
+from common import PYTHON_PATH_ENV, tree_environments
 
 HERE = Path(__file__).resolve().parent
 #: the environ gunicorn builds for ``GET /users/42`` (gunicorn.http.wsgi.create)
@@ -129,17 +131,12 @@ def main() -> None:
         serve(args.serve[0], int(args.serve[1]), args.threaded)
         return
     counts = tuple(args.requests)
-    python = {"GUNICORN_PROMETHEUS_NO_SPEEDUPS": "1"}
-    trees: Dict[str, Optional[str]] = {"this tree": None}
-    if args.compare_to:
-        trees["compared"] = os.path.abspath(args.compare_to)
     bare = per_request("bare", counts, args.threaded, {})
     print(f"hello-world WSGI request, bare: {bare:.0f} instructions per request "
           f"(slope of {counts[0]} and {counts[1]} requests)")
-    for name, tree in trees.items():
-        env = {"PYTHONPATH": tree} if tree else {}
+    for name, env in tree_environments(args.compare_to).items():
         compiled = per_request("wrapped", counts, args.threaded, env)
-        pure = per_request("wrapped", counts, args.threaded, {**env, **python})
+        pure = per_request("wrapped", counts, args.threaded, {**env, **PYTHON_PATH_ENV})
         print(f"{name:10s} compiled {compiled - bare:+7.0f}   "
               f"Python path {pure - bare:+7.0f}", flush=True)
 
