@@ -100,6 +100,25 @@ def test_slots_are_exclusive_and_reused(tmp_path):
     assert storage_dir.claim(str(tmp_path), "w").identity == "w0"
 
 
+def test_a_slot_held_by_a_freshly_forked_child_is_waited_for(tmp_path):
+    """A child forked while the master holds slot w0 holds a copy of its lock until it
+    drops it; the master, once w0's worker is gone, gets w0 back by waiting for that,
+    not a new slot (which would leave another slot's files behind)."""
+    claim = storage_dir.claim(str(tmp_path), "w")
+    ready, go = os.pipe()
+    child = os.fork()
+    if child == 0:  # holds the inherited copy until told to drop it
+        os.read(ready, 1)
+        os._exit(0)
+    claim.release()
+    assert storage_dir.claim_identity(str(tmp_path), "w0") is None
+    assert storage_dir.claim(str(tmp_path), "w").identity == "w1"
+    os.write(go, b"x")  # the child drops the copy (exits) while the master waits
+    again = storage_dir.claim_identity(str(tmp_path), "w0", wait=30)
+    os.waitpid(child, 0)
+    assert again is not None and again.identity == "w0"
+
+
 def test_restart_empties_the_directory_unless_told_not_to(start_gunicorn, tmp_path):
     directory = str(tmp_path / "shared")
     for cleanup, expected in (("true", 3), ("true", 3), ("false", 6)):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Set, Tuple
 
 from . import config, dirty, exits, families, hookchain, identity, logcount, signals, speedups
 from .master_id import MasterId
@@ -28,6 +28,10 @@ from .writer import Writer
 
 #: the attribute of gunicorn's config and application objects that holds the runtime
 RUNTIME_ATTR = "_gunicorn_prometheus_master"
+#: how long the master waits for a slot a worker of its own left to be free again (a worker
+#: forked a moment before holds a copy of its lock for the few milliseconds until it drops
+#: it; a slot held longer is someone else's, and a new one is taken)
+SLOT_WAIT = 0.2
 
 
 class MasterRuntime:
@@ -55,6 +59,8 @@ class MasterRuntime:
         logcount.counter().use(self.writer, self.witness.observe_log)
         self.worker_claims: Dict[str, Claim] = {}
         self.workers: Dict[str, Any] = {}
+        #: slots whose worker ended, taken again first (``_claim_worker_slot``)
+        self.slots_left: Set[str] = set()
         self.supervisor: Optional[MetricsSupervisor] = None
         self.arbiter: Optional[Any] = None
         self._signals_installed = False
@@ -91,11 +97,25 @@ class MasterRuntime:
         # a HUP sets num_workers from the re-read config before our hooks are on it (they
         # come with the first worker it spawns, here): desired follows the arbiter again
         self.nworkers_changed(server, server.num_workers, None)
-        claim = storage_dir.claim(self.directory, "w")
+        claim = self._claim_worker_slot()
         worker._gunicorn_prometheus_claim = claim
         self.worker_claims[claim.identity] = claim
         self.workers[claim.identity] = worker
         self.restart_metrics_process_if_gone()
+
+    def _claim_worker_slot(self) -> Claim:
+        """The slot of a worker about to be forked: first a slot a worker of ours left
+        (lowest first), waiting up to ``SLOT_WAIT`` s for it, since a worker forked a moment
+        ago still holds a copy of its lock until ``enter_worker``; else the lowest free
+        one. Without the wait, a replacement spawned in that moment took a new slot, and
+        its files, under worker churn on a loaded machine."""
+        for identity in sorted(self.slots_left,
+                               key=lambda i: int(storage_dir.worker_id_of(i) or 0)):
+            self.slots_left.discard(identity)
+            claim = storage_dir.claim_identity(self.directory, identity, wait=SLOT_WAIT)
+            if claim is not None:
+                return claim
+        return storage_dir.claim(self.directory, "w")
 
     def worker_gone(self, server: Any, worker: Any) -> None:
         """``child_exit`` (and ``worker_exit`` when the master finds a worker vanished)."""
@@ -113,6 +133,7 @@ class MasterRuntime:
         self.writer.count(families.MASTER_RESTART_COUNT, (slot, reason, how))
         storage_dir.remove_live_gauges(self.directory, claim.identity)
         self.worker_claims.pop(claim.identity).release()
+        self.slots_left.add(claim.identity)
         self.workers.pop(claim.identity, None)
 
     def on_exit(self, server: Any) -> None:
@@ -180,6 +201,7 @@ class MasterRuntime:
         self._release_worker_claims(keep=own.identity)
         self.worker_claims = {own.identity: own}
         self.workers = {}
+        self.slots_left = set()
         self.claim.release()
         if self.supervisor is not None:
             self.supervisor.forget()

@@ -168,13 +168,14 @@ def test_restart_empty_never_serves_less_and_restores_folded_totals(
     server.start()  # same port, empty
     restarted = time.monotonic()
     deadline = restarted + 25
-    scrapes = up = 0
+    scrapes = up = during_cut = 0
     cut = True
     try:
         while time.monotonic() < deadline:  # bounded: every 20 ms until all is repaired
             s = e.scrape()
             scrapes += 1
             up += check_scrape(s, before)
+            during_cut += cut
             if cut and time.monotonic() - restarted > 1.0:
                 link.open()
                 cut = False
@@ -190,7 +191,10 @@ def test_restart_empty_never_serves_less_and_restores_folded_totals(
                                  f"{s.text}\n{e.output()}\n{gs['slow'].output()[-3000:]}")
     finally:
         link.close() if cut else None
-    assert up > 50 and up >= scrapes - 2, (up, scrapes)
+    # scrapes went on through the second of the cut and after it until all was repaired
+    # (how many fit in that second is the machine's business), and served what they must
+    assert during_cut >= 2 and scrapes > during_cut and up >= scrapes - 2, \
+        (during_cut, up, scrapes)
     # the instance that vanished during the outage was folded once, from the values the
     # reader remembered; the durable total of the one folded before it was put back; its
     # tombstone too

@@ -18,6 +18,7 @@ import fcntl
 import glob
 import os
 import re
+import time
 from dataclasses import dataclass
 from typing import Dict, Iterator, Optional, Tuple
 
@@ -106,17 +107,30 @@ class Claim:
 def claim(directory: str, prefix: str) -> Claim:
     """Claim the lowest free identity ``<prefix><N>``."""
     for n in range(MAX_SLOTS):
-        identity = f"{prefix}{n}"
-        fd = _open_lock(os.path.join(directory, identity + ".lock"))
+        found = claim_identity(directory, f"{prefix}{n}")
+        if found is not None:
+            return found
+    raise RuntimeError(f"more than {MAX_SLOTS} live identities '{prefix}N' in {directory}")
+
+
+def claim_identity(directory: str, identity: str, wait: float = 0.0) -> Optional[Claim]:
+    """Claim ``identity`` if it is free, or frees within ``wait`` seconds (polled every
+    5 ms); None if not. The wait is for a lock only a moment away from free: a child forked
+    a moment ago holds copies of its parent's lock descriptors until it drops them."""
+    fd = _open_lock(os.path.join(directory, identity + ".lock"))
+    deadline = time.monotonic() + wait
+    while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return Claim(identity, fd)
         except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                os.close(fd)
+                raise
+        if time.monotonic() >= deadline:
             os.close(fd)
-            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                continue
-            raise
-        return Claim(identity, fd)
-    raise RuntimeError(f"more than {MAX_SLOTS} live identities '{prefix}N' in {directory}")
+            return None
+        time.sleep(0.005)
 
 
 def is_live(directory: str, identity: str) -> bool:
