@@ -463,6 +463,80 @@ def test_requests_with_extras_reach_python_and_only_they(tmp_path, monkeypatch):
     labeller.recorder.store.close()
 
 
+def _copy(text: str) -> str:
+    """An equal str that is not the same object, nor interned: a scope key a server or a
+    middleware built at run time."""
+    copy = "".join(list(text))
+    assert copy == text and copy is not text
+    return copy
+
+
+#: scope keys that reach the compiled wrapper as equal strs built at run time (one case
+#: each), and how many of three such requests it hands to ``record()``: it finds each key
+#: as the dict does, whatever object spells it
+SCOPE_CASES = {
+    "copied-keys": ({}, 1),
+    "route-key": ({ROUTE_ENVIRON_KEY: "/custom/{n}"}, 3),
+    "error-key": ({ERROR_ENVIRON_KEY: "HandledError"}, 3),
+    "route": ({"route": _Route("/items/{id}")}, 1),
+    "router": ({"router": object()}, 3),
+    "mount": ({"route": _Route("/{n}"), "app_root_path": "/mounted"}, 3),
+    "version": ({"http_version": "2"}, 3),
+    "stamp": ({"headers": [(b"x-request-start", b"t=1700000000.000")]}, 3),
+    "not-a-str-key": ({b"path": "/elsewhere"}, 1),
+}
+
+
+@needs_native
+@pytest.mark.parametrize("case", SCOPE_CASES)
+def test_compiled_wrapper_reads_the_scope_keys_python_reads(tmp_path, monkeypatch, case):
+    """Scope keys equal to the compiled wrapper's own but other objects (our route and error
+    keys set by a middleware, Starlette's, the version, the headers) are found as the dict
+    finds them, and the request is recorded as the Python wrapper records it; a key that
+    is not a str changes nothing."""
+    pytest.importorskip("starlette", reason="the mount case resolves through starlette")
+    added, in_python = SCOPE_CASES[case]
+    handed = []
+    record = asgi.ASGIMetrics.record
+
+    def counted(self, scope, *args):
+        handed.append(scope)
+        return record(self, scope, *args)
+
+    monkeypatch.setattr(asgi.ASGIMetrics, "record", counted)
+
+    async def middleware(scope, receive, send):  # adds its keys on the way to the app
+        scope.update({_copy(k) if isinstance(k, str) else k: v for k, v in added.items()})
+        await _app(scope, receive, send)
+
+    samples = []
+    for compiled in (False, True):
+        directory = tmp_path / str(compiled)
+        directory.mkdir()
+        inst = _instrumentation(directory, compiled)
+        wrapped = asgi.instrument(middleware, inst, _extras(inst, directory, on=True),
+                                  native if compiled else None)
+
+        async def serve():
+            for _ in range(3):
+                scope = {"type": "http", _copy("method"): "GET", _copy("path"): "/ok",
+                         _copy("http_version"): "1.1", _copy("headers"): [(b"host", b"x")]}
+                await wrapped(scope, None, _discard)
+
+        handed.clear()
+        asyncio.run(serve())
+        inst.recorder.store.close()
+        samples.append({(s.name, tuple(sorted(s.labels.items()))): s.value
+                        for f in DirectoryCollector(str(directory)).read() for s in f.samples
+                        if not s.name.endswith("_sum")})
+    assert len(handed) == in_python
+    assert samples[1] == samples[0]
+
+
+async def _discard(message):
+    pass
+
+
 # -- the scrape: a file's key table walked in C (storage/reader.py FileReader) ------------
 
 def _reader_state(reader) -> tuple:

@@ -941,11 +941,17 @@ truthy_get(PyObject *message, PyObject *key, Py_ssize_t *length)
     PyObject *value = message_get(message, key, &owned);
     if (value == NULL)
         return PyErr_Occurred() ? -1 : 0;
-    int truth = PyObject_IsTrue(value);
-    if (truth > 0 && length != NULL) {
-        *length = PyObject_Size(value);
-        if (*length < 0)
-            truth = -1;
+    int truth;
+    if (PyBytes_CheckExact(value) && length != NULL) {  /* a body, most often */
+        *length = PyBytes_GET_SIZE(value);
+        truth = *length != 0;
+    } else {
+        truth = PyObject_IsTrue(value);
+        if (truth > 0 && length != NULL) {
+            *length = PyObject_Size(value);
+            if (*length < 0)
+                truth = -1;
+        }
     }
     if (owned)
         Py_DECREF(value);
@@ -1088,6 +1094,24 @@ count_pathsend(RequestMeter *self, PyObject *message)
     return now(&self->ended);
 }
 
+/* An http.response.body message: its body's length counted, and the response's end when
+ * no truthy more_body follows. A message dict that holds nothing but its type and a body
+ * (the last one, most often) has no more_body to look up. */
+static int
+count_body(RequestMeter *self, PyObject *message)
+{
+    Py_ssize_t length = 0;
+    int body = truthy_get(message, s_body, &length);
+    if (body < 0)
+        return -1;
+    int more = 0;
+    if (!(body && PyDict_CheckExact(message) && PyDict_GET_SIZE(message) == 2)
+            && (more = truthy_get(message, s_more_body, NULL)) < 0)
+        return -1;
+    self->sent += length;
+    return more ? 0 : now(&self->ended);
+}
+
 /* Look at one message, as workers/asgi_metrics.py's counting_send does. */
 static int
 observe(RequestMeter *self, PyObject *message)
@@ -1097,17 +1121,7 @@ observe(RequestMeter *self, PyObject *message)
         return -1;
     int rc = 0, is;
     if ((is = is_text(kind, s_response_body)) != 0) {
-        Py_ssize_t length = 0;
-        int more;
-        if (is < 0 || truthy_get(message, s_body, &length) < 0)
-            rc = -1;
-        else if ((more = truthy_get(message, s_more_body, NULL)) < 0)
-            rc = -1;
-        else {
-            self->sent += length;
-            if (!more)
-                rc = now(&self->ended);
-        }
+        rc = is < 0 ? -1 : count_body(self, message);
     } else if ((is = is_text(kind, s_response_start)) != 0) {
         PyObject *status = is < 0 ? NULL : message_item(message, s_status);
         if (status == NULL)
@@ -1668,8 +1682,10 @@ begin(MeteredCall *self)
                                                 (PyObject *)self->meter);
     PyObject *awaitable = NULL;
     if (self->metered_receive != NULL) {
-        PyObject *args[] = {self->scope, self->metered_receive, (PyObject *)self->meter};
-        awaitable = PyObject_Vectorcall(owner->app, args, 3, NULL);
+        /* a slot in front: a bound method's self goes there, not in a new array */
+        PyObject *args[] = {NULL, self->scope, self->metered_receive, (PyObject *)self->meter};
+        awaitable = PyObject_Vectorcall(owner->app, args + 1,
+                                        3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     }
     if (awaitable != NULL) {
         self->inner = await_iter(awaitable);
@@ -1851,7 +1867,7 @@ MeteredApp_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
     if (http < 0)
         return NULL;
     if (!http)  /* lifespan, websocket: ASGIMetrics.other_scope, or the application's own */
-        return PyObject_Vectorcall(self->other, args, 3, NULL);
+        return PyObject_Vectorcall(self->other, args, nargsf, NULL);
     MeteredCall *call = self->spare;
     if (call != NULL && Py_REFCNT(call) == 1) {  /* finished, and only the owner holds it */
         self->spare = NULL;  /* its reference is the caller's now */
