@@ -37,9 +37,9 @@ bisect_left(const double *bounds, Py_ssize_t count, double x)
  * is gone. A memoryview, which is what the storage hands out, is read in place: its buffer
  * stays valid until it is released, and nothing between this and the store can release it
  * (no Python code runs, the GIL is held), so no export is taken (an acquisition and its
- * release are about 150 instructions, and an ASGI request made five). ``buffer->obj`` is
- * then NULL, which PyBuffer_Release passes over. Any other object goes through the buffer
- * protocol. */
+ * release are about 150 instructions, and an ASGI request made five): only ``buf`` and
+ * ``len``, what the stores read, are set, and ``buffer->obj`` is NULL, which
+ * release_values passes over. Any other object goes through the buffer protocol. */
 static int
 get_values(PyObject *view, Py_buffer *buffer)
 {
@@ -55,7 +55,8 @@ get_values(PyObject *view, Py_buffer *buffer)
         if (!own->readonly && own->ndim == 1 && own->itemsize == (Py_ssize_t)sizeof(double)
                 && (own->strides == NULL || own->strides[0] == own->itemsize)
                 && own->format != NULL && strcmp(own->format, "d") == 0) {
-            *buffer = *own;
+            buffer->buf = own->buf;
+            buffer->len = own->len;
             buffer->obj = NULL;
             return 0;
         }
@@ -69,6 +70,14 @@ get_values(PyObject *view, Py_buffer *buffer)
         return -1;
     }
     return 0;
+}
+
+/* The end of get_values: an export taken is released (a view read in place took none). */
+static inline void
+release_values(Py_buffer *values)
+{
+    if (values->obj != NULL)
+        PyBuffer_Release(values);
 }
 
 /* ``values[i] += amount`` with Python's bounds check. */
@@ -235,7 +244,7 @@ add_native(RequestWriter *self, PyObject *view, PyObject *zero, double duration)
     if (get_values(view, &nh) < 0)
         return -1;
     int failed = add_at_index(&nh, base + native_slot(self, duration), 1.0);
-    PyBuffer_Release(&nh);
+    release_values(&nh);
     return failed;
 }
 
@@ -273,7 +282,7 @@ write_request(RequestWriter *self, PyObject *series, double duration, double rec
     if (get_values(item[0], &counters) < 0)
         return -1;
     if (get_values(item[2], &h) < 0) {
-        PyBuffer_Release(&counters);
+        release_values(&counters);
         return -1;
     }
     int failed = add_at(&counters, item[1], 1.0) < 0;
@@ -286,8 +295,8 @@ write_request(RequestWriter *self, PyObject *series, double duration, double rec
                  || add_size(self, &h, item[7], item[8], sent) < 0
                  || add_native(self, item[9], item[10], duration) < 0;
     }
-    PyBuffer_Release(&h);
-    PyBuffer_Release(&counters);
+    release_values(&h);
+    release_values(&counters);
     return failed ? -1 : 0;
 }
 
@@ -628,7 +637,7 @@ WSGIHooks_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     Py_buffer values;  /* checked once here; every request checks again */
     if (get_values(gauges, &values) < 0)
         return NULL;
-    PyBuffer_Release(&values);
+    release_values(&values);
     WSGIHooks *self = (WSGIHooks *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
@@ -876,7 +885,7 @@ add_to_gauge(PyObject *gauges, Py_ssize_t index, double delta)
     if (get_values(gauges, &values) < 0)
         return -1;
     int rc = add_at_index(&values, index, delta);
-    PyBuffer_Release(&values);
+    release_values(&values);
     return rc;
 }
 
@@ -1112,6 +1121,25 @@ count_body(RequestMeter *self, PyObject *message)
     return more ? 0 : now(&self->ended);
 }
 
+/* The message types observe() tells apart, and the last str found equal to each: an
+ * application sends its own constants, the same objects every request, which are then
+ * known by identity instead of compared character by character. A str never changes, and
+ * the reference held keeps its address from being another's. */
+enum { SEEN_BODY, SEEN_START, SEEN_PATHSEND };
+static PyObject *seen_type[3];
+
+/* is_text(kind, text), remembering an exact str found equal as seen_type[seen]. */
+static int
+is_type(PyObject *kind, int seen, PyObject *text)
+{
+    if (kind == seen_type[seen])
+        return 1;
+    int is = is_text(kind, text);
+    if (is == 1 && PyUnicode_CheckExact(kind))
+        Py_XSETREF(seen_type[seen], Py_NewRef(kind));
+    return is;
+}
+
 /* Look at one message, as workers/asgi_metrics.py's counting_send does. */
 static int
 observe(RequestMeter *self, PyObject *message)
@@ -1120,15 +1148,15 @@ observe(RequestMeter *self, PyObject *message)
     if (kind == NULL)
         return -1;
     int rc = 0, is;
-    if ((is = is_text(kind, s_response_body)) != 0) {
+    if ((is = is_type(kind, SEEN_BODY, s_response_body)) != 0) {
         rc = is < 0 ? -1 : count_body(self, message);
-    } else if ((is = is_text(kind, s_response_start)) != 0) {
+    } else if ((is = is_type(kind, SEEN_START, s_response_start)) != 0) {
         PyObject *status = is < 0 ? NULL : message_item(message, s_status);
         if (status == NULL)
             rc = -1;
         else
             Py_SETREF(self->status, status);
-    } else if ((is = is_text(kind, s_response_pathsend)) != 0) {
+    } else if ((is = is_type(kind, SEEN_PATHSEND, s_response_pathsend)) != 0) {
         rc = is < 0 ? -1 : count_pathsend(self, message);
     }
     Py_DECREF(kind);
@@ -1958,7 +1986,7 @@ MeteredApp_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     Py_buffer values;  /* checked once here; every request checks again */
     if (get_values(gauges, &values) < 0)
         return NULL;
-    PyBuffer_Release(&values);
+    release_values(&values);
     MeteredApp *self = (MeteredApp *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
