@@ -879,7 +879,7 @@ now(double *out)
 
 /* ``callable(*args)`` for the application and the server's send and receive, called once
  * or twice a request: straight through the callable's vectorcall where it has one, without
- * PyObject_Vectorcall's wrapper and its check of the result (about 60 instructions a call;
+ * PyObject_Vectorcall's wrapper and its check of the result (about 25 instructions a call;
  * a NULL is checked by every caller). */
 static inline PyObject *
 call_vector(PyObject *callable, PyObject *const *args, size_t nargsf)
