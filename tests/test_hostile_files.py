@@ -7,6 +7,7 @@ files. Where the bug was a crash, the case runs in a child process, so that a re
 fails this test instead of killing the test run."""
 from __future__ import annotations
 
+import asyncio
 import struct
 import subprocess
 import sys
@@ -16,13 +17,14 @@ from pathlib import Path
 import pytest
 
 from fuzz import storage_files
-from support import protodecode
-from gunicorn_prometheus_exporter import speedups
+from gunicorn_prometheus_exporter import families, speedups
 from gunicorn_prometheus_exporter.collector import DirectoryCollector
 from gunicorn_prometheus_exporter.server import protobuf
 from gunicorn_prometheus_exporter.server.http import Exposition
 from gunicorn_prometheus_exporter.storage.mmap_file import MmapFile, sample_key
 from gunicorn_prometheus_exporter.storage.reader import FileReader
+from gunicorn_prometheus_exporter.workers import asgi_metrics as asgi
+from support import asgi_recording, protodecode
 
 native = speedups.load({})
 needs_native = pytest.mark.skipif(native is None, reason="the C speedups are not built here")
@@ -235,3 +237,56 @@ def test_an_application_that_drives_its_own_call_gets_a_value_error(tmp_path):
     """)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["0.0", "1.0"]
+
+
+@needs_native
+@pytest.mark.parametrize("keeps", ["send", "receive", "both"])
+def test_a_send_or_receive_kept_past_its_request_is_never_another_requests(tmp_path, keeps):
+    """The compiled wrapper serves a finished call, and its meter, again for a later
+    request (``retire``), but only when nothing else holds the meter or its receive. An
+    application that keeps its send or receive past its return keeps a meter of its own:
+    a late send reaches the server's send of its own request, and no later request's
+    counts or messages change."""
+    inst = asgi_recording.labeller(tmp_path, native, [100.0])
+    kept = []
+
+    async def app(scope, receive, send):
+        if scope["path"] == "/keep":
+            kept.append((send, receive))
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"abc"})
+
+    wrapped = asgi.instrument(app, inst, asgi_recording.request_extras(inst, tmp_path), native)
+    delivered = {}
+
+    async def serve(path: str, n: int) -> None:
+        async def receive():
+            return {"type": "http.request", "body": b"12345"[:n], "more_body": False}
+
+        async def send(message):
+            delivered.setdefault(n, []).append(message.get("body"))
+
+        await wrapped({"type": "http", "method": "GET", "path": path}, receive, send)
+
+    async def mix():
+        await serve("/ok", 1)
+        await serve("/keep", 2)
+        await serve("/ok", 3)  # a retired call again, with a meter of its own
+        send, receive = kept[0]
+        if keeps in ("send", "both"):
+            await send({"type": "http.response.body", "body": b"late"})
+        if keeps in ("receive", "both"):
+            assert (await receive())["body"] == b"12"
+        await serve("/ok", 4)
+
+    asyncio.run(mix())
+    assert delivered == {1: [None, b"abc"], 2: [None, b"abc"] + [b"late"] * (keeps != "receive"),
+                         3: [None, b"abc"], 4: [None, b"abc"]}
+    counter = inst.recorder.counter_value
+    assert [counter(families.HTTP_REQUESTS, ("GET", p, "200")) for p in ("/ok", "/keep")] == [3, 1]
+    sizes = {s.labels["route"]: s.value for f in DirectoryCollector(str(tmp_path)).read()
+             for s in f.samples if s.name in ("gunicorn_http_request_size_bytes_sum",)}
+    assert sizes == {"/ok": 1 + 3 + 4, "/keep": 2}
+    gauges, index = inst.recorder.in_flight_cell()
+    assert gauges[index] == 0.0

@@ -1,7 +1,8 @@
 #!/bin/sh
 # The C speedups built with AddressSanitizer and UBSan in place of the normal build, for the
 # fuzz harness and the C-path tests (docs/reliability.md, "The compiled reader under hostile
-# files"). Prints the environment to run them with; undo: .venv/bin/pip install -q -e ./exporter
+# files"). Prints the environment to run them with (eval "$(tests/fuzz/sanitized_build.sh)");
+# undo: .venv/bin/pip install -q -e ./exporter
 set -eu
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
@@ -16,5 +17,8 @@ gcc -shared -fPIC -g -O0 -fno-omit-frame-pointer -fsanitize=address,undefined \
     -I"$INCLUDE" -DSOURCE_DIGEST="\"$DIGEST\"" "$PKG/_speedups.c" -o "$OUT"
 # -O0: at -O1 gcc folds away an int32 overflow UBSan should see. PYTHONMALLOC=malloc:
 # CPython's small-object allocator would hide overruns of small blocks from ASan.
-echo "LD_PRELOAD=$(gcc -print-file-name=libasan.so) PYTHONMALLOC=malloc" \
-    "ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1"
+# libstdc++ after it: greenlet (gevent) throws C++ exceptions, which ASan's interceptor
+# cannot pass on when the interpreter itself does not link libstdc++.
+echo "export LD_PRELOAD='$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so.6)'" \
+    "PYTHONMALLOC=malloc" \
+    "ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1"

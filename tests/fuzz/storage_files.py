@@ -1,15 +1,16 @@
 """Hostile multiprocess files, read by the compiled and by the Python reader: they must agree.
 
-A case starts from files the plugin itself wrote (a worker's counters, histograms and
-gauges of several modes, one with timestamps), damages one of them (bytes flipped; a key
-length, the header's used count or a key's bytes set to what breaks a reader; the file
-truncated, grown with garbage, entries cut out or repeated; or the file written anew with
-keys that are not prometheus_client's), and reads it twice: a file reader with the C walk
-against one with the Python walk (keys, numbers, offsets, torn flag and values), and the
-whole directory, next to a good file, with the compiled collector against the Python one
-(every family and sample, bit for bit, and the read-error count). A second read after more
-damage (the file grows, or its header moves) checks the incremental walk. A read may not
-raise, may not differ, and the good file's value must come out unchanged.
+A case starts from files the plugin itself wrote (a worker's counters, histograms, a
+summary and gauges of several modes, one with timestamps), damages one of them (bytes
+flipped; a key length, the header's used count or a key's bytes set to what breaks a
+reader; the file truncated, grown with garbage, entries cut out or repeated; or the file
+written anew with keys that are not prometheus_client's), and reads it twice: a file reader
+with the C walk against one with the Python walk (keys, offsets, torn flag and values), and
+the whole directory, next to a good file, with the compiled collector against the Python
+one (every family and sample bit for bit, the read-error count, and the text and protobuf
+answers rendered from them). Half the cases damage the file again and read once more (the
+incremental walk). A read may not raise, the two may not differ, and the good file's value
+must come out unchanged.
 
 Runs in the test suite as a bounded number of cases (tests/test_hostile_files.py); for a
 long run under AddressSanitizer and UBSan see docs/reliability.md ("The compiled reader
@@ -109,7 +110,7 @@ def _entries(data: bytes) -> List[Tuple[int, int]]:
 def _set_used(data: bytearray, used: int) -> None:
     if len(data) < 4:
         data.extend(bytes(4 - len(data)))
-    struct.pack_into("<i", data, 0, used)
+    struct.pack_into("<i", data, 0, max(-2 ** 31, min(used, 2 ** 31 - 1)))
 
 
 def flip_bytes(rng: random.Random, files: Files, name: str) -> None:
@@ -209,10 +210,13 @@ def _bits(value: float) -> bytes:
 
 
 def _reader_state(reader: FileReader) -> tuple:
+    """What a reader read. Its key numbers are left out: they are its table's, and the
+    Python walk numbers the key of an entry whose payload is cut off before it finds the
+    entry torn (the C walk checks the payload first), so after such an entry the two
+    tables number alike keys differently, each consistently; the keys are compared."""
     values = reader.read()
-    return (list(reader.keys), list(reader.key_ids), list(reader.offsets), reader.sizes,
-            reader._parsed_to, reader.torn,
-            None if values is None else [_bits(v) for v in values])
+    return (list(reader.keys), list(reader.offsets), reader.sizes, reader._parsed_to,
+            reader.torn, None if values is None else [_bits(v) for v in values])
 
 
 def _served(families) -> list:
