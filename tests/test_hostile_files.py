@@ -1,6 +1,7 @@
-"""The compiled module (``_speedups.c``) against hostile input: files in the storage
-directory that no writer of ours left (truncated, damaged, foreign), and callers that use
-its types in ways the plugin never does. Each test pins a bug the audit of the C found
+"""The compiled module (``_speedups.c``) and the scrape path against hostile input: files
+in the storage directory that no writer of ours left (truncated, damaged, foreign),
+applications that keep or step what they are given, and callers that use its types in
+ways the plugin never does. Each test pins what the audit of the C found
 (docs/reliability.md, "The compiled reader under hostile files"); the bounded fuzz run
 holds the compiled and the Python reader to the same answers on a few hundred damaged
 files. Where the bug was a crash, the case runs in a child process, so that a regression
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fuzz import storage_files
+from fuzz import keys, storage_files
 from gunicorn_prometheus_exporter import families, speedups
 from gunicorn_prometheus_exporter.collector import DirectoryCollector
 from gunicorn_prometheus_exporter.server import protobuf
@@ -290,3 +291,11 @@ def test_a_send_or_receive_kept_past_its_request_is_never_another_requests(tmp_p
     assert sizes == {"/ok": 1 + 3 + 4, "/keep": 2}
     gauges, index = inst.recorder.in_flight_cell()
     assert gauges[index] == 0.0
+
+
+@needs_native
+def test_damaged_keys_parse_alike_in_c_and_python():
+    """tests/fuzz/keys.py: 5,000 keys damaged a character at a time (quotes, backslashes,
+    braces, control and non-ASCII characters): the compiled parse gives the Python parts
+    for every key it answers."""
+    assert keys.run(native, 5000, seed=20261203) == []
