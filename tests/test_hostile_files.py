@@ -9,6 +9,7 @@ fails this test instead of killing the test run."""
 from __future__ import annotations
 
 import asyncio
+import json
 import struct
 import subprocess
 import sys
@@ -299,3 +300,38 @@ def test_damaged_keys_parse_alike_in_c_and_python():
     braces, control and non-ASCII characters): the compiled parse gives the Python parts
     for every key it answers."""
     assert keys.run(native, 5000, seed=20261203) == []
+
+
+@pytest.mark.parametrize("key", [
+    '["f", "f_native", 5, "h", 3, 0, 1]',  # labels that are no object
+    '["f", "f_native", {}, "h", 3, 10000000000000000000000, 10000000000000000000001]',
+    '["f", "f_native", {}, "h", 0, 1030, 1031]',  # bounds past the largest double
+    '"abcd302"', '{"f": 1}'])
+def test_a_foreign_native_histogram_entry_is_torn_not_a_failed_scrape(tmp_path, key):
+    """A native histogram file (``.nh``) with an entry no writer of ours made: the entries
+    before it are served and the file is torn (one read error). Such an entry reached the
+    code that builds its buckets' keys and bounds, which raised (TypeError, OverflowError)
+    on every scrape. Python only: native files are read in Python on both paths."""
+    from gunicorn_prometheus_exporter.storage.native import NativeReader, entry_payload
+
+    f = MmapFile(str(tmp_path / "histogram_native_w0.nh"), payload=entry_payload)
+    good = '["f", "f_native", {"route": "/a"}, "h", 3, 0, 1]'
+    f.values[f.index(good) + 2] = 4.0  # slot 2: bucket index 1
+    f.close()  # then the entry appended as another writer would (ours refuses it)
+    with open(tmp_path / "histogram_native_w0.nh", "r+b") as raw:
+        used = struct.unpack("<i", raw.read(4))[0]
+        encoded = key.encode()
+        padded = encoded + b" " * (8 - (len(encoded) + 4) % 8)
+        raw.seek(used)
+        raw.write(struct.pack("<i", len(encoded)) + padded + bytes(8 * 4))
+        raw.seek(0)
+        raw.write(struct.pack("<i", used + 4 + len(padded) + 8 * 4))
+    for compiled in (native, None):
+        collector = DirectoryCollector(str(tmp_path), compiled=compiled)
+        collector.read()  # raised
+        assert collector.read_errors == 1 and collector.source_up == 1
+    reader = NativeReader(str(tmp_path / "histogram_native_w0.nh"))
+    assert reader.read() == (0.0, 4.0) and reader.torn
+    # the zero bucket (its threshold: the bound below index 0) and index 1
+    assert [json.loads(k)[2]["__native__"] for k in reader.keys] == [
+        f"3/z/{2.0 ** (-1 / 8)!r}", "3/1"]
