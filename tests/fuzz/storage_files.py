@@ -7,8 +7,8 @@ reader; the file truncated, grown with garbage, entries cut out or repeated; or 
 written anew with keys that are not prometheus_client's), and reads it twice: a file reader
 with the C walk against one with the Python walk (keys, offsets, torn flag and values), and
 the whole directory, next to a good file, with the compiled collector against the Python
-one (every family and sample bit for bit, the read-error count, and the text and protobuf
-answers rendered from them). Half the cases damage the file again and read once more (the
+one (every family and sample bit for bit, the read-error count, and the text, OpenMetrics
+and protobuf answers rendered from them). Half the cases damage the file again and read once more (the
 incremental walk). A read may not raise, the two may not differ, and the good file's value
 must come out unchanged.
 
@@ -57,6 +57,8 @@ ODD_KEYS = ['[1, "s", {}, "h"]', '[["f"], "f", {}, "h"]', '["f", 1, {}, "h"]',
             '["s", "s", {"quantile": "0.5"}, "S"]', '["f", "f", {}, "h"]   ',
             '  ["f", "f", {}, "h"]', '["é", "é", {"é": "é"}, "é"]', '["f", "f", {}, "h"]x']
 
+#: what Prometheus asks for when it prefers OpenMetrics
+OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 Files = Dict[str, bytes]
 Mutation = Callable[[random.Random, Files, str], None]
 
@@ -234,7 +236,8 @@ def _scrape(collector: DirectoryCollector) -> tuple:
     families = collector._read_once()
     exposition = Exposition(lambda: families, "fuzz")
     return (_served(families), collector.read_errors, collector.source_up,
-            exposition.metrics(None)[0], exposition.metrics(protobuf.CONTENT_TYPE)[0])
+            exposition.metrics(None)[0], exposition.metrics(OPENMETRICS)[0],
+            exposition.metrics(protobuf.CONTENT_TYPE)[0])
 
 
 def _outcome(call: Callable[[], object]) -> tuple:
