@@ -335,3 +335,34 @@ def test_a_foreign_native_histogram_entry_is_torn_not_a_failed_scrape(tmp_path, 
     # the zero bucket (its threshold: the bound below index 0) and index 1
     assert [json.loads(k)[2]["__native__"] for k in reader.keys] == [
         f"3/z/{2.0 ** (-1 / 8)!r}", "3/1"]
+
+
+def test_an_exemplar_slot_whose_timestamp_is_no_requests_is_left_out(tmp_path):
+    """A damaged exemplar slot (a timestamp that is infinite, past year 9999 or NaN): the
+    newest-wins merge kept it for good, the protobuf answer raised OverflowError on an
+    infinite one (every scrape in that format failed) and wrote an over-long varint for a
+    huge one. Such a slot is left out; the good slot of another worker is served."""
+    import math
+
+    from gunicorn_prometheus_exporter.storage import exemplars
+
+    key = sample_key("c", "c_total", {}, "h")
+    f = MmapFile(str(tmp_path / "counter_w0.db"))
+    f.values[f.index(key)] = 1.0
+    f.close()
+    good = exemplars.ExemplarFile(exemplars.path_of(str(tmp_path), "w1"))
+    good.put(good.slot(key), 0.25, 1_700_000_000.5, b"\x02" * 24)
+    bad = exemplars.ExemplarFile(exemplars.path_of(str(tmp_path), "w0"))
+    (tmp_path / "pb2").mkdir()
+    pb2 = protodecode.compiled(tmp_path / "pb2")
+    for stamp in (math.inf, 1e300, math.nan, 1_700_000_000.5):
+        bad.put(bad.slot(key), 9.0, stamp, b"\x01" * 24)
+        families = DirectoryCollector(str(tmp_path)).read()
+        found = [s.exemplar for m in families for s in m.samples if s.name == "c_total"]
+        if stamp == 1_700_000_000.5:  # a real one: as new as the good one; either is right
+            assert found[0].timestamp == stamp
+            continue
+        assert [(e.value, e.timestamp) for e in found] == [(0.25, 1_700_000_000.5)]
+        body = Exposition(lambda: families, "test").metrics(protobuf.CONTENT_TYPE)[0]
+        counter = {f.name: f for f in protodecode.decode(pb2, body)}["c_total"].metric[0].counter
+        assert counter.exemplar.timestamp.seconds == 1_700_000_000
