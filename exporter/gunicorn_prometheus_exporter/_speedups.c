@@ -176,6 +176,7 @@ read_native(RequestWriter *self, PyObject *native)
                     &self->native_bounds, &self->native_count) < 0)
         return -1;
     if (self->native_count < 1 || hi < self->lo) {
+        self->native_count = 0;  /* no native layout, as before the call */
         PyErr_SetString(PyExc_ValueError, "native layout: no bounds or hi below lo");
         return -1;
     }
@@ -194,7 +195,10 @@ RequestWriter_init(RequestWriter *self, PyObject *args, PyObject *kwargs)
     PyMem_Free(self->duration_bounds);
     PyMem_Free(self->size_bounds);
     PyMem_Free(self->native_bounds);
+    /* counts with their arrays: an __init__ called again that fails leaves a writer with no
+     * bounds, never a count over a freed array */
     self->duration_bounds = self->size_bounds = self->native_bounds = NULL;
+    self->duration_count = self->size_count = self->native_count = 0;
     if (read_bounds(durations, "duration_bounds must be a sequence of numbers",
                     &self->duration_bounds, &self->duration_count) < 0)
         return -1;
@@ -477,49 +481,47 @@ record_known_wsgi(WSGIHooks *self, PyObject *environ, PyObject *resp, PyObject *
         if (present != 0)
             return present < 0 ? -1 : 0;
     }
-    PyObject *fields[4] = {NULL, NULL, NULL, NULL};
-    const int *layout = self->by_path;
-    PyObject *template = ENVIRON_GET(environ, self->route_key);
-    if (template != NULL && template != Py_None
-            && !(PyUnicode_Check(template) && PyUnicode_GET_LENGTH(template) == 0)) {
-        if (!PyUnicode_CheckExact(template))
-            return 0;  /* an app's own object: record() makes it a str */
-        fields[3] = template;
-        layout = self->by_template;
-    }
-    if (PyErr_Occurred())
-        return -1;
-    for (int i = 0; i < 2; i++) {  /* environ.get(): None when absent */
-        fields[i] = ENVIRON_GET(environ, i == 0 ? s_request_method : s_path_info);
-        if (fields[i] == NULL) {
-            if (PyErr_Occurred())
-                return -1;
-            fields[i] = Py_None;
-        }
-    }
+    /* the response's status first: the environ's values are borrowed from here to the
+     * key, where no code of the application's objects may run */
     PyObject *code = PyObject_GetAttr(resp, s_status_code);
     if (code == NULL) {  /* start_response did not run */
         PyErr_Clear();
         return 0;
     }
-    fields[2] = code;
-    PyObject *key = PyTuple_Pack(3, fields[layout[0]], fields[layout[1]], fields[layout[2]]);
+    PyObject *fields[4] = {NULL, NULL, code, NULL};
+    const int *layout = self->by_path;
+    PyObject *template = ENVIRON_GET(environ, self->route_key);
+    if (template != NULL && template != Py_None
+            && !(PyUnicode_Check(template) && PyUnicode_GET_LENGTH(template) == 0)) {
+        if (!PyUnicode_CheckExact(template)) {
+            Py_DECREF(code);
+            return 0;  /* an app's own object: record() makes it a str */
+        }
+        fields[3] = template;
+        layout = self->by_template;
+    }
+    for (int i = 0; i < 2 && !PyErr_Occurred(); i++) {  /* environ.get(): None when absent */
+        fields[i] = ENVIRON_GET(environ, i == 0 ? s_request_method : s_path_info);
+        if (fields[i] == NULL)
+            fields[i] = Py_None;
+    }
+    PyObject *key = PyErr_Occurred() ? NULL
+        : PyTuple_Pack(3, fields[layout[0]], fields[layout[1]], fields[layout[2]]);
     Py_DECREF(code);
     if (key == NULL)
         return -1;
     PyObject *series = PyDict_GetItemWithError(self->resolved, key);
+    Py_XINCREF(series);  /* resolved may change under what runs below (the extras record) */
     Py_DECREF(key);
     if (series == NULL)
         return PyErr_Occurred() ? -1 : 0;
     PyObject *sent = PyObject_GetAttr(resp, s_sent);
-    if (sent == NULL)
-        return -1;
-    PyObject *received = received_bytes(environ);
+    PyObject *received = sent == NULL ? NULL : received_bytes(environ);
     if (received == NULL) {
-        Py_DECREF(sent);
+        Py_XDECREF(sent);
+        Py_DECREF(series);
         return PyErr_Occurred() ? -1 : 0;
     }
-    Py_INCREF(series);  /* resolved may be cleared by what the extras record */
     PyObject *args[] = {series, duration, received, sent};
     PyObject *done = PyObject_Vectorcall(self->add, args, 4, NULL);
     Py_DECREF(received);
@@ -762,8 +764,10 @@ MeteredWSGI_vectorcall(MeteredWSGI *self, PyObject *const *args, size_t nargsf,
     PyObject *result = PyObject_Vectorcall(self->app, args, nargsf, kwnames);
     if (result == NULL)
         return NULL;
-    PyObject *wrapper = PyDict_GetItemWithError(environ, s_file_wrapper);
+    /* held: isinstance may run the result's code (a __class__ of its own) */
+    PyObject *wrapper = Py_XNewRef(PyDict_GetItemWithError(environ, s_file_wrapper));
     int file = wrapper == NULL || wrapper == Py_None ? 0 : PyObject_IsInstance(result, wrapper);
+    Py_XDECREF(wrapper);
     if (file == 1) {
         PyObject *size = PyObject_CallOneArg(self->file_bytes, result);
         file = size == NULL ? -1 : PyDict_SetItem(environ, self->file_key, size);
@@ -1426,6 +1430,7 @@ typedef struct MeteredCall {
     PyObject *metered_receive; /* meter.receive, the receive the application is given */
     PyObject *inner;      /* the application's awaitable, driven */
     int state;
+    int stepping;         /* 1 while a step of the application runs (send, throw, close) */
 } MeteredCall;
 
 static PyTypeObject MeteredAppType;
@@ -1524,9 +1529,6 @@ record_known(MeteredApp *owner, PyObject *scope, RequestMeter *meter, double dur
 {
     if (!PyDict_CheckExact(scope))
         return 0;
-    PyObject *method = PyDict_GetItemWithError(scope, s_method);
-    if (method == NULL)
-        return PyErr_Occurred() ? -1 : 0;
     Py_ssize_t n = PyTuple_GET_SIZE(owner->own_keys);
     for (Py_ssize_t i = 0; i < n; i++) {
         if (PyDict_GetItemWithError(scope, PyTuple_GET_ITEM(owner->own_keys, i)) != NULL
@@ -1539,7 +1541,9 @@ record_known(MeteredApp *owner, PyObject *scope, RequestMeter *meter, double dur
     int usual = usual_version(owner, scope);
     if (usual <= 0)
         return usual;
-    PyObject *fields[4] = {method, NULL, meter->status, NULL};
+    /* the scope's values are borrowed: read after the route's template, whose attribute
+     * may be the application's code */
+    PyObject *fields[4] = {NULL, NULL, meter->status, NULL};
     const int *layout;
     PyObject *template = NULL, *route = PyDict_GetItemWithError(scope, owner->route_key);
     if (route == NULL) {
@@ -1561,6 +1565,11 @@ record_known(MeteredApp *owner, PyObject *scope, RequestMeter *meter, double dur
         }
         fields[3] = template;
         layout = owner->by_template;
+    }
+    fields[0] = PyDict_GetItemWithError(scope, s_method);
+    if (fields[0] == NULL) {
+        Py_XDECREF(template);
+        return PyErr_Occurred() ? -1 : 0;
     }
     PyObject *key_fields[3] = {fields[layout[0]], fields[layout[1]], fields[layout[2]]};
     PyObject *series = owner->last_key != NULL && same_key(owner->last_key, key_fields)
@@ -1735,10 +1744,24 @@ begin(MeteredCall *self)
     return self->inner == NULL ? -1 : 0;
 }
 
+/* A step asked for from inside a step (an application that drives its own wrapper, found
+ * as the awaitable its caller waits on) raises, as a coroutine already executing does: it
+ * would conclude the request under the running step and free the coroutine that runs it. */
+static int
+already_stepping(MeteredCall *self)
+{
+    if (!self->stepping)
+        return 0;
+    PyErr_SetString(PyExc_ValueError, "coroutine already executing");
+    return 1;
+}
+
 static PySendResult
 MeteredCall_am_send(MeteredCall *self, PyObject *value, PyObject **result)
 {
     *result = NULL;
+    if (already_stepping(self))
+        return PYGEN_ERROR;
     if (self->state == CALL_DONE) {
         PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
         return PYGEN_ERROR;
@@ -1749,10 +1772,12 @@ MeteredCall_am_send(MeteredCall *self, PyObject *value, PyObject **result)
         return PYGEN_ERROR;
     }
     PySendResult status;
+    self->stepping = 1;
     if (self->state == CALL_NEW && begin(self) < 0)
         status = self->state == CALL_DONE ? PYGEN_ERROR : end_of(self, PYGEN_ERROR, result);
     else
         status = end_of(self, PyIter_Send(self->inner, value, result), result);
+    self->stepping = 0;
     if (status != PYGEN_NEXT)
         retire(self);
     return status;
@@ -1763,6 +1788,8 @@ MeteredCall_am_send(MeteredCall *self, PyObject *value, PyObject **result)
 static PyObject *
 MeteredCall_throw(MeteredCall *self, PyObject *args)
 {
+    if (already_stepping(self))
+        return NULL;
     if (self->state != CALL_RUNNING) {
         PyObject *type = NULL, *value = Py_None, *traceback = NULL;
         self->state = CALL_DONE;
@@ -1778,8 +1805,10 @@ MeteredCall_throw(MeteredCall *self, PyObject *args)
         return NULL;
     }
     PyObject *result;
+    self->stepping = 1;
     PySendResult status = end_of(self, call_as_send(self->inner, s_throw, args, &result),
                                  &result);
+    self->stepping = 0;
     return as_method_result(status, result);
 }
 
@@ -1789,22 +1818,26 @@ static PyObject *
 MeteredCall_close(MeteredCall *self, PyObject *unused)
 {
     (void)unused;
+    if (already_stepping(self))
+        return NULL;
     if (self->state != CALL_RUNNING) {
         self->state = CALL_DONE;
         Py_RETURN_NONE;
     }
+    self->stepping = 1;
     PyObject *closed = PyObject_CallMethodNoArgs(self->inner, s_close);
     if (closed == NULL) {
         end_of(self, PYGEN_ERROR, &closed);
+        self->stepping = 0;
         return NULL;
     }
     Py_DECREF(closed);
     PyObject *exit = PyObject_CallNoArgs(PyExc_GeneratorExit);
-    if (exit == NULL)
-        return NULL;
-    conclude(self, exit);
-    Py_DECREF(exit);
-    Py_RETURN_NONE;
+    if (exit != NULL)
+        conclude(self, exit);
+    Py_XDECREF(exit);
+    self->stepping = 0;
+    return exit == NULL ? NULL : Py_NewRef(Py_None);
 }
 
 /* A call dropped while the application waits is closed, as a coroutine is. */
@@ -1924,6 +1957,7 @@ MeteredApp_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
     call->send = Py_NewRef(args[2]);
     call->inner = NULL;
     call->state = CALL_NEW;
+    call->stepping = 0;
     return (PyObject *)call;
 }
 
@@ -2332,7 +2366,7 @@ KeyTable_find(KeyTable *self, const char *raw, Py_ssize_t length, Py_hash_t hash
     uint32_t tag = tag_of(hash);
     Py_ssize_t at = (size_t)hash & self->mask, probes = 0;
     for (KeySlot *slot; (slot = &self->slots[at])->number; at = (at + 1) & self->mask) {
-        if (slot->tag == tag && slot->length == (uint32_t)length
+        if (slot->tag == tag && (Py_ssize_t)slot->length == length  /* never truncated */
                 && memcmp(self->arena + slot->start, raw, length) == 0)
             return (Py_ssize_t)slot->number - 1;
         if (++probes >= self->long_probe && !self->sip) {
@@ -2383,11 +2417,15 @@ KeyTable_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->texts = PyList_New(0);
     self->hashes = PyMem_Malloc(self->id_capacity * sizeof(Py_hash_t));
     self->slots = PyMem_Calloc(self->mask + 1, sizeof(KeySlot));
+    /* never NULL: an empty key (table[b""]) is kept, compared and copied at its start */
+    self->arena_capacity = 4096;
+    self->arena = PyMem_Malloc(self->arena_capacity);
     /* seeded by the interpreter's hash secret (and where the table lies) */
     KeyTable *where = self;
     Py_hash_t seed = sip_hash(&where, sizeof(where));
     self->seed = mix64((uint64_t)seed);
-    if (seed == -1 || self->texts == NULL || self->hashes == NULL || self->slots == NULL) {
+    if (seed == -1 || self->texts == NULL || self->hashes == NULL || self->slots == NULL
+            || self->arena == NULL) {
         Py_DECREF(self);
         return PyErr_Occurred() ? NULL : PyErr_NoMemory();
     }
@@ -2479,6 +2517,14 @@ grow_append(char **buffer, Py_ssize_t *used, Py_ssize_t *capacity, const void *b
 #define PREFETCH(address) ((void)(address))
 #endif
 
+/* Key bytes plus the 1 to 8 spaces that align the value after them (mmap_file.py
+ * padded_length), for a length of an int32 field. */
+static inline Py_ssize_t
+padded_length(Py_ssize_t length)
+{
+    return length + (8 - (length + 4) % 8);
+}
+
 /* key_table(buffer, pos, used, payload, table) -> (ids, offsets, pos, torn):
  * storage/reader.py FileReader._parse for a fixed payload, in one call. Walks the entries
  * from ``pos`` to ``used`` (each: int32 key length, key, 1 to 8 spaces, ``payload`` bytes)
@@ -2511,15 +2557,19 @@ key_table(PyObject *module, PyObject *args)
     Py_ssize_t scan = pos;
     for (;;) {
         while (waiting < KEY_TABLE_AHEAD && !stopped) {
-            if (scan < 0 || scan + 4 > used || scan + 4 > view.len) {
+            if (scan < 0 || scan + 4 > used) {
                 stopped = 1;
                 break;
             }
-            int32_t length;
-            memcpy(&length, buf + scan, 4);  /* little-endian on every platform we build for */
-            Py_ssize_t offset = scan + 4 + length + (8 - (length + 4) % 8);
-            if (length <= 0 || scan + 4 + length > limit || payload < 8
-                    || offset + payload > limit) {
+            /* an entry the header counts but the file does not hold: torn, as the Python
+             * walk says (a file shorter than its header) */
+            int32_t length = 0;
+            if (scan + 4 <= view.len)
+                memcpy(&length, buf + scan, 4);  /* little-endian on every platform we build for */
+            /* in Py_ssize_t: length + 4 overflows an int32 for a length near INT32_MAX */
+            Py_ssize_t offset = scan + 4 + padded_length(length);
+            if (length <= 0 || scan + 4 + length > limit || payload < 8 || payload > limit
+                    || offset > limit - payload) {
                 stopped = torn = 1;
                 break;
             }
@@ -2547,7 +2597,7 @@ key_table(PyObject *module, PyObject *args)
         if (id < 0)
             goto done;
         int number = (int)id;
-        long long offset = at + 4 + length + (8 - (length + 4) % 8);
+        long long offset = at + 4 + padded_length(length);
         if (grow_append(&ids, &ids_used, &ids_capacity, &number, sizeof(number)) < 0
                 || grow_append(&offsets, &offsets_used, &offsets_capacity, &offset,
                                sizeof(offset)) < 0)
@@ -2593,7 +2643,7 @@ values(PyObject *module, PyObject *args)
     const long long *offsets = at.buf;
     Py_ssize_t count = at.len / (Py_ssize_t)sizeof(long long);
     for (Py_ssize_t i = 0; i < count; i++) {
-        if (offsets[i] < 0 || offsets[i] + 8 * per > view.len) {
+        if (offsets[i] < 0 || offsets[i] > view.len - 8 * per) {  /* (no overflow) */
             PyErr_SetString(PyExc_ValueError, "values: an offset beyond the buffer");
             goto done;
         }
@@ -2653,13 +2703,16 @@ pick(PyObject *module, PyObject *args)
         if (ids[i] > top)
             top = ids[i];
     }
+    /* made before ``column`` is grown: a list is an object the cyclic GC tracks, whose
+     * allocation may run a collection, and with it code that could shrink ``column``
+     * between its growth and the reads below (growing it allocates no such object) */
+    out = PyList_New(count > start ? count - start : 0);
+    if (out == NULL)
+        goto done;
     while (PyList_GET_SIZE(column) <= top) {
         if (PyList_Append(column, Py_None) < 0)
             goto done;
     }
-    out = PyList_New(count > start ? count - start : 0);
-    if (out == NULL)
-        goto done;
     for (Py_ssize_t i = start; i < count; i++) {
         PyObject *found = PyList_GET_ITEM(column, ids[i]);
         missing += found == Py_None;
@@ -2975,10 +3028,11 @@ index_histogram(PyObject *histograms, PyObject *not_base, PyObject *family, PyOb
         bound = PyFloat_FromDouble(Py_HUGE_VAL);
     }
     PyObject *entry = bound == NULL ? NULL : untrack_atomic(PyTuple_Pack(3, bound, le, sid));
-    PyObject *list = PyDict_GetItemWithError(group, s_buckets);
-    if (entry != NULL && list != NULL && PyList_Append(list, entry) == 0)
+    /* looked up only without an exception pending (one from float() or the tuple) */
+    PyObject *list = entry == NULL ? NULL : PyDict_GetItemWithError(group, s_buckets);
+    if (list != NULL && PyList_Append(list, entry) == 0)
         result = PyDict_SetItem(group, s_ordered, Py_False);
-    else if (entry != NULL && list == NULL && !PyErr_Occurred())
+    else if (list == NULL && !PyErr_Occurred())
         PyErr_SetObject(PyExc_KeyError, s_buckets);
     Py_XDECREF(bound);
     Py_XDECREF(entry);

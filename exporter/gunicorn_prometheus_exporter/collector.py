@@ -82,7 +82,7 @@ class SeriesRegistry:
                 group["native"].append((bucket, sid))
         elif sample.endswith("_bucket"):
             le = label_dict.get("le", "+Inf")
-            group["buckets"].append((_bound(le), le, sid))
+            group["buckets"].append((bucket_bound(le), le, sid))
             group["ordered"] = False  # sorted once, at the next exposition
         elif sample.endswith("_sum"):
             group["sum"] = sid
@@ -92,7 +92,9 @@ class SeriesRegistry:
 _NOT_BASE = ("le", native.BUCKET_LABEL)
 
 
-def _bound(le: str) -> float:
+def bucket_bound(le: str) -> float:
+    """A bucket's upper bound from its ``le`` label: +Inf where it is no number (a foreign
+    file's), so that the bucket is ordered and served, never a failed scrape."""
     try:
         return float(le)
     except ValueError:
@@ -182,15 +184,23 @@ def _decode_key(key: str) -> object:
     return found if end == len(key) else json.loads(key)
 
 
+#: the parts of a key that is not one of prometheus_client's
+_UNREADABLE = ("gunicorn_exporter_unreadable", "gunicorn_exporter_unreadable", (), "")
+
+
 def _parse_key(key: str) -> tuple:
     """(family, sample, labels sorted, help) of a key; a key that is not one of
-    prometheus_client's is served as ``gunicorn_exporter_unreadable``."""
+    prometheus_client's (not JSON of that shape, or a family, sample or help that is no
+    string: a list is no dict key, a number no metric name) is served as
+    ``gunicorn_exporter_unreadable``."""
     try:
         family, sample, labels, help_text = _decode_key(key)
-        return (family, sample,
-                tuple(sorted(zip(map(str, labels), map(str, labels.values())))), help_text)
+        pairs = tuple(sorted(zip(map(str, labels), map(str, labels.values()))))
     except (ValueError, TypeError, AttributeError):
-        return ("gunicorn_exporter_unreadable", "gunicorn_exporter_unreadable", (), "")
+        return _UNREADABLE
+    if not (isinstance(family, str) and isinstance(sample, str) and isinstance(help_text, str)):
+        return _UNREADABLE
+    return family, sample, pairs, help_text
 
 
 class Merger:

@@ -14,6 +14,8 @@ import math
 import struct
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+from ..collector import bucket_bound
+
 CONTENT_TYPE = ("application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; "
                 "encoding=delimited")
 
@@ -152,7 +154,8 @@ def _histograms(metric) -> List[bytes]:
         group = groups.setdefault(base, {"buckets": [], "count": 0.0, "sum": 0.0})
         suffix = sample.name[len(metric.name):]
         if suffix == "_bucket":
-            bound = float(sample.labels["le"])
+            # as the collector ordered it: no ``le``, or one that is no number, is +Inf
+            bound = bucket_bound(sample.labels.get("le", "+Inf"))
             # +Inf is implied by the count; sent only to carry an exemplar
             if not math.isinf(bound) or sample.exemplar is not None:
                 group["buckets"].append((bound, sample.value, sample.exemplar))
@@ -182,7 +185,11 @@ def _summaries(metric) -> List[bytes]:
         group = groups.setdefault(base, {"quantiles": [], "count": 0.0, "sum": 0.0})
         suffix = sample.name[len(metric.name):]
         if suffix == "" and "quantile" in sample.labels:
-            group["quantiles"].append((float(sample.labels["quantile"]), sample.value))
+            try:
+                quantile = float(sample.labels["quantile"])
+            except ValueError:  # a foreign file's: no quantile to send
+                continue
+            group["quantiles"].append((quantile, sample.value))
         elif suffix == "_count":
             group["count"] = sample.value
         elif suffix == "_sum":

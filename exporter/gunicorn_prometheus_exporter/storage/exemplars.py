@@ -24,6 +24,10 @@ from .reader import FileReader
 SLOT = struct.Struct("<dd24s")
 _STAMP = struct.Struct("<d")
 FOLDER = "exemplars"
+#: a timestamp past this (the end of year 9999, where protobuf's Timestamp ends), or not a
+#: number, is no request's: a damaged or foreign slot, which would also stay the newest
+#: for good and cannot be encoded (an infinite one failed every protobuf scrape)
+_LAST = 253402300800.0
 
 #: one read exemplar: (sample key, timestamp, value, trace id hex, span id hex)
 Exemplar = Tuple[str, float, float, str, str]
@@ -78,8 +82,8 @@ class ExemplarReader:
             if stamp <= 0.0:
                 continue
             timestamp, value, ids = SLOT.unpack_from(m, offset)
-            if _STAMP.unpack_from(m, offset)[0] != timestamp or timestamp <= 0.0:
-                continue  # being rewritten: the next scrape has it
+            if _STAMP.unpack_from(m, offset)[0] != timestamp or not 0.0 < timestamp < _LAST:
+                continue  # being rewritten (the next scrape has it), or no request's
             yield key, timestamp, value, ids[:16].hex(), ids[16:].hex()
 
     def close(self) -> None:

@@ -149,10 +149,17 @@ def entry_key(family: str, labels: Mapping[str, str], help_text: str, layout: La
 
 def entry_payload(key: str) -> int:
     """Bytes that follow a native entry's key, its zero bucket and buckets (ValueError for
-    a key that is not one): the ``payload`` of native files (``mmap_file.Payload``)."""
+    a key that is not one): the ``payload`` of native files (``mmap_file.Payload``). A key
+    refused here makes the reader take the file as torn there, so what builds the buckets'
+    keys and bounds (``NativeReader``) only ever meets a list with a labels object and
+    indexes whose bounds are finite doubles: a foreign or damaged key (labels that are no
+    object, an index of 10^22) failed every scrape."""
     parts = json.loads(key)
+    if not (isinstance(parts, list) and len(parts) >= 7 and isinstance(parts[2], dict)):
+        raise ValueError(f"not a native histogram entry: {key[:80]!r}")
     schema, lo, hi = (int(x) for x in parts[4:7])
-    if not (MIN_SCHEMA <= schema <= MAX_SCHEMA and lo <= hi and hi - lo < 1 << 16):
+    if not (MIN_SCHEMA <= schema <= MAX_SCHEMA and lo <= hi and hi - lo < 1 << 16
+            and -(1100 << schema) < lo and hi < 1024 << schema):  # 2^1024 overflows
         raise ValueError(f"not a native histogram entry: {key[:80]!r}")
     return 8 * (hi - lo + 2)
 

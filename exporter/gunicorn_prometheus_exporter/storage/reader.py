@@ -207,9 +207,11 @@ class FileReader:
         pos = self._parsed_to
         table = self._table
         texts = table.texts
+        limit = min(used, len(m))
         while pos + 4 <= used:
-            length = _USED.unpack_from(m, pos)[0]
-            limit = min(used, len(m))
+            # an entry the header counts but the file does not hold (a file shorter than
+            # its header says) is torn, as every other entry that ends past the file
+            length = _USED.unpack_from(m, pos)[0] if pos + 4 <= limit else 0
             if length <= 0 or pos + 4 + length > limit:
                 self.torn = True
                 break
