@@ -1,6 +1,7 @@
 """Request metrics through real gunicorn processes, exact to the request and the byte."""
 import os
 import signal
+import socket
 import subprocess
 
 import pytest
@@ -144,3 +145,30 @@ def test_user_request_hooks_still_run(start_gunicorn, tmp_path):
         assert g.request("/")[0] == 200
     g.scrape_until(lambda s: s.total("gunicorn_http_requests_total") == 3)
     assert marks.read_text() == "<><><>"
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+def test_a_content_length_no_request_can_have_is_counted_as_unknown(start_gunicorn,
+                                                                    worker_class, compiled):
+    """A client declaring more body bytes than a float holds (10**309) had its request go
+    unrecorded (the size overflowed the store): it is counted like a Content-Length that
+    is no number, as a request of unknown size (0), and the other requests are unchanged."""
+    env = {} if compiled else {"GUNICORN_PROMETHEUS_NO_SPEEDUPS": "1"}
+    g = start_gunicorn(worker_class=worker_class, workers=1, env=env).wait_ready(workers=1)
+    for length in ("1" + "0" * 309, str(2 ** 64)):
+        with socket.create_connection(("127.0.0.1", g.port), timeout=10) as sock:
+            sock.sendall(f"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: {length}\r\n"
+                         f"Connection: close\r\n\r\n".encode())
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:80]
+    assert g.request("/", method="POST", body=b"x" * 10)[0] == 200
+    s = g.scrape_until(lambda s: s.total("gunicorn_http_requests_total") == 3)
+    assert s.value("gunicorn_http_requests_total", method="GET", route="/", status="200") == 2
+    assert s.total("gunicorn_http_request_size_bytes_sum") == 10
+    # both in the first bucket (64 bytes), where a request without a body is
+    assert s.value("gunicorn_http_request_size_bytes_bucket", method="GET", route="/",
+                   le="64.0") == 2
+    assert "could not record" not in g.output()

@@ -445,6 +445,14 @@ received_bytes(PyObject *environ)
         PyErr_Clear();
         return PyLong_FromLong(0);  /* int() refused it: as _record */
     }
+    if (received == NULL)
+        return NULL;
+    int overflow;
+    (void)PyLong_AsLongLongAndOverflow(received, &overflow);
+    if (overflow > 0) {  /* above LARGEST_BODY (LLONG_MAX): no request's size, as _record */
+        Py_DECREF(received);
+        return PyLong_FromLong(0);
+    }
     return received;
 }
 

@@ -26,6 +26,12 @@ from .labelling import COUNTED, KEY_BY_PATH, KEY_BY_TEMPLATE, RequestLabeller
 _GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN)
 #: the request attribute holding its start time
 STARTED = "_gunicorn_prometheus_started"
+#: the largest request body a Content-Length may declare and be counted by (a file offset's
+#: largest, ``off_t``): a larger one is no request's size and would outweigh every real one
+#: in the sum (10**309 overflowed the store and left its request unrecorded), so it is
+#: counted as a size unknown, 0, as a length that is no number; the compiled hooks use the
+#: same bound (``LLONG_MAX``)
+LARGEST_BODY = 2 ** 63 - 1
 #: environ keys of the plugin's own that the compiled hooks leave to ``finish``
 OWN_KEYS = (ERROR_ENVIRON_KEY, BODY_METER_KEY, FILE_BYTES_KEY)
 
@@ -134,6 +140,8 @@ class WSGIRequestHooks:
                 received = int(length)
             except ValueError:
                 received = 0
+            if received > LARGEST_BODY:
+                received = 0  # no request has it: a size unknown, as a length no number
         else:
             meter = environ.get(BODY_METER_KEY)
             received = meter.bytes if meter is not None else 0
