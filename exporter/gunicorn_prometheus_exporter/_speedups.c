@@ -14,6 +14,9 @@
 #include <Python.h>
 #include <structmember.h>
 #include <math.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdatomic.h>
 
 /* -- shared helpers -------------------------------------------------------------------- */
 
@@ -2150,6 +2153,128 @@ static PyTypeObject MeteredAppType = {
     .tp_new = MeteredApp_new,
 };
 
+/* -- the scrape: reads of a mapped file that survive its truncation ---------------------- */
+
+/* A storage file shortened in place (``truncate``) while the metrics process has it mapped
+ * makes a read of a page past its new end raise SIGBUS, whose default kills the process: a
+ * fault outside the plugin (a foreign process, a damaged disk) must not. So every read of
+ * mapped memory here runs under a guard: a SIGBUS handler that, when the faulting address
+ * lies in the map being read by this thread, jumps out of the read (``map_read``), which
+ * then fails with ``MapFault`` (the reader takes the file as torn). Such a read only copies
+ * raw bytes into C buffers: no Python API runs in it and no C state is half updated when
+ * the jump leaves it; the Python objects are made after. Any other SIGBUS finds the
+ * previous action restored and comes again (a fault re-runs its instruction; a signal
+ * sent is raised again), so it kills the process as before, or reaches whoever handled it
+ * before us. */
+typedef struct {
+    sigjmp_buf jump;
+    const char *low, *high;   /* the map being read */
+} MapGuard;
+
+#if defined(__GNUC__) || defined(__clang__)
+/* initial-exec: the handler reads it, and a dynamic TLS access could allocate */
+static __thread MapGuard *map_guard __attribute__((tls_model("initial-exec")));
+#else
+static _Thread_local MapGuard *map_guard;
+#endif
+static struct sigaction previous_bus;
+static int bus_installed;
+static PyObject *MapFault;  /* the exception of a read cut short */
+
+static void
+on_bus(int signum, siginfo_t *info, void *context)
+{
+    MapGuard *guard = map_guard;
+    const char *at = info->si_addr;
+    if (guard != NULL && info->si_code > 0 && at >= guard->low && at < guard->high) {
+        map_guard = NULL;
+        siglongjmp(guard->jump, 1);
+    }
+    sigaction(SIGBUS, &previous_bus, NULL);
+    bus_installed = 0;
+    if (info->si_code <= 0)  /* sent (kill, raise): a return would not bring it again */
+        raise(signum);
+}
+
+/* The handler, installed once per process (the GIL is held: no race); -1 with OSError. */
+static int
+install_bus_handler(void)
+{
+    if (bus_installed)
+        return 0;
+    struct sigaction action;
+    memset(&action, 0, sizeof(action));
+    action.sa_sigaction = on_bus;
+    /* NODEFER: the jump out leaves SIGBUS unblocked without a saved mask to restore */
+    action.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sigemptyset(&action.sa_mask);
+    if (sigaction(SIGBUS, &action, &previous_bus) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    bus_installed = 1;
+    return 0;
+}
+
+typedef void (*MapReader)(void *job);
+
+/* Runs ``read(job)``, which reads the map ``view`` into C memory only, under the guard:
+ * 0, or -1 with MapFault set when the file was found shortened under the map. */
+static int
+map_read(const Py_buffer *view, MapReader read, void *job)
+{
+    if (install_bus_handler() < 0)
+        return -1;
+    MapGuard guard;
+    guard.low = view->buf;
+    guard.high = guard.low + view->len;
+    if (sigsetjmp(guard.jump, 0)) {  /* 0: no signal mask saved, restored (no syscall) */
+        PyErr_SetString(MapFault, "the file was shortened while mapped");
+        return -1;
+    }
+    map_guard = &guard;
+    atomic_signal_fence(memory_order_seq_cst);  /* the guard is set before the read */
+    read(job);
+    atomic_signal_fence(memory_order_seq_cst);  /* and cleared after it */
+    map_guard = NULL;
+    return 0;
+}
+
+typedef struct {
+    char *to;
+    const char *from;
+    Py_ssize_t n;
+} CopyJob;
+
+static void
+copy_job(void *job)
+{
+    CopyJob *copy = job;
+    memcpy(copy->to, copy->from, copy->n);
+}
+
+/* header(buffer) -> int: the int32 at the start of a mapped file (its used bytes), read
+ * under the guard (MapFault when the file was shortened under the map). */
+static PyObject *
+header(PyObject *module, PyObject *source)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(source, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    int32_t used = 0;
+    int failed = 0;
+    if (view.len < 4) {
+        PyErr_SetString(PyExc_ValueError, "header: a buffer shorter than 4 bytes");
+        failed = 1;
+    }
+    else {
+        CopyJob job = {(char *)&used, view.buf, 4};
+        failed = map_read(&view, copy_job, &job) < 0;
+    }
+    PyBuffer_Release(&view);
+    return failed ? NULL : PyLong_FromLong(used);  /* little-endian, as struct's "<i" */
+}
+
 /* -- the scrape: a file's key table ------------------------------------------------------ */
 
 /* KeyTable(): the distinct keys of a directory's files, numbered in the order first seen
@@ -2553,9 +2678,22 @@ key_table(PyObject *module, PyObject *args)
     Py_buffer view;
     if (PyObject_GetBuffer(source, &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    const char *buf = view.buf;
     Py_ssize_t limit = used < view.len ? used : view.len;
     PyObject *result = NULL;
+    /* the bytes from ``pos`` to ``limit``, copied under the guard (map_read): the walk
+     * below runs Python (the texts of new keys) and reads only this copy */
+    Py_ssize_t origin = pos < 0 ? 0 : pos < limit ? pos : limit;
+    char *copy = PyMem_Malloc(limit - origin + 1);
+    if (copy == NULL) {
+        PyBuffer_Release(&view);
+        return PyErr_NoMemory();
+    }
+    CopyJob job = {copy, (const char *)view.buf + origin, limit - origin};
+    if (map_read(&view, copy_job, &job) < 0) {
+        PyBuffer_Release(&view);
+        PyMem_Free(copy);
+        return NULL;
+    }
     char *ids = NULL, *offsets = NULL;
     Py_ssize_t ids_used = 0, ids_capacity = 0, offsets_used = 0, offsets_capacity = 0;
     int torn = 0;
@@ -2572,8 +2710,8 @@ key_table(PyObject *module, PyObject *args)
             /* an entry the header counts but the file does not hold: torn, as the Python
              * walk says (a file shorter than its header) */
             int32_t length = 0;
-            if (scan + 4 <= view.len)
-                memcpy(&length, buf + scan, 4);  /* little-endian on every platform we build for */
+            if (scan + 4 <= limit)  /* scan >= origin: the walk starts there and only goes on */
+                memcpy(&length, copy + (scan - origin), 4);  /* little-endian everywhere we build */
             /* in Py_ssize_t: length + 4 overflows an int32 for a length near INT32_MAX */
             Py_ssize_t offset = scan + 4 + padded_length(length);
             if (length <= 0 || scan + 4 + length > limit || payload < 8 || payload > limit
@@ -2585,7 +2723,7 @@ key_table(PyObject *module, PyObject *args)
             ahead[at].pos = scan;
             ahead[at].length = length;
             ahead[at].sip = table->sip;
-            ahead[at].hash = key_hash(table, buf + scan + 4, length);
+            ahead[at].hash = key_hash(table, copy + (scan - origin) + 4, length);
             if (key_hash_failed(table, ahead[at].hash))
                 goto done;
             PREFETCH(first_slot(table, ahead[at].hash));
@@ -2594,7 +2732,7 @@ key_table(PyObject *module, PyObject *args)
         if (!waiting)
             break;
         Py_ssize_t at = ahead[first].pos, length = ahead[first].length;
-        Py_ssize_t id = KeyTable_find(table, buf + at + 4, length, ahead[first].hash,
+        Py_ssize_t id = KeyTable_find(table, copy + (at - origin) + 4, length, ahead[first].hash,
                                       ahead[first].sip);
         first = (first + 1) % KEY_TABLE_AHEAD;
         if (--waiting) {  /* the next key's kept bytes, whose slot should be here by now */
@@ -2617,9 +2755,29 @@ key_table(PyObject *module, PyObject *args)
                            torn ? Py_True : Py_False);
 done:
     PyBuffer_Release(&view);
+    PyMem_Free(copy);
     PyMem_Free(ids);
     PyMem_Free(offsets);
     return result;
+}
+
+typedef struct {
+    double *to;
+    const char *from;
+    const long long *offsets;
+    Py_ssize_t count, per;
+} GatherJob;
+
+/* The ``per`` doubles at each offset, one after the other (little-endian, as "<d"). */
+static void
+gather_job(void *job)
+{
+    GatherJob *gather = job;
+    double *to = gather->to;
+    for (Py_ssize_t i = 0; i < gather->count; i++) {
+        memcpy(to, gather->from + gather->offsets[i], 8 * gather->per);
+        to += gather->per;
+    }
 }
 
 /* values(buffer, offsets, per) -> tuple: the ``per`` (1, or 2 with a timestamp) doubles at
@@ -2644,6 +2802,7 @@ values(PyObject *module, PyObject *args)
         return NULL;
     }
     PyObject *out = NULL;
+    double *got = NULL;
     if (at.itemsize != sizeof(long long) || at.format == NULL || strcmp(at.format, "q") != 0) {
         PyErr_SetString(PyExc_TypeError, "values: offsets must be an array('q')");
         goto done;
@@ -2656,23 +2815,28 @@ values(PyObject *module, PyObject *args)
             goto done;
         }
     }
+    /* the doubles read under the guard (map_read) into C memory, the floats made after */
+    got = PyMem_Malloc((count * per + 1) * sizeof(double));
+    if (got == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    GatherJob job = {got, view.buf, offsets, count, per};
+    if (map_read(&view, gather_job, &job) < 0)
+        goto done;
     out = PyTuple_New(count * per);
     if (out == NULL)
         goto done;
-    const char *buf = view.buf;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        for (Py_ssize_t j = 0; j < per; j++) {
-            double value;
-            memcpy(&value, buf + offsets[i] + 8 * j, 8);  /* little-endian, as struct's "<d" */
-            PyObject *number = PyFloat_FromDouble(value);
-            if (number == NULL) {
-                Py_CLEAR(out);
-                goto done;
-            }
-            PyTuple_SET_ITEM(out, per * i + j, number);
+    for (Py_ssize_t i = 0; i < count * per; i++) {
+        PyObject *number = PyFloat_FromDouble(got[i]);
+        if (number == NULL) {
+            Py_CLEAR(out);
+            goto done;
         }
+        PyTuple_SET_ITEM(out, i, number);
     }
 done:
+    PyMem_Free(got);
     PyBuffer_Release(&at);
     PyBuffer_Release(&view);
     return out;
@@ -3133,6 +3297,8 @@ static PyMethodDef speedups_functions[] = {
     {"key_table", key_table, METH_VARARGS,
      "key_table(buffer, pos, used, payload, table) -> (ids, offsets, pos, torn): "
      "FileReader._parse for a fixed payload."},
+    {"header", header, METH_O,
+     "header(buffer) -> int: the int32 at the start of a mapped file (MapFault: shortened)."},
     {"values", values, METH_VARARGS,
      "values(buffer, offsets, per) -> tuple: the per doubles at each offset."},
     {"pick", pick, METH_VARARGS,
@@ -3199,6 +3365,24 @@ add_type(PyObject *module, const char *name, PyTypeObject *type)
     return 0;
 }
 
+/* MapFault (an OSError): a read of a mapped file cut short, the file shortened under it. */
+static int
+add_map_fault(PyObject *module)
+{
+    MapFault = PyErr_NewExceptionWithDoc(
+        "gunicorn_prometheus_exporter._speedups.MapFault",
+        "A mapped file was found shortened (truncated) while read: read it as torn.",
+        PyExc_OSError, NULL);
+    if (MapFault == NULL)
+        return -1;
+    Py_INCREF(MapFault);
+    if (PyModule_AddObject(module, "MapFault", MapFault) < 0) {
+        Py_DECREF(MapFault);
+        return -1;
+    }
+    return 0;
+}
+
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
@@ -3214,6 +3398,7 @@ PyInit__speedups(void)
             || add_type(module, "WSGIHooks", &WSGIHooksType) < 0
             || add_type(module, "MeteredWSGI", &MeteredWSGIType) < 0
             || add_type(module, "KeyTable", &KeyTableType) < 0
+            || add_map_fault(module) < 0
 #ifdef SOURCE_DIGEST
             || PyModule_AddStringConstant(module, "SOURCE_DIGEST", SOURCE_DIGEST) < 0
 #endif

@@ -550,13 +550,13 @@ class DirectoryCollector(ReadStats):
                     self._refused.add(db.path)
                     self.read_errors += 1
                 continue
+            if reader.torn and db.path not in self._torn_reported:  # (a file cut to
+                self._torn_reported.add(db.path)  # nothing while mapped reads as None)
+                self.read_errors += 1
             if values is None:
                 continue
             if shard.generation != reader.generation:
                 shard.renumber(reader.generation)
-            if reader.torn and db.path not in self._torn_reported:
-                self._torn_reported.add(db.path)
-                self.read_errors += 1
             out.append((shard, reader, values))
         for gone in set(self._files) - seen:
             self._files.pop(gone)[1].close()

@@ -10,11 +10,19 @@ A reader never blocks and never follows a name elsewhere: files are opened with
 directory or link named like a storage file) is refused as ``Unreadable``. A file deleted
 and created again under the same name (a live gauge file of a worker slot whose process
 was replaced) starts a new ``generation``: its keys are parsed again from the start, and
-whoever numbered the old keys must number them again."""
+whoever numbered the old keys must number them again.
+
+A file shortened in place while mapped (a foreign ``truncate``) makes a read of a page past
+its new end raise SIGBUS. The C reads (``_speedups``: header, key walk, values) are guarded
+and raise ``MapFault`` instead: the file is then read again from its start as a new
+generation, torn (the entries its new size holds), and logged once. The Python path
+(``GUNICORN_PROMETHEUS_NO_SPEEDUPS=1``, and the exemplar and native histogram files) reads
+the map unguarded: there the process still dies (docs/reliability.md)."""
 from __future__ import annotations
 
 import array
 import errno
+import logging
 import mmap
 import os
 import stat
@@ -27,6 +35,9 @@ from .mmap_file import Payload, padded_length, payload_of
 _USED = struct.Struct("<i")
 _OPEN = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
          | getattr(os, "O_CLOEXEC", 0))
+
+
+_log = logging.getLogger("gunicorn_prometheus_exporter")
 
 
 class Unreadable(OSError):
@@ -139,6 +150,10 @@ class FileReader:
         #: the C walk, and the C read of the values at ``offsets`` (no struct format)
         self._walk = native.key_table if compiled else None
         self._values = native.values if compiled else None
+        #: the guarded read of the header, and what the guarded reads raise (``read``)
+        self._header = native.header if compiled else None
+        self._faults: Tuple[type, ...] = (native.MapFault,) if compiled else ()
+        self._shortened_logged = False
         self._empty()
 
     def _empty(self) -> None:
@@ -176,7 +191,33 @@ class FileReader:
         """All values (value, or value and timestamp, per key) or None if the file is gone.
         ``inode`` (from the directory listing) reveals a file deleted and created again:
         the map held since the last read keeps the old inode alive, so a new file under
-        the name always has another number. Raises ``Unreadable``."""
+        the name always has another number. Raises ``Unreadable``.
+
+        A file found shortened under the map (``MapFault``) is read again at once from its
+        start, mapped at its new size; shortened again meanwhile, it is left to the next
+        read (None now)."""
+        try:
+            return self._read(inode)
+        except self._faults:
+            self._shortened()
+        try:
+            return self._read(inode)
+        except self._faults:
+            self._shortened()
+            return None
+
+    def _shortened(self) -> None:
+        """The file was truncated while mapped: torn (counted once by the collector), its
+        entries read afresh as a new generation (those past the new end are gone)."""
+        if not self._shortened_logged:
+            self._shortened_logged = True
+            _log.warning("prometheus: %s was shortened while mapped (not by this plugin); "
+                         "reading it as torn", self.path)
+        self.torn = True
+        self.close()
+        self._ino = None  # the next map starts a new generation
+
+    def _read(self, inode: Optional[int]) -> Optional[tuple]:
         m = self.refresh(inode)
         if m is None:
             return None
@@ -190,14 +231,20 @@ class FileReader:
         stale = inode is not None and self._ino is not None and inode != self._ino[1]
         if (self._map is None or stale) and not self._reopen():
             return None
-        used = _USED.unpack_from(self._map, 0)[0]
+        used = self._used()
         if used > len(self._map):
             if not self._reopen():  # the writer grew the file
                 return None
-            used = _USED.unpack_from(self._map, 0)[0]
+            used = self._used()
         if used > self._parsed_to:
             self._parse(used)
         return self._map
+
+    def _used(self) -> int:
+        """The header: bytes in use (read in C under the guard when compiled)."""
+        if self._header is not None:
+            return self._header(self._map)
+        return _USED.unpack_from(self._map, 0)[0]
 
     def _parse(self, used: int) -> None:
         if self._walk is not None:
