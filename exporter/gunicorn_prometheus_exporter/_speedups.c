@@ -2768,8 +2768,9 @@ typedef struct {
     Py_ssize_t count, per;
 } GatherJob;
 
-/* The ``per`` doubles at each offset, one after the other (little-endian, as "<d"); a
- * copy of a constant size each (a load and a store, no call to memcpy). */
+/* The ``per`` doubles at each offset, one after the other (little-endian, as "<d"); each
+ * double a copy of a constant 8 bytes (one aligned 8-byte load, no call to memcpy): a
+ * writer may store it meanwhile, and a wider or byte-wise copy could mix two values. */
 static void
 gather_job(void *job)
 {
@@ -2782,8 +2783,10 @@ gather_job(void *job)
             memcpy(to + i, from + offsets[i], 8);
         return;
     }
-    for (Py_ssize_t i = 0; i < gather->count; i++)
-        memcpy(to + 2 * i, from + offsets[i], 16);
+    for (Py_ssize_t i = 0; i < gather->count; i++) {
+        memcpy(to + 2 * i, from + offsets[i], 8);
+        memcpy(to + 2 * i + 1, from + offsets[i] + 8, 8);
+    }
 }
 
 /* values(buffer, offsets, per) -> tuple: the ``per`` (1, or 2 with a timestamp) doubles at
