@@ -18,7 +18,8 @@ gcc -shared -fPIC -g -O0 -fno-omit-frame-pointer -fsanitize=address,undefined \
 # -O0: at -O1 gcc folds away an int32 overflow UBSan should see. PYTHONMALLOC=malloc:
 # CPython's small-object allocator would hide overruns of small blocks from ASan.
 # libstdc++ after it: greenlet (gevent) throws C++ exceptions, which ASan's interceptor
-# cannot pass on when the interpreter itself does not link libstdc++.
+# cannot pass on when the interpreter itself does not link libstdc++. handle_sigbus=0: the
+# reader's own SIGBUS guard (a file truncated while mapped) must see the fault, not ASan.
 echo "export LD_PRELOAD='$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so.6)'" \
     "PYTHONMALLOC=malloc" \
-    "ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1"
+    "ASAN_OPTIONS=detect_leaks=0:handle_sigbus=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1"
