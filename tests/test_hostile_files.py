@@ -11,9 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -27,6 +24,7 @@ from gunicorn_prometheus_exporter.storage.mmap_file import MmapFile, sample_key
 from gunicorn_prometheus_exporter.storage.reader import FileReader
 from gunicorn_prometheus_exporter.workers import asgi_metrics as asgi
 from support import asgi_recording, protodecode
+from support.child import run_child
 
 native = speedups.load({})
 needs_native = pytest.mark.skipif(native is None, reason="the C speedups are not built here")
@@ -163,19 +161,13 @@ def test_hostile_files_read_alike_in_c_and_python(tmp_path):
     assert problems == []
 
 
-def _child(code: str) -> subprocess.CompletedProcess:
-    """``code`` in a fresh interpreter (a crash there fails the test, not the run)."""
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=60)
-
-
 @needs_native
 def test_a_writer_whose_init_failed_again_holds_no_bounds(tmp_path):
     """``RequestWriter.__init__`` called again with bad bounds freed the old arrays but
     kept their counts (and a refused native layout kept its count): the next ``add`` read
     freed memory, a crash. Such a writer now holds no bounds and no native layout: its
     ``add`` refuses a native series with a ValueError."""
-    done = _child("""
+    done = run_child("""
         from gunicorn_prometheus_exporter import speedups
         native = speedups.load({})
         values = memoryview(bytearray(8 * 16)).cast("d")
@@ -204,7 +196,7 @@ def test_an_application_that_drives_its_own_call_gets_a_value_error(tmp_path):
     coroutine still running (a crash, or the request counted twice). The call refuses, as a
     coroutine already executing does; the request is recorded once, as the 500 the
     application's error makes it."""
-    done = _child(f"""
+    done = run_child(f"""
         import asyncio, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from pathlib import Path

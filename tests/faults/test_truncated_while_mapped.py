@@ -11,15 +11,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from gunicorn_prometheus_exporter import speedups
 from gunicorn_prometheus_exporter.storage.reader import FileReader
+from support.child import run_child
 from support.procs import Serve
 from support.scrape import Scrape, scrape
 
@@ -65,11 +63,6 @@ print(json.dumps({{"before": before, "after": after, "again": again}}))
 ENTRIES = 200  # about 17,000 bytes: the cut at 4,096 leaves a few dozen entries
 
 
-def _child(code: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args],
-                          capture_output=True, text=True, timeout=60)
-
-
 def _held_in(path: Path) -> dict:
     """The routes (and values) a fresh reader finds in what is left of the file."""
     reader = FileReader(str(path))
@@ -83,7 +76,7 @@ def test_a_file_truncated_while_mapped_is_read_as_torn_by_the_compiled_reader(
         tmp_path, where, cut):
     """``values``: the values read past the cut; ``walk``: the key walk over entries
     appended since the last read; ``header``: the file cut to nothing."""
-    done = _child(READ_TRUNCATED.format(entries=ENTRIES), str(tmp_path), where, str(cut), "c")
+    done = run_child(READ_TRUNCATED.format(entries=ENTRIES), str(tmp_path), where, str(cut), "c")
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     others = {f"/b{n}": n + 1.0 for n in range(3)}
@@ -99,7 +92,7 @@ def test_a_file_truncated_while_mapped_is_read_as_torn_by_the_compiled_reader(
 
 def test_the_python_reader_still_dies_of_a_file_truncated_while_mapped(tmp_path):
     """The documented limit (docs/reliability.md): the Python path reads the map unguarded."""
-    done = _child(READ_TRUNCATED.format(entries=ENTRIES), str(tmp_path), "values", "4096",
+    done = run_child(READ_TRUNCATED.format(entries=ENTRIES), str(tmp_path), "values", "4096",
                   "python")
     assert done.returncode == -signal.SIGBUS, (done.returncode, done.stderr)
 
@@ -123,7 +116,7 @@ def test_a_sigbus_outside_a_guarded_read_still_kills_the_process(tmp_path):
     os.truncate(f.path, 4096)
     print(m[8192], flush=True)
     """
-    done = _child(code, str(tmp_path))
+    done = run_child(code, str(tmp_path))
     assert done.returncode == -signal.SIGBUS, (done.returncode, done.stderr)
     assert "Fatal Python error: Bus error" in done.stderr
 
