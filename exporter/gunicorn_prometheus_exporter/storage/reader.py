@@ -196,15 +196,12 @@ class FileReader:
         A file found shortened under the map (``MapFault``) is read again at once from its
         start, mapped at its new size; shortened again meanwhile, it is left to the next
         read (None now)."""
-        try:
-            return self._read(inode)
-        except self._faults:
-            self._shortened()
-        try:
-            return self._read(inode)
-        except self._faults:
-            self._shortened()
-            return None
+        for _ in range(2):
+            try:
+                return self._read(inode)
+            except self._faults:
+                self._shortened()
+        return None
 
     def _shortened(self) -> None:
         """The file was truncated while mapped: torn (counted once by the collector), its
