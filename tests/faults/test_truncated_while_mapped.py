@@ -171,9 +171,9 @@ def test_a_worker_file_truncated_under_a_running_scrape(start_gunicorn, tmp_path
 
 #: worker w0 records routes /a0.. (and, with WHERE "walk", more after the first read), w1
 #: routes /b0../b2, each one traced request of 1 ms x (n + 1) through the real recorders
-#: (native histogram and exemplars on); the directory is read, w0's exemplar (KIND
-#: "exemplars") or native histogram file ("native") is cut to CUT bytes while the
-#: collector holds its map, and read twice more
+#: (native histogram and exemplars on); the directory is read (PATH "c": compiled,
+#: "python"), w0's exemplar (KIND "exemplars") or native histogram file ("native") is cut
+#: to CUT bytes while the collector holds its map, and read twice more
 READ_CUT_EXTRAS = """
 import json, os, sys
 from gunicorn_prometheus_exporter import speedups
@@ -183,7 +183,8 @@ from gunicorn_prometheus_exporter.recorder import Recorder
 from gunicorn_prometheus_exporter.storage import exemplars, native
 from gunicorn_prometheus_exporter.storage.store import ProcessStore
 
-directory, kind, where, cut = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+directory, kind, where, cut, path = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), \
+    sys.argv[5]
 BOUNDS = [0.1, 1.0]
 
 def record(identity, prefix, numbers):
@@ -213,7 +214,7 @@ def served(collector):
 
 record("w1", "b", range(3))
 record("w0", "a", range({entries} if where != "walk" else 10))
-collector = DirectoryCollector(directory, compiled=speedups.load({{}}))
+collector = DirectoryCollector(directory, compiled=speedups.load({{}}) if path == "c" else None)
 before = served(collector)
 if where == "walk":  # entries appended after the first read: the walk meets the cut
     record("w0", "a", range(10, {entries}))
@@ -288,7 +289,7 @@ def test_an_exemplar_or_native_file_truncated_while_mapped_is_read_as_torn(
     from gunicorn_prometheus_exporter.storage.native import bucket_index
 
     done = run_child(READ_CUT_EXTRAS.format(entries=EXTRA_ENTRIES), str(tmp_path), kind,
-                     where, str(cut))
+                     where, str(cut), "c")
     assert done.returncode == 0, (done.returncode, done.stderr)
     out = json.loads(done.stdout)
     routes = [f"/b{n}" for n in range(3)] + [f"/a{n}" for n in range(EXTRA_ENTRIES)]
@@ -311,6 +312,15 @@ def test_an_exemplar_or_native_file_truncated_while_mapped_is_read_as_torn(
     assert out["after"] == out["again"] == [expected, 1]
     assert done.stderr.count("was shortened while mapped") == 1
     assert out["victim"] in done.stderr
+
+
+@pytest.mark.parametrize("kind", ["exemplars", "native"])
+def test_the_python_reader_still_dies_of_an_exemplar_or_native_file_truncated_while_mapped(
+        tmp_path, kind):
+    """The documented limit (docs/reliability.md) holds for these files too."""
+    done = run_child(READ_CUT_EXTRAS.format(entries=EXTRA_ENTRIES), str(tmp_path), kind,
+                     "read", "4096", "python")
+    assert done.returncode == -signal.SIGBUS, (done.returncode, done.stderr)
 
 
 #: the guarded reads the exemplar and native histogram readers added, each over a map whose
