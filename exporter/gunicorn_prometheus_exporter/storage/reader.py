@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import array
 import errno
+import itertools
 import logging
 import mmap
 import os
@@ -38,6 +39,9 @@ _OPEN = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 
 
 
 _log = logging.getLogger("gunicorn_prometheus_exporter")
+
+#: generations of every reader of this process, never the same twice (``FileReader``)
+_generations = itertools.count(1)
 
 
 class Unreadable(OSError):
@@ -135,7 +139,9 @@ class FileReader:
         #: byte offset of each key's payload in the file
         self.offsets: Sequence[int] = []
         self._sizes: List[int] = []  # the Python walk's (``sizes``)
-        #: counts the times the file was found replaced (its entries read afresh)
+        #: which file ``keys`` describe: a number of this process's no other generation
+        #: had, new each time the file is found replaced (its entries read afresh), so
+        #: that a reader made anew for the same name is never taken for the one before
         self.generation = 0
         self._parsed_to = 8
         self._ino: Optional[Tuple[int, int]] = None
@@ -181,7 +187,7 @@ class FileReader:
             if identity != self._ino:
                 self._empty()
                 self._struct = struct.Struct("<")
-                self.generation += 1
+                self.generation = next(_generations)
             self._ino = identity
             return True
         finally:
