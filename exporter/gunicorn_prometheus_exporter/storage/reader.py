@@ -72,7 +72,8 @@ class KeyTable(Dict[bytes, int]):
     readers: the files of different workers hold the same keys, so on a cold scrape most
     entries are keys some other file already showed. ``_speedups.KeyTable`` is the same in
     C, where an entry's key is hashed and compared where it lies in the map, without making
-    a Python object."""
+    a Python object. Nothing is ever removed from a table: the collector replaces it when it
+    holds far more keys than the files need (``collector.outgrown``)."""
 
     def __init__(self) -> None:
         super().__init__()
