@@ -913,7 +913,7 @@ def _churned(found) -> dict:
 def test_the_tables_of_churning_keys_stay_bounded(tmp_path, compiled):
     """Files replaced round after round by files of keys never seen before: the key table
     and the series registry grow by the new keys until they hold more than twice what the
-    files read need plus ``SLACK`` (4 files x 100 entries: 2 x 400 + 1,024 = 1,824), and
+    files read need plus ``SLACK`` (4 files x 100 values: 2 x 400 + 1,024 = 1,824), and
     the next read starts afresh. Exactly: 400 keys and series more per round, 2,000 at
     most, 400 after each fresh start, on both paths; every read serves exactly the live
     files' values, and the fresh start's cold read exactly what the read before it served

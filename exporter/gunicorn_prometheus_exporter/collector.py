@@ -243,7 +243,8 @@ class Merger:
 
     def outgrown(self, keys: int) -> bool:
         """The series and the parsed keys held are far more than the last merge needed
-        (``keys``: the entries and exemplars it read): a new ``Merger`` would hold less."""
+        (``keys``: the values and exemplars it read, at least one per key): a new
+        ``Merger`` would hold less."""
         return (outgrown(len(self.registry.keys), self.served)
                 or outgrown(len(self._parsed_keys), keys))
 
@@ -517,7 +518,9 @@ class DirectoryCollector(ReadStats):
         self._files: Dict[str, Tuple[Shard, Reader]] = {}
         self._exemplar_readers: Dict[str, exemplar_files.ExemplarReader] = {}
         self._start_afresh()
-        #: entries of the files, and exemplars, the last read found (``_outgrown``)
+        #: values of the files (one per entry, two with timestamps), and exemplars, the
+        #: last read found (``_outgrown``): a length per file, where counting the entries
+        #: of 64 files would cost a scrape 0.3%
         self._entries = 0
         self._exemplars = 0
         self._lock = threading.Lock()
@@ -616,7 +619,7 @@ class DirectoryCollector(ReadStats):
             if shard.generation != reader.generation:
                 shard.renumber(reader.generation)
             out.append((shard, reader, values))
-            entries += len(reader.keys)
+            entries += len(values)
         for gone in set(self._files) - seen:
             self._files.pop(gone)[1].close()
         self._refused &= seen
