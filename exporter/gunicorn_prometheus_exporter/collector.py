@@ -35,7 +35,7 @@ Labels = Tuple[Tuple[str, str], ...]
 SeriesKey = Tuple[str, str, Labels]
 Reader = Union[FileReader, native.NativeReader]
 
-#: entries a reader's tables may hold beyond twice what its last read needed (``outgrown``)
+#: entries a collector's tables may hold beyond twice what its last read needed (``outgrown``)
 SLACK = 1024
 
 _OPS = {"": "sum", "sum": "sum", "livesum": "sum", "all": "sum", "liveall": "sum",
@@ -518,10 +518,7 @@ class DirectoryCollector(ReadStats):
         self._files: Dict[str, Tuple[Shard, Reader]] = {}
         self._exemplar_readers: Dict[str, exemplar_files.ExemplarReader] = {}
         self._start_afresh()
-        #: values of the files (one per entry, two with timestamps), and exemplars, the
-        #: last read found (``_outgrown``): a length per file, where counting the entries
-        #: of 64 files would cost a scrape 0.3%
-        self._entries = 0
+        #: exemplars the last read found (``_outgrown``)
         self._exemplars = 0
         self._lock = threading.Lock()
         self._torn_reported: set = set()
@@ -579,9 +576,11 @@ class DirectoryCollector(ReadStats):
         self.merger = Merger(self._compiled)
 
     def _outgrown(self) -> bool:
-        """The tables hold far more than the last read needed (``outgrown``)."""
-        return (outgrown(len(self._key_table), self._entries)
-                or self.merger.outgrown(self._entries + self._exemplars))
+        """The tables hold far more than the last read needed (``outgrown``): its values
+        (one per entry, two with a timestamp) stand for its keys, a length per file, where
+        counting the entries of 64 files cost a scrape 0.3%."""
+        return (outgrown(len(self._key_table), self.last_values)
+                or self.merger.outgrown(self.last_values + self._exemplars))
 
     def shards(self) -> List[Tuple[Shard, Reader, tuple]]:
         """Every readable file with its values (live-mode gauges of dead identities left
@@ -594,7 +593,7 @@ class DirectoryCollector(ReadStats):
         live = storage_dir.live_identities(self.directory)
         out = []
         seen = set()
-        entries = 0
+        values_read = 0
         for db, inode in storage_dir.db_files(self.directory):
             seen.add(db.path)
             entry = self._files.get(db.path)
@@ -619,23 +618,20 @@ class DirectoryCollector(ReadStats):
             if shard.generation != reader.generation:
                 shard.renumber(reader.generation)
             out.append((shard, reader, values))
-            entries += len(values)
+            values_read += len(values)
         for gone in set(self._files) - seen:
             self._files.pop(gone)[1].close()
         self._refused &= seen
         self._torn_reported &= seen
-        self._entries = entries
+        self.last_values = values_read
         return out
 
     def _read(self) -> List[Metric]:
         batches = []
-        values_read = 0
-        for shard, reader, values in self.shards():
+        for shard, reader, values in self.shards():  # (which counts ``last_values``)
             self.merger.index(shard, reader.keys, reader.key_ids)
             batches.append((shard, values))
-            values_read += len(values)
         self.last_files = len(batches)
-        self.last_values = values_read
         found = list(self.exemplars())
         self._exemplars = len(found)
         return self.merger.merge(batches, self.merger.newest_exemplars(found))
