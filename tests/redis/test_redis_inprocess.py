@@ -201,10 +201,12 @@ def test_a_flusher_starting_afresh_ships_each_file_under_its_own_keys(redis_serv
                                                                      worker):
     """The flusher's reader of the directory starts afresh when its key table outgrows the
     files (an app file replaced every round by 600 keys never seen before), and makes its
-    readers anew. A file replaced by another of as many entries at that very read is
-    shipped under its own keys: the flusher keeps each file's field names by the reader's
-    generation, which a reader made anew never repeats. Redis serves exactly the
-    directory's values in every round."""
+    readers anew. A file replaced at that very read by another of as many entries and the
+    same values, under other keys, is shipped under its own keys: the flusher keeps each
+    file's field names, and skips a file whose values it shipped last, by the reader's
+    generation, which a reader made anew never repeats (the skip compared values only:
+    the new keys were never shipped). Redis serves exactly the directory's values in every
+    round."""
     directory, _ = worker
     server = redis_server()
     settings = _settings(server, prefix)
@@ -216,9 +218,9 @@ def test_a_flusher_starting_afresh_ships_each_file_under_its_own_keys(redis_serv
     for round_ in range(1, 12):
         churned = {f"{round_}-{i}": float(round_ * 1000 + i) for i in range(600)}
         _counters(directory, "p0", "app_churn", churned)
-        if flusher.collector._outgrown():  # this flush starts afresh: p1 is replaced too
+        if flusher.collector._outgrown():  # this flush starts afresh: p1 replaced too
             replaced += 1
-            fixed = {f"{round_}a": 10.0 * round_, f"{round_}b": 20.0 * round_}
+            fixed = {f"{round_}a": 1.0, f"{round_}b": 2.0}
             _counters(directory, "p1", "app_fixed", fixed)
         flusher.run()
         served = {(f.name, s.labels["k"]): s.value for f in source.read()
