@@ -524,6 +524,7 @@ class DirectoryCollector(ReadStats):
         self._torn_reported: set = set()
         self._refused: set = set()  # names that hold no regular file
         self._refused_exemplars: set = set()
+        self._torn_exemplars: set = set()
         self._bounded = BoundedCall(self._read_once, self.deadline, f"reading {directory}")
 
     def read(self) -> List[Metric]:
@@ -652,12 +653,13 @@ class DirectoryCollector(ReadStats):
                 if path not in self._refused_exemplars:  # once while it stays there
                     self._refused_exemplars.add(path)
                     self.read_errors += 1
-            if reader.torn and path not in self._torn_reported:  # once, as a value file
-                self._torn_reported.add(path)
+            if reader.torn and path not in self._torn_exemplars:  # once, as a value file
+                self._torn_exemplars.add(path)
                 self.read_errors += 1
         for gone in set(self._exemplar_readers) - seen:
             self._exemplar_readers.pop(gone).close()
         self._refused_exemplars &= seen
+        self._torn_exemplars &= seen
 
 
 def _reader(db: storage_dir.DbFile, compiled: Optional[ModuleType],
