@@ -648,9 +648,9 @@ def test_a_cold_scrape_numbers_each_shared_key_once(tmp_path):
     numbered = []
     original = collection.Merger._index_one
 
-    def counting(self, shard, key, position, plain, slot):
+    def counting(self, shard, key, *rest):
         numbered.append((shard.worker_id, key))
-        return original(self, shard, key, position, plain, slot)
+        return original(self, shard, key, *rest)
 
     collection.Merger._index_one = counting
     try:
@@ -664,7 +664,10 @@ def test_a_cold_scrape_numbers_each_shared_key_once(tmp_path):
     assert view(served) == view(python.read()) and view(compiled.read()) == view(served)
     files = [r for _, r in compiled._files.values() if isinstance(r, FileReader)]
     assert len(files) == 18  # counters, gauges and histograms of 6 workers
-    assert len(compiled._key_table.texts) == len(set().union(*(r.keys for r in files)))
+    # and the virtual keys of the native files (one per bucket in use, numbered alike)
+    readers = [r for _, r in compiled._files.values()]
+    assert len(readers) == 24
+    assert len(compiled._key_table.texts) == len(set().union(*(r.keys for r in readers)))
     shared = [k for w, k in numbered if '"app_jobs"' in k]
     assert len(shared) == 1  # one worker numbers it; five look it up
     jobs = next(m for m in served if m.name == "app_jobs")
@@ -1026,7 +1029,8 @@ def test_a_cold_scrape_takes_the_compiled_path(tmp_path, monkeypatch):
     assert compiled.merger._add.func is native.register and added_in_python
     assert all(typ == "histogram" and not sample.endswith(("_bucket", "_sum"))
                for typ, sample in added_in_python)
-    assert len(compiled._key_table.texts) == len(set().union(*(r.keys for _, r in files)))
+    assert len(compiled._key_table.texts) == len(
+        set().union(*(r.keys for _, r in compiled._files.values())))
 
 
 @needs_native

@@ -17,8 +17,9 @@ import os
 import platform
 import threading
 import time
+from operator import itemgetter
 from types import ModuleType
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Exemplar, Sample
@@ -161,6 +162,10 @@ class Shard:
         self._series_shared = True
 
 
+#: what a per-worker derived series is made of, alike in every worker's shard: (family,
+#: type, help, sample, its labels but ``worker_id``)
+Template = Tuple[str, str, str, str, Labels]
+
 #: series numbers of keys numbered alike in every shard of a kind: by key number (None
 #: where not yet numbered) or by key text
 Plain = Union[List[Optional[int]], Dict[str, int]]
@@ -178,6 +183,19 @@ def pick(column: List[Optional[int]], ids: Sequence[int],
         column.extend([None] * (top - len(column)))
     found = list(map(column.__getitem__, new))
     return found, found.count(None)
+
+
+def _nones(values: List[Optional[int]]) -> Iterator[int]:
+    """The indexes of None in ``values``, searched for in C (``list.index``): on a cold
+    scrape most of a file's keys are numbered already, and a Python step per key of 64
+    files x 17,000 keys costs more than the rest of the numbering."""
+    i = -1
+    while True:
+        try:
+            i = values.index(None, i + 1)
+        except ValueError:
+            return
+        yield i
 
 
 #: the decoder's scanner (``raw_decode`` without its Python frame): (value, end) of the
@@ -223,9 +241,15 @@ class Merger:
     def __init__(self, compiled: Optional[ModuleType] = None) -> None:
         self.registry = SeriesRegistry()
         self._parsed_keys: Dict[str, tuple] = {}
-        #: (type, worker shard?, by number?) -> key (number or text) -> series number, for
-        #: keys numbered alike in every such shard (``index``)
-        self._plain_sids: Dict[Tuple[str, bool, bool], Plain] = {}
+        #: (type, worker shard?, by number?) -> two columns, key (number or text) -> series
+        #: number, and -> ``Template`` number of its derived series, for keys numbered alike
+        #: in every such shard (``index``)
+        self._plain_sids: Dict[Tuple[str, bool, bool], Tuple[Plain, Plain]] = {}
+        #: the ``Template`` of each derived series, numbered; and each worker's series of
+        #: them, by worker id and template number
+        self._template_ids: Dict[Template, int] = {}
+        self._templates: List[Template] = []
+        self._worker_derived: Dict[str, Dict[int, int]] = {}
         self._pick = compiled.pick if compiled is not None else pick
         #: the set of key numbers of a file as bytes (``_speedups.key_set``); None: the
         #: Python path, where each shard builds its own set of series
@@ -254,33 +278,43 @@ class Merger:
         their numbers in a ``KeyTable``, when the shard's reader has them).
 
         Most keys number the same in every shard of a kind (no label added per worker or
-        pid, no per-worker family derived): those are remembered per kind, by key number
-        (a list, read in one C call by ``pick``) or else by key text, so a cold scrape of
-        many files holding the same keys numbers each key once and looks the rest up."""
+        pid): those are remembered per kind, by key number (a list, read in one C call by
+        ``pick``) or else by key text, so a cold scrape of many files holding the same keys
+        numbers each key once and looks the rest up. A request family's key also feeds a
+        per-worker family derived from it (``families.DERIVED``): its series differs per
+        worker, but what it is made of does not, so that is remembered per kind too (a
+        ``Template``) and each worker's series of it numbered once per worker and template,
+        instead of each key of each worker's file being parsed and numbered anew (two
+        thirds of a cold scrape of request files)."""
         start = len(shard.targets)
         if start >= len(keys):
             return
         pid_labelled = shard.typ == "gauge" and shard.mode in ("all", "liveall")
-        plain: Optional[Plain] = None
+        columns: Optional[Tuple[Plain, Plain]] = None
         if not shard.extra and not pid_labelled:
             kind = (shard.typ, shard.worker_id is not None, ids is not None)
-            plain = self._plain_sids.get(kind)
-            if plain is None:
-                plain = self._plain_sids[kind] = [] if ids is not None else {}
-        if plain is None:
+            columns = self._plain_sids.get(kind)
+            if columns is None:
+                columns = self._plain_sids[kind] = (([], []) if ids is not None else ({}, {}))
+        templates: Optional[List[Optional[int]]] = None
+        if columns is None:
             sids: List[Optional[int]] = [None] * (len(keys) - start)
             missing = len(sids)
         elif ids is not None:
-            sids, missing = self._pick(plain, ids, start)
+            sids, missing = self._pick(columns[0], ids, start)
+            if shard.worker_id is not None:  # (also grows the column to the keys)
+                templates = self._pick(columns[1], ids, start)[0]
         else:
-            sids = list(map(plain.get, keys[start:]))
+            sids = list(map(columns[0].get, keys[start:]))
             missing = sids.count(None)
+            if shard.worker_id is not None:
+                templates = list(map(columns[1].get, keys[start:]))
+        if templates is not None and templates.count(None) == len(templates):
+            templates = None
         shared = None
-        if missing:
-            for i, sid in enumerate(sids):
-                if sid is None:
-                    slot = keys[start + i] if ids is None else ids[start + i]
-                    sids[i] = self._index_one(shard, keys[start + i], start + i, plain, slot)
+        derived = len(shard.derived)
+        if missing or templates is not None:
+            self._number(shard, keys, ids, start, sids, templates, columns)
         elif start == 0 and ids is not None and self._key_set is not None:
             # every key plain: the series are those of any other shard with the same keys
             shared = (kind, self._key_set(ids))
@@ -289,16 +323,47 @@ class Merger:
                 shard.extend(sids)
                 shard.share(found)
                 return
-        shard.extend(sids)
-        shard.feed(sids)
+        shard.extend(sids)  # type: ignore[arg-type]
+        shard.feed(sids)  # type: ignore[arg-type]
+        if len(shard.derived) > derived:
+            shard.feed([sid for sid, _ in shard.derived[derived:]])
         if shared is not None:
             self._shared_series[shared] = shard.series
             shard.share(shard.series)
 
-    def _index_one(self, shard: Shard, key: str, position: int, plain: Optional[Plain],
-                   slot: Union[str, int]) -> int:
+    def _number(self, shard: Shard, keys: Sequence[str], ids: Optional[Sequence[int]],
+                start: int, sids: List[Optional[int]], templates: Optional[List[Optional[int]]],
+                columns: Optional[Tuple[Plain, Plain]]) -> None:
+        """Fill in ``sids`` (the series of the shard's keys from ``start``; None where the
+        key is not numbered for this kind yet) and add the shard's derived series, in the
+        order of its keys, as numbering each key on its own would (the same additions, in
+        the same order, at a merge). The keys found numbered cost no Python step each: the
+        others are searched for in C (``list.index``), and the derived series of the found
+        ones taken by a comprehension."""
+        derived = shard.derived
+        mark = len(derived)
+        for i in _nones(sids):
+            slot = keys[start + i] if ids is None else ids[start + i]
+            sids[i] = self._index_one(shard, keys[start + i], start + i, columns, slot)
+        if templates is None:
+            return
+        worker_id = shard.worker_id or ""
+        own = self._worker_derived.setdefault(worker_id, {})
+        for template in dict.fromkeys(templates):  # each worker's series numbered once
+            if template is not None and template not in own:
+                self._derived_sid(worker_id, template)
+        found = [(own[template], start + i) for i, template in enumerate(templates)
+                 if template is not None]
+        if len(derived) > mark:  # some of the keys' just numbered: in the order of keys
+            derived[mark:] = sorted(derived[mark:] + found, key=itemgetter(1))
+        else:
+            derived.extend(found)
+
+    def _index_one(self, shard: Shard, key: str, position: int,
+                   columns: Optional[Tuple[Plain, Plain]], slot: Union[str, int]) -> int:
         """The series number of one key in ``shard`` (and its derived per-worker series),
-        remembered in ``plain`` at ``slot`` when it does not depend on the shard."""
+        remembered in ``columns`` at ``slot`` when it does not depend on the shard (and, for
+        a derived series, what it is made of: its ``Template``)."""
         worker_id = shard.worker_id
         family, sample, labels, help_text = self._parse_key(key)
         known = families.BY_NAME.get(family)
@@ -310,17 +375,36 @@ class Merger:
         merged = tuple(sorted(labels + extra)) if extra else labels
         sid = self._add(family, shard.typ, help_text, sample, merged)
         derived = families.DERIVED.get(family)
+        template = None
         if (derived is not None and worker_id is not None
                 and not sample.endswith(native.SAMPLE_SUFFIX)):
             suffix = "_total" if derived.typ == "counter" else sample[len(family):]
-            kept = (tuple(kv for kv in labels if kv[0] == "le") + shard.extra
-                    + (("worker_id", worker_id),))
-            derived_sid = self._add(derived.name, derived.typ, derived.help,
-                                    derived.name + suffix, tuple(sorted(kept)))
-            shard.derived.append((derived_sid, position))
-            shard.feed((derived_sid,))
-        elif plain is not None and not extra:
-            plain[slot] = sid  # type: ignore[index]
+            kept = tuple(kv for kv in labels if kv[0] == "le") + shard.extra
+            template = self._template((derived.name, derived.typ, derived.help,
+                                       derived.name + suffix, kept))
+            shard.derived.append((self._derived_sid(worker_id, template), position))
+        if columns is not None and not extra:
+            columns[0][slot] = sid  # type: ignore[index]
+            if template is not None:
+                columns[1][slot] = template  # type: ignore[index]
+        return sid
+
+    def _template(self, template: Template) -> int:
+        """The number of a derived series' ``Template`` (numbered when new)."""
+        number = self._template_ids.get(template)
+        if number is None:
+            number = self._template_ids[template] = len(self._templates)
+            self._templates.append(template)
+        return number
+
+    def _derived_sid(self, worker_id: str, template: int) -> int:
+        """The series of ``template`` for the worker ``worker_id`` (numbered when new)."""
+        own = self._worker_derived.setdefault(worker_id, {})
+        sid = own.get(template)
+        if sid is None:
+            name, typ, help_text, sample, kept = self._templates[template]
+            sid = own[template] = self._add(name, typ, help_text, sample,
+                                            tuple(sorted(kept + (("worker_id", worker_id),))))
         return sid
 
     def _parse_key(self, key: str) -> tuple:
@@ -574,6 +658,8 @@ class DirectoryCollector(ReadStats):
         #: the keys of every file, numbered once (shared by the readers: FileReader)
         self._key_table = (self._compiled.KeyTable() if self._compiled is not None
                            else KeyTable())
+        #: the native files' virtual keys, numbered in the key table (native.VirtualKeys)
+        self._virtual = native.VirtualKeys(self._key_table)
         self.merger = Merger(self._compiled)
 
     def _outgrown(self) -> bool:
@@ -600,7 +686,8 @@ class DirectoryCollector(ReadStats):
             entry = self._files.get(db.path)
             if entry is None:
                 entry = self._files[db.path] = (Shard(db.typ, db.mode, db.identity),
-                                                _reader(db, self._compiled, self._key_table))
+                                                _reader(db, self._compiled, self._key_table,
+                                                        self._virtual))
             shard, reader = entry
             if shard.live_only and not live.get(db.owner, False):
                 continue
@@ -662,11 +749,11 @@ class DirectoryCollector(ReadStats):
         self._torn_exemplars &= seen
 
 
-def _reader(db: storage_dir.DbFile, compiled: Optional[ModuleType],
-            table: KeyTable) -> Reader:
+def _reader(db: storage_dir.DbFile, compiled: Optional[ModuleType], table: KeyTable,
+            virtual: native.VirtualKeys) -> Reader:
     """A native histogram file's reader gives virtual entries, one per bucket in use."""
     if db.mode == storage_dir.NATIVE_MODE:
-        return native.NativeReader(db.path, compiled)
+        return native.NativeReader(db.path, compiled, virtual)
     return FileReader(db.path, with_timestamps=_OPS.get(db.mode) == "recent",
                       native=compiled, table=table)
 

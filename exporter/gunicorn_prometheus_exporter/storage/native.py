@@ -34,7 +34,7 @@ from operator import itemgetter
 from types import ModuleType
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .reader import FileReader
+from .reader import FileReader, KeyTable, KeyTexts
 
 #: sample name suffix of a native entry's keys (never exposed as a sample)
 SAMPLE_SUFFIX = "_native"
@@ -173,33 +173,105 @@ def _virtual_key(parts: list, bucket: str) -> str:
                       sort_keys=True)
 
 
+class _Entry:
+    """One distinct native entry key: its parts and the number of each of its virtual keys
+    (by bucket slot, None until some file needs it)."""
+
+    __slots__ = ("parts", "numbers")
+
+    def __init__(self, parts: list) -> None:
+        self.parts = parts
+        self.numbers: List[Optional[int]] = [None] * (int(parts[6]) - int(parts[5]) + 2)
+
+
+class VirtualKeys:
+    """The virtual keys of a directory's native entries, each built and numbered once in
+    ``table`` (the collector's ``KeyTable``, which numbers the value files' keys too), and
+    each native entry key parsed once: the workers' files hold the same entries (one per
+    route), so on a cold scrape most of a file's virtual keys are keys another file already
+    showed; building each anew cost a ``json.dumps`` per bucket in use per series per file
+    (two thirds of a cold scrape of 16 workers x 100 routes). The collector makes a new
+    one whenever it starts its key table afresh: nothing is ever removed from either."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+        #: the entry keys of every native file (a ``KeyTable``: each decoded once)
+        self.entry_table = KeyTable()
+        self._entries: List[Optional[_Entry]] = []  # by number in ``entry_table``
+        self._payloads: Dict[str, int] = {}
+
+    def payload(self, key: str) -> int:
+        """``entry_payload`` of ``key``, parsed once per distinct key (a key refused is
+        refused again at each meeting: only a hostile file holds one)."""
+        size = self._payloads.get(key)
+        if size is None:
+            size = self._payloads[key] = entry_payload(key)
+        return size
+
+    def entry(self, number: int) -> _Entry:
+        """The entry whose key is number ``number`` of ``entry_table``."""
+        entries = self._entries
+        if number >= len(entries):
+            entries.extend([None] * (number + 1 - len(entries)))
+        found = entries[number]
+        if found is None:
+            found = entries[number] = _Entry(json.loads(self.entry_table.texts[number]))
+        return found
+
+    def numbers(self, entry: _Entry, first: int, last: int) -> List[Optional[int]]:
+        """The key numbers of ``entry``'s slots ``first..last`` (0: the zero bucket)."""
+        got = entry.numbers[first:last + 1]
+        if None in got:
+            parts, table = entry.parts, self.table
+            schema, lo = int(parts[4]), int(parts[5])
+            for i, number in enumerate(got):
+                if number is None:
+                    slot = first + i
+                    bucket = (f"{schema}/z/{upper_bound(schema, lo - 1)!r}" if slot == 0
+                              else f"{schema}/{lo + slot - 1}")
+                    got[i] = entry.numbers[slot] = table[
+                        _virtual_key(parts, bucket).encode()]
+        return got
+
+
 class NativeReader:
     """Reads one native file as virtual entries: ``keys`` (prometheus_client keys, one per
-    bucket ever non-zero, and the zero bucket of every series) and ``read()`` their values,
-    in the order they were found. Counts only grow in a file, so a bucket once found stays
-    and ``keys`` only grows, as a classic file's keys do; a file replaced by another starts
-    afresh. With the C speedups (``native``, what ``speedups.load()`` gave) the map is read
-    only in C under the SIGBUS guard (the header, the entries walked, each series' buckets,
-    the values), so a file truncated while mapped reads as torn (``FileReader.read_with``)
-    instead of killing the process."""
+    bucket ever non-zero, and the zero bucket of every series; numbered in a key table,
+    ``key_ids``) and ``read()`` their values, in the order they were found. Counts only
+    grow in a file, so a bucket once found stays and ``keys`` only grows, as a classic
+    file's keys do; a file replaced by another starts afresh. With the C speedups
+    (``native``, what ``speedups.load()`` gave) the map is read only in C under the SIGBUS
+    guard (the header, the entries walked, each series' buckets, the values), so a file
+    truncated while mapped reads as torn (``FileReader.read_with``) instead of killing the
+    process. ``virtual``: the ``VirtualKeys`` shared by the readers of a directory (a
+    reader of its own otherwise)."""
 
-    #: virtual keys have no number in a key table (``FileReader.key_ids``)
-    key_ids = None
-
-    def __init__(self, path: str, native: Optional[ModuleType] = None) -> None:
+    def __init__(self, path: str, native: Optional[ModuleType] = None,
+                 virtual: Optional[VirtualKeys] = None) -> None:
         self.path = path
-        self._file = FileReader(path, payload=entry_payload, native=native)
+        if virtual is None:
+            virtual = VirtualKeys(native.KeyTable() if native is not None else KeyTable())
+        self._virtual = virtual
+        self._file = FileReader(path, payload=virtual.payload, native=native,
+                                table=virtual.entry_table)
         self._copy = native.copy if native is not None else None
         self._values = native.values if native is not None else None
         self._generation = -1
         self._reset()
 
     def _reset(self) -> None:
-        self.keys: List[str] = []
+        #: each virtual key's number in the table (an array('i'), as ``pick`` reads it,
+        #: when compiled)
+        self.key_ids: Any = array.array("i") if self._values is not None else []
         self._positions: List[int] = []  # value index of each virtual key
         self._spans: List[List[int]] = []  # per entry: first and last bucket slot found
-        self._entries: List[list] = []  # per entry: its parsed key
+        self._entries: List[_Entry] = []  # per entry: its parts and virtual keys
         self._get: Optional[Callable[[mmap.mmap], tuple]] = None
+
+    @property
+    def keys(self) -> Sequence[str]:
+        """Each virtual key, in the order found (a view of ``key_ids``)."""
+        return KeyTexts(self._virtual.table.texts, self.key_ids)
 
     @property
     def torn(self) -> bool:
@@ -218,11 +290,12 @@ class NativeReader:
         if f.generation != self._generation:
             self._generation = f.generation
             self._reset()
-        known = len(self.keys)
-        for n in range(len(self._entries), len(f.keys)):
-            self._entries.append(json.loads(f.keys[n]))
+        known = len(self.key_ids)
+        entry = self._virtual.entry
+        for n in range(len(self._entries), len(f.key_ids)):
+            self._entries.append(entry(f.key_ids[n]))
             self._spans.append([0, 0])  # no bucket yet
-            self._add(n, 0)  # the zero bucket: a series is native from its first scrape
+            self._add(n, 0, 0)  # the zero bucket: a series is native from its first scrape
         for n, span in enumerate(self._spans):
             start = f.offsets[n] + 8  # the first bucket (slot 1)
             stop = start + f.sizes[n] - 8
@@ -234,13 +307,13 @@ class NativeReader:
             last = (len(block.rstrip(b"\0")) - 1) // 8 + 1
             if span[0] == 0:
                 span[0] = span[1] = first
-                self._add(n, first)
-            for slot in range(first, span[0]):
-                self._add(n, slot)
-            for slot in range(span[1] + 1, last + 1):
-                self._add(n, slot)
+                self._add(n, first, first)
+            if first < span[0]:
+                self._add(n, first, span[0] - 1)
+            if last > span[1]:
+                self._add(n, span[1] + 1, last)
             span[0], span[1] = min(span[0], first), max(span[1], last)
-        if len(self.keys) != known or self._get is None:
+        if len(self.key_ids) != known or self._get is None:
             self._get = self._getter() if self._positions else None
         return () if self._get is None else self._get(m)
 
@@ -262,13 +335,11 @@ class NativeReader:
             return (got,) if single else got
         return python
 
-    def _add(self, entry: int, slot: int) -> None:
-        parts = self._entries[entry]
-        schema, lo = int(parts[4]), int(parts[5])
-        bucket = (f"{schema}/z/{upper_bound(schema, lo - 1)!r}" if slot == 0
-                  else f"{schema}/{lo + slot - 1}")
-        self.keys.append(_virtual_key(parts, bucket))
-        self._positions.append(self._file.offsets[entry] // 8 + slot)
+    def _add(self, entry: int, first: int, last: int) -> None:
+        """Entry ``entry``'s virtual keys of slots ``first..last`` (0: the zero bucket)."""
+        self.key_ids.extend(self._virtual.numbers(self._entries[entry], first, last))
+        base = self._file.offsets[entry] // 8
+        self._positions.extend(range(base + first, base + last + 1))
 
     def close(self) -> None:
         self._file.close()
