@@ -1034,6 +1034,124 @@ def test_a_cold_scrape_takes_the_compiled_path(tmp_path, monkeypatch):
 
 
 @needs_native
+def test_a_cold_scrape_of_native_and_derived_series_takes_the_compiled_path(tmp_path,
+                                                                           monkeypatch):
+    """The pin of the cold scrape's C path for what the default configuration writes
+    besides classic values: the native files' virtual keys are numbered in the collector's
+    C ``KeyTable`` (``key_ids``, an array('i') that ``pick`` reads) and each is built once,
+    whichever files hold it; each native entry key is parsed once; a request family's key,
+    which also feeds a per-worker derived family, is numbered once (its derived series once
+    per worker, from its template), not once per worker; and all of it serves what the
+    Python path serves. A repeat read builds and numbers nothing."""
+    import array
+    import collections
+    import json
+
+    from gunicorn_prometheus_exporter import collector as collection
+    from gunicorn_prometheus_exporter.storage import native as native_files
+
+    def not_here(*args):
+        raise AssertionError("the Python path was taken")
+
+    built, parsed, numbered = [], [], []
+    virtual_key, entry_payload = native_files._virtual_key, native_files.entry_payload
+    index_one = collection.Merger._index_one
+    monkeypatch.setattr(native_files, "_virtual_key",
+                        lambda *a: built.append(a) or virtual_key(*a))
+    monkeypatch.setattr(native_files, "entry_payload",
+                        lambda key: parsed.append(key) or entry_payload(key))
+    monkeypatch.setattr(collection.Merger, "_index_one",
+                        lambda self, shard, key, *rest: numbered.append(key)
+                        or index_one(self, shard, key, *rest))
+    _worker_files(tmp_path, 6)
+    _more_files(tmp_path, 6, 1)
+    python = _served(DirectoryCollector(str(tmp_path)).read())
+    built.clear(), parsed.clear(), numbered.clear()
+    monkeypatch.setattr(collection, "pick", not_here)
+    compiled = DirectoryCollector(str(tmp_path), compiled=native)
+    assert _served(compiled.read()) == python
+    readers = [r for _, r in compiled._files.values()
+               if isinstance(r, native_files.NativeReader)]
+    assert len(readers) == 6
+    for reader in readers:
+        assert reader._virtual is compiled._virtual
+        assert compiled._virtual.table is compiled._key_table
+        assert isinstance(reader.key_ids, array.array) and reader.key_ids.typecode == "i"
+    virtual = set().union(*(r.keys for r in readers))
+    # 8 routes, each its zero bucket and the bucket of its one duration, in all 6 files:
+    # each built once
+    assert len(built) == len(virtual) == 8 * 2
+    entries = set().union(*(r._file.keys for r in readers))
+    assert sorted(parsed) == sorted(entries)  # 8 routes: each parsed once, not 6 times
+    counts = collections.Counter(numbered)
+    derived = [k for k in counts if json.loads(k)[0] in catalogue.DERIVED]
+    assert len(derived) > 8 * 6 and all(counts[k] == 1 for k in derived)
+    assert all(counts[k] == 1 for k in virtual)
+    shards = [s for s, _ in compiled._files.values() if s.derived]
+    assert len(shards) == 6 * 2  # counters and histograms of the 6 workers
+    for shard in shards:  # the derived series of a worker are its own
+        worker = {compiled.merger.registry.keys[sid][2] for sid, _ in shard.derived}
+        assert {dict(labels)["worker_id"] for labels in worker} == {shard.worker_id}
+        assert [p for _, p in shard.derived] == sorted(p for _, p in shard.derived)
+    built.clear(), parsed.clear(), numbered.clear()
+    assert _served(compiled.read()) == python
+    assert built == parsed == numbered == []
+
+
+@pytest.mark.parametrize("compiled", [pytest.param(native, marks=needs_native), None],
+                         ids=["C", "Python"])
+def test_virtual_keys_and_derived_series_stay_exact_as_files_change(tmp_path, compiled):
+    """What a collector keeps across reads and files (each native entry's virtual keys,
+    each derived series' template and each worker's series of it) never serves a wrong
+    number: buckets found later below and above a series' span, a worker's files replaced
+    by files of other routes under another native layout (a new generation), a new worker,
+    a worker gone. After each change the collector serves, sample by sample, what a fresh
+    Python collector serves; and the totals are the requests recorded."""
+    _worker_files(tmp_path, 4)
+    collector = DirectoryCollector(str(tmp_path), compiled=compiled)
+    assert collector.read()
+
+    def record(identity, layout, requests):
+        store = ProcessStore(str(tmp_path), identity)
+        rec = Recorder(store, DURATIONS, SIZES, threaded=False, native=None,
+                       native_layout=layout)
+        for route, duration in requests:
+            rec.add(rec.series("GET", route, "200"), duration, 1, 2)
+        store.close()
+
+    def check(want_w1):
+        served = collector.read()
+        assert _served(served) == _served(DirectoryCollector(str(tmp_path)).read())
+        per_worker = {s.labels["worker_id"]: s.value for m in served
+                      if m.name == catalogue.WORKER_REQUESTS.name for s in m.samples}
+        assert per_worker.get("1") == want_w1
+        return served
+
+    # buckets below and above the spans found so far, in a file read before
+    record("w0", LAYOUT, [("/r0", 1e-5), ("/r0", 30.0), ("/r3", 0.0015)])
+    check(5.0)
+    # w1's files replaced: other routes, another layout (schema 2), read as a new file
+    for path in tmp_path.glob("*_w1.*"):
+        path.unlink()
+    record("w1", Layout.for_range(2, 1e-3, 10.0), [("/new", 0.2), ("/new", 0.002),
+                                                    ("/r1", 5.0)])
+    served = check(3.0)
+    durations = next(m for m in served if m.name == catalogue.HTTP_DURATION.name)
+    counts = {labels: h.count for labels, h in durations.native.items()}
+    assert counts[(("method", "GET"), ("route", "/new"))] == 2.0
+    assert sum(counts.values()) == 4 * 5 - 5 + 3 + 3  # w1's first 5 requests gone
+    schemas = {labels: h.schema for labels, h in durations.native.items()}
+    assert schemas[(("method", "GET"), ("route", "/r1"))] == 2  # merged at the coarser
+    assert schemas[(("method", "GET"), ("route", "/r2"))] == 3
+    # a new worker, then a worker gone
+    record("w4", LAYOUT, [("/r0", 0.01), ("/new", 0.2)])
+    check(3.0)
+    for path in tmp_path.glob("*_w2.*"):
+        path.unlink()
+    check(3.0)
+
+
+@needs_native
 def test_the_metrics_process_reads_with_the_compiled_key_walk(tmp_path, monkeypatch):
     """The pin of the scrape side: the directory source the metrics process (and ``serve``)
     builds hands the module to its readers, and the switch turns it off there too."""

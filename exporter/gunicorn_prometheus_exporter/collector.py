@@ -664,9 +664,10 @@ class DirectoryCollector(ReadStats):
 
     def _outgrown(self) -> bool:
         """The tables hold far more than the last read needed (``outgrown``): its values
-        (one per entry, two with a timestamp) stand for its keys, a length per file, where
-        counting the entries of 64 files cost a scrape 0.3%."""
-        return (outgrown(len(self._key_table), self.last_values)
+        (one per entry, two with a timestamp) and exemplars (the key table numbers the
+        exemplar files' keys too) stand for its keys, a length per file, where counting the
+        entries of 64 files cost a scrape 0.3%."""
+        return (outgrown(len(self._key_table), self.last_values + self._exemplars)
                 or self.merger.outgrown(self.last_values + self._exemplars))
 
     def shards(self) -> List[Tuple[Shard, Reader, tuple]]:
@@ -733,7 +734,7 @@ class DirectoryCollector(ReadStats):
             reader = self._exemplar_readers.get(path)
             if reader is None:
                 reader = self._exemplar_readers[path] = exemplar_files.ExemplarReader(
-                    path, self._compiled)
+                    path, self._compiled, self._key_table)
             try:
                 yield from reader.read(inode)
             except Unreadable:

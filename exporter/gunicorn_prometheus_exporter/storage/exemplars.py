@@ -22,7 +22,7 @@ from types import ModuleType
 from typing import Iterable, Iterator, List, Optional, Tuple
 
 from .mmap_file import MmapFile
-from .reader import FileReader
+from .reader import FileReader, KeyTable
 
 SLOT = struct.Struct("<dd24s")
 _STAMP = struct.Struct("<d")
@@ -76,10 +76,13 @@ class ExemplarReader:
     """The reading side: every complete slot of one file. With the C speedups (``native``,
     what ``speedups.load()`` gave) the map is read only in C under the SIGBUS guard (the
     header, the key walk, the stamps and the slots), so a file truncated while mapped reads
-    as torn (``FileReader.read_with``) instead of killing the process."""
+    as torn (``FileReader.read_with``) instead of killing the process. ``table``: the key
+    table of the collector (``FileReader``): a slot's key is a value file's key, decoded
+    once for every file that holds it (a table of its own otherwise)."""
 
-    def __init__(self, path: str, native: Optional[ModuleType] = None) -> None:
-        self._reader = FileReader(path, payload=SLOT.size, native=native)
+    def __init__(self, path: str, native: Optional[ModuleType] = None,
+                 table: Optional[KeyTable] = None) -> None:
+        self._reader = FileReader(path, payload=SLOT.size, native=native, table=table)
         self._stamped = native.stamped if native is not None else None
 
     @property
