@@ -312,3 +312,26 @@ def test_protobuf_carries_exemplars_of_counters_and_buckets(pb2):
     assert [(b.upper_bound, b.cumulative_count, b.exemplar.value) for b in buckets] == [
         (0.1, 1, 0.05), (math.inf, 2, 7.0)]
     assert not buckets[0].exemplar.HasField("timestamp")
+
+
+@pytest.mark.parametrize("labels, help_text", [
+    ({"method": "GET", "route": "/a"}, "Duration."),
+    ({"route": "\x01bucket\x01"}, "Duration."),  # the value the key is encoded around
+    ({"route": '"\x01bucket\x01"'}, "Duration."),
+    ({"route": "\\u0001bucket\\u0001"}, "Duration \x01bucket\x01."),
+    ({"rüte": "/ä", "z": "\n"}, ""),
+])
+def test_a_virtual_key_is_exactly_the_json_of_its_parts(labels, help_text):
+    """A virtual key made around its bucket's name (``_Entry.key``, the text around the
+    bucket label encoded once per entry) is the text ``json.dumps`` makes of its parts,
+    whatever the labels and help hold (the value it is encoded around among them too)."""
+    import json
+
+    from gunicorn_prometheus_exporter.storage.native import _Entry, _virtual_key
+
+    parts = json.loads(json.dumps(["f", "f_native", labels, help_text, 3, -10, 10]))
+    entry = _Entry(parts)
+    for bucket in ("3/z/0.5", "3/-10", "3/10", "3/0"):
+        assert entry.key(bucket) == _virtual_key(parts, bucket)
+        assert entry.key(bucket) == json.dumps(
+            ["f", "f_native", dict(labels, __native__=bucket), help_text], sort_keys=True)

@@ -755,13 +755,16 @@ def test_compiled_key_parts_are_the_python_parts():
 @needs_native
 def test_compiled_series_numbering_is_the_registrys():
     """``register`` leaves the series registry exactly as ``SeriesRegistry.add`` does
-    (numbers, keys, label dicts, families, histogram groups with their buckets, bounds and
-    sums), and hands every other histogram sample (native, _count) to ``add``."""
+    (numbers, keys, label dicts, families, histogram groups with their buckets, bounds,
+    sums and native buckets, parsed by ``native.parse_bucket``: a label that names no
+    bucket is numbered and left out of the group), and hands every other histogram sample
+    (_count) to ``add``."""
     import gc
 
     from gunicorn_prometheus_exporter.collector import Merger
 
     native_label = {"__native__": "3/1"}
+    made = tuple(native_label.items()) + (("route", "/a"),)  # a tuple the GC tracks
     series = [("c", "counter", "C.", "c_total", (("route", "/a"),)),
               ("g", "gauge", "G.", "g", ()),
               ("h", "histogram", "H.", "h_bucket", (("le", "0.5"), ("route", "/a"))),
@@ -770,22 +773,27 @@ def test_compiled_series_numbering_is_the_registrys():
               ("h", "histogram", "H.", "h_bucket", (("route", "/b"),)),
               ("h", "histogram", "H.", "h_sum", (("route", "/a"),)),
               ("h", "histogram", "H2.", "h_count", (("route", "/a"),)),
-              ("h", "histogram", "H.", "h_native", tuple(native_label.items())
-               + (("route", "/a"),)),
+              ("h", "histogram", "H.", "h_native", made),
+              ("h", "histogram", "H.", "h_native", (("__native__", "3/z/0.5"),
+                                                   ("route", "/a"))),
+              ("h", "histogram", "H.", "h_native", (("__native__", "x/1"), ("route", "/a"))),
+              ("h", "histogram", "H.", "h_native", (("route", "/c"),)),
               ("h", "histogram", "H.", "h_bucket", (("le", "1"), ("route", "/a"),
                                                    ("worker_id", "0"))),
               ("c", "counter", "other help", "c_total", (("route", "/a"),))]
     compiled, python = Merger(native), Merger()
     for merger in (compiled, python):
         numbers = [merger._add(*one) for one in series + series[::-1]]
-        assert numbers == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0] + [0, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0]
+        assert numbers == list(range(13)) + [0] + [0] + list(range(12, 0, -1)) + [0]
     for name in ("ids", "keys", "label_dicts", "histogram_ids", "family_of", "histograms"):
         assert getattr(compiled.registry, name) == getattr(python.registry, name), name
     # tuples of strings and numbers only: untracked, as the GC's first pass would make them
-    # (but the keys ``add`` numbered)
+    # (but the keys ``add`` numbered, and the one that holds a tuple the GC tracks)
     keys = compiled.registry.keys
     assert [k for k in keys if gc.is_tracked(k)] == [k for k in keys
-                                                     if k[1] in ("h_count", "h_native")]
+                                                     if k[1] == "h_count" or k[2] is made]
+    natives = compiled.registry.histograms[("h", (("route", "/a"),))]["native"]
+    assert natives == [((3, 1, 0.0), 8), ((3, None, 0.5), 9)]  # "x/1" names no bucket
     assert not any(gc.is_tracked(entry) for group in compiled.registry.histograms.values()
                    for entry in group["buckets"])
     assert compiled._add.func is native.register
@@ -1025,10 +1033,9 @@ def test_a_cold_scrape_takes_the_compiled_path(tmp_path, monkeypatch):
     assert len(most) == 6 and len({id(s.series) for s in most}) <= 4
     assert compiled.merger._pick is native.pick
     assert compiled.merger._parse_plain is native.parse_key
-    # series numbered in C (``register``) but native and _count samples of histograms
-    assert compiled.merger._add.func is native.register and added_in_python
-    assert all(typ == "histogram" and not sample.endswith(("_bucket", "_sum"))
-               for typ, sample in added_in_python)
+    # every series numbered in C (``register``), native buckets included (the files hold
+    # no other histogram sample, such as a _count, that it leaves to ``add``)
+    assert compiled.merger._add.func is native.register and added_in_python == []
     assert len(compiled._key_table.texts) == len(
         set().union(*(r.keys for _, r in compiled._files.values())))
 
@@ -1054,10 +1061,10 @@ def test_a_cold_scrape_of_native_and_derived_series_takes_the_compiled_path(tmp_
         raise AssertionError("the Python path was taken")
 
     built, parsed, numbered = [], [], []
-    virtual_key, entry_payload = native_files._virtual_key, native_files.entry_payload
+    virtual_key, entry_payload = native_files._Entry.key, native_files.entry_payload
     index_one = collection.Merger._index_one
-    monkeypatch.setattr(native_files, "_virtual_key",
-                        lambda *a: built.append(a) or virtual_key(*a))
+    monkeypatch.setattr(native_files._Entry, "key",
+                        lambda self, bucket: built.append(bucket) or virtual_key(self, bucket))
     monkeypatch.setattr(native_files, "entry_payload",
                         lambda key: parsed.append(key) or entry_payload(key))
     monkeypatch.setattr(collection.Merger, "_index_one",
@@ -1081,6 +1088,8 @@ def test_a_cold_scrape_of_native_and_derived_series_takes_the_compiled_path(tmp_
     # 8 routes, each its zero bucket and the bucket of its one duration, in all 6 files:
     # each built once
     assert len(built) == len(virtual) == 8 * 2
+    # each made around its bucket's name, exactly the text json.dumps makes of its parts
+    assert all(key == json.dumps(json.loads(key), sort_keys=True) for key in virtual)
     entries = set().union(*(r._file.keys for r in readers))
     assert sorted(parsed) == sorted(entries)  # 8 routes: each parsed once, not 6 times
     counts = collections.Counter(numbered)

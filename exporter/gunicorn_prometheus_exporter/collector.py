@@ -17,7 +17,8 @@ import os
 import platform
 import threading
 import time
-from operator import itemgetter
+from itertools import compress, count, repeat
+from operator import is_, itemgetter
 from types import ModuleType
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -186,16 +187,10 @@ def pick(column: List[Optional[int]], ids: Sequence[int],
 
 
 def _nones(values: List[Optional[int]]) -> Iterator[int]:
-    """The indexes of None in ``values``, searched for in C (``list.index``): on a cold
-    scrape most of a file's keys are numbered already, and a Python step per key of 64
-    files x 17,000 keys costs more than the rest of the numbering."""
-    i = -1
-    while True:
-        try:
-            i = values.index(None, i + 1)
-        except ValueError:
-            return
-        yield i
+    """The indexes of None in ``values``, found without a Python step per value: on a
+    cold scrape most of a file's keys are numbered already (``list.index`` would compare
+    each int with None, twice the instructions of ``is``)."""
+    return compress(count(), map(is_, values, repeat(None)))
 
 
 #: the decoder's scanner (``raw_decode`` without its Python frame): (value, end) of the
@@ -260,7 +255,8 @@ class Merger:
         #: a plain key's parts in one C call (``_speedups.parse_key``, None for any other)
         self._parse_plain = compiled.parse_key if compiled is not None else None
         #: ``registry.add``, in one C call with the speedups (``_speedups.register``)
-        self._add = (functools.partial(compiled.register, self.registry, _NOT_BASE)
+        self._add = (functools.partial(compiled.register, self.registry, _NOT_BASE,
+                                       native.parse_bucket)
                      if compiled is not None else self.registry.add)
         #: the series the last merge served (``outgrown``)
         self.served = 0
@@ -314,7 +310,7 @@ class Merger:
         shared = None
         derived = len(shard.derived)
         if missing or templates is not None:
-            self._number(shard, keys, ids, start, sids, templates, columns)
+            self._number(shard, keys, ids, start, sids, missing, templates, columns)
         elif start == 0 and ids is not None and self._key_set is not None:
             # every key plain: the series are those of any other shard with the same keys
             shared = (kind, self._key_set(ids))
@@ -332,17 +328,18 @@ class Merger:
             shard.share(shard.series)
 
     def _number(self, shard: Shard, keys: Sequence[str], ids: Optional[Sequence[int]],
-                start: int, sids: List[Optional[int]], templates: Optional[List[Optional[int]]],
+                start: int, sids: List[Optional[int]], missing: int,
+                templates: Optional[List[Optional[int]]],
                 columns: Optional[Tuple[Plain, Plain]]) -> None:
         """Fill in ``sids`` (the series of the shard's keys from ``start``; None where the
-        key is not numbered for this kind yet) and add the shard's derived series, in the
-        order of its keys, as numbering each key on its own would (the same additions, in
-        the same order, at a merge). The keys found numbered cost no Python step each: the
-        others are searched for in C (``list.index``), and the derived series of the found
-        ones taken by a comprehension."""
+        key is not numbered for this kind yet, ``missing`` of them) and add the shard's
+        derived series in the order of its keys, as numbering each key on its own would
+        (the same additions, in the same order, at a merge). The keys found numbered cost
+        no Python step each: the others are found by ``_nones``, and the derived series of
+        the found ones taken by a comprehension."""
         derived = shard.derived
         mark = len(derived)
-        for i in _nones(sids):
+        for i in _nones(sids) if missing else ():
             slot = keys[start + i] if ids is None else ids[start + i]
             sids[i] = self._index_one(shard, keys[start + i], start + i, columns, slot)
         if templates is None:

@@ -173,15 +173,37 @@ def _virtual_key(parts: list, bucket: str) -> str:
                       sort_keys=True)
 
 
+#: the bucket label's value ``_Entry`` encodes a virtual key around (as JSON: \u0001 ...)
+_MARK = "\x01bucket\x01"
+_MARK_JSON = json.dumps(_MARK)
+
+
 class _Entry:
     """One distinct native entry key: its parts and the number of each of its virtual keys
     (by bucket slot, None until some file needs it)."""
 
-    __slots__ = ("parts", "numbers")
+    __slots__ = ("parts", "numbers", "_around")
 
     def __init__(self, parts: list) -> None:
         self.parts = parts
         self.numbers: List[Optional[int]] = [None] * (int(parts[6]) - int(parts[5]) + 2)
+        self._around: Optional[Tuple[str, str]] = None
+
+    def key(self, bucket: str) -> str:
+        """``_virtual_key(parts, bucket)``, the text around the bucket label's value encoded
+        once per entry (a ``json.dumps`` per bucket is most of what building a virtual key
+        costs). Exactly the same text: a bucket name is digits, signs, ``/``, ``z``, ``.``
+        and ``e``, which JSON takes as they are; the entry's own text is encoded with a
+        value that only it holds (another occurrence of it, in a label or the help of a
+        foreign key, leaves every bucket to ``_virtual_key``)."""
+        if self._around is None:
+            text = _virtual_key(self.parts, _MARK)
+            self._around = (("", "") if text.count(_MARK_JSON) != 1
+                            else tuple(text.split(_MARK_JSON)))  # type: ignore[assignment]
+        before, after = self._around  # type: ignore[misc]
+        if not before:
+            return _virtual_key(self.parts, bucket)
+        return f'{before}"{bucket}"{after}'
 
 
 class VirtualKeys:
@@ -222,15 +244,14 @@ class VirtualKeys:
         """The key numbers of ``entry``'s slots ``first..last`` (0: the zero bucket)."""
         got = entry.numbers[first:last + 1]
         if None in got:
-            parts, table = entry.parts, self.table
-            schema, lo = int(parts[4]), int(parts[5])
+            table = self.table
+            schema, lo = int(entry.parts[4]), int(entry.parts[5])
             for i, number in enumerate(got):
                 if number is None:
                     slot = first + i
                     bucket = (f"{schema}/z/{upper_bound(schema, lo - 1)!r}" if slot == 0
                               else f"{schema}/{lo + slot - 1}")
-                    got[i] = entry.numbers[slot] = table[
-                        _virtual_key(parts, bucket).encode()]
+                    got[i] = entry.numbers[slot] = table[entry.key(bucket).encode()]
         return got
 
 
