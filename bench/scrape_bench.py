@@ -52,9 +52,10 @@ HISTOGRAM = Family("bench_duration_seconds", "histogram", "Duration.", ("route",
 BOUNDS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10]  # +Inf
 
 
-def write_process(directory: str, identity: str, label_sets: int, shuffle: int = 0) -> None:
-    """``label_sets`` routes, first seen in an order of their own when ``shuffle`` is set
-    (as the workers of a real server see them)."""
+def write_process(directory: str, identity: str, label_sets: int, shuffle: int = 0,
+                  first: int = 0) -> None:
+    """``label_sets`` routes (``/r<first>`` on), first seen in an order of their own when
+    ``shuffle`` is set (as the workers of a real server see them)."""
     store = ProcessStore(directory, identity)
     counters, histograms = store.file("counter"), store.file("histogram")
     order = list(range(label_sets))
@@ -63,7 +64,7 @@ def write_process(directory: str, identity: str, label_sets: int, shuffle: int =
 
         random.Random(shuffle).shuffle(order)
     for i in order:
-        labels = {"route": f"/r{i}"}
+        labels = {"route": f"/r{first + i}"}
         position = scalar_position(counters, COUNTER, labels)  # may grow the file: index first
         counters.values[position] += 1
         buckets, total = histogram_positions(histograms, HISTOGRAM, labels, BOUNDS)

@@ -875,6 +875,103 @@ def test_a_cold_scrape_serves_what_a_warm_one_does(tmp_path, compiled):
     assert [s.value for s in jobs.samples] == [sum(range(1, 7)) + 200.0]
 
 
+def _replace_churned(directory: Path, round_: int, processes: int, keys: int) -> dict:
+    """The counter files of ``processes`` app processes (``p<n>``) removed and written
+    again with ``keys`` entries each that no round before had (label values that keep
+    changing), and the exemplar file of ``p0`` likewise, with one exemplar on its first
+    entry; the values of ``app_churn_total``, by label ``item``."""
+    from gunicorn_prometheus_exporter.storage import exemplars
+    from gunicorn_prometheus_exporter.storage.mmap_file import sample_key
+
+    want = {}
+    for p in range(processes):
+        (directory / f"counter_p{p}.db").unlink(missing_ok=True)
+        store = ProcessStore(str(directory), f"p{p}")
+        counters = store.file("counter")
+        for i in range(keys):
+            item = f"{round_}-{p}-{i}"
+            at = counters.index(sample_key("app_churn", "app_churn_total", {"item": item},
+                                           "Churn."))
+            counters.values[at] = want[item] = round_ * 1000.0 + i
+        store.close()
+    path = exemplars.path_of(str(directory), "p0")
+    Path(path).unlink(missing_ok=True)
+    slots = exemplars.ExemplarFile(path)
+    key = sample_key("app_churn", "app_churn_total", {"item": f"{round_}-0-0"}, "Churn.")
+    slots.put(slots.slot(key), 1.0, 1_700_000_000.0 + round_, bytes([round_]) * 24)
+    return want
+
+
+def _churned(found) -> dict:
+    """The ``app_churn_total`` values a read served, by label ``item``."""
+    return {s.labels["item"]: s.value for m in found if m.name == "app_churn"
+            for s in m.samples}
+
+
+@pytest.mark.parametrize("compiled", [pytest.param(native, marks=needs_native), None],
+                         ids=["C", "Python"])
+def test_the_tables_of_churning_keys_stay_bounded(tmp_path, compiled):
+    """Files replaced round after round by files of keys never seen before: the key table
+    and the series registry grow by the new keys until they hold more than twice what the
+    files read need plus ``SLACK`` (4 files x 100 values: 2 x 400 + 1,024 = 1,824), and
+    the next read starts afresh. Exactly: 400 keys and series more per round, 2,000 at
+    most, 400 after each fresh start, on both paths; every read serves exactly the live
+    files' values, and the fresh start's cold read exactly what the read before it served
+    from the same files."""
+    from gunicorn_prometheus_exporter.collector import SLACK
+
+    assert SLACK == 1024  # the sizes below follow from it
+    collector = DirectoryCollector(str(tmp_path), compiled=compiled)
+    sizes = []
+    for round_ in range(1, 11):
+        want = _replace_churned(tmp_path, round_, 4, 100)
+        first = collector.read()
+        assert _churned(first) == want
+        sizes.append((len(collector._key_table), collector.resets))
+        again = collector.read()  # nothing changed: a repeat, or a fresh start's cold read
+        assert _served(again) == _served(first)
+        sizes.append((len(collector._key_table), collector.resets))
+        assert len(collector.merger.registry.keys) == sizes[-1][0]  # a series per key
+        exemplar = next(s.exemplar for m in again for s in m.samples
+                        if s.labels.get("item") == f"{round_}-0-0")
+        assert exemplar.timestamp == 1_700_000_000.0 + round_
+    assert sizes == [(400, 0), (400, 0), (800, 0), (800, 0), (1200, 0), (1200, 0),
+                     (1600, 0), (1600, 0), (2000, 0), (400, 1),  # 2,000 > 1,824: afresh
+                     (800, 1), (800, 1), (1200, 1), (1200, 1), (1600, 1), (1600, 1),
+                     (2000, 1), (400, 2), (800, 2), (800, 2)]
+
+
+@pytest.mark.parametrize("compiled", [pytest.param(native, marks=needs_native), None],
+                         ids=["C", "Python"])
+def test_a_fresh_start_serves_exactly_what_the_tables_served(tmp_path, compiled):
+    """Everything a directory holds, beside app files whose keys churn: the request
+    families with their per-worker derived families and native histograms, gauges of the
+    modes read without a lock (max, all by pid, mostrecent by timestamp), the counter of
+    an app process that is no worker, exemplars of a file that stays and of one replaced.
+    After every read, fresh start or not, the collector serves, sample by sample, exactly
+    what the Python path's collector started beside the files serves."""
+    from gunicorn_prometheus_exporter.storage import exemplars
+    from gunicorn_prometheus_exporter.storage.mmap_file import sample_key
+
+    _worker_files(tmp_path, 6)
+    _more_files(tmp_path, 6, 1)
+    stays = exemplars.ExemplarFile(exemplars.path_of(str(tmp_path), "w0"))
+    jobs = stays.slot(sample_key("app_jobs", "app_jobs_total", {"queue": "q"}, "Jobs."))
+    collector = DirectoryCollector(str(tmp_path), compiled=compiled)
+    for round_ in range(1, 9):
+        want = _replace_churned(tmp_path, round_, 4, 300)
+        stays.put(jobs, float(round_), 1_700_000_000.0 + round_, b"\x07" * 24)
+        for _ in range(2):
+            served = _served(collector.read())
+            assert served == _served(DirectoryCollector(str(tmp_path)).read())
+        assert _churned(collector.read()) == want
+    assert collector.resets >= 2  # at least two fresh starts among the reads checked
+    families = {m[0] for m in served}
+    assert {"app_jobs", "app_max", "app_all", "app_mostrecent", catalogue.HTTP_DURATION.name,
+            catalogue.WORKER_REQUESTS.name} <= families
+    assert any(m[4] for m in served)  # native histograms among them
+
+
 @needs_native
 def test_a_cold_scrape_takes_the_compiled_path(tmp_path, monkeypatch):
     """The pin of the cold scrape's C path: every file's keys are walked and numbered by

@@ -35,9 +35,22 @@ Labels = Tuple[Tuple[str, str], ...]
 SeriesKey = Tuple[str, str, Labels]
 Reader = Union[FileReader, native.NativeReader]
 
+#: entries a collector's tables may hold beyond twice what its last read needed (``outgrown``)
+SLACK = 1024
+
 _OPS = {"": "sum", "sum": "sum", "livesum": "sum", "all": "sum", "liveall": "sum",
         "max": "max", "livemax": "max", "min": "min", "livemin": "min",
         "mostrecent": "recent", "livemostrecent": "recent"}
+
+
+def outgrown(held: int, needed: int) -> bool:
+    """A table of ``held`` entries where the storage last read needs ``needed`` holds far
+    more than it needs: the keys or series of files gone or replaced (label values that
+    keep changing, files written over with other keys), which nothing else removes. Twice
+    plus ``SLACK``: right after a fresh start a table holds at most what is needed, so a
+    storage whose keys stay the same never starts afresh again, and one whose keys churn
+    pays one cold read per ``needed + SLACK`` new entries or more."""
+    return held > 2 * needed + SLACK
 
 
 class SeriesRegistry:
@@ -225,6 +238,15 @@ class Merger:
         #: ``registry.add``, in one C call with the speedups (``_speedups.register``)
         self._add = (functools.partial(compiled.register, self.registry, _NOT_BASE)
                      if compiled is not None else self.registry.add)
+        #: the series the last merge served (``outgrown``)
+        self.served = 0
+
+    def outgrown(self, keys: int) -> bool:
+        """The series and the parsed keys held are far more than the last merge needed
+        (``keys``: the values and exemplars it read, at least one per key): a new
+        ``Merger`` would hold less."""
+        return (outgrown(len(self.registry.keys), self.served)
+                or outgrown(len(self._parsed_keys), keys))
 
     def index(self, shard: Shard, keys: Sequence[str],
               ids: Optional[Sequence[int]] = None) -> None:
@@ -338,6 +360,7 @@ class Merger:
         self._shared_series.clear()  # the shards indexed for this merge are numbered
         sums = [0.0] * len(self.registry.keys)
         present = set().union(*(shard.series for shard, _ in batches))
+        self.served = len(present)
         extremes: Dict[int, float] = {}
         recent: Dict[int, Tuple[float, float]] = {}
         for shard, values in batches:
@@ -457,6 +480,9 @@ class ReadStats:
         self.source_up = 0
         #: the series tables were built by the start-up read (``DirectoryCollector.warm_up``)
         self.warmed_up = False
+        #: times the tables of keys and series were dropped for holding far more than the
+        #: storage needs (``outgrown``); the read after each is a cold one
+        self.resets = 0
 
     @property
     def warm(self) -> bool:
@@ -474,19 +500,26 @@ class DirectoryCollector(ReadStats):
 
     A read never holds a scrape longer than ``deadline`` seconds: past it the scrape gets
     the health families only (``source_up`` 0) and ``stuck`` is True until the read
-    finishes (a readiness probe reports it)."""
+    finishes (a readiness probe reports it).
+
+    Nothing is ever removed from the key table or the merger's tables while they are in
+    use, so a storage whose keys churn would grow them without bound: a read that finds
+    them ``outgrown`` (against what the read before needed) starts afresh
+    (``_start_afresh``) and numbers every file's keys again, as a collector started
+    beside the files would. It serves exactly the same values; only the order of samples
+    within a family, which is the order series were first seen, may differ."""
 
     def __init__(self, directory: str, deadline: Optional[float] = None,
                  compiled: Optional[ModuleType] = None) -> None:
         super().__init__()
         self.directory = directory
         self._compiled = compiled  # speedups.load(): the readers' key walk in C
-        #: the keys of every file, numbered once (shared by the readers: FileReader)
-        self._key_table = compiled.KeyTable() if compiled is not None else KeyTable()
         self.deadline = READ_DEADLINE if deadline is None else deadline
-        self.merger = Merger(compiled)
         self._files: Dict[str, Tuple[Shard, Reader]] = {}
         self._exemplar_readers: Dict[str, exemplar_files.ExemplarReader] = {}
+        self._start_afresh()
+        #: exemplars the last read found (``_outgrown``)
+        self._exemplars = 0
         self._lock = threading.Lock()
         self._torn_reported: set = set()
         self._refused: set = set()  # names that hold no regular file
@@ -526,14 +559,41 @@ class DirectoryCollector(ReadStats):
             self._read()
             self.warmed_up = True
 
+    def _start_afresh(self) -> None:
+        """Drop every key and series numbered so far: the key table, the merger, and the
+        readers and shards numbered by them. Readers made anew start new generations
+        (``FileReader.generation``), so whoever keeps anything by generation (the Redis
+        flusher's field names) takes their keys anew too."""
+        for _, reader in self._files.values():
+            reader.close()
+        for exemplars in self._exemplar_readers.values():
+            exemplars.close()
+        self._files.clear()
+        self._exemplar_readers.clear()
+        #: the keys of every file, numbered once (shared by the readers: FileReader)
+        self._key_table = (self._compiled.KeyTable() if self._compiled is not None
+                           else KeyTable())
+        self.merger = Merger(self._compiled)
+
+    def _outgrown(self) -> bool:
+        """The tables hold far more than the last read needed (``outgrown``): its values
+        (one per entry, two with a timestamp) stand for its keys, a length per file, where
+        counting the entries of 64 files cost a scrape 0.3%."""
+        return (outgrown(len(self._key_table), self.last_values)
+                or self.merger.outgrown(self.last_values + self._exemplars))
+
     def shards(self) -> List[Tuple[Shard, Reader, tuple]]:
         """Every readable file with its values (live-mode gauges of dead identities left
         out). Also what the Redis flusher ships."""
         if not os.path.isdir(self.directory):
             raise FileNotFoundError(self.directory)
+        if self._outgrown():
+            self.resets += 1
+            self._start_afresh()
         live = storage_dir.live_identities(self.directory)
         out = []
         seen = set()
+        values_read = 0
         for db, inode in storage_dir.db_files(self.directory):
             seen.add(db.path)
             entry = self._files.get(db.path)
@@ -558,21 +618,23 @@ class DirectoryCollector(ReadStats):
             if shard.generation != reader.generation:
                 shard.renumber(reader.generation)
             out.append((shard, reader, values))
+            values_read += len(values)
         for gone in set(self._files) - seen:
             self._files.pop(gone)[1].close()
         self._refused &= seen
+        self._torn_reported &= seen
+        self.last_values = values_read
         return out
 
     def _read(self) -> List[Metric]:
         batches = []
-        values_read = 0
-        for shard, reader, values in self.shards():
+        for shard, reader, values in self.shards():  # (which counts ``last_values``)
             self.merger.index(shard, reader.keys, reader.key_ids)
             batches.append((shard, values))
-            values_read += len(values)
         self.last_files = len(batches)
-        self.last_values = values_read
-        return self.merger.merge(batches, self.merger.newest_exemplars(self.exemplars()))
+        found = list(self.exemplars())
+        self._exemplars = len(found)
+        return self.merger.merge(batches, self.merger.newest_exemplars(found))
 
     def exemplars(self) -> Iterable[exemplar_files.Exemplar]:
         """Every exemplar slot of every worker, live or gone (the newest wins anyway). Also
@@ -631,5 +693,6 @@ def health_families(collector: ReadStats, source: str) -> Iterable[Metric]:
     yield gauge(families.READ_ERRORS, collector.read_errors)
     yield gauge(families.SOURCE_UP, collector.source_up, {"source": source})
     yield gauge(families.WARM, int(collector.warm))
+    yield gauge(families.TABLE_RESETS, collector.resets)
     if collector.last_success is not None:
         yield gauge(families.LAST_READ, collector.last_success)

@@ -201,6 +201,11 @@ WARM = _f("gunicorn_exporter_warm", "gauge",
           "metrics process's read at start, or by a scrape's read): until then a scrape "
           "numbers every stored key, several times the work of a repeat scrape.",
           origin="exporter")
+TABLE_RESETS = _f("gunicorn_exporter_table_resets", "counter",
+                  "Times the exporter dropped its tables of keys and series because they "
+                  "held far more than the storage needs (keys that churn: label values that "
+                  "keep changing, files replaced with other keys); the read after each "
+                  "numbers every key again, as a first read does.", origin="exporter")
 LAST_READ = _f("gunicorn_exporter_last_read_timestamp_seconds", "gauge",
                "Unix time of the last successful storage read.", origin="exporter")
 UNSTORED = _f("gunicorn_exporter_storage_unstored", "counter",

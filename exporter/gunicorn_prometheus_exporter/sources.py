@@ -39,6 +39,7 @@ class DirectorySource:
         self._log = log
         self._was_up = os.path.isdir(directory)
         self._was_stuck = False
+        self._resets_said = False
         if not self._was_up:  # said at start, not only at the first scrape
             log.error(_DOWN, self.description)
 
@@ -57,6 +58,15 @@ class DirectorySource:
             else:
                 self._log.error(_DOWN, self.description)
             self._was_up = up
+        if self.collector.resets and not self._resets_said:
+            self._resets_said = True
+            self._log.info("the tables of keys and series read from %s held far more than "
+                           "its files need (keys that churn: label values that keep "
+                           "changing, files replaced with other keys): dropped, and the "
+                           "files numbered afresh (a cold read), as happens again each time "
+                           "they outgrow the files; counted in "
+                           "gunicorn_exporter_table_resets_total (said once)",
+                           self.description)
         yield from families
         yield from health_families(self.collector, "directory")
 

@@ -1,6 +1,7 @@
 """The flusher and the reader in this process against a real redis-server: URL parsing,
 revival after being folded while alive, Redis losing its data, commands per flush."""
 import logging
+import os
 
 import pytest
 
@@ -178,3 +179,52 @@ def test_native_buckets_are_shipped_folded_and_revived_exactly(redis_server, pre
     flusher.run()  # revived under the next incarnation, minus what was folded
     assert flusher.incarnation.endswith(".r1")
     assert native_of() == (1, {ten_ms: 3, two_s: 1})
+
+
+def _counters(directory: str, identity: str, family: str, values: dict) -> None:
+    """An app process's counter file, removed and written again with ``values`` by label
+    ``k`` (the entries in that order)."""
+    from gunicorn_prometheus_exporter.storage.mmap_file import sample_key
+
+    path = storage_dir.db_path(directory, "counter", identity)
+    if os.path.exists(path):
+        os.unlink(path)
+    store = ProcessStore(directory, identity)
+    counters = store.file("counter")
+    for label, value in values.items():
+        counters.values[counters.index(sample_key(family, family + "_total", {"k": label},
+                                                  "Help."))] = value
+    store.close()
+
+
+def test_a_flusher_starting_afresh_ships_each_file_under_its_own_keys(redis_server, prefix,
+                                                                     worker):
+    """The flusher's reader of the directory starts afresh when its key table outgrows the
+    files (an app file replaced every round by 600 keys never seen before), and makes its
+    readers anew. A file replaced at that very read by another of as many entries and the
+    same values, under other keys, is shipped under its own keys: the flusher keeps each
+    file's field names, and skips a file whose values it shipped last, by the reader's
+    generation, which a reader made anew never repeats (the skip compared values only:
+    the new keys were never shipped). Redis serves exactly the directory's values in every
+    round."""
+    directory, _ = worker
+    server = redis_server()
+    settings = _settings(server, prefix)
+    flusher = Flusher(settings, directory, LOG)
+    source = RedisSource(settings, LOG)
+    fixed = {"a": 1.0, "b": 2.0}
+    _counters(directory, "p1", "app_fixed", fixed)
+    replaced = 0
+    for round_ in range(1, 12):
+        churned = {f"{round_}-{i}": float(round_ * 1000 + i) for i in range(600)}
+        _counters(directory, "p0", "app_churn", churned)
+        if flusher.collector._outgrown():  # this flush starts afresh: p1 replaced too
+            replaced += 1
+            fixed = {f"{round_}a": 1.0, f"{round_}b": 2.0}
+            _counters(directory, "p1", "app_fixed", fixed)
+        flusher.run()
+        served = {(f.name, s.labels["k"]): s.value for f in source.read()
+                  if f.name in ("app_churn", "app_fixed") for s in f.samples}
+        assert served == {**{("app_churn", k): v for k, v in churned.items()},
+                          **{("app_fixed", k): v for k, v in fixed.items()}}
+    assert replaced >= 2 and flusher.collector.resets == replaced

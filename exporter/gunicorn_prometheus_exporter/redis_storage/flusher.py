@@ -74,7 +74,9 @@ class Flusher:
         self.closed = closed_by is not None and closed_by == self.master.pid
         self._client: Any = None
         self._sent: Dict[str, Dict[str, str]] = {}
-        self._last_values: Dict[str, tuple] = {}
+        #: shard name -> (generation, values) last shipped: the same values of another
+        #: file under the name (other keys) are no reason to skip it
+        self._last_values: Dict[str, Optional[Tuple[int, tuple]]] = {}
         #: shard name -> (generation of the file's keys, field names of those keys)
         self._names: Dict[str, Tuple[int, List[str]]] = {}
         self._need_full = True
@@ -202,7 +204,8 @@ class Flusher:
                 continue
             name = shard_name(shard.typ, shard.mode, shard.identity)
             seen.add(name)
-            if not full and self._last_values.get(name) == values:
+            shipped = (shard.generation, values)
+            if not full and self._last_values.get(name) == shipped:
                 continue
             fields = self._fields(name, shard, reader.keys, values)
             old = {} if full else self._sent.get(name, {})
@@ -210,7 +213,7 @@ class Flusher:
                 if old.get(f) != v:
                     pairs += (f, v)
             deletes += [f for f in old if f not in fields]
-            staged[name] = (fields, values)
+            staged[name] = (fields, shipped)
         exemplars = self._exemplar_fields()
         if exemplars or EXEMPLAR_SHARD in self._sent:
             seen.add(EXEMPLAR_SHARD)

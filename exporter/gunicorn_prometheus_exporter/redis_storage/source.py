@@ -207,6 +207,7 @@ class RedisSource:
         families = self.merger.merge(batches, self.merger.newest_exemplars(self._exemplars))
         if len(self.merger.registry.keys) > 4 * values_read + 10000:
             self.merger = Merger()  # forget series of long-gone instances
+            self.state.resets += 1
             self._views.clear()
         return families
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import array
 import errno
+import itertools
 import logging
 import mmap
 import os
@@ -38,6 +39,9 @@ _OPEN = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 
 
 
 _log = logging.getLogger("gunicorn_prometheus_exporter")
+
+#: generations of every reader of this process, never the same twice (``FileReader``)
+_generations = itertools.count(1)
 
 
 class Unreadable(OSError):
@@ -68,7 +72,8 @@ class KeyTable(Dict[bytes, int]):
     readers: the files of different workers hold the same keys, so on a cold scrape most
     entries are keys some other file already showed. ``_speedups.KeyTable`` is the same in
     C, where an entry's key is hashed and compared where it lies in the map, without making
-    a Python object."""
+    a Python object. Nothing is ever removed from a table: the collector replaces it when it
+    holds far more keys than the files need (``collector.outgrown``)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -135,7 +140,9 @@ class FileReader:
         #: byte offset of each key's payload in the file
         self.offsets: Sequence[int] = []
         self._sizes: List[int] = []  # the Python walk's (``sizes``)
-        #: counts the times the file was found replaced (its entries read afresh)
+        #: which file ``keys`` describe: a number of this process's no other generation
+        #: had, new each time the file is found replaced (its entries read afresh), so
+        #: that a reader made anew for the same name is never taken for the one before
         self.generation = 0
         self._parsed_to = 8
         self._ino: Optional[Tuple[int, int]] = None
@@ -181,7 +188,7 @@ class FileReader:
             if identity != self._ino:
                 self._empty()
                 self._struct = struct.Struct("<")
-                self.generation += 1
+                self.generation = next(_generations)
             self._ino = identity
             return True
         finally:
