@@ -30,8 +30,9 @@ processes: ``--jobs`` runs that many at once (instruction counts do not depend o
 
 Run: ``python bench/instructions.py [--workers sync gthread gevent asgi asgi-starlette
 asgi-shop uvicorn] [--requests 200 800] [--clients 4] [--runs 3] [--jobs 1] [--python]
-[--headers] [--compare-to DIR] [--native-off] [--json FILE]``; ``--table FILE...`` prints
-the table of docs/benchmarks.md from the ``--json`` files of one or more runs. Needs
+[--headers] [--compare-to DIR] [--native-off] [--json FILE] [--keep DIR]``; ``--table
+FILE...`` prints the table of docs/benchmarks.md from the ``--json`` files of one or more
+runs; ``--keep DIR`` keeps the callgrind files for ``bench/function_slopes.py``. Needs
 valgrind; one callgrind run takes 5-10 s of a core (about 5 s to start, then 5 ms a
 request), a table of six workers, three variants and three runs about 15 minutes.
 """
@@ -51,7 +52,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from common import runnable, send_requests, start_gunicorn, wait_port
 from gunicorn_prometheus_exporter import speedups
@@ -125,9 +126,11 @@ def variants(args: argparse.Namespace) -> List[Variant]:
     return found
 
 
-def count_run(case: Case, variant: Variant, requests: int, clients: int, tmp: str) -> int:
+def count_run(case: Case, variant: Variant, requests: int, clients: int, tmp: str,
+              keep: Optional[Path] = None) -> int:
     """Instructions of the worker process (all its threads: gthread serves requests in a
-    pool) over its life with ``requests`` requests (after one per client to start)."""
+    pool) over its life with ``requests`` requests (after one per client to start); its
+    callgrind file is moved to ``keep`` when given (``bench/function_slopes.py``)."""
     out = Path(tempfile.mkdtemp(prefix="cg-", dir=tmp))
     log = out / "gunicorn.log"
     request = (case.request.replace(b"%s", variant.header + b"%s", 1) if variant.header
@@ -150,13 +153,19 @@ def count_run(case: Case, variant: Variant, requests: int, clients: int, tmp: st
         _check_recorded(os.path.join(tmp, f"mp-{port}"), requests + clients)
     pid = re.search(r"Booting worker with pid: (\d+)", log.read_text()).group(1)
     total = _total(out / f"out.{pid}")
+    if keep is not None:
+        shutil.move(str(out / f"out.{pid}"), str(keep))
     shutil.rmtree(out)
     return total
 
 
-def _counted(name: str, variant: Variant, requests: int, clients: int, tmp: str) -> int:
-    """``count_run`` with a line on stderr when it is done (a table takes a while)."""
-    total = count_run(WORKERS[name], variant, requests, clients, tmp)
+def _counted(name: str, variant: Variant, requests: int, clients: int, tmp: str,
+             keep: Optional[str], run: int) -> int:
+    """``count_run`` with a line on stderr when it is done (a table takes a while); the
+    callgrind file kept in ``keep`` as ``case.variant.requests.run.out``."""
+    kept = (Path(keep, f"{name}.{variant.label.replace(' ', '-')}.{requests}.{run}.out")
+            if keep else None)
+    total = count_run(WORKERS[name], variant, requests, clients, tmp, kept)
     print(f"  {name} {variant.label}, {requests} requests: {total:,} instructions",
           file=sys.stderr, flush=True)
     return total
@@ -276,6 +285,9 @@ def main() -> None:
                         help="also the plugin without native histograms "
                              "(PROMETHEUS_NATIVE_HISTOGRAMS=false)")
     parser.add_argument("--json", metavar="FILE", help="also write every run's slope here")
+    parser.add_argument("--keep", metavar="DIR",
+                        help="keep every worker's callgrind file in DIR, for "
+                             "bench/function_slopes.py")
     parser.add_argument("--table", nargs="+", metavar="FILE",
                         help="only print the docs' table from files written by --json")
     args = parser.parse_args()
@@ -295,7 +307,7 @@ def main() -> None:
         cases = runnable({n: WORKERS[n].modules for n in args.workers})
         # every run submitted at once, run by run and variant by variant (interleaved)
         futures = {(name, v.label, run): {n: pool.submit(_counted, name, v, n, args.clients,
-                                                          tmp)
+                                                          tmp, args.keep, run)
                                           for n in (high, low)}
                    for name in cases for run in range(args.runs) for v in found}
         for name in cases:
