@@ -173,20 +173,29 @@ def _cpu(fn) -> float:
     return time.process_time() - start
 
 
-def write_requests(directory: str, identity: str, routes: int, layout, requests: int) -> None:
+def write_requests(directory: str, identity: str, routes: int, layout, requests: int,
+                   traced: bool = False) -> None:
     """``requests`` per route through the real recorder, latencies log-normal around 30 ms
-    (a 95% range of about 5 ms to 200 ms: some 40 native buckets per route)."""
+    (a 95% range of about 5 ms to 200 ms: some 40 native buckets per route); ``traced``:
+    each request also carries a trace (an exemplar, through the real exemplar recorder)."""
     import random
+
+    from gunicorn_prometheus_exporter.exemplars import ExemplarRecorder
 
     rng = random.Random(identity)
     store = ProcessStore(directory, identity)
-    rec = Recorder(store, [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
-                           5.0, 10.0, 30.0, 60.0], [64.0 * 4 ** i for i in range(11)],
-                   threaded=False, native_layout=layout)
+    bounds = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
+              30.0, 60.0]
+    rec = Recorder(store, bounds, [64.0 * 4 ** i for i in range(11)], threaded=False,
+                   native_layout=layout)
+    traces = ExemplarRecorder(directory, identity, rec, bounds) if traced else None
     for r in range(routes):
         series = rec.series("GET", f"/r{r}", "200")
-        for _ in range(requests):
-            rec.add(series, rng.lognormvariate(-3.5, 1.0), 0, 512)
+        for n in range(requests):
+            duration = rng.lognormvariate(-3.5, 1.0)
+            rec.add(series, duration, 0, 512)
+            if traces is not None:
+                traces.observe(series, duration, (f"{r + 1:016x}{n + 1:016x}", f"{n + 1:016x}"))
     store.close()
 
 

@@ -303,7 +303,8 @@ def test_a_foreign_native_histogram_entry_is_torn_not_a_failed_scrape(tmp_path, 
     """A native histogram file (``.nh``) with an entry no writer of ours made: the entries
     before it are served and the file is torn (one read error). Such an entry reached the
     code that builds its buckets' keys and bounds, which raised (TypeError, OverflowError)
-    on every scrape. Python only: native files are read in Python on both paths."""
+    on every scrape. ``entry_payload`` refuses it on both paths (the compiled path walks
+    a guarded copy of the entries with the same Python walk)."""
     from gunicorn_prometheus_exporter.storage.native import NativeReader, entry_payload
 
     f = MmapFile(str(tmp_path / "histogram_native_w0.nh"), payload=entry_payload)
@@ -322,11 +323,12 @@ def test_a_foreign_native_histogram_entry_is_torn_not_a_failed_scrape(tmp_path, 
         collector = DirectoryCollector(str(tmp_path), compiled=compiled)
         collector.read()  # raised
         assert collector.read_errors == 1 and collector.source_up == 1
-    reader = NativeReader(str(tmp_path / "histogram_native_w0.nh"))
-    assert reader.read() == (0.0, 4.0) and reader.torn
-    # the zero bucket (its threshold: the bound below index 0) and index 1
-    assert [json.loads(k)[2]["__native__"] for k in reader.keys] == [
-        f"3/z/{2.0 ** (-1 / 8)!r}", "3/1"]
+    for compiled in (native, None):
+        reader = NativeReader(str(tmp_path / "histogram_native_w0.nh"), compiled)
+        assert reader.read() == (0.0, 4.0) and reader.torn
+        # the zero bucket (its threshold: the bound below index 0) and index 1
+        assert [json.loads(k)[2]["__native__"] for k in reader.keys] == [
+            f"3/z/{2.0 ** (-1 / 8)!r}", "3/1"]
 
 
 def test_an_exemplar_slot_whose_timestamp_is_no_requests_is_left_out(tmp_path):
@@ -343,12 +345,13 @@ def test_an_exemplar_slot_whose_timestamp_is_no_requests_is_left_out(tmp_path):
     f.values[f.index(key)] = 1.0
     f.close()
     good = exemplars.ExemplarFile(exemplars.path_of(str(tmp_path), "w1"))
-    good.put(good.slot(key), 0.25, 1_700_000_000.5, b"\x02" * 24)
+    good.put(good.slot(key), 0.25, 1_700_000_000.5, b"\x02" * 24, 1_800_000_000.0)
     bad = exemplars.ExemplarFile(exemplars.path_of(str(tmp_path), "w0"))
     (tmp_path / "pb2").mkdir()
     pb2 = protodecode.compiled(tmp_path / "pb2")
+    # each replaces the one before, which is no request's of the past (``now``)
     for stamp in (math.inf, 1e300, math.nan, 1_700_000_000.5):
-        bad.put(bad.slot(key), 9.0, stamp, b"\x01" * 24)
+        bad.put(bad.slot(key), 9.0, stamp, b"\x01" * 24, 1_800_000_000.0)
         families = DirectoryCollector(str(tmp_path)).read()
         found = [s.exemplar for m in families for s in m.samples if s.name == "c_total"]
         if stamp == 1_700_000_000.5:  # a real one: as new as the good one; either is right

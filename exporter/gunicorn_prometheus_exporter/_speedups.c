@@ -383,7 +383,7 @@ typedef struct {
     PyObject *extras;       /* RequestExtras.wsgi */
     PyObject *extra_keys;   /* environ keys whose presence means the extras have work */
     PyObject *usual;        /* the usual SERVER_PROTOCOL: any other goes to the extras */
-    PyObject *finish;       /* WSGIRequestHooks.finish(environ, resp, duration) */
+    PyObject *finish;       /* WSGIRequestHooks.finish(environ, resp, duration, ended) */
     PyObject *failed;       /* WSGIRequestHooks.failed(exception) */
     PyObject *max_reached;  /* called when the worker reached max_requests */
 } WSGIHooks;
@@ -481,9 +481,11 @@ extras_wanted(WSGIHooks *self, PyObject *environ)
 }
 
 /* The common finished request, as WSGIRequestHooks._record and RequestLabeller.record
- * record it. 1: recorded; 0: not this kind, finish() takes it; -1: an error. */
+ * record it (``ended``: its end, perf_counter, for the extras). 1: recorded; 0: not this
+ * kind, finish() takes it; -1: an error. */
 static int
-record_known_wsgi(WSGIHooks *self, PyObject *environ, PyObject *resp, PyObject *duration)
+record_known_wsgi(WSGIHooks *self, PyObject *environ, PyObject *resp, PyObject *duration,
+                  double ended)
 {
     if (!PyDict_CheckExact(environ) || resp == Py_None || handling_exception())
         return 0;
@@ -540,8 +542,10 @@ record_known_wsgi(WSGIHooks *self, PyObject *environ, PyObject *resp, PyObject *
     int wanted = done == NULL ? -1 : extras_wanted(self, environ);
     Py_XDECREF(done);
     if (wanted == 1) {
-        PyObject *extra_args[] = {environ, series, duration};
-        done = PyObject_Vectorcall(self->extras, extra_args, 3, NULL);
+        PyObject *end = PyFloat_FromDouble(ended);  /* only a request with extras pays */
+        PyObject *extra_args[] = {environ, series, duration, end};
+        done = end == NULL ? NULL : PyObject_Vectorcall(self->extras, extra_args, 4, NULL);
+        Py_XDECREF(end);
         Py_XDECREF(done);
         wanted = done == NULL ? -1 : 0;
     }
@@ -616,10 +620,13 @@ WSGIHooks_post_request(WSGIHooks *self, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_NONE;
     }
     int truthy = PyObject_IsTrue(environ);
-    int known = truthy <= 0 ? truthy : record_known_wsgi(self, environ, resp, duration);
+    int known = truthy <= 0 ? truthy : record_known_wsgi(self, environ, resp, duration, ended);
     if (known == 0 && truthy == 1) {
-        PyObject *finish_args[] = {environ, resp, duration};
-        PyObject *done = PyObject_Vectorcall(self->finish, finish_args, 3, NULL);
+        PyObject *end = PyFloat_FromDouble(ended);
+        PyObject *finish_args[] = {environ, resp, duration, end};
+        PyObject *done = end == NULL ? NULL
+            : PyObject_Vectorcall(self->finish, finish_args, 4, NULL);
+        Py_XDECREF(end);
         Py_XDECREF(done);
         known = done == NULL ? -1 : 1;
     }
@@ -866,9 +873,9 @@ static PyTypeObject MeteredWSGIType = {
  * the request in flight, calls the application with a metered receive and send
  * (RequestMeter) and hands every step on to it; when the application returns or raises it
  * takes the request out of the in-flight gauge and calls ``record(scope, status,
- * duration, received, sent, error_type)`` (ASGIMetrics.record: the labels and the stores).
- * A request whose series is already known is recorded here (record_known); any other
- * goes through ``record``. Other scopes go to the application untouched. Needs
+ * duration, received, sent, error_type, ended)`` (ASGIMetrics.record: the labels and the
+ * stores). A request whose series is already known is recorded here (record_known); any
+ * other goes through ``record``. Other scopes go to the application untouched. Needs
  * PyIter_Send (Python 3.10). */
 
 static PyObject *s_type, *s_status, *s_body, *s_more_body, *s_path, *s_get, *s_http;
@@ -1606,20 +1613,22 @@ record_known(MeteredApp *owner, PyObject *scope, RequestMeter *meter, double dur
     return done == NULL ? -1 : 1;
 }
 
-/* ``record(scope, status, duration, received, sent, error_type)``: ASGIMetrics.record. */
+/* ``record(scope, status, duration, received, sent, error_type, ended)``: ASGIMetrics.record
+ * (``end``: the perf_counter when the request ended). */
 static int
-record_in_python(MeteredCall *self, double duration, PyObject *error_type)
+record_in_python(MeteredCall *self, double end, PyObject *error_type)
 {
     RequestMeter *meter = self->meter;
-    PyObject *numbers[] = {PyFloat_FromDouble(duration), PyLong_FromLongLong(meter->received),
-                           PyLong_FromLongLong(meter->sent)};
+    PyObject *numbers[] = {PyFloat_FromDouble(end - meter->started),
+                           PyLong_FromLongLong(meter->received),
+                           PyLong_FromLongLong(meter->sent), PyFloat_FromDouble(end)};
     PyObject *done = NULL;
-    if (numbers[0] != NULL && numbers[1] != NULL && numbers[2] != NULL) {
+    if (numbers[0] != NULL && numbers[1] != NULL && numbers[2] != NULL && numbers[3] != NULL) {
         PyObject *args[] = {self->scope, meter->status, numbers[0], numbers[1], numbers[2],
-                            error_type};
-        done = PyObject_Vectorcall(self->owner->record, args, 6, NULL);
+                            error_type, numbers[3]};
+        done = PyObject_Vectorcall(self->owner->record, args, 7, NULL);
     }
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 4; i++)
         Py_XDECREF(numbers[i]);
     Py_XDECREF(done);
     return done == NULL ? -1 : 0;
@@ -1673,7 +1682,7 @@ conclude(MeteredCall *self, PyObject *error)
                               : 0;
     if (known < 0)  /* record() tries again, and logs what fails */
         PyErr_Clear();
-    if (known != 1 && record_in_python(self, end - meter->started, error_type) < 0)
+    if (known != 1 && record_in_python(self, end, error_type) < 0)
         PyErr_WriteUnraisable((PyObject *)self);
     Py_XDECREF(name);
 }
@@ -2789,6 +2798,32 @@ gather_job(void *job)
     }
 }
 
+/* The array('q') of byte offsets ``positions`` as ``at``, each checked to leave ``width``
+ * bytes of a buffer of ``len`` bytes after it (no overflow): 0, or -1 with an exception
+ * (``at`` released) naming ``name``. */
+static int
+get_offsets(PyObject *positions, Py_buffer *at, Py_ssize_t len, Py_ssize_t width,
+            const char *name)
+{
+    if (PyObject_GetBuffer(positions, at, PyBUF_FORMAT) < 0)
+        return -1;
+    if (at->itemsize != sizeof(long long) || at->format == NULL || strcmp(at->format, "q") != 0) {
+        PyErr_Format(PyExc_TypeError, "%s: offsets must be an array('q')", name);
+        PyBuffer_Release(at);
+        return -1;
+    }
+    const long long *offsets = at->buf;
+    Py_ssize_t count = at->len / (Py_ssize_t)sizeof(long long);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (offsets[i] < 0 || offsets[i] > len - width) {
+            PyErr_Format(PyExc_ValueError, "%s: an offset beyond the buffer", name);
+            PyBuffer_Release(at);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* values(buffer, offsets, per) -> tuple: the ``per`` (1, or 2 with a timestamp) doubles at
  * each offset of the array('q') ``offsets``, in order: what the struct of FileReader._format
  * unpacks, without a format to build for a million entries on a cold scrape. */
@@ -2806,26 +2841,15 @@ values(PyObject *module, PyObject *args)
     Py_buffer view, at;
     if (PyObject_GetBuffer(source, &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    if (PyObject_GetBuffer(positions, &at, PyBUF_FORMAT) < 0) {
+    if (get_offsets(positions, &at, view.len, 8 * per, "values") < 0) {
         PyBuffer_Release(&view);
         return NULL;
     }
     PyObject *out = NULL;
-    double *got = NULL;
-    if (at.itemsize != sizeof(long long) || at.format == NULL || strcmp(at.format, "q") != 0) {
-        PyErr_SetString(PyExc_TypeError, "values: offsets must be an array('q')");
-        goto done;
-    }
     const long long *offsets = at.buf;
     Py_ssize_t count = at.len / (Py_ssize_t)sizeof(long long);
-    for (Py_ssize_t i = 0; i < count; i++) {
-        if (offsets[i] < 0 || offsets[i] > view.len - 8 * per) {  /* (no overflow) */
-            PyErr_SetString(PyExc_ValueError, "values: an offset beyond the buffer");
-            goto done;
-        }
-    }
     /* the doubles read under the guard (map_read) into C memory, the floats made after */
-    got = PyMem_Malloc((count * per + 1) * sizeof(double));
+    double *got = PyMem_Malloc((count * per + 1) * sizeof(double));
     if (got == NULL) {
         PyErr_NoMemory();
         goto done;
@@ -2846,6 +2870,109 @@ values(PyObject *module, PyObject *args)
     }
 done:
     PyMem_Free(got);
+    PyBuffer_Release(&at);
+    PyBuffer_Release(&view);
+    return out;
+}
+
+/* copy(buffer, start, stop) -> bytes: ``buffer[start:stop]`` (offsets not negative, cut to
+ * the buffer as a slice's are) copied under the guard, MapFault when the file was found
+ * shortened under the map. What the compiled path reads of a native histogram file's map
+ * besides its values: the new entries for the Python walk (storage/reader.py, whose payload
+ * a key sizes) and each series' buckets, to tell those in use (storage/native.py). A plain
+ * ``memcpy``: never for a value a writer may be storing meanwhile (``values`` loads each
+ * double whole), only for keys and lengths (written before the header counts them) and for
+ * zero against not zero. */
+static PyObject *
+copy_bytes(PyObject *module, PyObject *args)
+{
+    PyObject *source;
+    Py_ssize_t start, stop;
+    if (!PyArg_ParseTuple(args, "Onn:copy", &source, &start, &stop))
+        return NULL;
+    if (start < 0 || stop < 0) {
+        PyErr_SetString(PyExc_ValueError, "copy: a negative offset");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(source, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    stop = stop < view.len ? stop : view.len;
+    start = start < stop ? start : stop;
+    /* made before the read: nothing but the copy runs under the guard */
+    PyObject *out = PyBytes_FromStringAndSize(NULL, stop - start);
+    if (out != NULL) {
+        CopyJob job = {PyBytes_AS_STRING(out), (const char *)view.buf + start, stop - start};
+        if (map_read(&view, copy_job, &job) < 0)
+            Py_CLEAR(out);
+    }
+    PyBuffer_Release(&view);
+    return out;
+}
+
+typedef struct {
+    char *to;
+    const char *from;
+    const long long *offsets;
+    Py_ssize_t count, size;
+} StampedJob;
+
+/* Each ``size``-byte slot as [its stamp][the rest][its stamp read again]: the stamp (the
+ * slot's first double, one 8-byte load) is read before the rest and again after it. Its
+ * writer zeroes the stamp, writes the rest, then the new stamp, so a slot rewritten while
+ * copied shows two different stamps. The fences keep the three reads in that order (for
+ * the compiler everywhere, for the CPU where loads may pass loads: none on x86); a plain
+ * ``memcpy`` of the whole slot may load its bytes in any order. */
+static void
+stamped_job(void *job)
+{
+    StampedJob *stamped = job;
+    char *to = stamped->to;
+    Py_ssize_t rest = stamped->size - 8;
+    for (Py_ssize_t i = 0; i < stamped->count; i++) {
+        const char *slot = stamped->from + stamped->offsets[i];
+        memcpy(to, slot, 8);
+        atomic_thread_fence(memory_order_acquire);
+        memcpy(to + 8, slot + 8, rest);
+        atomic_thread_fence(memory_order_acquire);
+        memcpy(to + 8 + rest, slot, 8);
+        to += stamped->size + 8;
+    }
+}
+
+/* stamped(buffer, offsets, size) -> bytes: for each offset of the array('q') ``offsets``,
+ * the ``size`` bytes of the slot there followed by its first double read again (``size +
+ * 8`` bytes a slot, stamped_job), copied under the guard (MapFault: shortened): the
+ * exemplar slots of storage/exemplars.py, which take a slot only when both stamps agree. */
+static PyObject *
+stamped(PyObject *module, PyObject *args)
+{
+    PyObject *source, *positions;
+    Py_ssize_t size;
+    if (!PyArg_ParseTuple(args, "OOn:stamped", &source, &positions, &size))
+        return NULL;
+    if (size < 8 || size > 4096) {
+        PyErr_SetString(PyExc_ValueError, "stamped: size must be 8 to 4096");
+        return NULL;
+    }
+    Py_buffer view, at;
+    if (PyObject_GetBuffer(source, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (get_offsets(positions, &at, view.len, size, "stamped") < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    Py_ssize_t count = at.len / (Py_ssize_t)sizeof(long long);
+    PyObject *out = NULL;
+    if (count > PY_SSIZE_T_MAX / (size + 8))
+        PyErr_NoMemory();
+    else
+        out = PyBytes_FromStringAndSize(NULL, count * (size + 8));  /* made before the read */
+    if (out != NULL) {
+        StampedJob job = {PyBytes_AS_STRING(out), view.buf, at.buf, count, size};
+        if (map_read(&view, stamped_job, &job) < 0)
+            Py_CLEAR(out);
+    }
     PyBuffer_Release(&at);
     PyBuffer_Release(&view);
     return out;
@@ -3310,6 +3437,11 @@ static PyMethodDef speedups_functions[] = {
      "header(buffer) -> int: the int32 at the start of a mapped file (MapFault: shortened)."},
     {"values", values, METH_VARARGS,
      "values(buffer, offsets, per) -> tuple: the per doubles at each offset."},
+    {"copy", copy_bytes, METH_VARARGS,
+     "copy(buffer, start, stop) -> bytes: buffer[start:stop] (MapFault: shortened)."},
+    {"stamped", stamped, METH_VARARGS,
+     "stamped(buffer, offsets, size) -> bytes: each slot and its first double again "
+     "(MapFault: shortened)."},
     {"pick", pick, METH_VARARGS,
      "pick(column, ids, start) -> (list, missing): column[i] for each i of ids[start:] "
      "and how many are None (collector.pick)."},

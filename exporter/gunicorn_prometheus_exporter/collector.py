@@ -524,6 +524,7 @@ class DirectoryCollector(ReadStats):
         self._torn_reported: set = set()
         self._refused: set = set()  # names that hold no regular file
         self._refused_exemplars: set = set()
+        self._torn_exemplars: set = set()
         self._bounded = BoundedCall(self._read_once, self.deadline, f"reading {directory}")
 
     def read(self) -> List[Metric]:
@@ -644,23 +645,28 @@ class DirectoryCollector(ReadStats):
             seen.add(path)
             reader = self._exemplar_readers.get(path)
             if reader is None:
-                reader = self._exemplar_readers[path] = exemplar_files.ExemplarReader(path)
+                reader = self._exemplar_readers[path] = exemplar_files.ExemplarReader(
+                    path, self._compiled)
             try:
                 yield from reader.read(inode)
             except Unreadable:
                 if path not in self._refused_exemplars:  # once while it stays there
                     self._refused_exemplars.add(path)
                     self.read_errors += 1
+            if reader.torn and path not in self._torn_exemplars:  # once, as a value file
+                self._torn_exemplars.add(path)
+                self.read_errors += 1
         for gone in set(self._exemplar_readers) - seen:
             self._exemplar_readers.pop(gone).close()
         self._refused_exemplars &= seen
+        self._torn_exemplars &= seen
 
 
 def _reader(db: storage_dir.DbFile, compiled: Optional[ModuleType],
             table: KeyTable) -> Reader:
     """A native histogram file's reader gives virtual entries, one per bucket in use."""
     if db.mode == storage_dir.NATIVE_MODE:
-        return native.NativeReader(db.path)
+        return native.NativeReader(db.path, compiled)
     return FileReader(db.path, with_timestamps=_OPS.get(db.mode) == "recent",
                       native=compiled, table=table)
 

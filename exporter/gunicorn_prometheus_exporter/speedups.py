@@ -5,7 +5,9 @@ present (setup.py marks it optional: without one the install still succeeds). It
 the per-request steps that cost most in Python: ``Recorder.add``, the WSGI hooks and
 application wrapper (``workers.wsgi_hooks``, ``workers.body.metered``) and the whole ASGI
 wrapper (``workers.asgi_metrics.instrument``); and, in the metrics process, the walk over a
-file's key table on a cold scrape (``storage.reader.FileReader``). Each worker process (and
+file's key table on a cold scrape (``storage.reader.FileReader``) and every read of a mapped
+storage file, under a SIGBUS guard (a file truncated while mapped reads as torn; the
+exemplar and native histogram readers too). Each worker process (and
 the metrics process's directory source) calls ``load()`` once
 and hands the module (or None) to what it builds. The Python code it replaces stays the
 reference, and the fallback wherever the module is missing or switched off with

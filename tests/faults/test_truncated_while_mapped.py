@@ -17,9 +17,10 @@ import pytest
 
 from gunicorn_prometheus_exporter import speedups
 from gunicorn_prometheus_exporter.storage.reader import FileReader
+from support import protodecode
 from support.child import run_child
 from support.procs import Serve
-from support.scrape import Scrape, scrape
+from support.scrape import Scrape, exemplars, fetch_bytes, scrape
 
 TESTS = str(Path(__file__).resolve().parents[1])
 READ_ERRORS = "gunicorn_exporter_read_errors_total"
@@ -164,3 +165,254 @@ def test_a_worker_file_truncated_under_a_running_scrape(start_gunicorn, tmp_path
     finally:
         serve.stop()
     assert "was shortened while mapped" in g.output()
+
+
+# -- exemplar and native histogram files ------------------------------------------------
+
+#: worker w0 records routes /a0.. (and, with WHERE "walk", more after the first read), w1
+#: routes /b0../b2, each one traced request of 1 ms x (n + 1) through the real recorders
+#: (native histogram and exemplars on); the directory is read (PATH "c": compiled,
+#: "python"), w0's exemplar (KIND "exemplars") or native histogram file ("native") is cut
+#: to CUT bytes while the collector holds its map, and read twice more
+READ_CUT_EXTRAS = """
+import json, os, sys
+from gunicorn_prometheus_exporter import speedups
+from gunicorn_prometheus_exporter.collector import DirectoryCollector
+from gunicorn_prometheus_exporter.exemplars import ExemplarRecorder
+from gunicorn_prometheus_exporter.recorder import Recorder
+from gunicorn_prometheus_exporter.storage import exemplars, native
+from gunicorn_prometheus_exporter.storage.store import ProcessStore
+
+directory, kind, where, cut, path = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), \
+    sys.argv[5]
+BOUNDS = [0.1, 1.0]
+
+def record(identity, prefix, numbers):
+    store = ProcessStore(directory, identity)
+    recorder = Recorder(store, BOUNDS, [100.0], threaded=False,
+                        native_layout=native.Layout.for_range(3, 1e-6, 3600.0))
+    traces = ExemplarRecorder(directory, identity, recorder, BOUNDS)
+    for n in numbers:
+        series = recorder.series("GET", f"/{{prefix}}{{n}}", "200")
+        recorder.add(series, 0.001 * (n + 1), 10, 20)
+        traces.observe(series, 0.001 * (n + 1), (f"{{n + 1:032x}}", f"{{n + 1:016x}}"))
+    store.close()
+
+def served(collector):
+    out = {{"requests": {{}}, "exemplars": {{}}, "native": {{}}}}
+    for family in collector.read():
+        for s in family.samples:
+            if s.name == "gunicorn_http_requests_total":
+                out["requests"][s.labels["route"]] = s.value
+            if s.exemplar is not None:
+                out["exemplars"][f"{{s.name}} {{s.labels['route']}} {{s.labels.get('le', '')}}"] \\
+                    = [s.exemplar.labels["trace_id"], s.exemplar.value, s.exemplar.timestamp]
+        for labels, h in getattr(family, "native", {{}}).items():
+            out["native"][dict(labels)["route"]] = [h.schema, h.zero_count,
+                                                    sorted(h.buckets.items())]
+    return out, collector.read_errors
+
+record("w1", "b", range(3))
+record("w0", "a", range({entries} if where != "walk" else 10))
+collector = DirectoryCollector(directory, compiled=speedups.load({{}}) if path == "c" else None)
+before = served(collector)
+if where == "walk":  # entries appended after the first read: the walk meets the cut
+    record("w0", "a", range(10, {entries}))
+victim = (exemplars.path_of(directory, "w0") if kind == "exemplars"
+          else os.path.join(directory, "histogram_native_w0.nh"))
+os.truncate(victim, cut)
+after = served(collector)
+again = served(collector)
+print(json.dumps({{"before": before, "after": after, "again": again, "victim": victim}}))
+"""
+
+EXTRA_ENTRIES = 25  # exemplars: about 12 KB, native about 56 KB: within the files' first 64 KiB
+
+
+def _exemplar_name(sample: str, labels: dict) -> str:
+    """How the child names a served exemplar: its sample, route and bucket."""
+    return f"{sample} {labels['route']} {labels.get('le', '')}"
+
+
+def _exemplars_held(directory: Path) -> dict:
+    """What fresh readers find in the exemplar files as they are now, keyed as the child
+    prints them."""
+    from gunicorn_prometheus_exporter.storage import exemplars
+
+    held = {}
+    for path, _, _ in exemplars.files(str(directory)):
+        reader = exemplars.ExemplarReader(path)
+        for key, timestamp, value, trace_id, _ in reader.read():
+            _, sample, labels, _ = json.loads(key)
+            held[_exemplar_name(sample, labels)] = [trace_id, value, timestamp]
+        reader.close()
+    return held
+
+
+def _native_routes_held(directory: Path) -> set:
+    """The routes whose native entry a fresh reader finds in the native files now."""
+    from gunicorn_prometheus_exporter.storage.native import NativeReader
+
+    routes = set()
+    for path in directory.glob("*.nh"):
+        reader = NativeReader(str(path))
+        reader.read()
+        routes |= {json.loads(key)[2]["route"] for key in reader.keys}
+        reader.close()
+    return routes
+
+
+def _recorded(route: str) -> float:
+    """The one duration the child recorded for ``route`` (/a3: 4 ms)."""
+    return 0.001 * (int(route[2:]) + 1)
+
+
+def _exemplar_recorded(name: str, value: list) -> bool:
+    """An exemplar is the request the child recorded there: its trace, and the request
+    count (1) or its duration."""
+    sample, route, _ = name.split(" ")
+    n = int(route[2:])
+    expected = 1.0 if sample == "gunicorn_http_requests_total" else _recorded(route)
+    return value[:2] == [f"{n + 1:032x}", expected]
+
+
+@needs_native
+@pytest.mark.parametrize("where,cut", [("read", 4096), ("walk", 8192), ("header", 0)])
+@pytest.mark.parametrize("kind", ["exemplars", "native"])
+def test_an_exemplar_or_native_file_truncated_while_mapped_is_read_as_torn(
+        tmp_path, kind, where, cut):
+    """``read``: a cut under the slots or buckets read at every scrape; ``walk``: under
+    entries appended since the last read; ``header``: to nothing. The scrape goes on: the
+    counters are exact, the exemplars and native histograms the cut file still holds and
+    the other worker's are served exactly, the file counts once as a read error and one
+    warning names it. The old code died of SIGBUS here."""
+    from gunicorn_prometheus_exporter.storage.native import bucket_index
+
+    done = run_child(READ_CUT_EXTRAS.format(entries=EXTRA_ENTRIES), str(tmp_path), kind,
+                     where, str(cut), "c")
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    out = json.loads(done.stdout)
+    routes = [f"/b{n}" for n in range(3)] + [f"/a{n}" for n in range(EXTRA_ENTRIES)]
+    first = routes[:3 + (EXTRA_ENTRIES if where != "walk" else 10)]
+    natives = {r: [3, 0.0, [[bucket_index(_recorded(r), 3), 1.0]]] for r in routes}
+    (served, errors) = out["before"]
+    assert errors == 0 and served["requests"] == {r: 1.0 for r in first}
+    assert served["native"] == {r: natives[r] for r in first}
+    assert len(served["exemplars"]) == 2 * len(first)  # the counter's and the bucket's
+    assert all(_exemplar_recorded(k, v) for k, v in served["exemplars"].items())
+    held_exemplars, held_native = _exemplars_held(tmp_path), _native_routes_held(tmp_path)
+    held_routes = {k.split(" ")[1] for k in held_exemplars} if kind == "exemplars" \
+        else held_native
+    assert {f"/b{n}" for n in range(3)} <= held_routes < set(routes)  # the cut took some
+    assert (len(held_routes) > 3) == (cut > 0)  # w0's, kept before the cut
+    assert all(_exemplar_recorded(k, v) for k, v in held_exemplars.items())
+    expected = {"requests": {r: 1.0 for r in routes},
+                "exemplars": held_exemplars,
+                "native": {r: natives[r] for r in held_native}}
+    assert out["after"] == out["again"] == [expected, 1]
+    assert done.stderr.count("was shortened while mapped") == 1
+    assert out["victim"] in done.stderr
+
+
+@pytest.mark.parametrize("kind", ["exemplars", "native"])
+def test_the_python_reader_still_dies_of_an_exemplar_or_native_file_truncated_while_mapped(
+        tmp_path, kind):
+    """The documented limit (docs/reliability.md) holds for these files too."""
+    done = run_child(READ_CUT_EXTRAS.format(entries=EXTRA_ENTRIES), str(tmp_path), kind,
+                     "read", "4096", "python")
+    assert done.returncode == -signal.SIGBUS, (done.returncode, done.stderr)
+
+
+#: the guarded reads the exemplar and native histogram readers added, each over a map whose
+#: file was cut to 4 KiB: MapFault, then a read below the cut as before
+GUARDED_CALL = """
+import array, mmap, os, sys
+from gunicorn_prometheus_exporter import speedups
+native = speedups.load({})
+path = os.path.join(sys.argv[1], "f")
+with open(path, "wb") as f:
+    f.write(bytes(range(256)) * 64)
+with open(path, "rb") as f:
+    m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+os.truncate(path, 4096)
+past = {"copy": lambda: native.copy(m, 4000, 5000),
+        "stamped": lambda: native.stamped(m, array.array("q", [0, 8192]), 40)}
+try:
+    past[sys.argv[2]]()
+except native.MapFault as fault:
+    print(type(fault).__name__, isinstance(fault, OSError))
+print(native.copy(m, 4094, 4096).hex(), native.stamped(m, array.array("q", [8]), 16).hex())
+"""
+
+
+@needs_native
+@pytest.mark.parametrize("call", ["copy", "stamped"])
+def test_each_added_read_of_the_map_is_guarded(tmp_path, call):
+    done = run_child(GUARDED_CALL, str(tmp_path), call)
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    # bytes 8..24 of the file, then byte 8 to 16 again (the slot's stamp read after it)
+    assert done.stdout.split("\n")[:2] == ["MapFault True", "feff " + bytes(range(8, 24)).hex()
+                                           + bytes(range(8, 16)).hex()]
+
+
+PROTOBUF = ("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;"
+            "encoding=delimited")
+DURATION = "gunicorn_http_request_duration_seconds"
+
+
+def _natives_served(pb2, port: int) -> dict:
+    """``{route: (buckets, zero count)}`` of each duration histogram served as native."""
+    body = fetch_bytes(f"http://127.0.0.1:{port}/metrics", headers={"Accept": PROTOBUF})
+    family = {f.name: f for f in protodecode.decode(pb2, body)}[DURATION]
+    return {next(pair.value for pair in m.label if pair.name == "route"):
+            protodecode.native_buckets(m.histogram)
+            for m in family.metric if m.histogram.HasField("zero_threshold")}
+
+
+@needs_native
+def test_exemplar_and_native_files_truncated_under_a_running_scrape(start_gunicorn, tmp_path):
+    """A worker's exemplar and native histogram files shortened while the metrics process
+    (and the standalone exporter) hold them mapped: the same metrics process answers in
+    every format, the request counts are exact, the exemplars and native histograms the
+    cut files still hold are served as before the cut, the others are gone, and each file
+    counts once as a read error."""
+    g = start_gunicorn(app="apps.routed:app", workers=1, extra_args=["--chdir", TESTS],
+                       env={"PROMETHEUS_EXEMPLARS": "true",
+                            "PROMETHEUS_NATIVE_HISTOGRAMS": "true"}).wait_ready(workers=1)
+    routes = 40  # about 20 KB of exemplar slots, 92 KB of native buckets
+    for n in range(routes):
+        trace = f"00-{n + 1:032x}-{n + 1:016x}-01"
+        assert g.request(f"/x?template=/r/{n}", headers={"traceparent": trace})[0] == 200
+    g.scrape_until(lambda s: s.total(REQUESTS) == routes)
+    (tmp_path / "pb2").mkdir()
+    pb2 = protodecode.compiled(tmp_path / "pb2")
+    serve = Serve(tmp_path, Path(g.directory)).wait_listening()
+    try:
+        ports = (g.metrics_port, serve.port)
+        before = [(exemplars(port), _natives_served(pb2, port)) for port in ports]
+        assert before[0] == before[1]
+        assert len(before[0][0]) == 2 * routes and len(before[0][1]) == routes
+        monitor = g.monitor_pid()
+        (exemplar_file,) = Path(g.directory, "exemplars").glob("*.db")
+        (native_file,) = Path(g.directory).glob("*.nh")
+        for victim in (exemplar_file, native_file):
+            os.truncate(victim, 4096)
+        held = _exemplars_held(Path(g.directory))
+        assert 0 < len(held) < 2 * routes
+        kept = _native_routes_held(Path(g.directory))
+        assert 0 < len(kept) < routes
+        for port, (had_exemplars, had_natives) in zip(ports, before):
+            for _ in range(2):  # counted once, however often it is read
+                s: Scrape = scrape(port)  # 200, or it raises
+                assert s.value(READ_ERRORS) == 2
+                assert {dict(ls)["route"]: v for ls, v in s.series(REQUESTS).items()} \
+                    == {f"/r/{n}": 1.0 for n in range(routes)}
+                assert exemplars(port) == {(name, labels): had for (name, labels), had
+                                           in had_exemplars.items()
+                                           if _exemplar_name(name, dict(labels)) in held}
+                assert _natives_served(pb2, port) == {r: had_natives[r] for r in kept}
+        assert g.monitor_pid() == monitor and serve.proc.poll() is None
+    finally:
+        serve.stop()
+    assert g.output().count("was shortened while mapped") == 2
+

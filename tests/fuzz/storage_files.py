@@ -262,7 +262,8 @@ class Case:
         good.close()
         path = str(directory / name)
         timestamps = "_mostrecent_" in name
-        # a native histogram file is read in Python on both paths: its collectors compared
+        # a native histogram file is read by a NativeReader (C-guarded or Python), so only
+        # through its collectors
         self.readers = () if name.endswith(".nh") else (
             FileReader(path, timestamps, native=self.native), FileReader(path, timestamps))
         self.collectors = (DirectoryCollector(str(directory), compiled=self.native),

@@ -38,10 +38,15 @@ class Scrape:
         return {n for n, _ in self.samples}
 
 
-def fetch(url: str, timeout: float = 10.0, headers: Optional[dict] = None) -> str:
+def fetch_bytes(url: str, timeout: float = 10.0, headers: Optional[dict] = None) -> bytes:
+    """The body as sent (a protobuf exposition is no text)."""
     request = urllib.request.Request(url, headers=headers or {})
     with urllib.request.urlopen(request, timeout=timeout) as resp:
-        return resp.read().decode()
+        return resp.read()
+
+
+def fetch(url: str, timeout: float = 10.0, headers: Optional[dict] = None) -> str:
+    return fetch_bytes(url, timeout, headers).decode()
 
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"

@@ -14,15 +14,20 @@ timestamp it read before and after copying the slot is the same and not zero, so
 never pairs one request's trace with another's value."""
 from __future__ import annotations
 
+import array
+import mmap
 import os
 import struct
-from typing import Iterator, Optional, Tuple
+from types import ModuleType
+from typing import Iterable, Iterator, List, Optional, Tuple
 
 from .mmap_file import MmapFile
 from .reader import FileReader
 
 SLOT = struct.Struct("<dd24s")
 _STAMP = struct.Struct("<d")
+#: a slot as ``_speedups.stamped`` copies it: the slot, then its timestamp read again
+_STAMPED = struct.Struct("<dd24sd")
 FOLDER = "exemplars"
 #: a timestamp past this (the end of year 9999, where protobuf's Timestamp ends), or not a
 #: number, is no request's: a damaged or foreign slot, which would also stay the newest
@@ -60,31 +65,56 @@ class ExemplarFile:
         """Byte offset of the slot of the sample ``key`` (appended when new)."""
         return self._file.index(key) * 8
 
-    def put(self, offset: int, value: float, timestamp: float, ids: bytes) -> None:
-        """Replace the slot's exemplar (``ids``: the raw trace id and span id, 24 bytes)."""
+    def put(self, offset: int, value: float, timestamp: float, ids: bytes, now: float) -> None:
+        """Replace the slot's exemplar (``ids``: the raw trace id and span id, 24 bytes)
+        unless it holds a newer one, one of a request that ended later. One that ended
+        after ``now`` (the wall clock) dates from before the clock was set back: replaced,
+        or it would stay the newest until the clock caught up. The only writer of the file
+        is the caller, under its lock: the slot's timestamp read here is whole."""
         m = self._file.buffer  # the newest map: every slot lies within it
+        if timestamp < _STAMP.unpack_from(m, offset)[0] <= now:
+            return
         SLOT.pack_into(m, offset, 0.0, value, ids)
         _STAMP.pack_into(m, offset, timestamp)
 
 
 class ExemplarReader:
-    """The reading side: every complete slot of one file."""
+    """The reading side: every complete slot of one file. With the C speedups (``native``,
+    what ``speedups.load()`` gave) the map is read only in C under the SIGBUS guard (the
+    header, the key walk, the stamps and the slots), so a file truncated while mapped reads
+    as torn (``FileReader.read_with``) instead of killing the process."""
 
-    def __init__(self, path: str) -> None:
-        self._reader = FileReader(path, payload=SLOT.size)
+    def __init__(self, path: str, native: Optional[ModuleType] = None) -> None:
+        self._reader = FileReader(path, payload=SLOT.size, native=native)
+        self._stamped = native.stamped if native is not None else None
+
+    @property
+    def torn(self) -> bool:
+        """The file's entries stopped at a damaged one, or it was shortened while mapped."""
+        return self._reader.torn
 
     def read(self, inode: Optional[int] = None) -> Iterator[Exemplar]:
-        stamps = self._reader.read(inode)  # the first double of each slot: its timestamp
-        if stamps is None:
-            return
-        m = self._reader.map
-        for key, offset, stamp in zip(self._reader.keys, self._reader.offsets, stamps):
-            if stamp <= 0.0:
-                continue
-            timestamp, value, ids = SLOT.unpack_from(m, offset)
-            if _STAMP.unpack_from(m, offset)[0] != timestamp or not 0.0 < timestamp < _LAST:
+        yield from self._reader.read_with(self._complete, inode) or ()
+
+    def _complete(self, m: mmap.mmap) -> List[Exemplar]:
+        """The slots of ``m`` holding a request's exemplar, each read whole."""
+        reader = self._reader
+        taken = [(key, offset) for key, offset, stamp
+                 in zip(reader.keys, reader.offsets, reader.values_in(m)) if stamp > 0.0]
+        out = []
+        for (key, _), (timestamp, value, ids, again) in zip(taken, self._slots(m, taken)):
+            if again != timestamp or not 0.0 < timestamp < _LAST:
                 continue  # being rewritten (the next scrape has it), or no request's
-            yield key, timestamp, value, ids[:16].hex(), ids[16:].hex()
+            out.append((key, timestamp, value, ids[:16].hex(), ids[16:].hex()))
+        return out
+
+    def _slots(self, m: mmap.mmap, taken: List[Tuple[str, int]]) -> Iterable[tuple]:
+        """(timestamp, value, ids, timestamp read again after the rest) of each slot."""
+        if self._stamped is not None:
+            offsets = array.array("q", [offset for _, offset in taken])
+            return _STAMPED.iter_unpack(self._stamped(m, offsets, SLOT.size))
+        return [SLOT.unpack_from(m, offset) + _STAMP.unpack_from(m, offset)
+                for _, offset in taken]
 
     def close(self) -> None:
         self._reader.close()

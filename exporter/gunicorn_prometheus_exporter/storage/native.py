@@ -23,12 +23,15 @@ and instances, folded into totals), and only the bucket spans in use cost anythi
 scrape."""
 from __future__ import annotations
 
+import array
 import json
 import math
+import mmap
 from bisect import bisect_left
 from dataclasses import dataclass, field
 from functools import cached_property
 from operator import itemgetter
+from types import ModuleType
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .reader import FileReader
@@ -175,14 +178,19 @@ class NativeReader:
     bucket ever non-zero, and the zero bucket of every series) and ``read()`` their values,
     in the order they were found. Counts only grow in a file, so a bucket once found stays
     and ``keys`` only grows, as a classic file's keys do; a file replaced by another starts
-    afresh."""
+    afresh. With the C speedups (``native``, what ``speedups.load()`` gave) the map is read
+    only in C under the SIGBUS guard (the header, the entries walked, each series' buckets,
+    the values), so a file truncated while mapped reads as torn (``FileReader.read_with``)
+    instead of killing the process."""
 
     #: virtual keys have no number in a key table (``FileReader.key_ids``)
     key_ids = None
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, native: Optional[ModuleType] = None) -> None:
         self.path = path
-        self._file = FileReader(path, payload=entry_payload)
+        self._file = FileReader(path, payload=entry_payload, native=native)
+        self._copy = native.copy if native is not None else None
+        self._values = native.values if native is not None else None
         self._generation = -1
         self._reset()
 
@@ -191,7 +199,7 @@ class NativeReader:
         self._positions: List[int] = []  # value index of each virtual key
         self._spans: List[List[int]] = []  # per entry: first and last bucket slot found
         self._entries: List[list] = []  # per entry: its parsed key
-        self._get: Optional[itemgetter] = None
+        self._get: Optional[Callable[[mmap.mmap], tuple]] = None
 
     @property
     def torn(self) -> bool:
@@ -203,9 +211,9 @@ class NativeReader:
         return self._file.generation
 
     def read(self, inode: Optional[int] = None) -> Optional[tuple]:
-        m = self._file.refresh(inode)
-        if m is None:
-            return None
+        return self._file.read_with(self._read, inode)
+
+    def _read(self, m: mmap.mmap) -> tuple:
         f = self._file
         if f.generation != self._generation:
             self._generation = f.generation
@@ -217,7 +225,8 @@ class NativeReader:
             self._add(n, 0)  # the zero bucket: a series is native from its first scrape
         for n, span in enumerate(self._spans):
             start = f.offsets[n] + 8  # the first bucket (slot 1)
-            block = m[start:start + f.sizes[n] - 8]
+            stop = start + f.sizes[n] - 8
+            block = self._copy(m, start, stop) if self._copy is not None else m[start:stop]
             low = len(block) - len(block.lstrip(b"\0"))
             if low == len(block):
                 continue
@@ -232,15 +241,26 @@ class NativeReader:
                 self._add(n, slot)
             span[0], span[1] = min(span[0], first), max(span[1], last)
         if len(self.keys) != known or self._get is None:
-            self._get = itemgetter(*self._positions) if self._positions else None
-        if self._get is None:
-            return ()
-        view = memoryview(m)[:len(m) // 8 * 8].cast("d")
-        try:
-            got = self._get(view)
-        finally:
-            view.release()
-        return got if len(self._positions) != 1 else (got,)
+            self._get = self._getter() if self._positions else None
+        return () if self._get is None else self._get(m)
+
+    def _getter(self) -> Callable[[mmap.mmap], tuple]:
+        """What reads the values of ``keys`` from the map: in C under the guard (at their
+        byte offsets), or an ``itemgetter`` of the map's doubles."""
+        values = self._values
+        if values is not None:
+            offsets = array.array("q", [8 * position for position in self._positions])
+            return lambda m: values(m, offsets, 1)
+        get, single = itemgetter(*self._positions), len(self._positions) == 1
+
+        def python(m: mmap.mmap) -> tuple:
+            view = memoryview(m)[:len(m) // 8 * 8].cast("d")
+            try:
+                got = get(view)
+            finally:
+                view.release()
+            return (got,) if single else got
+        return python
 
     def _add(self, entry: int, slot: int) -> None:
         parts = self._entries[entry]

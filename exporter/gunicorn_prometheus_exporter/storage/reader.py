@@ -13,11 +13,12 @@ was replaced) starts a new ``generation``: its keys are parsed again from the st
 whoever numbered the old keys must number them again.
 
 A file shortened in place while mapped (a foreign ``truncate``) makes a read of a page past
-its new end raise SIGBUS. The C reads (``_speedups``: header, key walk, values) are guarded
-and raise ``MapFault`` instead: the file is then read again from its start as a new
-generation, torn (the entries its new size holds), and logged once. The Python path
-(``GUNICORN_PROMETHEUS_NO_SPEEDUPS=1``, and the exemplar and native histogram files) reads
-the map unguarded: there the process still dies (docs/reliability.md)."""
+its new end raise SIGBUS. The C reads (``_speedups``: header, key walk, values, and the
+copies of the map the exemplar and native histogram readers take through ``read_with``)
+are guarded and raise ``MapFault`` instead: the file is then read again from its start as a
+new generation, torn (the entries its new size holds), and logged once. The Python path
+(``GUNICORN_PROMETHEUS_NO_SPEEDUPS=1``) reads the map unguarded: there the process still
+dies (docs/reliability.md)."""
 from __future__ import annotations
 
 import array
@@ -29,7 +30,8 @@ import os
 import stat
 import struct
 from types import ModuleType
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union, overload
+from typing import (Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union,
+                    overload)
 
 from .mmap_file import Payload, padded_length, payload_of
 
@@ -39,6 +41,7 @@ _OPEN = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 
 
 
 _log = logging.getLogger("gunicorn_prometheus_exporter")
+_Taken = TypeVar("_Taken")
 
 #: generations of every reader of this process, never the same twice (``FileReader``)
 _generations = itertools.count(1)
@@ -126,7 +129,9 @@ class FileReader:
     number series by key without hashing text. The table is keyed by the key's bytes, never
     by a position, so a file created again can only ever be read through its own entries.
     With the C speedups (``native``, what ``speedups.load()`` gave, and its ``KeyTable``)
-    and a fixed payload, new entries are walked in one C call."""
+    and a fixed payload, new entries are walked in one C call. With them and a payload
+    sized by each key (native histogram files), the Python walk reads a guarded C copy of
+    the new entries instead of the map."""
 
     def __init__(self, path: str, with_timestamps: bool = False,
                  payload: Payload = 16, native: Optional[ModuleType] = None,
@@ -149,26 +154,31 @@ class FileReader:
         self._map: Optional[mmap.mmap] = None
         self._struct = struct.Struct("<")
         self.torn = False
+        fixed = isinstance(payload, int)
         if table is None:
-            table = native.KeyTable() if native is not None else KeyTable()
+            table = native.KeyTable() if native is not None and fixed else KeyTable()
         self._table = table
-        compiled = (native is not None and isinstance(payload, int)
-                    and isinstance(table, native.KeyTable))
-        #: the C walk, and the C read of the values at ``offsets`` (no struct format)
+        compiled = native is not None and fixed and isinstance(table, native.KeyTable)
+        #: the C walk (a fixed payload, the C key table)
         self._walk = native.key_table if compiled else None
-        self._values = native.values if compiled else None
-        #: the guarded read of the header, and what the guarded reads raise (``read``)
-        self._header = native.header if compiled else None
-        self._faults: Tuple[type, ...] = (native.MapFault,) if compiled else ()
+        #: the guarded reads: of the values at ``offsets`` (no struct format), the header
+        #: and the bytes the Python walk reads; and what they raise (``read_with``)
+        self._values = native.values if native is not None else None
+        self._header = native.header if native is not None else None
+        self._copy = native.copy if native is not None else None
+        self._faults: Tuple[type, ...] = (native.MapFault,) if native is not None else ()
         self._shortened_logged = False
         self._empty()
 
     def _empty(self) -> None:
         """No entries read: the C walk hands key numbers and offsets over as the bytes of
-        arrays; the Python walk appends to lists (an array's ``append`` parses its argument,
-        ten times the instructions of a list's)."""
+        arrays, and the C read of the values takes the offsets as an array (so the Python
+        walk of a file with a payload sized by each key, a native histogram file of a few
+        hundred entries, appends to arrays there); the Python path's walk appends to lists
+        (an array's ``append`` parses its argument, ten times the instructions of a
+        list's)."""
         self._keys, self._sizes, self._parsed_to = [], [], 8
-        if self._walk is not None:
+        if self._values is not None:
             self.key_ids, self.offsets = array.array("i"), array.array("q")
         else:
             self.key_ids, self.offsets = [], []
@@ -198,14 +208,20 @@ class FileReader:
         """All values (value, or value and timestamp, per key) or None if the file is gone.
         ``inode`` (from the directory listing) reveals a file deleted and created again:
         the map held since the last read keeps the old inode alive, so a new file under
-        the name always has another number. Raises ``Unreadable``.
+        the name always has another number. Raises ``Unreadable``."""
+        return self.read_with(self.values_in, inode)
 
-        A file found shortened under the map (``MapFault``) is read again at once from its
-        start, mapped at its new size; shortened again meanwhile, it is left to the next
-        read (None now)."""
+    def read_with(self, take: Callable[[mmap.mmap], _Taken],
+                  inode: Optional[int] = None) -> Optional[_Taken]:
+        """``take(map)`` of the file refreshed (``refresh``), or None if it is gone: how
+        the exemplar and native histogram readers read their own payloads. A file found
+        shortened under the map (``MapFault``, from the guarded reads here or in ``take``)
+        is read again at once from its start, mapped at its new size; shortened again
+        meanwhile, it is left to the next read (None now). Raises ``Unreadable``."""
         for _ in range(2):
             try:
-                return self._read(inode)
+                m = self.refresh(inode)
+                return None if m is None else take(m)
             except self._faults:
                 self._shortened()
         return None
@@ -221,10 +237,8 @@ class FileReader:
         self.close()
         self._ino = None  # the next map starts a new generation
 
-    def _read(self, inode: Optional[int]) -> Optional[tuple]:
-        m = self.refresh(inode)
-        if m is None:
-            return None
+    def values_in(self, m: mmap.mmap) -> tuple:
+        """The values at ``offsets`` in ``m`` (read in C under the guard when compiled)."""
         if self._values is not None:
             return self._values(m, self.offsets, 2 if self.with_timestamps else 1)
         return self._struct.unpack_from(m, 0)
@@ -259,14 +273,16 @@ class FileReader:
         table = self._table
         texts = table.texts
         limit = min(used, len(m))
+        # compiled: the new entries copied under the guard, walked in the copy (from base)
+        data, base = (self._copy(m, pos, limit), pos) if self._copy is not None else (m, 0)
         while pos + 4 <= used:
             # an entry the header counts but the file does not hold (a file shorter than
             # its header says) is torn, as every other entry that ends past the file
-            length = _USED.unpack_from(m, pos)[0] if pos + 4 <= limit else 0
+            length = _USED.unpack_from(data, pos - base)[0] if pos + 4 <= limit else 0
             if length <= 0 or pos + 4 + length > limit:
                 self.torn = True
                 break
-            number = table[m[pos + 4:pos + 4 + length]]
+            number = table[data[pos - base + 4:pos - base + 4 + length]]
             key = texts[number]
             try:
                 size = payload_of(self.payload, key)
@@ -282,7 +298,8 @@ class FileReader:
             self._sizes.append(size)
             pos = end
         self._parsed_to = pos
-        self._struct = struct.Struct(self._format())
+        if self._values is None:  # (the C read of the values needs no format)
+            self._struct = struct.Struct(self._format())
 
     def _parse_fixed(self, used: int) -> None:
         """``_parse`` in one C call (``key_table``) for a fixed payload, keys numbered in
