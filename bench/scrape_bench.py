@@ -195,7 +195,8 @@ def write_requests(directory: str, identity: str, routes: int, layout, requests:
             duration = rng.lognormvariate(-3.5, 1.0)
             rec.add(series, duration, 0, 512)
             if traces is not None:
-                traces.observe(series, duration, (f"{r + 1:016x}{n + 1:016x}", f"{n + 1:016x}"))
+                traces.observe(series, duration, (f"{r + 1:016x}{n + 1:016x}", f"{n + 1:016x}"),
+                               time.time())
     store.close()
 
 

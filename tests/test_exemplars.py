@@ -38,6 +38,23 @@ def test_traceparent_gives_the_trace_only_when_sampled(value, expected):
     assert from_traceparent(value) == expected
 
 
+def test_a_slot_keeps_the_request_that_ended_last_unless_the_clock_went_back(tmp_path):
+    """Threads and coroutines of a worker record in another order than their requests
+    ended: an older request leaves the slot alone. A slot newer than the wall clock dates
+    from before the clock was set back: replaced, else it stayed the newest until then."""
+    from gunicorn_prometheus_exporter.storage import exemplars as files
+
+    path = files.path_of(str(tmp_path), "w0")
+    f = files.ExemplarFile(path)
+    slot = f.slot("k")
+    reader = files.ExemplarReader(path)
+    for ended, now, kept in ((100.0, 200.0, 100.0), (90.0, 200.0, 100.0),
+                             (110.0, 200.0, 110.0), (50.0, 105.0, 50.0)):
+        f.put(slot, 1.0, ended, bytes([int(ended)]) * 24, now)
+        assert [(t, trace) for _, t, _, trace, _ in reader.read()] \
+            == [(kept, bytes([int(kept)]).hex() * 16)]
+
+
 def _bucket_labels(le: str, route: str = "/") -> frozenset:
     return frozenset({"method": "GET", "route": route, "le": le}.items())
 
@@ -94,6 +111,29 @@ def test_newest_exemplar_across_workers_on_its_bucket(start_gunicorn, worker_cla
     assert exemplars(g.metrics_port)[(BUCKET, _bucket_labels("2.5"))][0]["trace_id"] == TRACE_C
     # the text format is what it was: no exemplar
     assert "trace_id" not in fetch(f"http://127.0.0.1:{g.metrics_port}/metrics")
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+def test_the_request_that_ended_last_wins_in_whatever_order_recorded(start_gunicorn,
+                                                                      compiled):
+    """A request is recorded after it ended: an ASGI application that goes on after its
+    response (a background task) is recorded after a request sent once its answer had
+    arrived. Its exemplar carries the time its response ended, not the time it was
+    recorded, and does not replace the later request's. (Dated at recording, the held
+    request won as the newest; through Redis, the exemplar of a request answered before
+    another was sent won over that one's when its worker was slower to record it.)"""
+    env = {} if compiled else {"GUNICORN_PROMETHEUS_NO_SPEEDUPS": "1"}
+    g = start_gunicorn(app="apps.traced:held_asgi_app", worker_class=ASGI, workers=1,
+                       env=env, extra_args=TESTS).wait_ready(workers=1)
+    assert g.request("/?hold=1", headers={"traceparent": traceparent(TRACE_A)})[0] == 200
+    assert g.scrape().total(REQUESTS) == 0  # answered, not recorded: held until released
+    sent = time.time()
+    assert g.request("/?release=1", headers={"traceparent": traceparent(TRACE_B)})[0] == 200
+    answered = time.time()
+    g.scrape_until(lambda s: s.total(REQUESTS) == 2)
+    labels, value, stamp = exemplars(g.metrics_port)[(REQUESTS, _counter_labels())]
+    assert (labels, value) == ({"trace_id": TRACE_B, "span_id": "00f067aa0ba902b7"}, 1.0)
+    assert sent <= float(stamp) <= answered  # when its response ended
 
 
 def test_switched_off_or_another_header(start_gunicorn):

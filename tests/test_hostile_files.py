@@ -345,12 +345,13 @@ def test_an_exemplar_slot_whose_timestamp_is_no_requests_is_left_out(tmp_path):
     f.values[f.index(key)] = 1.0
     f.close()
     good = exemplars.ExemplarFile(exemplars.path_of(str(tmp_path), "w1"))
-    good.put(good.slot(key), 0.25, 1_700_000_000.5, b"\x02" * 24)
+    good.put(good.slot(key), 0.25, 1_700_000_000.5, b"\x02" * 24, 1_800_000_000.0)
     bad = exemplars.ExemplarFile(exemplars.path_of(str(tmp_path), "w0"))
     (tmp_path / "pb2").mkdir()
     pb2 = protodecode.compiled(tmp_path / "pb2")
+    # each replaces the one before, which is no request's of the past (``now``)
     for stamp in (math.inf, 1e300, math.nan, 1_700_000_000.5):
-        bad.put(bad.slot(key), 9.0, stamp, b"\x01" * 24)
+        bad.put(bad.slot(key), 9.0, stamp, b"\x01" * 24, 1_800_000_000.0)
         families = DirectoryCollector(str(tmp_path)).read()
         found = [s.exemplar for m in families for s in m.samples if s.name == "c_total"]
         if stamp == 1_700_000_000.5:  # a real one: as new as the good one; either is right

@@ -909,7 +909,8 @@ def _replace_churned(directory: Path, round_: int, processes: int, keys: int) ->
     Path(path).unlink(missing_ok=True)
     slots = exemplars.ExemplarFile(path)
     key = sample_key("app_churn", "app_churn_total", {"item": f"{round_}-0-0"}, "Churn.")
-    slots.put(slots.slot(key), 1.0, 1_700_000_000.0 + round_, bytes([round_]) * 24)
+    slots.put(slots.slot(key), 1.0, 1_700_000_000.0 + round_, bytes([round_]) * 24,
+              1_800_000_000.0)
     return want
 
 
@@ -971,7 +972,7 @@ def test_a_fresh_start_serves_exactly_what_the_tables_served(tmp_path, compiled)
     collector = DirectoryCollector(str(tmp_path), compiled=compiled)
     for round_ in range(1, 9):
         want = _replace_churned(tmp_path, round_, 4, 300)
-        stays.put(jobs, float(round_), 1_700_000_000.0 + round_, b"\x07" * 24)
+        stays.put(jobs, float(round_), 1_700_000_000.0 + round_, b"\x07" * 24, 1_800_000_000.0)
         for _ in range(2):
             served = _served(collector.read())
             assert served == _served(DirectoryCollector(str(tmp_path)).read())

@@ -383,7 +383,7 @@ typedef struct {
     PyObject *extras;       /* RequestExtras.wsgi */
     PyObject *extra_keys;   /* environ keys whose presence means the extras have work */
     PyObject *usual;        /* the usual SERVER_PROTOCOL: any other goes to the extras */
-    PyObject *finish;       /* WSGIRequestHooks.finish(environ, resp, duration) */
+    PyObject *finish;       /* WSGIRequestHooks.finish(environ, resp, duration, ended) */
     PyObject *failed;       /* WSGIRequestHooks.failed(exception) */
     PyObject *max_reached;  /* called when the worker reached max_requests */
 } WSGIHooks;
@@ -481,9 +481,11 @@ extras_wanted(WSGIHooks *self, PyObject *environ)
 }
 
 /* The common finished request, as WSGIRequestHooks._record and RequestLabeller.record
- * record it. 1: recorded; 0: not this kind, finish() takes it; -1: an error. */
+ * record it (``ended``: its end, perf_counter, for the extras). 1: recorded; 0: not this
+ * kind, finish() takes it; -1: an error. */
 static int
-record_known_wsgi(WSGIHooks *self, PyObject *environ, PyObject *resp, PyObject *duration)
+record_known_wsgi(WSGIHooks *self, PyObject *environ, PyObject *resp, PyObject *duration,
+                  double ended)
 {
     if (!PyDict_CheckExact(environ) || resp == Py_None || handling_exception())
         return 0;
@@ -540,8 +542,10 @@ record_known_wsgi(WSGIHooks *self, PyObject *environ, PyObject *resp, PyObject *
     int wanted = done == NULL ? -1 : extras_wanted(self, environ);
     Py_XDECREF(done);
     if (wanted == 1) {
-        PyObject *extra_args[] = {environ, series, duration};
-        done = PyObject_Vectorcall(self->extras, extra_args, 3, NULL);
+        PyObject *end = PyFloat_FromDouble(ended);  /* only a request with extras pays */
+        PyObject *extra_args[] = {environ, series, duration, end};
+        done = end == NULL ? NULL : PyObject_Vectorcall(self->extras, extra_args, 4, NULL);
+        Py_XDECREF(end);
         Py_XDECREF(done);
         wanted = done == NULL ? -1 : 0;
     }
@@ -616,10 +620,13 @@ WSGIHooks_post_request(WSGIHooks *self, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_NONE;
     }
     int truthy = PyObject_IsTrue(environ);
-    int known = truthy <= 0 ? truthy : record_known_wsgi(self, environ, resp, duration);
+    int known = truthy <= 0 ? truthy : record_known_wsgi(self, environ, resp, duration, ended);
     if (known == 0 && truthy == 1) {
-        PyObject *finish_args[] = {environ, resp, duration};
-        PyObject *done = PyObject_Vectorcall(self->finish, finish_args, 3, NULL);
+        PyObject *end = PyFloat_FromDouble(ended);
+        PyObject *finish_args[] = {environ, resp, duration, end};
+        PyObject *done = end == NULL ? NULL
+            : PyObject_Vectorcall(self->finish, finish_args, 4, NULL);
+        Py_XDECREF(end);
         Py_XDECREF(done);
         known = done == NULL ? -1 : 1;
     }
@@ -866,9 +873,9 @@ static PyTypeObject MeteredWSGIType = {
  * the request in flight, calls the application with a metered receive and send
  * (RequestMeter) and hands every step on to it; when the application returns or raises it
  * takes the request out of the in-flight gauge and calls ``record(scope, status,
- * duration, received, sent, error_type)`` (ASGIMetrics.record: the labels and the stores).
- * A request whose series is already known is recorded here (record_known); any other
- * goes through ``record``. Other scopes go to the application untouched. Needs
+ * duration, received, sent, error_type, ended)`` (ASGIMetrics.record: the labels and the
+ * stores). A request whose series is already known is recorded here (record_known); any
+ * other goes through ``record``. Other scopes go to the application untouched. Needs
  * PyIter_Send (Python 3.10). */
 
 static PyObject *s_type, *s_status, *s_body, *s_more_body, *s_path, *s_get, *s_http;
@@ -1606,20 +1613,22 @@ record_known(MeteredApp *owner, PyObject *scope, RequestMeter *meter, double dur
     return done == NULL ? -1 : 1;
 }
 
-/* ``record(scope, status, duration, received, sent, error_type)``: ASGIMetrics.record. */
+/* ``record(scope, status, duration, received, sent, error_type, ended)``: ASGIMetrics.record
+ * (``end``: the perf_counter when the request ended). */
 static int
-record_in_python(MeteredCall *self, double duration, PyObject *error_type)
+record_in_python(MeteredCall *self, double end, PyObject *error_type)
 {
     RequestMeter *meter = self->meter;
-    PyObject *numbers[] = {PyFloat_FromDouble(duration), PyLong_FromLongLong(meter->received),
-                           PyLong_FromLongLong(meter->sent)};
+    PyObject *numbers[] = {PyFloat_FromDouble(end - meter->started),
+                           PyLong_FromLongLong(meter->received),
+                           PyLong_FromLongLong(meter->sent), PyFloat_FromDouble(end)};
     PyObject *done = NULL;
-    if (numbers[0] != NULL && numbers[1] != NULL && numbers[2] != NULL) {
+    if (numbers[0] != NULL && numbers[1] != NULL && numbers[2] != NULL && numbers[3] != NULL) {
         PyObject *args[] = {self->scope, meter->status, numbers[0], numbers[1], numbers[2],
-                            error_type};
-        done = PyObject_Vectorcall(self->owner->record, args, 6, NULL);
+                            error_type, numbers[3]};
+        done = PyObject_Vectorcall(self->owner->record, args, 7, NULL);
     }
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 4; i++)
         Py_XDECREF(numbers[i]);
     Py_XDECREF(done);
     return done == NULL ? -1 : 0;
@@ -1673,7 +1682,7 @@ conclude(MeteredCall *self, PyObject *error)
                               : 0;
     if (known < 0)  /* record() tries again, and logs what fails */
         PyErr_Clear();
-    if (known != 1 && record_in_python(self, end - meter->started, error_type) < 0)
+    if (known != 1 && record_in_python(self, end, error_type) < 0)
         PyErr_WriteUnraisable((PyObject *)self);
     Py_XDECREF(name);
 }

@@ -33,8 +33,11 @@ class ExemplarRecorder:
         #: (series counter index, bucket) -> (counter slot, bucket slot)
         self._slots: Dict[Tuple[int, int], Tuple[int, int]] = {}
 
-    def observe(self, series: Series, duration: float, trace: Trace) -> None:
-        """The request of ``series`` that took ``duration`` belongs to ``trace``."""
+    def observe(self, series: Series, duration: float, trace: Trace, ended: float) -> None:
+        """The request of ``series`` that took ``duration`` and ended at Unix time ``ended``
+        belongs to ``trace``. Its slots keep the request that ended last: threads (gthread)
+        and coroutines (ASGI: a background task after the response) record in another
+        order than their requests ended."""
         bucket = bisect_left(self._bounds, duration)
         slots = self._slots.get((series.requests, bucket))
         if slots is None:
@@ -46,14 +49,14 @@ class ExemplarRecorder:
                 self._recorder.unstored(fault)
                 return
         ids = bytes.fromhex(trace[0] + trace[1])
-        now = time()
+        now = time()  # a slot newer than now dates from before the clock was set back
         file = self._file
         lock = self._recorder.lock
         if lock is not None:
             lock.acquire()
         try:
-            file.put(slots[0], 1.0, now, ids)  # type: ignore[union-attr]
-            file.put(slots[1], duration, now, ids)  # type: ignore[union-attr]
+            file.put(slots[0], 1.0, ended, ids, now)  # type: ignore[union-attr]
+            file.put(slots[1], duration, ended, ids, now)  # type: ignore[union-attr]
         finally:
             if lock is not None:
                 lock.release()

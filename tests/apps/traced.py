@@ -1,7 +1,7 @@
 """Tiny WSGI and ASGI applications for the queue-time and exemplar tests.
 
 ``app`` / ``asgi_app``: 200 with the worker's pid (``asgi_app`` also echoes WebSockets); ``/sleep?ms=N`` waits N ms first (a chosen
-duration bucket). ``otel_app`` / ``otel_asgi_app``: the same inside an OpenTelemetry span
+duration bucket). ``held_asgi_app``: a request recorded after a later one. ``otel_app`` / ``otel_asgi_app``: the same inside an OpenTelemetry span
 of the SDK (always sampled), answering with that span's trace id."""
 import asyncio
 import os
@@ -33,6 +33,32 @@ async def asgi_app(scope, receive, send):
                 "headers": [(b"content-type", b"text/plain"),
                             (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
+
+
+#: set by ``/?release=1`` of ``held_asgi_app`` (made in the worker's event loop)
+_RELEASED = None
+
+
+async def held_asgi_app(scope, receive, send):
+    """``/?hold=1`` answers, then returns only once ``/?release=1`` has answered and
+    returned (or after 10 s), as an application running a background task after its
+    response does: it is recorded after the request that released it."""
+    global _RELEASED
+    if scope["type"] != "http":
+        return
+    if _RELEASED is None:
+        _RELEASED = asyncio.Event()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+    query = scope.get("query_string", b"")
+    if query == b"hold=1":
+        try:
+            await asyncio.wait_for(_RELEASED.wait(), 10)
+        except asyncio.TimeoutError:
+            pass
+    elif query == b"release=1":
+        _RELEASED.set()  # no await after: this request is recorded before the held one
 
 
 async def _echo(scope, receive, send):

@@ -195,7 +195,8 @@ def record(identity, prefix, numbers):
     for n in numbers:
         series = recorder.series("GET", f"/{{prefix}}{{n}}", "200")
         recorder.add(series, 0.001 * (n + 1), 10, 20)
-        traces.observe(series, 0.001 * (n + 1), (f"{{n + 1:032x}}", f"{{n + 1:016x}}"))
+        traces.observe(series, 0.001 * (n + 1), (f"{{n + 1:032x}}", f"{{n + 1:016x}}"),
+                       1_700_000_000.0 + n)  # when it ended
     store.close()
 
 def served(collector):

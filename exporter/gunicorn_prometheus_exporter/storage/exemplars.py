@@ -65,9 +65,15 @@ class ExemplarFile:
         """Byte offset of the slot of the sample ``key`` (appended when new)."""
         return self._file.index(key) * 8
 
-    def put(self, offset: int, value: float, timestamp: float, ids: bytes) -> None:
-        """Replace the slot's exemplar (``ids``: the raw trace id and span id, 24 bytes)."""
+    def put(self, offset: int, value: float, timestamp: float, ids: bytes, now: float) -> None:
+        """Replace the slot's exemplar (``ids``: the raw trace id and span id, 24 bytes)
+        unless it holds a newer one, one of a request that ended later. One that ended
+        after ``now`` (the wall clock) dates from before the clock was set back: replaced,
+        or it would stay the newest until the clock caught up. The only writer of the file
+        is the caller, under its lock: the slot's timestamp read here is whole."""
         m = self._file.buffer  # the newest map: every slot lies within it
+        if timestamp < _STAMP.unpack_from(m, offset)[0] <= now:
+            return
         SLOT.pack_into(m, offset, 0.0, value, ids)
         _STAMP.pack_into(m, offset, timestamp)
 

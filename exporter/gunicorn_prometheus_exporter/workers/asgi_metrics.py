@@ -126,13 +126,14 @@ class ASGIMetrics:
             raise
         finally:
             gauges[in_flight] -= 1.0
-            self.record(scope, status, (ended or perf_counter()) - started, received, sent,
-                        error_type)
+            ended = ended or perf_counter()
+            self.record(scope, status, ended - started, received, sent, error_type, ended)
 
     def record(self, scope: dict, status: Any, duration: float, received: int, sent: int,
-               error_type: Optional[str]) -> None:
-        """One finished request, labelled from its scope; never raises (a failure to
-        record is logged once, and the request goes on)."""
+               error_type: Optional[str], ended: float) -> None:
+        """One finished request, labelled from its scope, that ended at ``ended``
+        (``perf_counter``); never raises (a failure to record is logged once, and the
+        request goes on)."""
         try:
             template = scope.get(ROUTE_ENVIRON_KEY)
             if not template and (_ROUTE in scope or _ROUTER in scope):  # Starlette routed it
@@ -149,7 +150,7 @@ class ASGIMetrics:
                 self._add(series, duration, received, sent)
             version = scope.get(_VERSION)
             if self._extras_on or version != _USUAL_VERSION and version is not None:
-                self._extras.asgi(scope, series, duration)
+                self._extras.asgi(scope, series, duration, ended)
         except Exception:
             if not self._failed_once:
                 self._failed_once = True

@@ -5,7 +5,7 @@ other than HTTP/1.1 (``protocols``). A request with none of them pays a few dict
 to Python)."""
 from __future__ import annotations
 
-from time import time
+from time import perf_counter, time
 from typing import Any, Callable, Optional
 
 from .. import families, protocols, tracing
@@ -55,24 +55,26 @@ class RequestExtras:
         if self.exemplars is not None:
             self.span = tracing.opentelemetry_span(self._opentelemetry)
 
-    def wsgi(self, environ: dict, series: Series, duration: float) -> None:
-        """The extras of a finished WSGI request recorded under ``series``."""
+    def wsgi(self, environ: dict, series: Series, duration: float, ended: float) -> None:
+        """The extras of a finished WSGI request recorded under ``series``, which ended at
+        ``ended`` (``perf_counter``)."""
         protocol = environ.get("SERVER_PROTOCOL")
         if protocol != protocols.USUAL and protocol is not None:
             self.count_protocol(protocol)
         if self.queue is not None:
             stamp = environ.get("HTTP_X_REQUEST_START") or environ.get("HTTP_X_QUEUE_START")
             if stamp is not None:
-                self.observe_queue(stamp, duration)
+                self.observe_queue(stamp, wall_clock(ended) - duration)
         if self.exemplars is not None:
             header = environ.get(self._trace_key)
             trace = tracing.from_traceparent(header) if header is not None else None
             if trace is not None or tracing.SPAN_KEY in environ:
-                self.exemplars.observe(series, duration, trace or environ[tracing.SPAN_KEY])
+                self.exemplars.observe(series, duration, trace or environ[tracing.SPAN_KEY],
+                                       wall_clock(ended))
 
-    def asgi(self, scope: dict, series: Series, duration: float) -> None:
-        """The extras of a finished ASGI request: its headers are scanned only when some
-        extra is on."""
+    def asgi(self, scope: dict, series: Series, duration: float, ended: float) -> None:
+        """The extras of a finished ASGI request, which ended at ``ended``
+        (``perf_counter``): its headers are scanned only when some extra is on."""
         key, usual = protocols.ASGI_USUAL
         version = scope.get(key)
         if version != usual and version is not None:
@@ -81,18 +83,29 @@ class RequestExtras:
         if self.wanted:
             for name, value in scope.get("headers") or ():
                 if name in QUEUE_HEADERS and self.queue is not None:
-                    self.observe_queue(value.decode("latin-1"), duration)
+                    self.observe_queue(value.decode("latin-1"), wall_clock(ended) - duration)
                 elif name == self._trace_name and self.exemplars is not None:
                     trace = tracing.from_traceparent(value.decode("latin-1"))
         trace = trace or scope.get(tracing.SPAN_KEY)
         if trace is not None and self.exemplars is not None:
-            self.exemplars.observe(series, duration, trace)
+            self.exemplars.observe(series, duration, trace, wall_clock(ended))
 
     def count_protocol(self, version: str) -> None:
         """A request not over HTTP/1.1 (``version``: SERVER_PROTOCOL or http_version)."""
         self.recorder.count(families.HTTP_PROTOCOL, (protocols.label(version),))
 
-    def observe_queue(self, stamp: str, duration: float) -> None:
-        """A stamped request that started ``duration`` ago: no clock is read per request
-        unless a proxy stamped it."""
-        self.queue.observe(stamp, time() - duration)  # type: ignore[union-attr]
+    def observe_queue(self, stamp: str, started: float) -> None:
+        """A stamped request that started at Unix time ``started``: no clock is read per
+        request unless a proxy stamped it."""
+        self.queue.observe(stamp, started)  # type: ignore[union-attr]
+
+
+def wall_clock(ended: float) -> float:
+    """The Unix time of the instant ``perf_counter()`` read ``ended``. A request is recorded
+    after it ended, later by its labelling, storing and, for a worker's first traced
+    request, creating the exemplar file, and by however long the worker waits for a CPU
+    meanwhile: the wall clock read at recording would date the request that much later
+    (an exemplar answered before another request was sent could pass for the newer one; a
+    queue time would grow by the delay). The wall clock is read before the performance
+    counter, so a pause between the two reads can only date the end earlier."""
+    return time() - (perf_counter() - ended)

@@ -95,17 +95,18 @@ class WSGIRequestHooks:
             else:
                 self._gauges[self._in_flight] -= 1.0
             if environ:  # else gunicorn refused the request itself: see gunicorn_error
-                self._record(environ, resp, ended - started)
+                self._record(environ, resp, ended - started, ended)
             if worker.nr >= worker.max_requests:
                 self.max_reached()
         except Exception as exc:  # recording must never break a request
             self.failed(exc)
 
-    def finish(self, environ: dict, resp: Any, duration: float) -> None:
+    def finish(self, environ: dict, resp: Any, duration: float, ended: float) -> None:
         """A finished request the compiled hooks leave to Python: any but a known series
-        with nothing more to record (``_speedups.WSGIHooks``)."""
+        with nothing more to record (``_speedups.WSGIHooks``); ``ended``: its end
+        (``perf_counter``)."""
         try:
-            self._record(environ, resp, duration)
+            self._record(environ, resp, duration, ended)
         except Exception as exc:  # recording must never break a request
             self.failed(exc)
 
@@ -118,7 +119,7 @@ class WSGIRequestHooks:
     def max_reached(self) -> None:
         self.intent.set(exits.MAX_REQUESTS)
 
-    def _record(self, environ: dict, resp: Any, duration: float) -> None:
+    def _record(self, environ: dict, resp: Any, duration: float, ended: float) -> None:
         try:
             code = resp.status_code  # absent until start_response ran
         except AttributeError:
@@ -165,7 +166,7 @@ class WSGIRequestHooks:
         protocol = environ.get("SERVER_PROTOCOL")
         if protocol != protocols.USUAL and protocol is not None \
                 or self._extra_keys and not environ.keys().isdisjoint(self._extra_keys):
-            self.extras(environ, series, duration)
+            self.extras(environ, series, duration, ended)
 
 
 def _escaped(exc: BaseException, resp: Any, code: Optional[int]
