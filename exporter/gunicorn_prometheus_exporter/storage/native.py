@@ -29,7 +29,7 @@ import math
 import mmap
 from bisect import bisect_left
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from operator import itemgetter
 from types import ModuleType
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -370,9 +370,12 @@ class NativeReader:
 Bucket = Tuple[int, Optional[int], float]
 
 
+@lru_cache(maxsize=4096)
 def parse_bucket(label: str) -> Optional[Bucket]:
     """The bucket a virtual entry's label names; None for a label that names none (parsed
-    once, when the collector first sees the entry)."""
+    once, when the collector first sees the entry; and remembered: the native series of a
+    cold scrape, one per route and bucket in use, name a few hundred buckets between
+    them)."""
     parts = label.split("/")
     try:
         if len(parts) == 3 and parts[1] == "z":
