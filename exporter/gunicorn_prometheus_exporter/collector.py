@@ -346,9 +346,9 @@ class Merger:
             return
         worker_id = shard.worker_id or ""
         own = self._worker_derived.setdefault(worker_id, {})
-        for template in dict.fromkeys(templates):  # each worker's series numbered once
-            if template is not None and template not in own:
-                self._derived_sid(worker_id, template)
+        new = set(templates).difference(own, (None,))  # each worker's series numbered once
+        for template in sorted(new):  # (in the order the templates were first seen)
+            self._derived_sid(worker_id, template)
         found = [(own[template], start + i) for i, template in enumerate(templates)
                  if template is not None]
         if len(derived) > mark:  # some of the keys' just numbered: in the order of keys
