@@ -860,7 +860,8 @@ def test_a_cold_scrape_serves_what_a_warm_one_does(tmp_path, compiled):
         assert _served(cold.read()) == _served(served)  # and its own repeat
         for collector in (warm, cold):  # a shared set of series is exactly each one's
             for shard, _ in collector._files.values():
-                assert shard.series == set(shard.targets) | {sid for sid, _ in shard.derived}
+                assert shard.series == set(shard.targets)
+                assert shard.derived_series == {sid for sid, _ in shard.derived}
     python = DirectoryCollector(str(tmp_path))
     assert _served(python.read()) == _served(served)
     for family in (catalogue.HTTP_REQUESTS, catalogue.WORKER_REQUESTS):  # derived per worker
@@ -1106,6 +1107,42 @@ def test_a_cold_scrape_of_native_and_derived_series_takes_the_compiled_path(tmp_
     built.clear(), parsed.clear(), numbered.clear()
     assert _served(compiled.read()) == python
     assert built == parsed == numbered == []
+
+
+@needs_native
+def test_a_cold_scrapes_per_key_lists_are_left_to_reference_counting(tmp_path, monkeypatch):
+    """The pin of what a cold scrape makes per key of each file, with the C speedups: a
+    shard's series numbers (``pick``) and its derived series with their value positions
+    (``_speedups.derived``, never the Python ``derived``) are lists the cyclic GC does not
+    track (they hold ints, and pairs of ints, that no cycle can go through), the same
+    pairs as the Python path's; and a worker's request files, which hold the same keys,
+    share one set of series, their derived series kept apart."""
+    import gc
+
+    from gunicorn_prometheus_exporter import collector as collection
+
+    def not_here(*args):
+        raise AssertionError("the Python path was taken")
+
+    _worker_files(tmp_path, 6)
+    python = DirectoryCollector(str(tmp_path))
+    served = _served(python.read())
+    monkeypatch.setattr(collection, "derived", not_here)
+    compiled = DirectoryCollector(str(tmp_path), compiled=native)
+    assert _served(compiled.read()) == served
+    requests = [(s, python._files[path][0]) for path, (s, _) in compiled._files.items()
+                if s.derived]
+    assert len(requests) == 6 * 2  # counters and histograms of the 6 workers
+    # but the first shard of each kind read, whose keys were numbered one by one
+    untracked = [s for s, _ in requests if not gc.is_tracked(s.derived)]
+    assert len(untracked) == len(requests) - 2
+    assert not any(gc.is_tracked(pair) for s in untracked for pair in s.derived)
+    assert not any(gc.is_tracked(s.targets) for s, _ in requests)
+    assert all(shard.derived == twin.derived for shard, twin in requests)
+    histograms = [s for s, _ in requests if s.typ == "histogram"]
+    assert len({id(s.series) for s in histograms}) == 1  # the same keys: one set
+    assert len({frozenset(s.derived_series) for s in histograms}) == 6  # each worker's
+    assert _served(compiled.read()) == served
 
 
 @pytest.mark.parametrize("compiled", [pytest.param(native, marks=needs_native), None],

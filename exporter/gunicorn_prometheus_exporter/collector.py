@@ -18,7 +18,7 @@ import platform
 import threading
 import time
 from itertools import compress, count, repeat
-from operator import is_, itemgetter
+from operator import is_, is_not, itemgetter
 from types import ModuleType
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -131,14 +131,18 @@ class Shard:
         self.live_only = typ == "gauge" and mode.startswith("live")
         self.targets: List[int] = []
         self.derived: List[Tuple[int, int]] = []  # (series, value position)
-        self.series: set = set()  # every series this shard feeds
+        self.series: set = set()  # every series of ``targets``
         self._series_shared = False  # ``series`` is also another shard's (``share``)
+        #: every series of ``derived`` (a few per worker: kept apart from ``series``, so
+        #: that the request files of many workers share that one)
+        self.derived_series: set = set()
         self.generation = 0  # of the keys ``targets`` number (FileReader.generation)
 
     def renumber(self, generation: int) -> None:
         """The file under this name is another file now: its keys are numbered anew."""
         self.targets, self.derived, self.series = [], [], set()
         self._series_shared = False
+        self.derived_series = set()
         self.generation = generation
 
     def extend(self, sids: List[int]) -> None:
@@ -150,7 +154,7 @@ class Shard:
             self.targets = sids
 
     def feed(self, sids: Iterable[int]) -> None:
-        """Add to the series this shard feeds (copying a set it shares first)."""
+        """Add to the series of ``targets`` (copying a set it shares first)."""
         if self._series_shared:
             self.series = set(self.series)
             self._series_shared = False
@@ -184,6 +188,17 @@ def pick(column: List[Optional[int]], ids: Sequence[int],
         column.extend([None] * (top - len(column)))
     found = list(map(column.__getitem__, new))
     return found, found.count(None)
+
+
+def derived(templates: List[Optional[int]], own: Dict[int, int],
+            start: int) -> List[Tuple[int, int]]:
+    """``(own[t], start + i)`` for each template number ``t`` of ``templates`` that is not
+    None, in order: a worker's derived series, each with the position of a value that
+    feeds it (``_speedups.derived`` is the same in one C call, its pairs and list left
+    untracked by the cyclic GC). No Python step per key."""
+    kept = list(map(is_not, templates, repeat(None)))
+    return list(zip(map(own.__getitem__, compress(templates, kept)),
+                    compress(count(start), kept)))
 
 
 def _nones(values: List[Optional[int]]) -> Iterator[int]:
@@ -246,6 +261,7 @@ class Merger:
         self._templates: List[Template] = []
         self._worker_derived: Dict[str, Dict[int, int]] = {}
         self._pick = compiled.pick if compiled is not None else pick
+        self._derived = compiled.derived if compiled is not None else derived
         #: the set of key numbers of a file as bytes (``_speedups.key_set``); None: the
         #: Python path, where each shard builds its own set of series
         self._key_set = compiled.key_set if compiled is not None else None
@@ -307,54 +323,56 @@ class Merger:
                 templates = list(map(columns[1].get, keys[start:]))
         if templates is not None and templates.count(None) == len(templates):
             templates = None
-        shared = None
-        derived = len(shard.derived)
         if missing or templates is not None:
-            self._number(shard, keys, ids, start, sids, missing, templates, columns)
-        elif start == 0 and ids is not None and self._key_set is not None:
-            # every key plain: the series are those of any other shard with the same keys
+            shard.derived_series.update(
+                self._number(shard, keys, ids, start, sids, missing, templates, columns))
+        shard.extend(sids)  # type: ignore[arg-type]
+        if (start == 0 and columns is not None and ids is not None
+                and self._key_set is not None
+                and (not missing or not self._pick(columns[0], ids, 0)[1])):
+            # every key plain (a numbered key is plain unless its series is the worker's):
+            # the series are those of any other shard of this kind with the same keys
             shared = (kind, self._key_set(ids))
             found = self._shared_series.get(shared)
-            if found is not None:
-                shard.extend(sids)
-                shard.share(found)
-                return
-        shard.extend(sids)  # type: ignore[arg-type]
-        shard.feed(sids)  # type: ignore[arg-type]
-        if len(shard.derived) > derived:
-            shard.feed([sid for sid, _ in shard.derived[derived:]])
-        if shared is not None:
-            self._shared_series[shared] = shard.series
-            shard.share(shard.series)
+            if found is None:
+                found = self._shared_series[shared] = set(sids)
+            shard.share(found)
+        else:
+            shard.feed(sids)  # type: ignore[arg-type]
 
     def _number(self, shard: Shard, keys: Sequence[str], ids: Optional[Sequence[int]],
                 start: int, sids: List[Optional[int]], missing: int,
                 templates: Optional[List[Optional[int]]],
-                columns: Optional[Tuple[Plain, Plain]]) -> None:
+                columns: Optional[Tuple[Plain, Plain]]) -> set:
         """Fill in ``sids`` (the series of the shard's keys from ``start``; None where the
         key is not numbered for this kind yet, ``missing`` of them) and add the shard's
         derived series in the order of its keys, as numbering each key on its own would
-        (the same additions, in the same order, at a merge). The keys found numbered cost
-        no Python step each: the others are found by ``_nones``, and the derived series of
-        the found ones taken by a comprehension."""
+        (the same additions, in the same order, at a merge); the derived series added. The
+        keys found numbered cost no Python step each: the others are found by ``_nones``,
+        and the derived series of the found ones taken by ``derived``."""
         derived = shard.derived
         mark = len(derived)
         for i in _nones(sids) if missing else ():
             slot = keys[start + i] if ids is None else ids[start + i]
             sids[i] = self._index_one(shard, keys[start + i], start + i, columns, slot)
+        added = {sid for sid, _ in derived[mark:]}  # of the keys numbered here
         if templates is None:
-            return
+            return added
         worker_id = shard.worker_id or ""
         own = self._worker_derived.setdefault(worker_id, {})
-        new = set(templates).difference(own, (None,))  # each worker's series numbered once
-        for template in sorted(new):  # (in the order the templates were first seen)
-            self._derived_sid(worker_id, template)
-        found = [(own[template], start + i) for i, template in enumerate(templates)
-                 if template is not None]
+        used = set(templates)
+        used.discard(None)
+        for template in sorted(used.difference(own)):  # each worker's series numbered once
+            self._derived_sid(worker_id, template)  # (in the order templates were first seen)
+        added.update(map(own.__getitem__, used))
+        found = self._derived(templates, own, start)
         if len(derived) > mark:  # some of the keys' just numbered: in the order of keys
             derived[mark:] = sorted(derived[mark:] + found, key=itemgetter(1))
-        else:
+        elif derived:
             derived.extend(found)
+        else:  # (taken as is: a list of the caller's own, as ``Shard.extend`` takes)
+            shard.derived = found
+        return added
 
     def _index_one(self, shard: Shard, key: str, position: int,
                    columns: Optional[Tuple[Plain, Plain]], slot: Union[str, int]) -> int:
@@ -440,7 +458,8 @@ class Merger:
         series number (``newest_exemplars``) go on their samples."""
         self._shared_series.clear()  # the shards indexed for this merge are numbered
         sums = [0.0] * len(self.registry.keys)
-        present = set().union(*(shard.series for shard, _ in batches))
+        shared = {id(shard.series): shard.series for shard, _ in batches}  # each set once
+        present = set().union(*shared.values(), *(shard.derived_series for shard, _ in batches))
         self.served = len(present)
         extremes: Dict[int, float] = {}
         recent: Dict[int, Tuple[float, float]] = {}

@@ -284,7 +284,8 @@ class NativeReader:
         #: each virtual key's number in the table (an array('i'), as ``pick`` reads it,
         #: when compiled)
         self.key_ids: Any = array.array("i") if self._values is not None else []
-        self._positions: List[int] = []  # value index of each virtual key
+        #: value index of each virtual key (an array: no entry for the cyclic GC to visit)
+        self._positions = array.array("q")
         self._spans: List[List[int]] = []  # per entry: first and last bucket slot found
         self._entries: List[_Entry] = []  # per entry: its parts and virtual keys
         self._get: Optional[Callable[[mmap.mmap], tuple]] = None
@@ -326,9 +327,10 @@ class NativeReader:
                 continue
             first = low // 8 + 1
             last = (len(block.rstrip(b"\0")) - 1) // 8 + 1
-            if span[0] == 0:
-                span[0] = span[1] = first
-                self._add(n, first, first)
+            if span[0] == 0:  # the entry's first buckets: its keys in one call
+                span[0], span[1] = first, last
+                self._add(n, first, last)
+                continue
             if first < span[0]:
                 self._add(n, first, span[0] - 1)
             if last > span[1]:
