@@ -8,6 +8,15 @@ run, callgrind counts a whole process that builds a collector and calls
 (I(3) - I(1)) / 2. ``PYTHONHASHSEED=0`` keeps dict and set layouts the same between runs;
 what still moves is the cyclic GC's passes over the start-up objects.
 
+What a read is charged with: its own work, and the cyclic GC's passes over what it made
+until that reaches the oldest generation (the process runs a pass of each generation
+before it ends, so the first read's tables are visited by a young, a middle and a full
+pass in every process, as they would be in a metrics process soon after that read; a
+repeat read's objects are freed by reference counting). Not the teardown of the tables at
+the process's exit, which no read pays (the process ends with ``os._exit``): until 3
+December 2026 the whole process was counted, exit included, which charged the first read
+with the deallocation of every table it built (about 90 M at 16 workers x 100 routes).
+
 Run: ``python bench/cold_instructions.py [--processes 64] [--label-sets 100] [--runs 3]``
 (about a minute per run and path at 64 x 100). Prints Markdown.
 """
@@ -25,12 +34,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from scrape_bench import write_process  # noqa: E402
 
 READS = """
-import sys
+import gc, os, sys
 from gunicorn_prometheus_exporter import speedups
 from gunicorn_prometheus_exporter.collector import DirectoryCollector
 collector = DirectoryCollector(sys.argv[1], deadline=600.0, compiled=speedups.load())
 for _ in range(int(sys.argv[2])):
     assert collector._read_once()
+for generation in range(3):
+    gc.collect(generation)
+os._exit(0)
 """
 
 

@@ -19,11 +19,17 @@ and without it (``GUNICORN_PROMETHEUS_NO_SPEEDUPS``'s path): CPU time of the scr
 process (``time.process_time``, which a loaded machine disturbs far less than wall-clock
 time), several runs, median and range.
 
+``--cold --request-files default``: the same of the request families as a server writes
+them (``write_request_dir``: 64 workers x 1,000 routes, 10 requests each; ``default`` is
+the default configuration, native histograms and a trace per request; ``native``: no
+traces; ``classic``: native off), C key walk only.
+
 ``--cold --warm-up``: the same with the metrics process's start-up read
 (``DirectoryCollector.warm_up``, run before Prometheus's first scrape arrives): CPU time of
 that read, and of the first scrape after it against a repeat scrape.
 
-Run: ``python bench/scrape_bench.py [--quick] [--native] [--cold [--warm-up]]``. Prints Markdown
+Run: ``python bench/scrape_bench.py [--quick] [--native] [--cold [--warm-up]
+[--request-files default|native|classic]]``. Prints Markdown
 (medians).
 """
 from __future__ import annotations
@@ -137,18 +143,25 @@ def churn(workers: int, label_sets: int, restarts: int, repeats: int) -> None:
               f"{base * 1000:.1f} ms fresh = {after / base:.2f}x; files after churn: {files}")
 
 
-def cold(processes: int, label_sets: int, runs: int, warm_up: bool = False) -> None:
+def cold(processes: int, label_sets: int, runs: int, warm_up: bool = False,
+         files: str = "") -> None:
     """First scrape against a repeat scrape, CPU time, C key walk and Python; with
-    ``warm_up``, after the start-up read (its CPU time in the first column)."""
+    ``warm_up``, after the start-up read (its CPU time in the first column). ``files``: the
+    request families as ``write_request_dir`` writes them (10 requests per route and
+    worker), instead of the bench family, and the C key walk only (the default
+    configuration's path; the Python path's first read takes tens of seconds there)."""
     start_up = "start-up read | " if warm_up else ""
-    print(f"| {processes} processes x {label_sets:,} label sets | {start_up}first scrape "
+    what = f"routes, request files ({files})" if files else "label sets"
+    print(f"| {processes} processes x {label_sets:,} {what} | {start_up}first scrape "
           f"| repeat scrape | first / repeat (median, range over {runs} runs) |")
     print("|---|---:|---:|---:|" + ("---:|" if warm_up else ""))
     with tempfile.TemporaryDirectory() as directory:
-        for n in range(processes):
+        if files:
+            write_request_dir(directory, processes, label_sets, files)
+        for n in range(0 if files else processes):
             write_process(directory, f"w{n}", label_sets, shuffle=n + 1)
         for name, compiled in (("C key walk", speedups.load()), ("Python", None)):
-            if name == "C key walk" and compiled is None:
+            if (name == "C key walk" and compiled is None) or (files and compiled is None):
                 continue
             firsts, repeats, ratios, warms = [], [], [], []
             for _ in range(runs):
@@ -200,6 +213,22 @@ def write_requests(directory: str, identity: str, routes: int, layout, requests:
     store.close()
 
 
+#: what the workers of ``write_request_dir`` write: the default configuration (native
+#: histograms on, every request traced), native histograms without traces, or classic files
+#: only (native off, no traces)
+REQUEST_FILES = ("default", "native", "classic")
+
+
+def write_request_dir(directory: str, workers: int, routes: int, files: str,
+                      requests: int = 10) -> None:
+    """``workers`` workers' files of the request families (``write_requests``), as
+    ``files`` (``REQUEST_FILES``) says."""
+    layout = None if files == "classic" else native.Layout.for_range(3, 1e-6, 3600.0)
+    for n in range(workers):
+        write_requests(directory, f"w{n}", routes, layout, requests,
+                       traced=files == "default")
+
+
 def native_compare(workers: int, routes: int, requests: int, repeats: int) -> None:
     from gunicorn_prometheus_exporter.server.http import Exposition
 
@@ -242,12 +271,14 @@ def main() -> None:
                         help="first scrape vs repeat scrape, 64 processes x 1,000 label sets")
     parser.add_argument("--warm-up", action="store_true",
                         help="with --cold: the first scrape after the start-up read")
+    parser.add_argument("--request-files", choices=REQUEST_FILES, default="",
+                        help="with --cold: the request families' files, as configured")
     parser.add_argument("--native", action="store_true",
                         help="native vs classic duration histograms, 64 workers x 200 routes")
     args = parser.parse_args()
     if args.cold:
         cold(8 if args.quick else 64, 100 if args.quick else 1000, 3 if args.quick else 5,
-             warm_up=args.warm_up)
+             warm_up=args.warm_up, files=args.request_files)
         return
     if args.native:
         native_compare(8 if args.quick else 64, 20 if args.quick else 200, 50, repeats=5)
