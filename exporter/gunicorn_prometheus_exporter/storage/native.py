@@ -240,6 +240,11 @@ class VirtualKeys:
             found = entries[number] = _Entry(json.loads(self.entry_table.texts[number]))
         return found
 
+    def zero(self, entry: _Entry) -> int:
+        """The key number of ``entry``'s zero bucket (``numbers`` of slot 0)."""
+        number = entry.numbers[0]
+        return self.numbers(entry, 0, 0)[0] if number is None else number  # type: ignore
+
     def numbers(self, entry: _Entry, first: int, last: int) -> List[Optional[int]]:
         """The key numbers of ``entry``'s slots ``first..last`` (0: the zero bucket)."""
         got = entry.numbers[first:last + 1]
@@ -313,11 +318,13 @@ class NativeReader:
             self._generation = f.generation
             self._reset()
         known = len(self.key_ids)
-        entry = self._virtual.entry
-        for n in range(len(self._entries), len(f.key_ids)):
-            self._entries.append(entry(f.key_ids[n]))
-            self._spans.append([0, 0])  # no bucket yet
-            self._add(n, 0, 0)  # the zero bucket: a series is native from its first scrape
+        new = range(len(self._entries), len(f.key_ids))
+        if new:  # the zero bucket of each new entry: a series is native from its first scrape
+            entries = list(map(self._virtual.entry, f.key_ids[new.start:]))
+            self._entries.extend(entries)
+            self._spans.extend([0, 0] for _ in new)  # no bucket yet
+            self.key_ids.extend(map(self._virtual.zero, entries))
+            self._positions.extend([f.offsets[n] // 8 for n in new])
         for n, span in enumerate(self._spans):
             start = f.offsets[n] + 8  # the first bucket (slot 1)
             stop = start + f.sizes[n] - 8
