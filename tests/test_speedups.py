@@ -1115,7 +1115,7 @@ def test_a_cold_scrapes_per_key_lists_are_left_to_reference_counting(tmp_path, m
     shard's series numbers (``pick``) and its derived series with their value positions
     (``_speedups.derived``, never the Python ``derived``) are lists the cyclic GC does not
     track (they hold ints, and pairs of ints, that no cycle can go through), the same
-    pairs as the Python path's; and a worker's request files, which hold the same keys,
+    pairs as the Python path's, their positions ints that every shard shares; and a worker's request files, which hold the same keys,
     share one set of series, their derived series kept apart."""
     import gc
 
@@ -1137,6 +1137,8 @@ def test_a_cold_scrapes_per_key_lists_are_left_to_reference_counting(tmp_path, m
     untracked = [s for s, _ in requests if not gc.is_tracked(s.derived)]
     assert len(untracked) == len(requests) - 2
     assert not any(gc.is_tracked(pair) for s in untracked for pair in s.derived)
+    numbers = {id(n) for n in compiled.merger._numbers}  # the positions: shared ints
+    assert all(id(position) in numbers for s in untracked for _, position in s.derived)
     assert not any(gc.is_tracked(s.targets) for s, _ in requests)
     assert all(shard.derived == twin.derived for shard, twin in requests)
     histograms = [s for s, _ in requests if s.typ == "histogram"]

@@ -17,7 +17,7 @@ import os
 import platform
 import threading
 import time
-from itertools import compress, count, repeat
+from itertools import compress, count, islice, repeat
 from operator import is_, is_not, itemgetter
 from types import ModuleType
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -190,15 +190,16 @@ def pick(column: List[Optional[int]], ids: Sequence[int],
     return found, found.count(None)
 
 
-def derived(templates: List[Optional[int]], own: Dict[int, int],
+def derived(templates: List[Optional[int]], own: Dict[int, int], numbers: List[int],
             start: int) -> List[Tuple[int, int]]:
-    """``(own[t], start + i)`` for each template number ``t`` of ``templates`` that is not
-    None, in order: a worker's derived series, each with the position of a value that
-    feeds it (``_speedups.derived`` is the same in one C call, its pairs and list left
-    untracked by the cyclic GC). No Python step per key."""
+    """``(own[t], numbers[start + i])`` for each template number ``t`` of ``templates``
+    that is not None, in order: a worker's derived series, each with the position of a
+    value that feeds it (``numbers``: ``list(range(n))``, whose ints every shard's pairs
+    share). ``_speedups.derived`` is the same in one C call, its pairs and list left
+    untracked by the cyclic GC. No Python step per key."""
     kept = list(map(is_not, templates, repeat(None)))
     return list(zip(map(own.__getitem__, compress(templates, kept)),
-                    compress(count(start), kept)))
+                    compress(islice(numbers, start, None), kept)))
 
 
 def _nones(values: List[Optional[int]]) -> Iterator[int]:
@@ -262,6 +263,8 @@ class Merger:
         self._worker_derived: Dict[str, Dict[int, int]] = {}
         self._pick = compiled.pick if compiled is not None else pick
         self._derived = compiled.derived if compiled is not None else derived
+        #: ``list(range(n))`` for the longest file yet: the value positions of derived pairs
+        self._numbers: List[int] = []
         #: the set of key numbers of a file as bytes (``_speedups.key_set``); None: the
         #: Python path, where each shard builds its own set of series
         self._key_set = compiled.key_set if compiled is not None else None
@@ -365,7 +368,10 @@ class Merger:
         for template in sorted(used.difference(own)):  # each worker's series numbered once
             self._derived_sid(worker_id, template)  # (in the order templates were first seen)
         added.update(map(own.__getitem__, used))
-        found = self._derived(templates, own, start)
+        numbers = self._numbers
+        if len(numbers) < start + len(templates):
+            numbers.extend(range(len(numbers), start + len(templates)))
+        found = self._derived(templates, own, numbers, start)
         if len(derived) > mark:  # some of the keys' just numbered: in the order of keys
             derived[mark:] = sorted(derived[mark:] + found, key=itemgetter(1))
         elif derived:
