@@ -289,8 +289,7 @@ class NativeReader:
         #: each virtual key's number in the table (an array('i'), as ``pick`` reads it,
         #: when compiled)
         self.key_ids: Any = array.array("i") if self._values is not None else []
-        #: value index of each virtual key (an array: no entry for the cyclic GC to visit)
-        self._positions = array.array("q")
+        self._positions: List[int] = []  # value index of each virtual key
         self._spans: List[List[int]] = []  # per entry: first and last bucket slot found
         self._entries: List[_Entry] = []  # per entry: its parts and virtual keys
         self._get: Optional[Callable[[mmap.mmap], tuple]] = None
