@@ -1,8 +1,9 @@
 """A storage file shortened in place (``truncate``) while the reader has it mapped.
 
 A read of a mapped page past the file's new end raises SIGBUS, which killed the metrics
-process (and the standalone exporter). The compiled reader guards its reads of the map:
-the file is read as torn (the entries its new size holds), counted once in
+process (and the standalone exporter). The compiled reader guards its reads of the map; the
+Python path reads each file with ``os.pread`` and never touches a mapped page: on both, the
+file is read as torn (the entries its new size holds), counted once in
 ``gunicorn_exporter_read_errors_total``, and every other file is served exactly. Reads run
 in a child process, so a SIGBUS fails the test instead of ending the run. A SIGBUS outside
 a guarded read still kills the process as before (the handler hands it on)."""
@@ -71,13 +72,18 @@ def _held_in(path: Path) -> dict:
     return {json.loads(k)[2]["route"]: v for k, v in zip(reader.keys, values)}
 
 
-@needs_native
+#: the compiled reader, and the Python path's
+PATHS = [pytest.param("c", marks=needs_native), "python"]
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("where,cut", [("values", 4096), ("walk", 8192), ("header", 0)])
-def test_a_file_truncated_while_mapped_is_read_as_torn_by_the_compiled_reader(
-        tmp_path, where, cut):
+def test_a_file_truncated_while_mapped_is_read_as_torn(tmp_path, where, cut, path):
     """``values``: the values read past the cut; ``walk``: the key walk over entries
-    appended since the last read; ``header``: the file cut to nothing."""
-    done = run_child(READ_TRUNCATED.format(entries=ENTRIES), str(tmp_path), where, str(cut), "c")
+    appended since the last read; ``header``: the file cut to nothing. The Python path
+    died of SIGBUS here before it read with ``os.pread``."""
+    done = run_child(READ_TRUNCATED.format(entries=ENTRIES), str(tmp_path), where, str(cut),
+                     path)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     others = {f"/b{n}": n + 1.0 for n in range(3)}
@@ -89,13 +95,6 @@ def test_a_file_truncated_while_mapped_is_read_as_torn_by_the_compiled_reader(
     assert out["after"] == out["again"] == [{**others, **held}, 1]
     assert done.stderr.count("was shortened while mapped") == 1
     assert "counter_w0.db" in done.stderr
-
-
-def test_the_python_reader_still_dies_of_a_file_truncated_while_mapped(tmp_path):
-    """The documented limit (docs/reliability.md): the Python path reads the map unguarded."""
-    done = run_child(READ_TRUNCATED.format(entries=ENTRIES), str(tmp_path), "values", "4096",
-                  "python")
-    assert done.returncode == -signal.SIGBUS, (done.returncode, done.stderr)
 
 
 @needs_native
@@ -133,18 +132,22 @@ def _routes_in(path: Path) -> set:
     return {labels["route"] for _, sample, labels, _ in parsed if sample == REQUESTS}
 
 
-@needs_native
-def test_a_worker_file_truncated_under_a_running_scrape(start_gunicorn, tmp_path):
+#: the environment of each path's processes
+PATH_ENV = {"c": {}, "python": {"GUNICORN_PROMETHEUS_NO_SPEEDUPS": "1"}}
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_worker_file_truncated_under_a_running_scrape(start_gunicorn, tmp_path, path):
     """A worker's counter file shortened while the metrics process (and the standalone
     exporter) hold it mapped: the same metrics process answers 200, what the other files
     hold is served exactly, the cut file counts once as a read error."""
-    g = start_gunicorn(app="apps.routed:app", workers=2,
-                       extra_args=["--chdir", TESTS]).wait_ready(workers=2)
+    g = start_gunicorn(app="apps.routed:app", workers=2, extra_args=["--chdir", TESTS],
+                       env=PATH_ENV[path]).wait_ready(workers=2)
     routes = 120  # about 10,000 bytes of counter entries per worker
     for n in range(routes):
         assert g.request(f"/x?template=/r/{n}")[0] == 200
     g.scrape_until(lambda s: s.total(REQUESTS) == routes)
-    serve = Serve(tmp_path, Path(g.directory)).wait_listening()
+    serve = Serve(tmp_path, Path(g.directory), **PATH_ENV[path]).wait_listening()
     try:
         assert scrape(serve.port).total(REQUESTS) == routes  # it maps the files too
         monitor = g.monitor_pid()
@@ -165,6 +168,7 @@ def test_a_worker_file_truncated_under_a_running_scrape(start_gunicorn, tmp_path
     finally:
         serve.stop()
     assert "was shortened while mapped" in g.output()
+    assert ("request path Python" in g.output()) == (path == "python")
 
 
 # -- exemplar and native histogram files ------------------------------------------------
@@ -277,20 +281,21 @@ def _exemplar_recorded(name: str, value: list) -> bool:
     return value[:2] == [f"{n + 1:032x}", expected]
 
 
-@needs_native
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("where,cut", [("read", 4096), ("walk", 8192), ("header", 0)])
 @pytest.mark.parametrize("kind", ["exemplars", "native"])
 def test_an_exemplar_or_native_file_truncated_while_mapped_is_read_as_torn(
-        tmp_path, kind, where, cut):
+        tmp_path, kind, where, cut, path):
     """``read``: a cut under the slots or buckets read at every scrape; ``walk``: under
     entries appended since the last read; ``header``: to nothing. The scrape goes on: the
     counters are exact, the exemplars and native histograms the cut file still holds and
     the other worker's are served exactly, the file counts once as a read error and one
-    warning names it. The old code died of SIGBUS here."""
+    warning names it. The old code died of SIGBUS here (the Python path until it read
+    with ``os.pread``)."""
     from gunicorn_prometheus_exporter.storage.native import bucket_index
 
     done = run_child(READ_CUT_EXTRAS.format(entries=EXTRA_ENTRIES), str(tmp_path), kind,
-                     where, str(cut), "c")
+                     where, str(cut), path)
     assert done.returncode == 0, (done.returncode, done.stderr)
     out = json.loads(done.stdout)
     routes = [f"/b{n}" for n in range(3)] + [f"/a{n}" for n in range(EXTRA_ENTRIES)]
@@ -313,15 +318,6 @@ def test_an_exemplar_or_native_file_truncated_while_mapped_is_read_as_torn(
     assert out["after"] == out["again"] == [expected, 1]
     assert done.stderr.count("was shortened while mapped") == 1
     assert out["victim"] in done.stderr
-
-
-@pytest.mark.parametrize("kind", ["exemplars", "native"])
-def test_the_python_reader_still_dies_of_an_exemplar_or_native_file_truncated_while_mapped(
-        tmp_path, kind):
-    """The documented limit (docs/reliability.md) holds for these files too."""
-    done = run_child(READ_CUT_EXTRAS.format(entries=EXTRA_ENTRIES), str(tmp_path), kind,
-                     "read", "4096", "python")
-    assert done.returncode == -signal.SIGBUS, (done.returncode, done.stderr)
 
 
 #: the guarded reads the exemplar and native histogram readers added, each over a map whose

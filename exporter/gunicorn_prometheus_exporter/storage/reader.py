@@ -187,6 +187,7 @@ class FileReader:
         (an array's ``append`` parses its argument, ten times the instructions of a
         list's)."""
         self._keys, self._sizes, self._parsed_to = [], [], 8
+        self._size_seen = 0  # the Python path's: the file's largest size, to tell it shrank
         if self._values is not None:
             self.key_ids, self.offsets = array.array("i"), array.array("q")
         else:
@@ -276,7 +277,7 @@ class FileReader:
         """The used bytes of the file as it is now (``os.pread``, not the map: a page past
         the end of a file cut short would kill the process with SIGBUS, which Python cannot
         catch), the entries appended since the last call parsed; None if the file is gone.
-        A file now shorter than the entries parsed so far raises ``Shortened``. Costs an
+        A file found shorter than before raises ``Shortened``. Costs an
         open, a stat and a copy of the used part per read, where a map is read in place."""
         try:
             fd = open_regular(self.path)
@@ -297,6 +298,9 @@ class FileReader:
                 self._struct = struct.Struct("<")
                 self.generation = next(_generations)
                 self._ino = identity
+            if st.st_size < self._size_seen:  # our writers never shrink a file
+                raise Shortened(self.path)
+            self._size_seen = st.st_size
             used = _USED.unpack_from(head)[0] if len(head) == 8 else 0
             # the entries read before too (a damaged header may count fewer), at most the
             # file (or 2 GiB)
@@ -304,7 +308,7 @@ class FileReader:
             data = os.pread(fd, want, 0) if want > 8 else head
         finally:
             os.close(fd)
-        if self._parsed_to > 8 and len(data) < self._parsed_to:
+        if self._parsed_to > 8 and len(data) < self._parsed_to:  # shrank since the stat
             raise Shortened(self.path)
         if len(data) < 8:
             return None
