@@ -22,6 +22,7 @@ from support import protodecode
 from support.child import run_child
 from support.procs import Serve
 from support.scrape import Scrape, exemplars, fetch_bytes, scrape
+from support.wait import until
 
 TESTS = str(Path(__file__).resolve().parents[1])
 READ_ERRORS = "gunicorn_exporter_read_errors_total"
@@ -413,3 +414,115 @@ def test_exemplar_and_native_files_truncated_under_a_running_scrape(start_gunico
         serve.stop()
     assert g.output().count("was shortened while mapped") == 2
 
+
+
+# -- a worker's own file cut short -------------------------------------------------------
+
+#: a worker's recorder (PATH "c": compiled, "python") stores 200 requests of 200 routes,
+#: its histogram file is cut to 4 KiB, then (CHECK "first": after the sampler's check, as
+#: it runs every interval) each route is stored again and a new route asked for
+STORE_PAST_THE_CUT = """
+import json, logging, os, sys
+directory, path, check = sys.argv[1], sys.argv[2], sys.argv[3]
+if path == "python":  # the whole process, as a worker's: its maps are not watched in C
+    os.environ["GUNICORN_PROMETHEUS_NO_SPEEDUPS"] = "1"
+from gunicorn_prometheus_exporter import families, speedups
+from gunicorn_prometheus_exporter.recorder import Recorder
+from gunicorn_prometheus_exporter.storage.store import ProcessStore
+
+native = speedups.load()
+logging.basicConfig(format="%(message)s")
+recorder = Recorder(ProcessStore(directory, "w0"), [0.1, 1.0], [100.0], threaded=False,
+                    native=native, log=logging.getLogger("gunicorn.error"))
+series = [recorder.series("GET", f"/r{n}", "200") for n in range(200)]
+for s in series:
+    recorder.add(s, 0.05, 10, 20)
+os.truncate(os.path.join(directory, "histogram_w0.db"), 4096)
+if check == "first":
+    recorder.check_storage()
+for s in series:  # the compiled path: a store past the cut goes to the sink at once
+    recorder.add(s, 0.05, 10, 20)
+recorder.in_flight(1.0)
+recorder.check_storage()
+recorder.check_storage()  # found once
+dropped = recorder.series("GET", "/new", "200") is recorder.dropped
+print(json.dumps({"sunk": native.sunk() if native else None, "dropped": dropped,
+                  "unstored": recorder.counter_value(families.UNSTORED)}))
+"""
+
+
+@pytest.mark.parametrize("path,check", [pytest.param("c", "after", marks=needs_native),
+                                        ("python", "first")])
+def test_a_store_past_the_end_of_a_cut_file_goes_to_a_sink(tmp_path, path, check):
+    """The worker lives on: on the compiled path a store past the cut goes to a sink at
+    once (``sunk``: the C handler took it; the pin of that path), on the Python path once
+    the sampler's check found the file. The check finds it once, logs one line, counts it
+    as unstored, and the cut file takes no new series (counted too). The entries the file
+    still holds keep recording (requests counted twice), and the counters are exact."""
+    done = run_child(STORE_PAST_THE_CUT, str(tmp_path), path, check)
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    out = json.loads(done.stdout)
+    assert out["dropped"] is True and out["unstored"] == 2.0
+    assert (out["sunk"] > 0) if path == "c" else out["sunk"] is None
+    assert done.stderr.count("was shortened by another process") == 1
+    assert "histogram_w0.db" in done.stderr
+    counters = FileReader(str(tmp_path / "counter_w0.db"))
+    values = counters.read()
+    counts = {json.loads(k)[2]["route"]: v for k, v in zip(counters.keys, values)
+              if json.loads(k)[1] == REQUESTS}
+    assert counts == {f"/r{n}": 2.0 for n in range(200)}
+    histograms = FileReader(str(tmp_path / "histogram_w0.db"))
+    held = histograms.read()
+    assert histograms.torn and 0 < len(held) < 200
+    assert {json.loads(k)[1]: v for k, v in zip(histograms.keys, held)}[
+        "gunicorn_http_request_duration_seconds_sum"] == pytest.approx(0.1)
+
+
+def test_the_python_path_dies_of_a_store_past_the_cut_before_its_check(tmp_path):
+    """The window left on the Python path (docs/reliability.md): a store past the cut
+    before the sampler's next check kills the worker with SIGBUS."""
+    done = run_child(STORE_PAST_THE_CUT, str(tmp_path), "python", "after")
+    assert done.returncode == -signal.SIGBUS, (done.returncode, done.stderr)
+
+
+ASGI = "gunicorn_prometheus_exporter.PrometheusASGIWorker"
+UNSTORED = "gunicorn_exporter_storage_unstored_total"
+
+
+@pytest.mark.parametrize("worker,app,path", [
+    pytest.param("sync", "apps.routed:app", "c", marks=needs_native),
+    pytest.param(ASGI, "apps.traced:asgi_app", "c", marks=needs_native),
+    ("sync", "apps.routed:app", "python")], ids=["sync-c", "asgi-c", "sync-python"])
+def test_a_worker_whose_own_file_is_cut_serves_on(start_gunicorn, worker, app, path):
+    """A running worker's histogram file cut to 4 KiB: every request after it answers 200
+    from the same worker (compiled: at once; the Python path: once the sampler's check,
+    every 0.2 s here, found the file), the cut is logged once and counted as unstored, as
+    is each request of a new route (the file takes no new series); the counter file holds
+    every request of the known routes, the cut file counts once as a read error."""
+    g = start_gunicorn(app=app, worker_class=worker, workers=1, extra_args=["--chdir", TESTS],
+                       env={**PATH_ENV[path], "PROMETHEUS_SAMPLE_INTERVAL": "0.2"}
+                       ).wait_ready(workers=1)
+    url = "/x?template=/r/{}" if worker == "sync" else "/r/{}"
+    names = [f"{chr(97 + n // 26)}{chr(97 + n % 26)}" for n in range(45)]  # no digits: a
+    routes = 40  # path of digits would be one route ("/r/{id}")
+    for n in range(routes):
+        assert g.request(url.format(names[n]))[0] == 200
+    g.scrape_until(lambda s: s.total(REQUESTS) == routes)
+    (pid,) = g.worker_pids()
+    (victim,) = Path(g.directory).glob("histogram_*.db")
+    os.truncate(victim, 4096)
+    logged = "was shortened by another process"
+    if path == "python":
+        until(lambda: logged in g.output(), message="the sampler's check")
+    for n in range(routes):
+        assert g.request(url.format(names[n]))[0] == 200
+    until(lambda: logged in g.output(), message="the sampler's check")
+    for n in range(routes, routes + 5):  # new routes: not stored, counted
+        assert g.request(url.format(names[n]))[0] == 200
+    s = g.scrape_until(lambda s: s.total(UNSTORED) == 1 + 5)
+    assert s.total(REQUESTS) == 2 * routes
+    assert s.value(READ_ERRORS) == 1
+    assert g.worker_pids() == [pid]
+    assert g.output().count(logged) == 1
+    assert victim.name in g.output()
+    assert ("request path Python" in g.output()) == (path == "python")
