@@ -20,7 +20,6 @@ the sink over their cut part itself (which is all the Python path has: a store t
 before it runs still kills the process), and such a file takes no new key (``StorageCut``)."""
 from __future__ import annotations
 
-import ctypes
 import errno
 import json
 import mmap
@@ -85,9 +84,14 @@ def _sink_over(m: mmap.mmap, end: int) -> None:
     ``end`` (the file's end: the page holding it stays the file's, and faults not) on, at
     the same addresses (so every view of it stays valid): stores there go nowhere, and
     raise no SIGBUS. Through ctypes (PyDLL: the GIL held, so no Python store runs
-    meanwhile); Linux only (elsewhere nothing is done)."""
+    meanwhile); Linux only, and a Python without ctypes does nothing (nor where the call
+    fails: then only the compiled sink, ``watch``, is left)."""
     start = -(-end // mmap.PAGESIZE) * mmap.PAGESIZE
     if not sys.platform.startswith("linux") or start >= len(m):
+        return
+    try:
+        import ctypes
+    except ImportError:
         return
     libc = ctypes.PyDLL(None, use_errno=True)
     remap = libc.mmap
@@ -273,7 +277,10 @@ class MmapFile:
         key."""
         if self.cut is not None or self._fd < 0 or not self._maps:
             return None
-        size = os.fstat(self._fd).st_size
+        try:
+            size = os.fstat(self._fd).st_size
+        except OSError:  # closed meanwhile by another thread
+            return None
         if size >= self._capacity:
             return None
         for m in self._maps:
