@@ -526,3 +526,28 @@ def test_a_worker_whose_own_file_is_cut_serves_on(start_gunicorn, worker, app, p
     assert g.output().count(logged) == 1
     assert victim.name in g.output()
     assert ("request path Python" in g.output()) == (path == "python")
+
+
+@needs_native
+def test_a_cut_file_is_never_grown_again(tmp_path):
+    """New keys appended past the cut (before the sampler's check) go to the sink; the
+    growth they lead to finds the cut instead of filling it with zeros (which would hide
+    it from the check): ``StorageCut``, and the file keeps the size it was cut to."""
+    done = run_child("""
+        import os, sys
+        from gunicorn_prometheus_exporter.storage.mmap_file import MmapFile, StorageCut
+        f = MmapFile(os.path.join(sys.argv[1], "counter_w0.db"))
+        os.truncate(f.path, 4096)
+        n = 0
+        try:
+            while True:
+                f.values[f.index(f"key {n:0100d}")] = 1.0
+                n += 1
+        except StorageCut as cut:
+            print(n, cut.strerror, os.stat(f.path).st_size, f.found_cut())
+    """, str(tmp_path))
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    appended, *rest = done.stdout.split(" ", 1)
+    # until the first map (64 KiB after the 8-byte header) held no more 128-byte entries
+    assert int(appended) == ((1 << 16) - 8) // (4 + 108 + 16)
+    assert rest == ["shortened by another process while mapped 4096 None\n"]

@@ -188,6 +188,8 @@ class MmapFile:
         now = time.monotonic()
         if now < self._retry_at:
             raise StorageFull(errno.ENOSPC, "storage could not grow recently", self.path)
+        if self.found_cut() is not None:  # allocating would fill the cut with zeros, and
+            raise self.cut  # hide it from the sampler's check (a stat per growth: rare)
         try:
             if self._fd < 0:
                 self._fd = open_writable(self.path)
