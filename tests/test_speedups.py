@@ -1001,10 +1001,10 @@ def test_a_cold_scrape_takes_the_compiled_path(tmp_path, monkeypatch):
     walked_in_python = []
     python_walk = FileReader._parse
 
-    def parse(self, used):
+    def parse(self, used, m):
         if self._walk is None:
             walked_in_python.append(self.path)
-        return python_walk(self, used)
+        return python_walk(self, used, m)
 
     added_in_python = []
     python_add = collection.SeriesRegistry.add

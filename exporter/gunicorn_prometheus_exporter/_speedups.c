@@ -17,6 +17,8 @@
 #include <setjmp.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 /* -- shared helpers -------------------------------------------------------------------- */
 
@@ -2190,6 +2192,46 @@ static struct sigaction previous_bus;
 static int bus_installed;
 static PyObject *MapFault;  /* the exception of a read cut short */
 
+/* A worker's stores (the request path's in C, and every Python store of the process) go
+ * into its own maps, and a store to a page past the end of a file cut short raises SIGBUS
+ * too. Guarding each store would cost every request a sigsetjmp; instead the maps a
+ * process writes are registered here (``watch``, by storage/mmap_file.py), and the handler
+ * finds the faulting address in one of them, maps private anonymous memory over the map
+ * from that page to its end (MAP_FIXED: the addresses stay valid) and returns: the store
+ * runs again into that memory, a sink nobody reads, and so does every later store there;
+ * stores below the cut still reach the file. Nothing per request: the handler runs only
+ * on a fault. The Python side (mmap_file.cut_files, from the sampler) then finds the file
+ * shorter than its map, logs it once and counts it. mmap in a handler: a system call that
+ * takes no lock of the interrupted thread's (the kernel released its own before it sent
+ * the signal). */
+#define WATCHED_MAX 4096
+static struct {
+    _Atomic(uintptr_t) low, high;  /* a writable map of a storage file; 0, 0: a free slot */
+} watched[WATCHED_MAX];
+static _Atomic(Py_ssize_t) watched_used;  /* slots ever taken: the handler looks below */
+static _Atomic(Py_ssize_t) stores_sunk;   /* maps a fault turned into a sink */
+static uintptr_t page_size;               /* read before the handler is installed */
+
+/* 1 when ``at`` lay in a watched map, which now has a sink from its page on. */
+static int
+sink_from(const char *at)
+{
+    uintptr_t address = (uintptr_t)at;
+    Py_ssize_t used = atomic_load(&watched_used);
+    for (Py_ssize_t i = 0; i < used; i++) {
+        uintptr_t low = atomic_load(&watched[i].low), high = atomic_load(&watched[i].high);
+        if (address < low || address >= high)
+            continue;
+        uintptr_t page = address & ~(page_size - 1);
+        if (mmap((void *)page, high - page, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED)
+            return 0;
+        atomic_fetch_add(&stores_sunk, 1);
+        return 1;
+    }
+    return 0;
+}
+
 static void
 on_bus(int signum, siginfo_t *info, void *context)
 {
@@ -2199,6 +2241,8 @@ on_bus(int signum, siginfo_t *info, void *context)
         map_guard = NULL;
         siglongjmp(guard->jump, 1);
     }
+    if (info->si_code > 0 && sink_from(at))
+        return;  /* the store runs again, into the sink */
     sigaction(SIGBUS, &previous_bus, NULL);
     bus_installed = 0;
     if (info->si_code <= 0)  /* sent (kill, raise): a return would not bring it again */
@@ -2211,6 +2255,7 @@ install_bus_handler(void)
 {
     if (bus_installed)
         return 0;
+    page_size = (uintptr_t)sysconf(_SC_PAGESIZE);
     struct sigaction action;
     memset(&action, 0, sizeof(action));
     action.sa_sigaction = on_bus;
@@ -2282,6 +2327,65 @@ header(PyObject *module, PyObject *source)
     }
     PyBuffer_Release(&view);
     return failed ? NULL : PyLong_FromLong(used);  /* little-endian, as struct's "<i" */
+}
+
+/* The address range of a writable buffer (a storage file's map); -1 with an error. */
+static int
+writable_range(PyObject *source, uintptr_t *low, uintptr_t *high)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(source, &view, PyBUF_WRITABLE) < 0)
+        return -1;
+    *low = (uintptr_t)view.buf;
+    *high = *low + (uintptr_t)view.len;
+    PyBuffer_Release(&view);
+    return 0;
+}
+
+/* watch(map) -> bool: stores past the end of the map's file, once cut short, go to a sink
+ * instead of killing the process (False: no slot left, left unwatched). */
+static PyObject *
+watch(PyObject *module, PyObject *source)
+{
+    uintptr_t low, high;
+    if (writable_range(source, &low, &high) < 0 || install_bus_handler() < 0)
+        return NULL;
+    Py_ssize_t used = atomic_load(&watched_used);
+    for (Py_ssize_t i = 0; i <= used && i < WATCHED_MAX; i++) {
+        if (i < used && atomic_load(&watched[i].high) != 0)
+            continue;
+        atomic_store(&watched[i].low, low);  /* the GIL is held: one writer */
+        atomic_store(&watched[i].high, high);
+        if (i == used)
+            atomic_store(&watched_used, used + 1);
+        Py_RETURN_TRUE;
+    }
+    Py_RETURN_FALSE;
+}
+
+/* unwatch(map): before the map is closed (its addresses may be mapped again for another
+ * use, which the handler must then leave alone). */
+static PyObject *
+unwatch(PyObject *module, PyObject *source)
+{
+    uintptr_t low, high;
+    if (writable_range(source, &low, &high) < 0)
+        return NULL;
+    Py_ssize_t used = atomic_load(&watched_used);
+    for (Py_ssize_t i = 0; i < used; i++) {
+        if (atomic_load(&watched[i].low) == low && atomic_load(&watched[i].high) == high) {
+            atomic_store(&watched[i].high, 0);
+            atomic_store(&watched[i].low, 0);
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+/* sunk() -> int: the faults of this process's stores that a watched map turned into a sink. */
+static PyObject *
+sunk(PyObject *module, PyObject *unused)
+{
+    return PyLong_FromSsize_t(atomic_load(&stores_sunk));
 }
 
 /* -- the scrape: a file's key table ------------------------------------------------------ */
@@ -3555,6 +3659,12 @@ static PyMethodDef speedups_functions[] = {
     {"stamped", stamped, METH_VARARGS,
      "stamped(buffer, offsets, size) -> bytes: each slot and its first double again "
      "(MapFault: shortened)."},
+    {"watch", watch, METH_O,
+     "watch(map) -> bool: a store past the end of the map's file, once cut short, goes to a "
+     "sink instead of raising SIGBUS."},
+    {"unwatch", unwatch, METH_O, "unwatch(map): before the map is closed."},
+    {"sunk", sunk, METH_NOARGS,
+     "sunk() -> int: stores that met a cut file and were turned into a sink."},
     {"pick", pick, METH_VARARGS,
      "pick(column, ids, start) -> (list, missing): column[i] for each i of ids[start:] "
      "and how many are None (collector.pick)."},

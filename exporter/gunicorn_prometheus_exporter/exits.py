@@ -17,7 +17,7 @@ import os
 import re
 from typing import Any, Dict, Optional, Set, Tuple
 
-from .storage.mmap_file import StorageFull, allocate, open_writable
+from .storage.mmap_file import StorageFull, allocate, open_writable, watch
 
 NONE, MAX_REQUESTS, TERMINATED, TIMEOUT = 0, 1, 2, 3
 _INTENT_NAMES = {MAX_REQUESTS: "max_requests", TIMEOUT: "timeout"}
@@ -44,6 +44,7 @@ class Intent:
         try:
             allocate(fd, 8, path)  # a page of real blocks before it is mapped
             self._map = mmap.mmap(fd, 8)
+            watch(self._map)  # a file cut short under it: set() stores into a sink
         except StorageFull:
             pass
         finally:

@@ -210,8 +210,10 @@ LAST_READ = _f("gunicorn_exporter_last_read_timestamp_seconds", "gauge",
                "Unix time of the last successful storage read.", origin="exporter")
 UNSTORED = _f("gunicorn_exporter_storage_unstored", "counter",
                "Records (requests, events) a process could not store because its storage "
-               "files could not grow (no space left, quota, read-only file system); the "
-               "requests themselves were served.", per_worker=True, origin="exporter")
+               "files could not grow (no space left, quota, read-only file system), and one "
+               "for each of its files found shortened by another process (whose later "
+               "records past the cut are lost); the requests themselves were served.",
+               per_worker=True, origin="exporter")
 
 # -- Redis storage (redis_storage/): the flusher of each instance, and the Redis reader -------
 REDIS_UP = _f("gunicorn_exporter_redis_up", "gauge",

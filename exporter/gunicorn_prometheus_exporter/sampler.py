@@ -59,6 +59,10 @@ class ResourceSampler:
                 return
 
     def sample(self) -> None:
+        """The resource values; first, the files of this process shortened by someone else
+        are found and given a sink (``Writer.check_storage``), before a store here meets
+        one."""
+        self._recorder.check_storage()
         now = time.time()
         times = self._process.cpu_times()
         cpu = times.user + times.system

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Set, Tuple
 
 from . import families
 from .families import Family
-from .storage.mmap_file import MmapFile, StorageFull, sample_key
+from .storage.mmap_file import MmapFile, StorageCut, StorageFull, cut_files, sample_key
 from .storage.store import ProcessStore
 
 
@@ -37,6 +37,7 @@ class Writer:
         self._full: Optional[StorageFull] = None  # the fault of the episode in progress
         self._unstored = 0.0  # dropped records not yet added to the stored counter
         self._unstored_lock = threading.Lock()
+        self._cut_logged: Set[str] = set()  # the files found cut, each logged once
         self.prepare(families.UNSTORED)
 
     def prepare(self, family: Family, values: Tuple[str, ...] = ()) -> None:
@@ -95,19 +96,25 @@ class Writer:
         file.values[position] = value
 
     # -- what the storage cannot take --------------------------------------------------------
+    def check_storage(self) -> None:
+        """Files of this process shortened by someone else (``cut_files``): each counted
+        once as unstored, and logged (off the request path: the sampler calls this)."""
+        for fault in cut_files():
+            self.unstored(fault)
+
     def unstored(self, fault: StorageFull, records: float = 1.0) -> None:
-        """``records`` (requests, events) dropped because the storage cannot grow."""
+        """``records`` (requests, events) dropped because the storage cannot grow, or was
+        shortened by someone else (``StorageCut``: logged once per file)."""
         first = False
         with self._unstored_lock:
-            if self._full is None:
+            if isinstance(fault, StorageCut):  # for good: no episode that ends
+                first = fault.filename not in self._cut_logged
+                self._cut_logged.add(fault.filename)
+            elif self._full is None:
                 self._full, first = fault, True
             self._unstored += records
         if first and self.log is not None:  # outside the lock: logging counts a message
-            self.log.error(
-                "prometheus: cannot store metrics in %s (%s: %s); requests are still "
-                "served, new series of this process (pid %s) are not recorded until space "
-                "returns, counted in %s_total", self.store.directory, fault.strerror,
-                os.path.basename(fault.filename or ""), os.getpid(), families.UNSTORED.name)
+            self._log_unstored(fault)
         try:
             position = self._position(families.UNSTORED, ())
         except StorageFull:
@@ -115,6 +122,23 @@ class Writer:
         with self._unstored_lock:
             amount, self._unstored = self._unstored, 0.0
         self._add_to(self._counters.values, position, amount)
+
+    def _log_unstored(self, fault: StorageFull) -> None:
+        """The one line of an episode of the storage not taking what is stored."""
+        name = os.path.basename(fault.filename or "")
+        if isinstance(fault, StorageCut):
+            self.log.error(
+                "prometheus: %s in %s was shortened by another process while this process "
+                "(pid %s) had it mapped; requests are still served, its values past the cut "
+                "are gone and no longer recorded, and it takes no new series (counted in "
+                "%s_total); a new process of this slot reads what it still holds",
+                name, self.store.directory, os.getpid(), families.UNSTORED.name)
+            return
+        self.log.error(
+            "prometheus: cannot store metrics in %s (%s: %s); requests are still "
+            "served, new series of this process (pid %s) are not recorded until space "
+            "returns, counted in %s_total", self.store.directory, fault.strerror, name,
+            os.getpid(), families.UNSTORED.name)
 
     def stored_again(self, path: Optional[str] = None) -> None:
         """A new entry was stored after a fault (in the file ``path``, None: a whole new

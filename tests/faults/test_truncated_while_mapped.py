@@ -1,8 +1,9 @@
 """A storage file shortened in place (``truncate``) while the reader has it mapped.
 
 A read of a mapped page past the file's new end raises SIGBUS, which killed the metrics
-process (and the standalone exporter). The compiled reader guards its reads of the map:
-the file is read as torn (the entries its new size holds), counted once in
+process (and the standalone exporter). The compiled reader guards its reads of the map; the
+Python path reads each file with ``os.pread`` and never touches a mapped page: on both, the
+file is read as torn (the entries its new size holds), counted once in
 ``gunicorn_exporter_read_errors_total``, and every other file is served exactly. Reads run
 in a child process, so a SIGBUS fails the test instead of ending the run. A SIGBUS outside
 a guarded read still kills the process as before (the handler hands it on)."""
@@ -21,6 +22,7 @@ from support import protodecode
 from support.child import run_child
 from support.procs import Serve
 from support.scrape import Scrape, exemplars, fetch_bytes, scrape
+from support.wait import until
 
 TESTS = str(Path(__file__).resolve().parents[1])
 READ_ERRORS = "gunicorn_exporter_read_errors_total"
@@ -71,13 +73,18 @@ def _held_in(path: Path) -> dict:
     return {json.loads(k)[2]["route"]: v for k, v in zip(reader.keys, values)}
 
 
-@needs_native
+#: the compiled reader, and the Python path's
+PATHS = [pytest.param("c", marks=needs_native), "python"]
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("where,cut", [("values", 4096), ("walk", 8192), ("header", 0)])
-def test_a_file_truncated_while_mapped_is_read_as_torn_by_the_compiled_reader(
-        tmp_path, where, cut):
+def test_a_file_truncated_while_mapped_is_read_as_torn(tmp_path, where, cut, path):
     """``values``: the values read past the cut; ``walk``: the key walk over entries
-    appended since the last read; ``header``: the file cut to nothing."""
-    done = run_child(READ_TRUNCATED.format(entries=ENTRIES), str(tmp_path), where, str(cut), "c")
+    appended since the last read; ``header``: the file cut to nothing. The Python path
+    died of SIGBUS here before it read with ``os.pread``."""
+    done = run_child(READ_TRUNCATED.format(entries=ENTRIES), str(tmp_path), where, str(cut),
+                     path)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     others = {f"/b{n}": n + 1.0 for n in range(3)}
@@ -89,13 +96,6 @@ def test_a_file_truncated_while_mapped_is_read_as_torn_by_the_compiled_reader(
     assert out["after"] == out["again"] == [{**others, **held}, 1]
     assert done.stderr.count("was shortened while mapped") == 1
     assert "counter_w0.db" in done.stderr
-
-
-def test_the_python_reader_still_dies_of_a_file_truncated_while_mapped(tmp_path):
-    """The documented limit (docs/reliability.md): the Python path reads the map unguarded."""
-    done = run_child(READ_TRUNCATED.format(entries=ENTRIES), str(tmp_path), "values", "4096",
-                  "python")
-    assert done.returncode == -signal.SIGBUS, (done.returncode, done.stderr)
 
 
 @needs_native
@@ -133,18 +133,22 @@ def _routes_in(path: Path) -> set:
     return {labels["route"] for _, sample, labels, _ in parsed if sample == REQUESTS}
 
 
-@needs_native
-def test_a_worker_file_truncated_under_a_running_scrape(start_gunicorn, tmp_path):
+#: the environment of each path's processes
+PATH_ENV = {"c": {}, "python": {"GUNICORN_PROMETHEUS_NO_SPEEDUPS": "1"}}
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_worker_file_truncated_under_a_running_scrape(start_gunicorn, tmp_path, path):
     """A worker's counter file shortened while the metrics process (and the standalone
     exporter) hold it mapped: the same metrics process answers 200, what the other files
     hold is served exactly, the cut file counts once as a read error."""
-    g = start_gunicorn(app="apps.routed:app", workers=2,
-                       extra_args=["--chdir", TESTS]).wait_ready(workers=2)
+    g = start_gunicorn(app="apps.routed:app", workers=2, extra_args=["--chdir", TESTS],
+                       env=PATH_ENV[path]).wait_ready(workers=2)
     routes = 120  # about 10,000 bytes of counter entries per worker
     for n in range(routes):
         assert g.request(f"/x?template=/r/{n}")[0] == 200
     g.scrape_until(lambda s: s.total(REQUESTS) == routes)
-    serve = Serve(tmp_path, Path(g.directory)).wait_listening()
+    serve = Serve(tmp_path, Path(g.directory), **PATH_ENV[path]).wait_listening()
     try:
         assert scrape(serve.port).total(REQUESTS) == routes  # it maps the files too
         monitor = g.monitor_pid()
@@ -165,6 +169,7 @@ def test_a_worker_file_truncated_under_a_running_scrape(start_gunicorn, tmp_path
     finally:
         serve.stop()
     assert "was shortened while mapped" in g.output()
+    assert ("request path Python" in g.output()) == (path == "python")
 
 
 # -- exemplar and native histogram files ------------------------------------------------
@@ -277,20 +282,21 @@ def _exemplar_recorded(name: str, value: list) -> bool:
     return value[:2] == [f"{n + 1:032x}", expected]
 
 
-@needs_native
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("where,cut", [("read", 4096), ("walk", 8192), ("header", 0)])
 @pytest.mark.parametrize("kind", ["exemplars", "native"])
 def test_an_exemplar_or_native_file_truncated_while_mapped_is_read_as_torn(
-        tmp_path, kind, where, cut):
+        tmp_path, kind, where, cut, path):
     """``read``: a cut under the slots or buckets read at every scrape; ``walk``: under
     entries appended since the last read; ``header``: to nothing. The scrape goes on: the
     counters are exact, the exemplars and native histograms the cut file still holds and
     the other worker's are served exactly, the file counts once as a read error and one
-    warning names it. The old code died of SIGBUS here."""
+    warning names it. The old code died of SIGBUS here (the Python path until it read
+    with ``os.pread``)."""
     from gunicorn_prometheus_exporter.storage.native import bucket_index
 
     done = run_child(READ_CUT_EXTRAS.format(entries=EXTRA_ENTRIES), str(tmp_path), kind,
-                     where, str(cut), "c")
+                     where, str(cut), path)
     assert done.returncode == 0, (done.returncode, done.stderr)
     out = json.loads(done.stdout)
     routes = [f"/b{n}" for n in range(3)] + [f"/a{n}" for n in range(EXTRA_ENTRIES)]
@@ -313,15 +319,6 @@ def test_an_exemplar_or_native_file_truncated_while_mapped_is_read_as_torn(
     assert out["after"] == out["again"] == [expected, 1]
     assert done.stderr.count("was shortened while mapped") == 1
     assert out["victim"] in done.stderr
-
-
-@pytest.mark.parametrize("kind", ["exemplars", "native"])
-def test_the_python_reader_still_dies_of_an_exemplar_or_native_file_truncated_while_mapped(
-        tmp_path, kind):
-    """The documented limit (docs/reliability.md) holds for these files too."""
-    done = run_child(READ_CUT_EXTRAS.format(entries=EXTRA_ENTRIES), str(tmp_path), kind,
-                     "read", "4096", "python")
-    assert done.returncode == -signal.SIGBUS, (done.returncode, done.stderr)
 
 
 #: the guarded reads the exemplar and native histogram readers added, each over a map whose
@@ -417,3 +414,140 @@ def test_exemplar_and_native_files_truncated_under_a_running_scrape(start_gunico
         serve.stop()
     assert g.output().count("was shortened while mapped") == 2
 
+
+
+# -- a worker's own file cut short -------------------------------------------------------
+
+#: a worker's recorder (PATH "c": compiled, "python") stores 200 requests of 200 routes,
+#: its histogram file is cut to 4 KiB, then (CHECK "first": after the sampler's check, as
+#: it runs every interval) each route is stored again and a new route asked for
+STORE_PAST_THE_CUT = """
+import json, logging, os, sys
+directory, path, check = sys.argv[1], sys.argv[2], sys.argv[3]
+if path == "python":  # the whole process, as a worker's: its maps are not watched in C
+    os.environ["GUNICORN_PROMETHEUS_NO_SPEEDUPS"] = "1"
+from gunicorn_prometheus_exporter import families, speedups
+from gunicorn_prometheus_exporter.recorder import Recorder
+from gunicorn_prometheus_exporter.storage.store import ProcessStore
+
+native = speedups.load()
+logging.basicConfig(format="%(message)s")
+recorder = Recorder(ProcessStore(directory, "w0"), [0.1, 1.0], [100.0], threaded=False,
+                    native=native, log=logging.getLogger("gunicorn.error"))
+series = [recorder.series("GET", f"/r{n}", "200") for n in range(200)]
+for s in series:
+    recorder.add(s, 0.05, 10, 20)
+os.truncate(os.path.join(directory, "histogram_w0.db"), 4096)
+if check == "first":
+    recorder.check_storage()
+for s in series:  # the compiled path: a store past the cut goes to the sink at once
+    recorder.add(s, 0.05, 10, 20)
+recorder.in_flight(1.0)
+recorder.check_storage()
+recorder.check_storage()  # found once
+dropped = recorder.series("GET", "/new", "200") is recorder.dropped
+print(json.dumps({"sunk": native.sunk() if native else None, "dropped": dropped,
+                  "unstored": recorder.counter_value(families.UNSTORED)}))
+"""
+
+
+@pytest.mark.parametrize("path,check", [pytest.param("c", "after", marks=needs_native),
+                                        ("python", "first")])
+def test_a_store_past_the_end_of_a_cut_file_goes_to_a_sink(tmp_path, path, check):
+    """The worker lives on: on the compiled path a store past the cut goes to a sink at
+    once (``sunk``: the C handler took it; the pin of that path), on the Python path once
+    the sampler's check found the file. The check finds it once, logs one line, counts it
+    as unstored, and the cut file takes no new series (counted too). The entries the file
+    still holds keep recording (requests counted twice), and the counters are exact."""
+    done = run_child(STORE_PAST_THE_CUT, str(tmp_path), path, check)
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    out = json.loads(done.stdout)
+    assert out["dropped"] is True and out["unstored"] == 2.0
+    assert (out["sunk"] > 0) if path == "c" else out["sunk"] is None
+    assert done.stderr.count("was shortened by another process") == 1
+    assert "histogram_w0.db" in done.stderr
+    counters = FileReader(str(tmp_path / "counter_w0.db"))
+    values = counters.read()
+    counts = {json.loads(k)[2]["route"]: v for k, v in zip(counters.keys, values)
+              if json.loads(k)[1] == REQUESTS}
+    assert counts == {f"/r{n}": 2.0 for n in range(200)}
+    histograms = FileReader(str(tmp_path / "histogram_w0.db"))
+    held = histograms.read()
+    assert histograms.torn and 0 < len(held) < 200
+    assert {json.loads(k)[1]: v for k, v in zip(histograms.keys, held)}[
+        "gunicorn_http_request_duration_seconds_sum"] == pytest.approx(0.1)
+
+
+def test_the_python_path_dies_of_a_store_past_the_cut_before_its_check(tmp_path):
+    """The window left on the Python path (docs/reliability.md): a store past the cut
+    before the sampler's next check kills the worker with SIGBUS."""
+    done = run_child(STORE_PAST_THE_CUT, str(tmp_path), "python", "after")
+    assert done.returncode == -signal.SIGBUS, (done.returncode, done.stderr)
+
+
+ASGI = "gunicorn_prometheus_exporter.PrometheusASGIWorker"
+UNSTORED = "gunicorn_exporter_storage_unstored_total"
+
+
+@pytest.mark.parametrize("worker,app,path", [
+    pytest.param("sync", "apps.routed:app", "c", marks=needs_native),
+    pytest.param(ASGI, "apps.traced:asgi_app", "c", marks=needs_native),
+    ("sync", "apps.routed:app", "python")], ids=["sync-c", "asgi-c", "sync-python"])
+def test_a_worker_whose_own_file_is_cut_serves_on(start_gunicorn, worker, app, path):
+    """A running worker's histogram file cut to 4 KiB: every request after it answers 200
+    from the same worker (compiled: at once; the Python path: once the sampler's check,
+    every 0.2 s here, found the file), the cut is logged once and counted as unstored, as
+    is each request of a new route (the file takes no new series); the counter file holds
+    every request of the known routes, the cut file counts once as a read error."""
+    g = start_gunicorn(app=app, worker_class=worker, workers=1, extra_args=["--chdir", TESTS],
+                       env={**PATH_ENV[path], "PROMETHEUS_SAMPLE_INTERVAL": "0.2"}
+                       ).wait_ready(workers=1)
+    url = "/x?template=/r/{}" if worker == "sync" else "/r/{}"
+    names = [f"{chr(97 + n // 26)}{chr(97 + n % 26)}" for n in range(45)]  # no digits: a
+    routes = 40  # path of digits would be one route ("/r/{id}")
+    for n in range(routes):
+        assert g.request(url.format(names[n]))[0] == 200
+    g.scrape_until(lambda s: s.total(REQUESTS) == routes)
+    (pid,) = g.worker_pids()
+    (victim,) = Path(g.directory).glob("histogram_*.db")
+    os.truncate(victim, 4096)
+    logged = "was shortened by another process"
+    if path == "python":
+        until(lambda: logged in g.output(), message="the sampler's check")
+    for n in range(routes):
+        assert g.request(url.format(names[n]))[0] == 200
+    until(lambda: logged in g.output(), message="the sampler's check")
+    for n in range(routes, routes + 5):  # new routes: not stored, counted
+        assert g.request(url.format(names[n]))[0] == 200
+    s = g.scrape_until(lambda s: s.total(UNSTORED) == 1 + 5)
+    assert s.total(REQUESTS) == 2 * routes
+    assert s.value(READ_ERRORS) == 1
+    assert g.worker_pids() == [pid]
+    assert g.output().count(logged) == 1
+    assert victim.name in g.output()
+    assert ("request path Python" in g.output()) == (path == "python")
+
+
+@needs_native
+def test_a_cut_file_is_never_grown_again(tmp_path):
+    """New keys appended past the cut (before the sampler's check) go to the sink; the
+    growth they lead to finds the cut instead of filling it with zeros (which would hide
+    it from the check): ``StorageCut``, and the file keeps the size it was cut to."""
+    done = run_child("""
+        import os, sys
+        from gunicorn_prometheus_exporter.storage.mmap_file import MmapFile, StorageCut
+        f = MmapFile(os.path.join(sys.argv[1], "counter_w0.db"))
+        os.truncate(f.path, 4096)
+        n = 0
+        try:
+            while True:
+                f.values[f.index(f"key {n:0100d}")] = 1.0
+                n += 1
+        except StorageCut as cut:
+            print(n, cut.strerror, os.stat(f.path).st_size, f.found_cut())
+    """, str(tmp_path))
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    appended, *rest = done.stdout.split(" ", 1)
+    # until the first map (64 KiB after the 8-byte header) held no more 128-byte entries
+    assert int(appended) == ((1 << 16) - 8) // (4 + 108 + 16)
+    assert rest == ["shortened by another process while mapped 4096 None\n"]

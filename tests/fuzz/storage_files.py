@@ -217,8 +217,10 @@ def _reader_state(reader: FileReader) -> tuple:
     """What a reader read. Its key numbers are left out: they are its table's, and the
     Python walk numbers the key of an entry whose payload is cut off before it finds the
     entry torn (the C walk checks the payload first), so after such an entry the two
-    tables number alike keys differently, each consistently; the keys are compared."""
-    values = reader.read()
+    tables number alike keys differently, each consistently; the keys are compared. Read
+    as the collector reads: the file under the name now (its inode), which the Python path
+    reads (by ``os.pread``) in any case."""
+    values = reader.read(os.stat(reader.path).st_ino)
     return (list(reader.keys), list(reader.offsets), reader.sizes, reader._parsed_to,
             reader.torn, None if values is None else [_bits(v) for v in values])
 

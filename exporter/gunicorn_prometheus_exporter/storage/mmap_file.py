@@ -10,7 +10,14 @@ A mapped page is never touched before its blocks are allocated: the file grows w
 ``posix_fallocate``, which reports a full disk (or quota, or a read-only file system) as an
 error, where extending a mapping over a hole would kill the process with SIGBUS on the first
 store. When the file cannot grow, ``index`` raises ``StorageFull`` for new keys, the entries
-already stored keep recording, and growth is tried again after ``RETRY_INTERVAL``."""
+already stored keep recording, and growth is tried again after ``RETRY_INTERVAL``.
+
+A file shortened by someone else (``truncate``) while mapped makes a store to a page past
+its new end raise SIGBUS. With the C speedups every map is watched (``_speedups.watch``):
+such a store goes to a sink instead (private memory mapped over the map from that page on).
+``cut_files``, called by the worker's sampler, finds files shorter than their maps: it maps
+the sink over their cut part itself (which is all the Python path has: a store there
+before it runs still kills the process), and such a file takes no new key (``StorageCut``)."""
 from __future__ import annotations
 
 import errno
@@ -18,9 +25,13 @@ import json
 import mmap
 import os
 import struct
+import sys
 import threading
 import time
-from typing import Callable, Dict, List, Mapping, Union
+import weakref
+from typing import Callable, Dict, List, Mapping, Optional, Union
+
+from .. import speedups
 
 _INITIAL_SIZE = 1 << 16
 _HEADER = 8
@@ -36,6 +47,11 @@ class StorageFull(OSError):
     """The storage cannot take what is to be stored (no space, quota, read-only)."""
 
 
+class StorageCut(StorageFull):
+    """A file of ours was shortened by someone else while mapped: what lay past the cut is
+    gone, its stores there go to a sink, and it takes no new key for good."""
+
+
 def cannot_store(exc: OSError, path: str) -> OSError:
     """``exc`` as StorageFull when it says the storage cannot take more, else itself."""
     if exc.errno in _CANNOT_GROW:
@@ -49,6 +65,53 @@ def allocate(fd: int, size: int, path: str) -> None:
         os.posix_fallocate(fd, 0, size)
     except OSError as exc:
         raise cannot_store(exc, path) from None
+
+
+#: every MmapFile of this process not closed (``cut_files``)
+_open_files: "weakref.WeakSet[MmapFile]" = weakref.WeakSet()
+
+
+def cut_files() -> List["StorageCut"]:
+    """The files of this process found shortened since the last call (their ``cut``), each
+    now with a sink over its cut part. A stat per file: for the sampler, off the request
+    path."""
+    found = (f.found_cut() for f in list(_open_files))
+    return [fault for fault in found if fault is not None]
+
+
+def _sink_over(m: mmap.mmap, end: int) -> None:
+    """Private anonymous memory mapped over ``m`` from its first page wholly past byte
+    ``end`` (the file's end: the page holding it stays the file's, and faults not) on, at
+    the same addresses (so every view of it stays valid): stores there go nowhere, and
+    raise no SIGBUS. Through ctypes (PyDLL: the GIL held, so no Python store runs
+    meanwhile); Linux only, and a Python without ctypes does nothing (nor where the call
+    fails: then only the compiled sink, ``watch``, is left)."""
+    start = -(-end // mmap.PAGESIZE) * mmap.PAGESIZE
+    if not sys.platform.startswith("linux") or start >= len(m):
+        return
+    try:
+        import ctypes
+    except ImportError:
+        return
+    libc = ctypes.PyDLL(None, use_errno=True)
+    remap = libc.mmap
+    remap.restype = ctypes.c_void_p
+    remap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_int, ctypes.c_long)
+    anchor = ctypes.c_char.from_buffer(m)
+    base = ctypes.addressof(anchor)
+    del anchor  # (an export of the map: it could not be closed while this lives)
+    fixed = 0x10  # MAP_FIXED (Linux)
+    remap(base + start, len(m) - start, mmap.PROT_READ | mmap.PROT_WRITE,
+          mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | fixed, -1, 0)
+
+
+def watch(m: mmap.mmap) -> None:
+    """With the C speedups, a store to ``m`` past the end of its file, once the file is cut
+    short, goes to a sink instead of raising SIGBUS (``_speedups.watch``)."""
+    native = speedups.load()
+    if native is not None:
+        native.watch(m)
 
 
 def sink() -> memoryview:
@@ -110,7 +173,10 @@ class MmapFile:
         self._positions: Dict[str, int] = {}
         self._append_lock = threading.Lock()
         self._retry_at = 0.0
+        #: the fault when the file was found shortened by someone else (``found_cut``)
+        self.cut: Optional[StorageCut] = None
         self.values = sink()
+        _open_files.add(self)
         try:
             self._grow(0)
         except StorageFull:
@@ -122,6 +188,8 @@ class MmapFile:
         now = time.monotonic()
         if now < self._retry_at:
             raise StorageFull(errno.ENOSPC, "storage could not grow recently", self.path)
+        if self.found_cut() is not None:  # allocating would fill the cut with zeros, and
+            raise self.cut  # hide it from the sampler's check (a stat per growth: rare)
         try:
             if self._fd < 0:
                 self._fd = open_writable(self.path)
@@ -136,6 +204,7 @@ class MmapFile:
         first = not self._maps
         self._capacity = size
         self._m = mmap.mmap(self._fd, size)
+        watch(self._m)
         self._maps.append(self._m)
         self.values = memoryview(self._m).cast("d")
         if first:
@@ -176,6 +245,8 @@ class MmapFile:
             return found if found is not None else self._append(key)
 
     def _append(self, key: str) -> int:
+        if self.cut is not None:
+            raise self.cut
         encoded = key.encode("utf-8")
         pad = padded_length(len(encoded))
         payload = payload_of(self.payload, key)
@@ -202,12 +273,34 @@ class MmapFile:
         """For ``mostrecent`` gauges: the timestamp double follows the value."""
         self.values[index + 1] = timestamp
 
+    def found_cut(self) -> Optional[StorageCut]:
+        """``cut`` when the file is found shortened now (None after: it is found once):
+        its maps then have a sink over what lies past its new end, and it takes no new
+        key."""
+        if self.cut is not None or self._fd < 0 or not self._maps:
+            return None
+        try:
+            size = os.fstat(self._fd).st_size
+        except OSError:  # closed meanwhile by another thread
+            return None
+        if size >= self._capacity:
+            return None
+        for m in self._maps:
+            _sink_over(m, size)
+        self.cut = StorageCut(errno.EIO, "shortened by another process while mapped",
+                              self.path)
+        return self.cut
+
     def close(self) -> None:
+        _open_files.discard(self)
+        native = speedups.load()
         for view_owner in self._maps:
             try:
+                if native is not None:
+                    native.unwatch(view_owner)
                 view_owner.close()
-            except BufferError:
-                pass  # a view is still referenced; the map goes with the process
+            except BufferError:  # a view is still referenced; the map goes with the process
+                watch(view_owner)  # still mapped: still watched
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

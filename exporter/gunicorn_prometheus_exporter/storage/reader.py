@@ -17,8 +17,9 @@ its new end raise SIGBUS. The C reads (``_speedups``: header, key walk, values, 
 copies of the map the exemplar and native histogram readers take through ``read_with``)
 are guarded and raise ``MapFault`` instead: the file is then read again from its start as a
 new generation, torn (the entries its new size holds), and logged once. The Python path
-(``GUNICORN_PROMETHEUS_NO_SPEEDUPS=1``) reads the map unguarded: there the process still
-dies (docs/reliability.md)."""
+(``GUNICORN_PROMETHEUS_NO_SPEEDUPS=1``) cannot survive a SIGBUS, so it maps nothing: it
+reads the used part of each file with ``os.pread`` at every read (a file shorter than the
+entries already read is ``Shortened``, handled as ``MapFault``; docs/reliability.md)."""
 from __future__ import annotations
 
 import array
@@ -42,6 +43,8 @@ _OPEN = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 
 
 _log = logging.getLogger("gunicorn_prometheus_exporter")
 _Taken = TypeVar("_Taken")
+#: what a read takes its bytes from: the map (compiled), a copy of the used part (Python)
+Buffer = Union[mmap.mmap, bytes]
 
 #: generations of every reader of this process, never the same twice (``FileReader``)
 _generations = itertools.count(1)
@@ -49,6 +52,11 @@ _generations = itertools.count(1)
 
 class Unreadable(OSError):
     """A storage file that cannot be read: not a regular file, or refused to us."""
+
+
+class Shortened(Exception):
+    """The Python path's ``MapFault``: a file now shorter than the entries already read
+    from it (truncated by someone else)."""
 
 
 def open_regular(path: str) -> int:
@@ -166,7 +174,8 @@ class FileReader:
         self._values = native.values if native is not None else None
         self._header = native.header if native is not None else None
         self._copy = native.copy if native is not None else None
-        self._faults: Tuple[type, ...] = (native.MapFault,) if native is not None else ()
+        self._faults: Tuple[type, ...] = (native.MapFault,) if native is not None \
+            else (Shortened,)
         self._shortened_logged = False
         self._empty()
 
@@ -178,6 +187,7 @@ class FileReader:
         (an array's ``append`` parses its argument, ten times the instructions of a
         list's)."""
         self._keys, self._sizes, self._parsed_to = [], [], 8
+        self._size_seen = 0  # the Python path's: the file's largest size, to tell it shrank
         if self._values is not None:
             self.key_ids, self.offsets = array.array("i"), array.array("q")
         else:
@@ -208,16 +218,18 @@ class FileReader:
         """All values (value, or value and timestamp, per key) or None if the file is gone.
         ``inode`` (from the directory listing) reveals a file deleted and created again:
         the map held since the last read keeps the old inode alive, so a new file under
-        the name always has another number. Raises ``Unreadable``."""
+        the name always has another number (the Python path maps one page of it for that
+        alone, and never reads it). Raises ``Unreadable``."""
         return self.read_with(self.values_in, inode)
 
-    def read_with(self, take: Callable[[mmap.mmap], _Taken],
+    def read_with(self, take: Callable[[Buffer], _Taken],
                   inode: Optional[int] = None) -> Optional[_Taken]:
-        """``take(map)`` of the file refreshed (``refresh``), or None if it is gone: how
-        the exemplar and native histogram readers read their own payloads. A file found
-        shortened under the map (``MapFault``, from the guarded reads here or in ``take``)
-        is read again at once from its start, mapped at its new size; shortened again
-        meanwhile, it is left to the next read (None now). Raises ``Unreadable``."""
+        """``take(map)`` of the file refreshed (``refresh``; the Python path's copy of its
+        used bytes), or None if it is gone: how the exemplar and native histogram readers
+        read their own payloads. A file found shortened under the map (``MapFault``, from
+        the guarded reads here or in ``take``; ``Shortened`` on the Python path) is read
+        again at once from its start, mapped at its new size; shortened again meanwhile, it
+        is left to the next read (None now). Raises ``Unreadable``."""
         for _ in range(2):
             try:
                 m = self.refresh(inode)
@@ -237,15 +249,18 @@ class FileReader:
         self.close()
         self._ino = None  # the next map starts a new generation
 
-    def values_in(self, m: mmap.mmap) -> tuple:
+    def values_in(self, m: Buffer) -> tuple:
         """The values at ``offsets`` in ``m`` (read in C under the guard when compiled)."""
         if self._values is not None:
             return self._values(m, self.offsets, 2 if self.with_timestamps else 1)
         return self._struct.unpack_from(m, 0)
 
-    def refresh(self, inode: Optional[int] = None) -> Optional[mmap.mmap]:
+    def refresh(self, inode: Optional[int] = None) -> Optional[Buffer]:
         """Map the file as it is now and parse the entries appended since the last call;
-        the map, or None if the file is gone. Raises ``Unreadable``."""
+        the map, or None if the file is gone. Raises ``Unreadable``. The Python path
+        (no ``native``) copies the used bytes instead (``_read_copy``)."""
+        if self._copy is None:
+            return self._read_copy()
         stale = inode is not None and self._ino is not None and inode != self._ino[1]
         if (self._map is None or stale) and not self._reopen():
             return None
@@ -255,8 +270,51 @@ class FileReader:
                 return None
             used = self._used()
         if used > self._parsed_to:
-            self._parse(used)
+            self._parse(used, self._map)
         return self._map
+
+    def _read_copy(self) -> Optional[bytes]:
+        """The used bytes of the file as it is now (``os.pread``, not the map: a page past
+        the end of a file cut short would kill the process with SIGBUS, which Python cannot
+        catch), the entries appended since the last call parsed; None if the file is gone.
+        A file found shorter than before raises ``Shortened``. Costs an
+        open, a stat and a copy of the used part per read, where a map is read in place."""
+        try:
+            fd = open_regular(self.path)
+        except FileNotFoundError:
+            return None
+        try:
+            head = os.pread(fd, 8, 0)  # first: a writer grows the file before it counts more
+            st = os.fstat(fd)
+            identity = (st.st_dev, st.st_ino)
+            if identity != self._ino:
+                if st.st_size < 8:  # as ``_reopen``: nothing of it read, nothing forgotten
+                    return None
+                self.close()
+                # a page mapped only to hold the inode, never read: a new file under the
+                # name then always has another number (``read``)
+                self._map = mmap.mmap(fd, 8, prot=mmap.PROT_READ)
+                self._empty()
+                self._struct = struct.Struct("<")
+                self.generation = next(_generations)
+                self._ino = identity
+            if st.st_size < self._size_seen:  # our writers never shrink a file
+                raise Shortened(self.path)
+            self._size_seen = st.st_size
+            used = _USED.unpack_from(head)[0] if len(head) == 8 else 0
+            # the entries read before too (a damaged header may count fewer), at most the
+            # file (or 2 GiB)
+            want = min(max(used, self._parsed_to), st.st_size)
+            data = os.pread(fd, want, 0) if want > 8 else head
+        finally:
+            os.close(fd)
+        if self._parsed_to > 8 and len(data) < self._parsed_to:  # shrank since the stat
+            raise Shortened(self.path)
+        if len(data) < 8:
+            return None
+        if used > self._parsed_to:
+            self._parse(used, data)
+        return data
 
     def _used(self) -> int:
         """The header: bytes in use (read in C under the guard when compiled)."""
@@ -264,11 +322,12 @@ class FileReader:
             return self._header(self._map)
         return _USED.unpack_from(self._map, 0)[0]
 
-    def _parse(self, used: int) -> None:
+    def _parse(self, used: int, m: Buffer) -> None:
+        """Walk the entries of ``m`` (the map, or the Python path's copy) from where the
+        last walk stopped to ``used``."""
         if self._walk is not None:
             self._parse_fixed(used)
             return
-        m = self._map
         pos = self._parsed_to
         table = self._table
         texts = table.texts
@@ -336,11 +395,6 @@ class FileReader:
             parts.append(f"{gap}x{item}" if gap else item)
             cursor = offset + width
         return "".join(parts)
-
-    @property
-    def map(self) -> Optional[mmap.mmap]:
-        """The file as last mapped by ``read`` (for payloads other than doubles)."""
-        return self._map
 
     def close(self) -> None:
         if self._map is not None:
