@@ -3193,11 +3193,11 @@ derived_pairs(PyObject *module, PyObject *args)
         Py_INCREF(sid);
         Py_INCREF(position);
         PyObject *pair = PyTuple_Pack(2, sid, position);
-        Py_DECREF(position);
         if (pair != NULL && PyLong_CheckExact(sid) && PyLong_CheckExact(position))
             PyObject_GC_UnTrack(pair);
         else
             atomic = 0;
+        Py_DECREF(position);
         Py_DECREF(sid);
         if (pair == NULL)
             goto fail;
