@@ -206,13 +206,18 @@ class FileReader:
             self._map = mmap.mmap(fd, st.st_size, prot=mmap.PROT_READ)
             identity = (st.st_dev, st.st_ino)
             if identity != self._ino:
-                self._empty()
-                self._struct = struct.Struct("<")
-                self.generation = next(_generations)
-            self._ino = identity
+                self._another_file(identity)
             return True
         finally:
             os.close(fd)
+
+    def _another_file(self, identity: Tuple[int, int]) -> None:
+        """The file under the name is another (device, inode) than the one read so far:
+        its entries are parsed from the start, as a new generation."""
+        self._empty()
+        self._struct = struct.Struct("<")
+        self.generation = next(_generations)
+        self._ino = identity
 
     def read(self, inode: Optional[int] = None) -> Optional[tuple]:
         """All values (value, or value and timestamp, per key) or None if the file is gone.
@@ -294,10 +299,7 @@ class FileReader:
                 # a page mapped only to hold the inode, never read: a new file under the
                 # name then always has another number (``read``)
                 self._map = mmap.mmap(fd, 8, prot=mmap.PROT_READ)
-                self._empty()
-                self._struct = struct.Struct("<")
-                self.generation = next(_generations)
-                self._ino = identity
+                self._another_file(identity)
             if st.st_size < self._size_seen:  # our writers never shrink a file
                 raise Shortened(self.path)
             self._size_seen = st.st_size
